@@ -1,0 +1,221 @@
+"""Command-line definitions shared by train_cnn.py and eval.py.
+
+Only the standard library is imported here, so `-h` and argument errors are answered before
+TensorFlow starts. The original CorrFusionNet flags keep their short and long names; the boolean
+ones accept true/false/1/0/yes/no (the original's ``type=bool`` turned ``-tb False`` into True).
+"""
+
+from __future__ import annotations
+
+import argparse
+
+BACKBONE_NAMES = ("vgg16", "vgg19", "resnet50", "inceptionv3", "densenet121", "small")
+METHOD_NAMES = ("corrfusion", "baseline", "dcca", "sdcca")
+OPTIMIZER_NAMES = ("sgd", "adam", "adamw")
+
+_TRUE = {"true", "t", "1", "yes", "y", "on"}
+_FALSE = {"false", "f", "0", "no", "n", "off"}
+
+
+def str2bool(value: str) -> bool:
+    """Parse a boolean flag value; argparse turns the ValueError into a usage error (exit 2)."""
+    v = str(value).strip().lower()
+    if v in _TRUE:
+        return True
+    if v in _FALSE:
+        return False
+    raise argparse.ArgumentTypeError(f"expected true/false/1/0/yes/no, got {value!r}")
+
+
+def positive_int(value: str) -> int:
+    try:
+        v = int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value!r}") from None
+    if v <= 0:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value!r}")
+    return v
+
+
+def positive_float(value: str) -> float:
+    try:
+        v = float(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {value!r}") from None
+    if not v > 0 or v != v or v == float("inf"):
+        raise argparse.ArgumentTypeError(f"expected a positive finite number, got {value!r}")
+    return v
+
+
+def probability(value: str) -> float:
+    try:
+        v = float(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number in [0, 1], got {value!r}") from None
+    if not 0.0 <= v <= 1.0:
+        raise argparse.ArgumentTypeError(f"expected a number in [0, 1], got {value!r}")
+    return v
+
+
+def image_size(value: str) -> tuple[int, int]:
+    """`64` or `64,64` or `64x48` -> (height, width)."""
+    parts = value.lower().replace("x", ",").split(",")
+    try:
+        dims = [int(p) for p in parts if p.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected SIZE or HEIGHT,WIDTH (e.g. 200 or 200,200), got {value!r}"
+        ) from None
+    if len(dims) == 1:
+        dims = dims * 2
+    if len(dims) != 2 or min(dims) <= 0:
+        raise argparse.ArgumentTypeError(
+            f"expected SIZE or HEIGHT,WIDTH with positive integers, got {value!r}"
+        )
+    return dims[0], dims[1]
+
+
+def float_list(value: str) -> list[float]:
+    try:
+        vals = [float(v) for v in value.split(",") if v.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {value!r}") from None
+    if not vals or any(not v > 0 for v in vals):
+        raise argparse.ArgumentTypeError(f"expected comma-separated positive numbers, got {value!r}")
+    return vals
+
+
+def int_list(value: str) -> list[int]:
+    try:
+        vals = [int(v) for v in value.split(",") if v.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected comma-separated integers, got {value!r}"
+        ) from None
+    if any(v <= 0 for v in vals) or vals != sorted(set(vals)):
+        raise argparse.ArgumentTypeError(
+            f"expected strictly increasing positive integers, got {value!r}"
+        )
+    return vals
+
+
+def gpu_spec(value: str) -> str:
+    """`-g 0`, `-g 0,1`, `-g cpu` (or `-1`)."""
+    v = value.strip().lower()
+    if v in ("cpu", "-1", "none", ""):
+        return "cpu"
+    ids = v.split(",")
+    if not all(i.strip().isdigit() for i in ids):
+        raise argparse.ArgumentTypeError(f"expected GPU ids like 0 or 0,1, or 'cpu'; got {value!r}")
+    return ",".join(str(int(i)) for i in ids)
+
+
+def _add_device_args(group: argparse._ArgumentGroup) -> None:
+    group.add_argument("-g", "--gpu", type=gpu_spec, default=None,
+                       help="GPU ids to use (0 or 0,1) or 'cpu'; default: what CUDA_VISIBLE_DEVICES allows")
+    group.add_argument("--mixed_precision", type=str2bool, nargs="?", const=True, default=False,
+                       help="mixed precision: float16 on GPUs that want it, bfloat16 elsewhere "
+                            "(CCA math stays float32)")
+    group.add_argument("--jit", type=str2bool, nargs="?", const=True, default=False,
+                       help="XLA-compile the train/predict steps")
+
+
+def _add_data_args(group: argparse._ArgumentGroup) -> None:
+    group.add_argument("--data_dir", default=None,
+                       help="directory holding trn/ val/ tst/ split directories of .npz shards")
+    group.add_argument("-trn", "--trn_dir", default=None, help="training split (default DATA_DIR/trn)")
+    group.add_argument("-val", "--val_dir", default=None, help="validation split (default DATA_DIR/val)")
+    group.add_argument("-tst", "--tst_dir", default=None, help="test split (default DATA_DIR/tst)")
+    group.add_argument("-b", "--batch_size", type=positive_int, default=32, help="batch size (32)")
+    group.add_argument("--image_size", type=image_size, default=None,
+                       help="resize images to SIZE or H,W (default: the shards' size)")
+
+
+def train_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="train_cnn.py",
+        description="Train CorrFusionNet (or a baseline/DCCA/soft-DCCA variant) on bi-temporal npz shards.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    data = p.add_argument_group("data")
+    _add_data_args(data)
+    data.add_argument("-n", "--num_classes", type=positive_int, default=None,
+                      help="number of scene classes K (labels 1..K; the Wuhan data has 14); "
+                           "default: from the shards' class_names or largest label; checked against the data")
+    data.add_argument("--demo", action="store_true",
+                      help="generate the demo data once (cached), train the small model a few epochs, "
+                           "evaluate and print the metrics")
+
+    model = p.add_argument_group("model")
+    model.add_argument("--backbone", choices=BACKBONE_NAMES, default="vgg16", help="convolutional backbone")
+    model.add_argument("--method", choices=METHOD_NAMES, default="corrfusion", help="fusion method")
+    model.add_argument("--shared", dest="shared", action="store_true", default=True,
+                       help="one backbone for both dates (siamese)")
+    model.add_argument("--no-shared", dest="shared", action="store_false",
+                       help="a separate backbone per date")
+    model.add_argument("--weights", default=None,
+                       help="backbone weights: none (random), 'imagenet', or a weights file path")
+    model.add_argument("--hidden", type=positive_int, default=1024, help="width of the FC layers (d)")
+    model.add_argument("--reduction", type=positive_int, default=2, help="CorrFusion reduction ratio r")
+    model.add_argument("--lambda1", type=float, default=0.1, help="weight of the correlation loss")
+    model.add_argument("--lambda2", type=float, default=1e-4, help="weight of the decorrelation loss")
+    model.add_argument("--corr_norm", choices=("batch", "unchanged"), default="batch",
+                       help="divide the correlation loss by the batch size (original) or by the "
+                            "number of unchanged pairs")
+
+    opt = p.add_argument_group("optimisation")
+    opt.add_argument("-e", "--epoches", "--epochs", dest="epochs", type=positive_int, default=100,
+                     help="number of epochs")
+    opt.add_argument("--optimizer", choices=OPTIMIZER_NAMES, default="sgd",
+                     help="sgd = SGD with Nesterov momentum 0.9 (original)")
+    opt.add_argument("--lr", type=float_list, default=[5e-3, 1e-3, 1e-4, 1e-5],
+                     help="learning rates of the piecewise-constant schedule (one value = constant)")
+    opt.add_argument("--lr_boundaries", type=int_list, default=[30, 60, 90],
+                     help="epochs at which the learning rate steps to the next value")
+    opt.add_argument("--momentum", type=float, default=0.9, help="SGD momentum")
+    opt.add_argument("--seed", type=int, default=0, help="seed of run 0 (run k uses seed + k)")
+    opt.add_argument("--runs", type=positive_int, default=1,
+                     help="independent runs (the original trained 3), each in WORKDIR/k/")
+    opt.add_argument("--eval_trn", type=str2bool, nargs="?", const=True, default=False,
+                     help="also evaluate the whole training split after each epoch (slow; the original did)")
+
+    out = p.add_argument_group("output")
+    out.add_argument("--workdir", default=None,
+                     help="run directory; the four paths below default inside it "
+                          "(default runs/METHOD_BACKBONE)")
+    out.add_argument("-lpath", "--log_path", default=None, help="directory of log.txt and history.csv")
+    out.add_argument("-mpath", "--model_path", default=None, help="checkpoint directory")
+    out.add_argument("-tbpath", "--tb_path", default=None, help="TensorBoard directory")
+    out.add_argument("-rpath", "--result_path", default=None, help="evaluation results directory")
+    out.add_argument("-tb", "--use_tfboard", type=str2bool, default=True, help="write TensorBoard logs")
+    out.add_argument("-sm", "--save_model", type=str2bool, default=True, help="write checkpoints")
+    out.add_argument("-log", "--save_log", type=str2bool, default=True, help="write log.txt and history.csv")
+    out.add_argument("--resume", action="store_true", help="continue from the last checkpoint")
+    out.add_argument("--overwrite", action="store_true",
+                     help="allow training into a run directory that already holds checkpoints")
+
+    dev = p.add_argument_group("devices")
+    _add_device_args(dev)
+    return p
+
+
+def eval_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="eval.py",
+        description="Evaluate a CorrFusionNet checkpoint: scene accuracy per date, change detection, "
+                    "transition metrics, figures, predictions and change maps.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    p.add_argument("-m", "--model", required=True,
+                   help="a .keras checkpoint, or a run directory (its checkpoints/best.keras)")
+    data = p.add_argument_group("data")
+    _add_data_args(data)
+    data.add_argument("--threshold", type=probability, default=0.5,
+                      help="threshold on p_change = 1 - sum_k p1_k p2_k, reported besides argmax")
+    out = p.add_argument_group("output")
+    out.add_argument("-rpath", "--result_path", default=None,
+                     help="result directory (default RUN/results/eval or next to the checkpoint)")
+    out.add_argument("--overwrite", action="store_true", help="replace an existing result directory")
+    dev = p.add_argument_group("devices")
+    _add_device_args(dev)
+    return p

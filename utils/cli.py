@@ -1,0 +1,53 @@
+"""Shared command-line plumbing: logging set-up and the one-line-error, exit-2 convention."""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+
+log = logging.getLogger("corrfusion")
+
+
+class UsageError(ValueError):
+    """Bad input found after argument parsing (a file, a directory, a value that does not fit)."""
+
+
+def configure_logging(verbose: bool = False) -> None:
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    logging.basicConfig(
+        level=logging.DEBUG if verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(message)s",
+        datefmt="%H:%M:%S",
+        stream=sys.stderr,
+    )
+    for noisy in ("absl", "matplotlib", "PIL", "h5py", "rasterio"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+def bad_input_errors() -> tuple[type[BaseException], ...]:
+    """Exceptions that mean "the user's input is wrong": one line and exit status 2."""
+    from utils.rundir import RunDirError
+
+    errors: list[type[BaseException]] = [UsageError, RunDirError, FileNotFoundError]
+    try:
+        from data.shards import ShardError
+
+        errors.append(ShardError)
+    except ImportError:  # pragma: no cover - data layer not importable
+        pass
+    return tuple(errors)
+
+
+def run_main(main, argv=None) -> int:
+    """Call main(argv); bad input -> 'error: ...' on stderr and exit status 2, no traceback."""
+    try:
+        rc = main(argv)
+    except bad_input_errors() as e:
+        msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        print(f"error: {msg}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    return int(rc or 0)

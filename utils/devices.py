@@ -1,0 +1,95 @@
+"""Device selection before TensorFlow starts, and the distribution strategy once it has.
+
+`select_devices` must run before the first TensorFlow/Keras import (it sets CUDA_VISIBLE_DEVICES);
+`setup_backend` and `make_strategy` run after. On the JAX backend the TensorFlow-only parts
+(memory growth, tf.distribute) are skipped with a log line saying so.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+
+log = logging.getLogger(__name__)
+
+
+def select_devices(gpu: str | None) -> None:
+    """Restrict the visible GPUs: None keeps the environment, 'cpu' hides all GPUs, '0,1' selects."""
+    if gpu is None:
+        return
+    os.environ["CUDA_VISIBLE_DEVICES"] = "-1" if gpu == "cpu" else gpu
+
+
+def backend_name() -> str:
+    import keras
+
+    return keras.backend.backend()
+
+
+def setup_backend(mixed_precision: bool = False) -> dict:
+    """Memory growth on every GPU, the mixed-precision policy; returns a description for args.json."""
+    import keras
+
+    info: dict = {"backend": keras.backend.backend()}
+    gpus: list = []
+    if info["backend"] == "tensorflow":
+        import tensorflow as tf
+
+        gpus = tf.config.list_physical_devices("GPU")
+        for g in gpus:
+            with contextlib.suppress(RuntimeError):  # already initialised
+                tf.config.experimental.set_memory_growth(g, True)
+        info["gpus"] = [g.name for g in gpus]
+    elif info["backend"] == "jax":
+        import jax
+
+        info["gpus"] = [str(d) for d in jax.devices() if d.platform == "gpu"]
+        gpus = info["gpus"]
+    else:
+        info["gpus"] = []
+    if mixed_precision:
+        policy = "mixed_float16" if gpus and _wants_float16(gpus) else "mixed_bfloat16"
+        keras.mixed_precision.set_global_policy(policy)
+        info["precision"] = policy
+    else:
+        keras.mixed_precision.set_global_policy("float32")
+        info["precision"] = "float32"
+    return info
+
+
+def _wants_float16(gpus) -> bool:
+    """float16 only on GPUs without fast bfloat16 (compute capability < 8.0)."""
+    try:
+        import tensorflow as tf
+
+        cc = tf.config.experimental.get_device_details(gpus[0]).get("compute_capability")
+        return bool(cc) and tuple(cc) < (8, 0)
+    except Exception:  # noqa: BLE001 - unknown device: bfloat16 is the safe choice
+        return False
+
+
+def make_strategy(info: dict):
+    """MultiWorkerMirrored when TF_CONFIG is set, Mirrored for several GPUs, else the default."""
+    if info["backend"] != "tensorflow":
+        if os.environ.get("TF_CONFIG") or len(info.get("gpus", [])) > 1:
+            log.warning("tf.distribute strategies need the TensorFlow backend; running on one "
+                        "device with %s", info["backend"])
+        info["strategy"] = "none"
+        return contextlib.nullcontext()
+    import tensorflow as tf
+
+    if os.environ.get("TF_CONFIG"):
+        strategy = tf.distribute.MultiWorkerMirroredStrategy()
+        cfg = json.loads(os.environ["TF_CONFIG"])
+        info["strategy"] = f"MultiWorkerMirroredStrategy (task {cfg.get('task')})"
+    elif len(info.get("gpus", [])) > 1:
+        strategy = tf.distribute.MirroredStrategy()
+        info["strategy"] = f"MirroredStrategy ({strategy.num_replicas_in_sync} replicas)"
+    else:
+        strategy = tf.distribute.get_strategy()
+        info["strategy"] = "default (" + ("GPU:0" if info.get("gpus") else "CPU") + ")"
+    log.info("devices: %s; strategy: %s; precision: %s",
+             ", ".join(info.get("gpus") or ["CPU"]), info["strategy"], info["precision"])
+    return strategy.scope()
