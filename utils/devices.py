@@ -71,13 +71,16 @@ def _wants_float16(gpus) -> bool:
 
 
 def make_strategy(info: dict):
-    """MultiWorkerMirrored when TF_CONFIG is set, Mirrored for several GPUs, else the default."""
+    """A strategy to build the model under (`with strategy.scope():`).
+
+    MultiWorkerMirrored when TF_CONFIG is set, Mirrored for several GPUs, else the default one.
+    """
     if info["backend"] != "tensorflow":
         if os.environ.get("TF_CONFIG") or len(info.get("gpus", [])) > 1:
             log.warning("tf.distribute strategies need the TensorFlow backend; running on one "
                         "device with %s", info["backend"])
         info["strategy"] = "none"
-        return contextlib.nullcontext()
+        return NoStrategy()
     import tensorflow as tf
 
     if os.environ.get("TF_CONFIG"):
@@ -92,4 +95,13 @@ def make_strategy(info: dict):
         info["strategy"] = "default (" + ("GPU:0" if info.get("gpus") else "CPU") + ")"
     log.info("devices: %s; strategy: %s; precision: %s",
              ", ".join(info.get("gpus") or ["CPU"]), info["strategy"], info["precision"])
-    return strategy.scope()
+    return strategy
+
+
+class NoStrategy:
+    """Stand-in for tf.distribute on other backends: `with strategy.scope():` does nothing."""
+
+    num_replicas_in_sync = 1
+
+    def scope(self):
+        return contextlib.nullcontext()

@@ -1,0 +1,383 @@
+"""Train CorrFusionNet on bi-temporal npz shards.
+
+    python train_cnn.py --data_dir DATA --backbone vgg16 --method corrfusion -g 0
+    python train_cnn.py --demo
+
+Reads like a table of contents: parse -> data -> per run (model -> fit -> evaluate best) -> summary.
+TensorFlow is imported only after the arguments are parsed and the devices chosen.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from parser import train_parser
+from utils.cli import UsageError, configure_logging, run_main
+from utils.devices import select_devices
+
+log = logging.getLogger("corrfusion.train")
+
+DEMO = {"pairs": 1200, "size": 48, "classes": 6, "change_rate": 0.05, "seed": 0}
+DEMO_TRAIN = {"backbone": "small", "method": "corrfusion", "epochs": 6, "batch_size": 32,
+              "hidden": 256, "lr": [1e-2, 2e-3], "lr_boundaries": [4]}
+
+
+# --------------------------------------------------------------------------------------- arguments
+def parse_args(argv=None):
+    parser = train_parser()
+    args = parser.parse_args(argv)
+    if args.resume and args.overwrite:
+        parser.error("--resume and --overwrite exclude each other")
+    if len(args.lr) != len(args.lr_boundaries) + 1 and len(args.lr) != 1:
+        parser.error(f"--lr has {len(args.lr)} values; it needs one more than --lr_boundaries "
+                     f"({len(args.lr_boundaries)}) or a single value")
+    if args.demo:
+        apply_demo_defaults(args, argv or sys.argv[1:])
+    elif not (args.data_dir or args.trn_dir):
+        parser.error("give --data_dir (holding trn/ val/ tst/) or -trn/-val/-tst, or use --demo")
+    return args
+
+
+def apply_demo_defaults(args, argv) -> None:
+    """--demo: small backbone, few epochs, cached demo data; flags given explicitly still win."""
+    given = {a.split("=")[0] for a in argv if a.startswith("-")}
+    flags = {"backbone": ["--backbone"], "method": ["--method"], "epochs": ["-e", "--epoches", "--epochs"],
+             "batch_size": ["-b", "--batch_size"], "hidden": ["--hidden"], "lr": ["--lr"],
+             "lr_boundaries": ["--lr_boundaries"]}
+    for key, value in DEMO_TRAIN.items():
+        if not given.intersection(flags[key]):
+            setattr(args, key, value)
+    if args.workdir is None:
+        args.workdir = str(Path("runs") / time.strftime("demo-%Y%m%d-%H%M%S"))
+
+
+def demo_data_dir() -> Path:
+    import os
+
+    base = Path(os.environ.get("CORRFUSION_CACHE", Path.home() / ".cache" / "corrfusionnet"))
+    tag = "demo-{pairs}p-{size}px-{classes}c-s{seed}".format(**DEMO)
+    return base / tag
+
+
+def ensure_demo_data() -> Path:
+    """Generate the demo shards once into the cache directory (atomically: temp dir, then rename)."""
+    import shutil
+    import tempfile
+
+    from data.synthetic import generate
+
+    target = demo_data_dir()
+    if (target / "tst").is_dir():
+        log.info("demo data: %s (cached)", target)
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=".demo-"))
+    try:
+        generate(tmp / "data", **DEMO)
+        (tmp / "data").rename(target)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    log.info("demo data generated: %s", target)
+    return target
+
+
+# ------------------------------------------------------------------------------------------- paths
+@dataclass
+class RunPaths:
+    root: Path
+    log_dir: Path
+    ckpt_dir: Path
+    tb_dir: Path
+    result_dir: Path
+
+    @property
+    def best(self) -> Path:
+        return self.ckpt_dir / "best.keras"
+
+    @property
+    def last(self) -> Path:
+        return self.ckpt_dir / "last.keras"
+
+    @property
+    def state(self) -> Path:
+        return self.ckpt_dir / "last_state.json"
+
+
+def resolve_splits(args) -> None:
+    base = Path(args.data_dir) if args.data_dir else None
+    for split in ("trn", "val", "tst"):
+        attr = f"{split}_dir"
+        if getattr(args, attr) is None and base is not None:
+            setattr(args, attr, str(base / split))
+    if args.trn_dir is None or args.val_dir is None:
+        raise UsageError("need a training and a validation split: give --data_dir or -trn and -val")
+
+
+def run_paths(args, k: int) -> RunPaths:
+    """Run k's directories: the -lpath/-mpath/-tbpath/-rpath overrides get a k/ sub-directory
+    when several runs are made; otherwise everything lives in WORKDIR (or WORKDIR/k)."""
+    workdir = Path(args.workdir or Path("runs") / f"{args.method}_{args.backbone}")
+    sub = Path(str(k)) if args.runs > 1 else Path()
+    root = workdir / sub
+
+    def pick(flag, default):
+        return Path(flag) / sub if flag else root / default
+
+    return RunPaths(root, pick(args.log_path, ""), pick(args.model_path, "checkpoints"),
+                    pick(args.tb_path, "tb"), pick(args.result_path, "results"))
+
+
+def check_run_dir(args, paths: RunPaths) -> None:
+    """Never train over a user's checkpoints unless --resume or --overwrite."""
+    has_ckpt = paths.ckpt_dir.is_dir() and any(paths.ckpt_dir.glob("*.keras"))
+    if args.resume:
+        if not paths.last.is_file() or not paths.state.is_file():
+            raise UsageError(f"{paths.last}: no last checkpoint to resume from")
+    elif has_ckpt and not args.overwrite:
+        raise UsageError(f"{paths.ckpt_dir}: run directory already holds checkpoints; "
+                         "pass --resume to continue or --overwrite to start again")
+    elif paths.result_dir.is_dir() and any(paths.result_dir.iterdir()) and not args.overwrite:
+        raise UsageError(f"{paths.result_dir}: result directory is not empty; pass --overwrite")
+
+
+# -------------------------------------------------------------------------------------------- data
+@dataclass
+class Data:
+    trn: object
+    val: object
+    tst: object | None
+    summaries: dict
+    num_classes: int
+    image_size: tuple
+    channels: int
+    class_names: list | None
+    steps_per_epoch: int
+
+
+def load_data(args) -> Data:
+    """Validate every split, check the class count and shapes, build the streaming loaders."""
+    from data.loader import make_dataset, steps_per_epoch
+    from data.shards import inspect_split
+
+    splits = {"trn": args.trn_dir, "val": args.val_dir, "tst": args.tst_dir}
+    summaries = {s: inspect_split(d) for s, d in splits.items() if d}
+    k_data = max(s.num_classes for s in summaries.values())
+    num_classes = args.num_classes or k_data
+    if num_classes < k_data:
+        worst = max(summaries.items(), key=lambda kv: kv[1].num_classes)
+        raise UsageError(f"{splits[worst[0]]}: labels go up to {k_data} but -n/--num_classes is "
+                         f"{num_classes}")
+    shapes = {s: tuple(v.image_shape) for s, v in summaries.items()}
+    if len({sh[-1] for sh in shapes.values()}) > 1 or (
+            args.image_size is None and len(set(shapes.values())) > 1):
+        raise UsageError(f"{splits['val']}: image shape {shapes['val']} differs from the training "
+                         f"split's {shapes['trn']}; pass --image_size to resize")
+    trn_summary = summaries["trn"]
+    size = tuple(args.image_size or trn_summary.image_shape[:2])
+    names = trn_summary.class_names
+    for s in summaries.values():
+        log.info("%s", s.format() if hasattr(s, "format") else s)
+
+    def loader(split, training):
+        ds, _ = make_dataset(splits[split], args.batch_size, training=training, seed=args.seed,
+                             image_size=args.image_size, num_classes=num_classes)
+        return ds
+
+    return Data(trn=loader("trn", True), val=loader("val", False),
+                tst=loader("tst", False) if args.tst_dir else None, summaries=summaries,
+                num_classes=num_classes, image_size=size, channels=trn_summary.image_shape[-1],
+                class_names=list(names) if names is not None else None,
+                steps_per_epoch=steps_per_epoch(trn_summary, args.batch_size, False))
+
+
+# ------------------------------------------------------------------------------------------- model
+def build_optimizer(args, steps_per_epoch: int):
+    import keras
+
+    if len(args.lr) == 1:
+        lr = args.lr[0]
+    else:
+        boundaries = [b * steps_per_epoch for b in args.lr_boundaries]
+        lr = keras.optimizers.schedules.PiecewiseConstantDecay(boundaries, list(args.lr))
+    if args.optimizer == "sgd":
+        return keras.optimizers.SGD(learning_rate=lr, momentum=args.momentum, nesterov=True)
+    if args.optimizer == "adam":
+        return keras.optimizers.Adam(learning_rate=lr)
+    return keras.optimizers.AdamW(learning_rate=lr)
+
+
+def build_or_resume(args, data: Data, paths: RunPaths, seed: int):
+    """A fresh compiled model, or the last checkpoint (weights, optimiser, running covariances)."""
+    import model as cfn
+
+    if args.resume:
+        state = json.loads(paths.state.read_text())
+        net = cfn.load_model(paths.last)
+        log.info("resuming %s after epoch %d", paths.last, state["epoch"])
+        return net, state
+    try:
+        net = cfn.build_model(
+            num_classes=data.num_classes, image_size=data.image_size, channels=data.channels,
+            backbone=args.backbone, method=args.method, shared=args.shared, weights=args.weights,
+            hidden=args.hidden, reduction=args.reduction, lambda1=args.lambda1,
+            lambda2=args.lambda2, corr_norm=args.corr_norm, seed=seed)
+    except ValueError as e:
+        raise UsageError(f"--backbone {args.backbone}: {e}") from None
+    net.compile(optimizer=build_optimizer(args, data.steps_per_epoch), jit_compile=args.jit)
+    return net, {"epoch": 0, "best_score": -math.inf, "best_epoch": None}
+
+
+# --------------------------------------------------------------------------------------- callbacks
+def make_callbacks(args, data: Data, paths: RunPaths, state: dict, run_info: dict):
+    from utils.callbacks import (
+        Checkpoints,
+        EpochLog,
+        FiniteLossGuard,
+        SplitEvaluation,
+        TensorBoardLogger,
+    )
+
+    guard = FiniteLossGuard()
+    extra = {"tst": data.tst} if data.tst is not None else {}
+    if args.eval_trn:
+        from data.loader import make_dataset
+
+        extra["trn"], _ = make_dataset(args.trn_dir, args.batch_size, training=False,
+                                       image_size=args.image_size, num_classes=data.num_classes)
+    cbs = [guard, SplitEvaluation(extra, guard)]
+    if args.save_model:
+        cbs.append(Checkpoints(paths.best, paths.last, paths.state, guard, state, run_info))
+    if args.save_log:
+        cbs.append(EpochLog(paths.log_dir / "log.txt", paths.log_dir / "history.csv",
+                            append=args.resume))
+    if args.use_tfboard:
+        tb = TensorBoardLogger.create(paths.tb_dir, sample=data.val)
+        if tb is not None:
+            cbs.append(tb)
+    return cbs, guard
+
+
+# -------------------------------------------------------------------------------------------- runs
+def train_one_run(args, data: Data, k: int, strategy, device_info: dict) -> dict:
+    import keras
+
+    from utils.rundir import atomic_write_json, versions
+
+    paths = run_paths(args, k)
+    seed = args.seed + k
+    keras.utils.set_random_seed(seed)
+    with strategy.scope():
+        net, state = build_or_resume(args, data, paths, seed)
+    run_info = {"run": k, "seed": seed}
+    paths.root.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(paths.root / "args.json", {
+        "args": vars(args), "run": k, "seed": seed, "devices": device_info, "versions": versions(),
+        "data": {s: v.to_dict() for s, v in data.summaries.items()},
+        "num_classes": data.num_classes, "class_names": data.class_names,
+        "image_size": list(data.image_size), "command": sys.argv})
+    callbacks, guard = make_callbacks(args, data, paths, state, run_info)
+    initial_epoch = int(state["epoch"])
+    if initial_epoch >= args.epochs:
+        log.info("run %d already trained for %d epochs", k, initial_epoch)
+    else:
+        set_loader_epoch(data, initial_epoch)
+        net.fit(data.trn, validation_data=data.val, epochs=args.epochs,
+                initial_epoch=initial_epoch, callbacks=callbacks, verbose=2)
+    if guard.failure:
+        raise TrainingDiverged(guard.failure)
+    return evaluate_run(args, data, paths, net)
+
+
+def set_loader_epoch(data: Data, epoch: int) -> None:
+    """Resume with the shuffle order the uninterrupted run would have used at this epoch."""
+    setter = getattr(data.trn, "set_epoch", None)
+    if setter is not None:
+        setter(epoch)
+
+
+class TrainingDiverged(RuntimeError):
+    pass
+
+
+def evaluate_run(args, data: Data, paths: RunPaths, net) -> dict:
+    """The best checkpoint (or the final weights when checkpoints are off) on the test split."""
+    if data.tst is None:
+        log.info("no test split given: skipping the final evaluation")
+        return {}
+    import model as cfn
+    from eval import evaluate_split, format_table, write_outputs
+
+    best = cfn.load_model(paths.best) if args.save_model and paths.best.is_file() else net
+    metrics, preds = evaluate_split(best, args.tst_dir, batch_size=args.batch_size,
+                                    threshold=0.5, class_names=data.class_names,
+                                    image_size=args.image_size)
+    write_outputs(paths.result_dir / "tst", metrics, preds, data.class_names, overwrite=True)
+    log.info("test metrics of %s:\n%s", paths.best if best is not net else "the final weights",
+             format_table(metrics))
+    return metrics
+
+
+SUMMARY_KEYS = ("OA_t1", "OA_t2", "OA_bi", "OA_tr", "kappa_t1", "kappa_t2", "change_precision",
+                "change_recall", "change_f1", "change_kappa")
+
+
+def summarize_runs(args, results: list[dict]) -> dict:
+    """Mean ± std of each run's test metrics, written as JSON and CSV into the result path."""
+    import numpy as np
+
+    from utils.rundir import atomic_write_bytes, atomic_write_json
+
+    results = [r for r in results if r]
+    if not results:
+        return {}
+    summary = {}
+    for key in SUMMARY_KEYS:
+        vals = [float(r[key]) for r in results if r.get(key) is not None]
+        if vals:
+            summary[key] = {"mean": float(np.mean(vals)), "std": float(np.std(vals)),
+                            "runs": vals}
+    out = Path(args.result_path or Path(args.workdir or run_paths(args, 0).root.parent) / "results")
+    if args.runs > 1:
+        rows = ["metric,mean,std," + ",".join(f"run{k}" for k in range(len(results)))]
+        rows += [f"{k},{v['mean']:.6f},{v['std']:.6f}," + ",".join(f"{x:.6f}" for x in v["runs"])
+                 for k, v in summary.items()]
+        atomic_write_json(out / "summary.json", summary)
+        atomic_write_bytes(out / "summary.csv", ("\n".join(rows) + "\n").encode())
+    lines = [f"{k:>18s}  {v['mean']:.4f} ± {v['std']:.4f}" for k, v in summary.items()]
+    log.info("test metrics over %d run(s):\n%s", len(results), "\n".join(lines))
+    return summary
+
+
+# -------------------------------------------------------------------------------------------- main
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    configure_logging()
+    select_devices(args.gpu)
+    if args.demo:
+        args.data_dir = str(ensure_demo_data())
+    resolve_splits(args)
+    for k in range(args.runs):
+        check_run_dir(args, run_paths(args, k))
+    data = load_data(args)
+    from utils.devices import make_strategy, setup_backend
+
+    device_info = setup_backend(args.mixed_precision)
+    strategy = make_strategy(device_info)
+    try:
+        results = [train_one_run(args, data, k, strategy, device_info)
+                   for k in range(args.runs)]
+    except TrainingDiverged as e:
+        log.error("%s", e)
+        return 1
+    summarize_runs(args, results)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(run_main(main))

@@ -1,0 +1,222 @@
+"""Keras callbacks used by train_cnn.py.
+
+Order matters: the guard and the split evaluation come first, because they add to the epoch's
+`logs` (`tst_*`, `trn_*`, `learning_rate`) what the checkpoint, log and TensorBoard callbacks read.
+"""
+
+from __future__ import annotations
+
+import csv
+import logging
+import math
+from pathlib import Path
+
+import keras
+import numpy as np
+
+from utils.rundir import atomic_save_model, atomic_write_json
+
+log = logging.getLogger("corrfusion.train")
+
+#: the four accuracy figures of DESIGN.md §3, as the model's metrics name them
+OA_KEYS = ("oa_t1", "oa_t2", "oa_bi", "oa_tr")
+
+
+def current_learning_rate(optimizer) -> float:
+    lr = optimizer.learning_rate
+    if callable(lr):  # a schedule
+        lr = lr(optimizer.iterations)
+    return float(keras.ops.convert_to_numpy(lr))
+
+
+class FiniteLossGuard(keras.callbacks.Callback):
+    """Stops training at the first NaN/inf loss, naming epoch and step; later callbacks check
+    `failure` so that no checkpoint of the broken epoch is written."""
+
+    def __init__(self):
+        super().__init__()
+        self.failure: str | None = None
+        self.epoch = 0
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.epoch = epoch
+
+    def on_train_batch_end(self, batch, logs=None):
+        loss = (logs or {}).get("loss")
+        if loss is None or self.failure:
+            return
+        loss = float(loss)
+        if not math.isfinite(loss):
+            self.failure = (f"non-finite loss ({loss}) at epoch {self.epoch + 1}, step {batch + 1}: "
+                            "training stopped; checkpoints of earlier epochs are kept")
+            log.error("%s", self.failure)
+            self.model.stop_training = True
+
+
+class SplitEvaluation(keras.callbacks.Callback):
+    """After each epoch: evaluate the extra splits (tst, optionally the whole trn) and add their
+    figures to the logs with a `tst_`/`trn_` prefix, plus the learning rate."""
+
+    def __init__(self, splits: dict, guard: FiniteLossGuard):
+        super().__init__()
+        self.splits = splits
+        self.guard = guard
+
+    def on_epoch_end(self, epoch, logs=None):
+        if logs is None:
+            return
+        logs["learning_rate"] = current_learning_rate(self.model.optimizer)
+        if self.guard.failure:
+            return
+        for name, ds in self.splits.items():
+            res = self.model.evaluate(ds, verbose=0, return_dict=True)
+            logs.update({f"{name}_{k}": float(v) for k, v in res.items()})
+
+
+class Checkpoints(keras.callbacks.Callback):
+    """`best.keras` (highest val OA_t1 + OA_t2, as the original) and `last.keras` every epoch with
+    the optimiser state, both written atomically; `last_state.json` holds the epoch and best score."""
+
+    def __init__(self, best: Path, last: Path, state_path: Path, guard: FiniteLossGuard,
+                 state: dict, run_info: dict):
+        super().__init__()
+        self.best, self.last, self.state_path = Path(best), Path(last), Path(state_path)
+        self.guard = guard
+        self.state = dict(state)
+        self.run_info = run_info
+
+    def on_epoch_end(self, epoch, logs=None):
+        if self.guard.failure:
+            return
+        logs = logs or {}
+        score = float(logs.get("val_oa_t1", 0.0)) + float(logs.get("val_oa_t2", 0.0))
+        best_score = self.state.get("best_score")
+        if best_score is None or not math.isfinite(best_score) or score > best_score:
+            atomic_save_model(self.model, self.best)
+            self.state.update(best_score=score, best_epoch=epoch + 1)
+            log.info("epoch %d: new best val OA_t1+OA_t2 = %.4f -> %s", epoch + 1, score, self.best)
+        atomic_save_model(self.model, self.last)
+        self.state.update(epoch=epoch + 1, **self.run_info)
+        atomic_write_json(self.state_path, self.state)
+
+
+class EpochLog(keras.callbacks.Callback):
+    """The original's per-epoch lines in log.txt and a CSV history (one row per epoch)."""
+
+    def __init__(self, log_txt: Path, history_csv: Path, append: bool = False):
+        super().__init__()
+        self.log_txt, self.history_csv = Path(log_txt), Path(history_csv)
+        self.append = append
+        self.keys: list[str] | None = None
+
+    def on_train_begin(self, logs=None):
+        self.log_txt.parent.mkdir(parents=True, exist_ok=True)
+        if self.append and self.history_csv.is_file():
+            with open(self.history_csv, newline="") as fh:
+                header = next(csv.reader(fh), None)
+            self.keys = header[1:] if header else None
+        elif not self.append:
+            self.log_txt.write_text("")
+            self.history_csv.unlink(missing_ok=True)
+
+    def on_epoch_end(self, epoch, logs=None):
+        logs = {k: float(v) for k, v in (logs or {}).items()}
+        with open(self.log_txt, "a") as fh:
+            fh.write(format_epoch_line(epoch + 1, self.params.get("epochs"), logs) + "\n")
+        if self.keys is None:
+            self.keys = sorted(logs)
+        new = not self.history_csv.is_file()
+        with open(self.history_csv, "a", newline="") as fh:
+            writer = csv.writer(fh)
+            if new:
+                writer.writerow(["epoch", *self.keys])
+            writer.writerow([epoch + 1, *(repr(logs.get(k, float("nan"))) for k in self.keys)])
+
+
+def format_epoch_line(epoch: int, epochs, logs: dict) -> str:
+    """`epoch 3/100 lr 5.0e-03 | trn loss .. OA_t1 .. | val ... | tst ...`"""
+
+    def part(prefix: str, label: str) -> str | None:
+        keys = ["loss", *OA_KEYS]
+        vals = [(k, logs.get(prefix + k)) for k in keys]
+        if all(v is None for _, v in vals):
+            return None
+        return label + " " + " ".join(f"{k.replace('oa', 'OA')} {v:.4f}" for k, v in vals
+                                      if v is not None)
+
+    parts = [f"epoch {epoch}/{epochs}", f"lr {logs.get('learning_rate', float('nan')):.1e}"]
+    parts += [p for p in (part("", "trn"), part("trn_", "trn(full)"), part("val_", "val"),
+                          part("tst_", "tst")) if p]
+    return " | ".join(parts)
+
+
+class TensorBoardLogger(keras.callbacks.Callback):
+    """TensorBoard event files in trn/, val/, tst/: every loss term and OA figure, the learning
+    rate, the canonical correlation, a histogram of the fusion weights, and the model graph."""
+
+    @classmethod
+    def create(cls, tb_dir: Path, sample=None):
+        if keras.backend.backend() != "tensorflow":
+            log.warning("TensorBoard logging needs the TensorFlow backend (this is %s): skipped",
+                        keras.backend.backend())
+            return None
+        return cls(tb_dir, sample)
+
+    def __init__(self, tb_dir: Path, sample=None):
+        super().__init__()
+        import tensorflow as tf
+
+        self.tf = tf
+        self.tb_dir = Path(tb_dir)
+        self.writers = {}
+        self.sample = None
+        if sample is not None:  # one fixed batch for the fusion-weight histogram and the graph
+            for (x1, x2), _ in sample:
+                self.sample = (np.asarray(x1), np.asarray(x2))
+                break
+
+    def writer(self, split: str):
+        if split not in self.writers:
+            self.writers[split] = self.tf.summary.create_file_writer(str(self.tb_dir / split))
+        return self.writers[split]
+
+    def on_train_begin(self, logs=None):
+        if self.sample is None:
+            return
+        tf, net = self.tf, self.model
+
+        @tf.function
+        def forward(x1, x2):
+            return net((x1, x2), training=False)
+
+        with self.writer("trn").as_default():
+            tf.summary.trace_on(graph=True, profiler=False)
+            forward(*self.sample)
+            tf.summary.trace_export(name="model", step=0)
+
+    def on_epoch_end(self, epoch, logs=None):
+        tf = self.tf
+        step = epoch + 1
+        for key, value in (logs or {}).items():
+            split, name = "trn", key
+            for prefix, target in (("val_", "val"), ("tst_", "tst"), ("trn_", "trn")):
+                if key.startswith(prefix):
+                    split, name = target, key[len(prefix):] + ("_full" if prefix == "trn_" else "")
+                    break
+            with self.writer(split).as_default():
+                tf.summary.scalar(name, float(value), step=step)
+        if self.sample is not None:
+            out = self.model(self.sample, training=False)
+            if isinstance(out, dict):
+                with self.writer("val").as_default():
+                    for key in ("fusion_weight", "dist"):
+                        if key in out:
+                            tf.summary.histogram(key, keras.ops.convert_to_numpy(out[key]),
+                                                 step=step)
+        for w in self.writers.values():
+            w.flush()
+
+    def on_train_end(self, logs=None):
+        for w in self.writers.values():
+            w.close()
+
