@@ -1,0 +1,109 @@
+"""utils.plots: every figure is written as a real PNG of reasonable size."""
+
+import numpy as np
+import pytest
+
+from utils import metrics as M
+from utils import plots as P
+
+PNG = b"\x89PNG\r\n\x1a\n"
+NAMES = ["water", "farmland", "residential", "industrial"]
+
+
+def assert_png(path, min_bytes=3_000, max_bytes=3_000_000):
+    data = path.read_bytes()
+    assert data[:8] == PNG, path
+    assert min_bytes < len(data) < max_bytes, (path, len(data))
+
+
+@pytest.fixture(scope="module")
+def case():
+    rng = np.random.default_rng(0)
+    n, k = 36, len(NAMES)
+    y1 = rng.integers(0, k, n)
+    y2 = y1.copy()
+    y2[:6] = (y2[:6] + 1) % k
+    p1 = rng.dirichlet(np.ones(k), n) + 2 * np.eye(k)[y1]
+    p2 = rng.dirichlet(np.ones(k), n) + 2 * np.eye(k)[y2]
+    p1 /= p1.sum(1, keepdims=True)
+    p2 /= p2.sum(1, keepdims=True)
+    row, col = np.divmod(np.arange(n), 6)
+    return dict(
+        y1=y1,
+        y2=y2,
+        p1=p1,
+        p2=p2,
+        row=row,
+        col=col,
+        m=M.compute_metrics(y1, y2, p1, p2, class_names=NAMES),
+    )
+
+
+def test_matrices(case, tmp_path):
+    m = case["m"]
+    assert_png(P.plot_confusion_matrix(m["confusion_t1"], NAMES, tmp_path / "cm.png", title="t1"))
+    assert_png(
+        P.plot_confusion_matrix(m["confusion_t2"], NAMES, tmp_path / "cm_raw.png", normalize=False)
+    )
+    # an empty row (class never present) must not produce NaN warnings or fail
+    cm = np.array(m["confusion_t1"])
+    cm[0] = 0
+    assert_png(P.plot_confusion_matrix(cm, NAMES, tmp_path / "cm0.png"))
+    assert_png(
+        P.plot_transition_matrices(
+            m["transition_true"], m["transition_pred"], NAMES, tmp_path / "tr.png"
+        )
+    )
+
+
+def test_pr_curve(case, tmp_path):
+    changed = case["y1"] != case["y2"]
+    pc = M.change_probability(case["p1"], case["p2"])
+    m = case["m"]
+    path = P.plot_pr_curve(
+        changed, pc, tmp_path / "pr.png", 0.5, (m["change_recall"], m["change_precision"])
+    )
+    assert_png(path)
+    assert_png(P.plot_pr_curve(np.zeros(5, bool), np.linspace(0, 1, 5), tmp_path / "pr_none.png"))
+
+
+def test_change_maps(case, tmp_path):
+    c = case
+    pred1, pred2 = c["p1"].argmax(1), c["p2"].argmax(1)
+    assert_png(
+        P.plot_class_maps(
+            c["row"], c["col"], c["y1"], c["y2"], pred1, pred2, NAMES, tmp_path / "cls.png"
+        )
+    )
+    assert_png(
+        P.plot_change_map(
+            c["row"], c["col"], c["y1"] != c["y2"], pred1 != pred2, tmp_path / "chg.png"
+        )
+    )
+
+
+def test_grid_from_rowcol():
+    grid, origin = P.grid_from_rowcol([5, 5, 7], [2, 3, 2], [1, 2, 3])
+    assert origin == (5, 2)
+    np.testing.assert_array_equal(grid, [[1, 2], [-1, -1], [3, -1]])
+    with pytest.raises(ValueError, match="equal lengths"):
+        P.grid_from_rowcol([1, 2], [1], [1, 2])
+
+
+def test_history(tmp_path):
+    csv_path = tmp_path / "history.csv"
+    lines = ["epoch,loss,val_loss,oa_t1,val_oa_t1,oa_t2,val_oa_t2,corr_loss,lr,note"]
+    for e in range(5):
+        lines.append(
+            f"{e},{1 / (e + 1)},{1.2 / (e + 1)},{0.2 * e},{0.18 * e},{0.2 * e},{0.1 * e},{0.01},{1e-3},x"
+        )
+    csv_path.write_text("\n".join(lines) + "\n")
+    h = P.read_history(csv_path)
+    assert h["loss"][0] == 1.0 and np.isnan(h["note"]).all()
+    assert_png(P.plot_history(csv_path, tmp_path / "curves.png"))
+    # only a few columns, no epoch column
+    (tmp_path / "h2.csv").write_text("loss\n1.0\n0.5\n")
+    assert_png(P.plot_history(tmp_path / "h2.csv", tmp_path / "curves2.png"), min_bytes=1_000)
+    (tmp_path / "empty.csv").write_text("")
+    with pytest.raises(ValueError, match="header"):
+        P.read_history(tmp_path / "empty.csv")
