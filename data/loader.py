@@ -1,0 +1,266 @@
+"""Streaming loader over a split directory of npz shards (DESIGN.md §2 scaling, §4 format).
+
+Yields batches ``((x1, x2), (y1, y2))``: x float32 (B, H, W, C) scaled per §2, y int32 0-based.
+
+How it works (the same pure functions serve both backends):
+
+* :func:`batch_plan` lays out one epoch: the order of the shards and, per batch, the segments
+  ``(file, start, stop)`` of the per-shard order it takes. Training shuffles the shard order and the
+  pairs within each shard from ``(seed, epoch)``; batches that straddle two shards mix them.
+  Evaluation keeps sorted-file order and stored pair order (the order of ``read_labels``).
+* :class:`ShardCache` holds at most ONE decoded shard: the previous one is released before the
+  next is read, so peak memory is one shard (in its stored dtype, e.g. uint8) plus a few batches,
+  whatever the number of shards. npz members cannot be memory-mapped when compressed, so a shard is
+  decoded whole with ``np.load(allow_pickle=False)``; its float values are checked as it is read.
+* :func:`gather_batch` builds a batch in the stored dtype; the cast to float32, the §2 scaling and
+  the optional resize happen on the batch only (tf.data ``map`` on TensorFlow, NumPy/keras.ops in
+  the ``PyDataset`` on other backends).
+* Pairs with label 0 on either date are skipped (counted and logged once per split).
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import math
+
+import keras
+import numpy as np
+
+from data import shards
+
+log = logging.getLogger(__name__)
+
+
+# ----------------------------------------------------------------------------- pure functions
+
+
+def steps_per_epoch(summary, batch_size, drop_remainder=False) -> int:
+    """Batches per epoch for a :class:`data.shards.SplitSummary`."""
+    if drop_remainder:
+        return summary.n_pairs // batch_size
+    return math.ceil(summary.n_pairs / batch_size)
+
+
+def file_order(n_files, training, seed, epoch) -> np.ndarray:
+    """Order of the shards in one epoch: sorted for evaluation, shuffled from (seed, epoch) else."""
+    if not training:
+        return np.arange(n_files)
+    return np.random.default_rng([seed, epoch]).permutation(n_files)
+
+
+def pair_order(n, training, seed, epoch, file_index) -> np.ndarray:
+    """Order of the n usable pairs of one shard: stored order, or shuffled from (seed, epoch, file)."""
+    if not training:
+        return np.arange(n)
+    return np.random.default_rng([seed, epoch, file_index + 1]).permutation(n)
+
+
+def batch_plan(pairs_per_file, batch_size, training, seed=0, epoch=0, drop_remainder=False):
+    """One epoch as a list of batches, each a list of segments ``(file_index, start, stop)``.
+
+    ``start:stop`` index the shard's :func:`pair_order`. Every usable pair appears exactly once
+    (except the last partial batch when ``drop_remainder``).
+    """
+    if batch_size < 1:
+        raise ValueError(f"batch_size={batch_size}: expected >= 1")
+    order = [int(f) for f in file_order(len(pairs_per_file), training, seed, epoch)]
+    counts = np.array([pairs_per_file[f] for f in order], dtype=np.int64)
+    ends = np.cumsum(counts)
+    total = int(ends[-1]) if len(ends) else 0
+    n_batches = total // batch_size if drop_remainder else math.ceil(total / batch_size)
+    plan = []
+    for b in range(n_batches):
+        lo, hi = b * batch_size, min((b + 1) * batch_size, total)
+        segments = []
+        j = int(np.searchsorted(ends, lo, side="right"))
+        while lo < hi:
+            begin = int(ends[j] - counts[j])
+            stop = min(hi, int(ends[j]))
+            segments.append((order[j], lo - begin, stop - begin))
+            lo = stop
+            j += 1
+        plan.append(segments)
+    return plan
+
+
+def load_shard(path, summary, num_classes=None) -> dict:
+    """Read and check one shard in full: arrays in stored dtype plus ``defined`` (usable indices)."""
+    info, _ = shards.check_shard(path, summary.num_classes if num_classes is None else num_classes)
+    first = shards.ShardInfo(summary.files[0], 0, summary.image_shape, summary.dtype,
+                             summary.class_names, summary.has_rowcol, 0)
+    shards.check_consistent(first, info)
+    data = shards.load_arrays(path, shards.REQUIRED_KEYS)
+    for key in shards.IMAGE_KEYS:
+        shards.check_image_values(path, key, data[key])
+    data["defined"] = np.flatnonzero(shards.defined_mask(data["label_t1"], data["label_t2"]))
+    return data
+
+
+class ShardCache:
+    """Holds at most one decoded shard; reading another releases the current one first.
+
+    Args:
+        summary: the split's :class:`data.shards.SplitSummary`.
+        num_classes: K to check labels against (default ``summary.num_classes``).
+        load_fn: ``load_fn(path, summary, num_classes) -> dict`` (default :func:`load_shard`);
+            tests pass an instrumented one.
+    """
+
+    def __init__(self, summary, num_classes=None, load_fn=None):
+        self.summary = summary
+        self.num_classes = num_classes
+        self.load_fn = load_fn or load_shard
+        self.index = None
+        self.data = None
+        self.loads = 0
+
+    def get(self, file_index) -> dict:
+        if file_index != self.index:
+            self.index, self.data = None, None  # release before reading the next shard
+            self.data = self.load_fn(self.summary.files[file_index], self.summary, self.num_classes)
+            self.index = file_index
+            self.loads += 1
+        return self.data
+
+
+def gather_batch(segments, cache, training, seed, epoch):
+    """Batch ``(x1, x2, y1, y2)`` for one plan entry: images in stored dtype, labels 0-based int32."""
+    parts = []
+    for f, start, stop in segments:
+        data = cache.get(f)
+        if data.get("order_epoch") != epoch:
+            data["order"] = pair_order(len(data["defined"]), training, seed, epoch, f)
+            data["order_epoch"] = epoch
+        idx = data["defined"][data["order"][start:stop]]
+        parts.append([data["image_t1"][idx], data["image_t2"][idx],
+                      data["label_t1"][idx].astype(np.int32) - 1,
+                      data["label_t2"][idx].astype(np.int32) - 1])
+    if len(parts) == 1:
+        return tuple(parts[0])
+    return tuple(np.concatenate(arrays) for arrays in zip(*parts))
+
+
+def iter_batches(summary, batch_size, training, seed=0, epoch=0, drop_remainder=False,
+                 num_classes=None, load_fn=None):
+    """Generator of one epoch of raw batches ``(x1, x2, y1, y2)`` (images in stored dtype)."""
+    cache = ShardCache(summary, num_classes, load_fn)
+    for segments in batch_plan(summary.pairs_per_file, batch_size, training, seed, epoch,
+                               drop_remainder):
+        yield gather_batch(segments, cache, training, seed, epoch)
+
+
+# ----------------------------------------------------------------------------- backends
+
+
+def _tf_dataset(summary, batch_size, training, seed, image_size, num_classes, drop_remainder):
+    import tensorflow as tf
+
+    epochs = itertools.count()  # the n-th iteration over the dataset is epoch n
+
+    def generate():
+        yield from iter_batches(summary, batch_size, training, seed, next(epochs),
+                                drop_remainder, num_classes)
+
+    h, w, c = summary.image_shape
+    b = batch_size if drop_remainder else None
+    image_spec = tf.TensorSpec((b, h, w, c), tf.as_dtype(summary.dtype))
+    label_spec = tf.TensorSpec((b,), tf.int32)
+    scale = shards.scale_factor(summary.dtype)
+
+    def finish(x):
+        x = tf.cast(x, tf.float32) * scale - 0.5
+        if image_size is not None:
+            x = tf.image.resize(x, image_size)
+        return x
+
+    ds = tf.data.Dataset.from_generator(
+        generate, output_signature=(image_spec, image_spec, label_spec, label_spec))
+    ds = ds.apply(tf.data.experimental.assert_cardinality(
+        steps_per_epoch(summary, batch_size, drop_remainder)))
+    ds = ds.map(lambda x1, x2, y1, y2: ((finish(x1), finish(x2)), (y1, y2)),
+                num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    return ds.prefetch(tf.data.AUTOTUNE)
+
+
+class ShardPyDataset(keras.utils.PyDataset):
+    """The same reader as a ``keras.utils.PyDataset`` (any Keras backend).
+
+    Batches are read in index order within an epoch (one shard held at a time); ``on_epoch_end``
+    advances the epoch and so the shuffle. Keep ``workers=1`` / no multiprocessing so that the shard
+    cache sees batches in order.
+    """
+
+    def __init__(self, summary, batch_size, training, seed=0, image_size=None, num_classes=None,
+                 drop_remainder=False, load_fn=None, **kwargs):
+        super().__init__(**kwargs)
+        self.summary = summary
+        self.batch_size = batch_size
+        self.training = training
+        self.seed = seed
+        self.image_size = None if image_size is None else tuple(image_size)
+        self.num_classes = num_classes
+        self.drop_remainder = drop_remainder
+        self.epoch = 0
+        self._cache = ShardCache(summary, num_classes, load_fn)
+        self._plan = self._make_plan()
+
+    def _make_plan(self):
+        return batch_plan(self.summary.pairs_per_file, self.batch_size, self.training, self.seed,
+                          self.epoch, self.drop_remainder)
+
+    def __len__(self):
+        return len(self._plan)
+
+    def _finish(self, x):
+        x = shards.scale_images(x)
+        if self.image_size is not None and x.shape[1:3] != self.image_size:
+            x = keras.ops.convert_to_numpy(keras.ops.image.resize(x, self.image_size))
+        return x
+
+    def __getitem__(self, index):
+        if index >= len(self._plan):
+            raise IndexError(f"batch {index} of {len(self._plan)}")
+        x1, x2, y1, y2 = gather_batch(self._plan[index], self._cache, self.training, self.seed,
+                                      self.epoch)
+        return (self._finish(x1), self._finish(x2)), (y1, y2)
+
+    def on_epoch_end(self):
+        self.epoch += 1
+        self._plan = self._make_plan()
+
+
+def make_dataset(split_dir, batch_size, training, seed=0, image_size=None, num_classes=None,
+                 drop_remainder=False):
+    """Streaming dataset over a split directory of §4 shards.
+
+    Args:
+        split_dir: directory of ``.npz`` shards.
+        batch_size: pairs per batch.
+        training: shuffle shards and pairs from ``seed`` (new order each epoch, deterministic);
+            False keeps the fixed order of :func:`data.shards.read_labels`.
+        seed: shuffle seed.
+        image_size: optional ``(height, width)`` to resize batches to (bilinear).
+        num_classes: K; labels above it are an error (default: from the shards).
+        drop_remainder: drop the last partial batch (fixed batch dimension).
+
+    Returns:
+        ``(dataset, summary)``: a ``tf.data.Dataset`` on the TensorFlow backend, else a
+        :class:`ShardPyDataset`, yielding ``((x1, x2), (y1, y2))``; and the split's SplitSummary.
+
+    Raises:
+        data.shards.ShardError: the split breaks the §4 format (file, key, expectation).
+    """
+    summary = shards.inspect_split(split_dir, num_classes, check_values=False)
+    if summary.n_pairs == 0:
+        raise shards.ShardError(f"{split_dir}: label_t1/label_t2: no usable pairs; expected at "
+                                "least one pair with labels > 0 on both dates")
+    log.info("%s: %d pairs in %d shard(s), %d undefined pair(s) skipped, %s %s", split_dir,
+             summary.n_pairs, len(summary.files), summary.n_skipped, summary.image_shape,
+             summary.dtype)
+    if image_size is not None:
+        image_size = (int(image_size[0]), int(image_size[1]))
+    args = (summary, batch_size, training, seed, image_size, num_classes, drop_remainder)
+    if keras.backend.backend() == "tensorflow":
+        return _tf_dataset(*args), summary
+    return ShardPyDataset(*args), summary

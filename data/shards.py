@@ -1,0 +1,437 @@
+"""The npz shard format of DESIGN.md §4: reading, validation, summary and writing.
+
+A split (``trn``, ``val``, ``tst``) is a directory of ``.npz`` files read in sorted name order.
+Each file holds ``image_t1``/``image_t2`` (N, H, W, C) uint8, uint16 or float32 (same shape and
+dtype), ``label_t1``/``label_t2`` (N,) integer class ids 1..K (0 = undefined), optionally
+``row``/``col`` (N,) integer grid positions and ``class_names`` (K,) str.
+
+Files are opened with ``allow_pickle=False``. Every rule broken raises :class:`ShardError` with one
+line ``<file>: <key>: <what was expected>``.
+
+Cheap checks only read the ``.npy`` headers inside the zip (shape, dtype) and the small label
+arrays; the value check of float images (finite, inside [0, 1]) streams each image array through in
+chunks, so validating a 5,000-pair shard never holds more than one chunk of decoded pixels.
+This module imports only NumPy (no TensorFlow), so the command-line tools start quickly.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+import pathlib
+import zipfile
+import zlib
+
+import numpy as np
+
+log = logging.getLogger(__name__)
+
+IMAGE_KEYS = ("image_t1", "image_t2")
+LABEL_KEYS = ("label_t1", "label_t2")
+GRID_KEYS = ("row", "col")
+REQUIRED_KEYS = IMAGE_KEYS + LABEL_KEYS
+IMAGE_DTYPES = (np.dtype(np.uint8), np.dtype(np.uint16), np.dtype(np.float32))
+CHUNK_BYTES = 64 * 2**20  # decoded bytes per chunk when checking float image values
+_READ_ERRORS = (OSError, ValueError, EOFError, zipfile.BadZipFile, zlib.error, KeyError)
+
+
+class ShardError(ValueError):
+    """A shard or split directory breaks the format of DESIGN.md §4 (message: file: key: expected)."""
+
+
+def _err(path, key, expected) -> ShardError:
+    return ShardError(f"{path}: {key}: {expected}")
+
+
+# ----------------------------------------------------------------------------- files
+
+
+def list_shards(split_dir) -> list[pathlib.Path]:
+    """Sorted ``.npz`` files of a split directory; ShardError if it is missing or holds none."""
+    split_dir = pathlib.Path(split_dir)
+    if not split_dir.is_dir():
+        what = "not a directory" if split_dir.exists() else "no such directory"
+        raise _err(split_dir, "split", f"{what}; expected a directory of .npz shards")
+    files = sorted(p for p in split_dir.iterdir() if p.suffix == ".npz" and p.is_file())
+    if not files:
+        raise _err(split_dir, "split", "no .npz files; expected at least one shard")
+    return files
+
+
+def _open_zip(path) -> zipfile.ZipFile:
+    if not zipfile.is_zipfile(path):
+        raise _err(path, "file", "not a zip/npz archive (wrong format or truncated)")
+    try:
+        return zipfile.ZipFile(path)
+    except _READ_ERRORS as e:
+        raise _err(path, "file", f"unreadable npz archive ({e})") from None
+
+
+def _read_header(path, zf: zipfile.ZipFile, key: str):
+    """(shape, dtype) of one array in the npz from its .npy header, without decoding the data."""
+    try:
+        with zf.open(key + ".npy") as f:
+            version = np.lib.format.read_magic(f)
+            if version == (1, 0):
+                shape, fortran, dtype = np.lib.format.read_array_header_1_0(f)
+            else:
+                shape, fortran, dtype = np.lib.format.read_array_header_2_0(f)
+    except _READ_ERRORS as e:
+        raise _err(path, key, f"unreadable .npy member ({e}); expected a NumPy array") from None
+    if dtype.hasobject:
+        raise _err(path, key, "object (pickled) array; expected a plain numeric/str array "
+                              "(files are read with allow_pickle=False)")
+    return tuple(shape), dtype
+
+
+def read_headers(path) -> dict:
+    """``{key: (shape, dtype)}`` for every array of one npz file (only the headers are read)."""
+    with _open_zip(path) as zf:
+        keys = [n[:-4] for n in zf.namelist() if n.endswith(".npy")]
+        return {k: _read_header(path, zf, k) for k in keys}
+
+
+def load_arrays(path, keys) -> dict:
+    """Decode the named arrays of one npz file (``allow_pickle=False``), errors as ShardError."""
+    _open_zip(path).close()
+    out, key = {}, "file"
+    try:
+        with np.load(path, allow_pickle=False) as npz:
+            for key in keys:
+                out[key] = npz[key]
+    except ValueError as e:
+        if "pickle" in str(e):
+            raise _err(path, key, "object (pickled) array; expected a plain numeric/str array "
+                                  "(files are read with allow_pickle=False)") from None
+        raise _err(path, key, f"unreadable ({e}); the file looks truncated or corrupt") from None
+    except _READ_ERRORS as e:
+        raise _err(path, key, f"unreadable ({e}); the file looks truncated or corrupt") from None
+    return out
+
+
+# ----------------------------------------------------------------------------- validation
+
+
+@dataclasses.dataclass
+class ShardInfo:
+    """What the header and label checks of one shard found."""
+
+    path: pathlib.Path
+    n: int
+    image_shape: tuple
+    dtype: np.dtype
+    class_names: list | None
+    has_rowcol: bool
+    max_label: int
+
+
+def check_header(path, headers: dict) -> tuple[int, tuple, np.dtype]:
+    """Check keys, shapes and dtypes of one shard from its headers; return (N, (H, W, C), dtype)."""
+    for key in REQUIRED_KEYS:
+        if key not in headers:
+            raise _err(path, key, f"missing; expected keys {', '.join(REQUIRED_KEYS)}")
+    (s1, d1), (s2, d2) = headers["image_t1"], headers["image_t2"]
+    for key, (shape, dtype) in zip(IMAGE_KEYS, ((s1, d1), (s2, d2))):
+        if len(shape) != 4 or min(shape[1:], default=0) < 1:
+            raise _err(path, key, f"shape {shape}; expected (N, H, W, C) with H, W, C >= 1")
+        if dtype not in IMAGE_DTYPES:
+            raise _err(path, key, f"dtype {dtype}; expected uint8, uint16 or float32")
+    if s1 != s2:
+        raise _err(path, "image_t2", f"shape {s2}; expected the shape of image_t1 {s1}")
+    if d1 != d2:
+        raise _err(path, "image_t2", f"dtype {d2}; expected the dtype of image_t1 ({d1})")
+    n = s1[0]
+    for key in LABEL_KEYS + GRID_KEYS:
+        if key not in headers:
+            continue
+        shape, dtype = headers[key]
+        if shape != (n,):
+            raise _err(path, key, f"shape {shape}; expected ({n},), one entry per image pair")
+        if dtype.kind not in "iu":
+            raise _err(path, key, f"dtype {dtype}; expected an integer dtype")
+    if ("row" in headers) != ("col" in headers):
+        missing = "col" if "row" in headers else "row"
+        raise _err(path, missing, "missing; expected row and col together or neither")
+    if "class_names" in headers:
+        shape, dtype = headers["class_names"]
+        if len(shape) != 1 or dtype.kind not in "US":
+            raise _err(path, "class_names", f"shape {shape} dtype {dtype}; expected a 1-D str array")
+    return n, tuple(s1[1:]), d1
+
+
+def check_labels(path, labels: dict, num_classes: int | None) -> int:
+    """Labels non-negative and <= num_classes (if known); return the largest label."""
+    top = 0
+    for key in LABEL_KEYS:
+        y = labels[key]
+        if y.size and y.min() < 0:
+            raise _err(path, key, f"negative label {int(y.min())}; expected class ids 1..K, 0 = undefined")
+        if y.size:
+            top = max(top, int(y.max()))
+        if num_classes is not None and y.size and y.max() > num_classes:
+            raise _err(path, key, f"label {int(y.max())} > {num_classes}; expected class ids 1..{num_classes}")
+    return top
+
+
+def check_image_values(path, key, images: np.ndarray) -> None:
+    """Float images must be finite and inside [0, 1]; checked in chunks (no full-size temporaries)."""
+    if images.dtype.kind != "f" or images.size == 0:
+        return
+    rows = max(1, CHUNK_BYTES // max(1, images[0].nbytes))
+    for start in range(0, len(images), rows):
+        _check_float_chunk(path, key, images[start:start + rows], start)
+
+
+def _check_float_chunk(path, key, chunk, start):
+    if not np.isfinite(chunk).all():
+        i = start + int(np.argmax(~np.isfinite(chunk).reshape(len(chunk), -1).all(axis=1)))
+        raise _err(path, key, f"NaN or inf in pair {i}; expected float images in [0, 1]")
+    lo, hi = float(chunk.min()), float(chunk.max())
+    if lo < 0.0 or hi > 1.0:
+        raise _err(path, key, f"values in [{lo:g}, {hi:g}] near pair {start}; expected float images "
+                              "in [0, 1] (store integers as uint8/uint16)")
+
+
+def stream_check_image_values(path, key) -> None:
+    """Value check of a float image array straight from the zip, one chunk of rows at a time."""
+    with _open_zip(path) as zf:
+        shape, dtype = _read_header(path, zf, key)
+        if dtype.kind != "f" or 0 in shape:
+            return
+        row_bytes = int(np.prod(shape[1:])) * dtype.itemsize
+        rows = max(1, CHUNK_BYTES // row_bytes)
+        try:
+            with zf.open(key + ".npy") as f:
+                version = np.lib.format.read_magic(f)
+                reader = (np.lib.format.read_array_header_1_0 if version == (1, 0)
+                          else np.lib.format.read_array_header_2_0)
+                _, fortran, _ = reader(f)
+                if fortran:  # rare; fall back to decoding the whole array
+                    raise NotImplementedError
+                for start in range(0, shape[0], rows):
+                    k = min(rows, shape[0] - start)
+                    buf = f.read(k * row_bytes)
+                    if len(buf) != k * row_bytes:
+                        raise EOFError("array data ends early")
+                    chunk = np.frombuffer(buf, dtype=dtype).reshape((k,) + tuple(shape[1:]))
+                    _check_float_chunk(path, key, chunk, start)
+        except NotImplementedError:
+            check_image_values(path, key, load_arrays(path, [key])[key])
+        except _READ_ERRORS as e:
+            raise _err(path, key, f"unreadable ({e}); the file looks truncated or corrupt") from None
+
+
+def check_shard(path, num_classes=None) -> tuple[ShardInfo, dict]:
+    """Header + label checks of one shard (images not decoded). Returns (info, small arrays)."""
+    path = pathlib.Path(path)
+    headers = read_headers(path)
+    n, image_shape, dtype = check_header(path, headers)
+    keys = [k for k in LABEL_KEYS + GRID_KEYS + ("class_names",) if k in headers]
+    arrays = load_arrays(path, keys)
+    names = [str(s) if not isinstance(s, bytes) else s.decode() for s in arrays["class_names"]] \
+        if "class_names" in arrays else None
+    if num_classes is None and names is not None:
+        num_classes = len(names)
+    top = check_labels(path, arrays, num_classes)
+    info = ShardInfo(path, n, image_shape, dtype, names, "row" in headers, top)
+    return info, arrays
+
+
+def check_consistent(first: ShardInfo, info: ShardInfo) -> None:
+    """Shards of one split agree on image size, channels, dtype, row/col and class names."""
+    if info.image_shape != first.image_shape:
+        raise _err(info.path, "image_t1", f"image shape (H, W, C) {info.image_shape}; expected "
+                   f"{first.image_shape} as in {first.path.name} (all shards of a split alike)")
+    if info.dtype != first.dtype:
+        raise _err(info.path, "image_t1", f"dtype {info.dtype}; expected {first.dtype} as in "
+                   f"{first.path.name} (all shards of a split alike)")
+    if info.has_rowcol != first.has_rowcol:
+        raise _err(info.path, "row", f"{'present' if info.has_rowcol else 'absent'}; expected "
+                   f"{'present' if first.has_rowcol else 'absent'} as in {first.path.name}")
+    if first.class_names is not None and info.class_names is not None \
+            and info.class_names != first.class_names:
+        raise _err(info.path, "class_names", f"{info.class_names}; expected {first.class_names} "
+                   f"as in {first.path.name}")
+
+
+def defined_mask(label_t1, label_t2) -> np.ndarray:
+    """Pairs whose class is defined on both dates (label 0 = undefined is skipped)."""
+    return (np.asarray(label_t1) > 0) & (np.asarray(label_t2) > 0)
+
+
+# ----------------------------------------------------------------------------- summary
+
+
+@dataclasses.dataclass
+class SplitSummary:
+    """Summary of a validated split directory (see :func:`inspect_split`)."""
+
+    split_dir: pathlib.Path
+    files: list
+    n_pairs: int
+    n_skipped: int
+    image_shape: tuple
+    dtype: np.dtype
+    num_classes: int
+    class_names: list | None
+    hist_t1: np.ndarray
+    hist_t2: np.ndarray
+    n_changed: int
+    has_rowcol: bool
+    pairs_per_file: list  # usable pairs per file (undefined ones skipped)
+
+    def to_dict(self) -> dict:
+        """JSON-able form."""
+        return {
+            "split_dir": str(self.split_dir), "files": [str(f) for f in self.files],
+            "n_pairs": self.n_pairs, "n_skipped": self.n_skipped,
+            "image_shape": list(self.image_shape), "dtype": str(self.dtype),
+            "num_classes": self.num_classes, "class_names": self.class_names,
+            "hist_t1": self.hist_t1.tolist(), "hist_t2": self.hist_t2.tolist(),
+            "n_changed": self.n_changed, "has_rowcol": self.has_rowcol,
+            "pairs_per_file": list(self.pairs_per_file),
+        }
+
+    def format(self) -> str:
+        """Human-readable multi-line summary."""
+        h, w, c = self.image_shape
+        lines = [
+            f"{self.split_dir}: {len(self.files)} shard(s), {self.n_pairs} pairs "
+            f"({self.n_skipped} undefined pairs skipped)",
+            f"  images: {h}x{w}x{c} {self.dtype}; row/col: {'yes' if self.has_rowcol else 'no'}",
+            f"  changed pairs: {self.n_changed} "
+            f"({100.0 * self.n_changed / max(1, self.n_pairs):.1f} %)",
+            f"  {'id':>3}  {'class':<24} {'t1':>8} {'t2':>8}",
+        ]
+        names = self.class_names or [f"class {k + 1}" for k in range(self.num_classes)]
+        for k in range(self.num_classes):
+            lines.append(f"  {k + 1:>3}  {names[k]:<24} {self.hist_t1[k]:>8} {self.hist_t2[k]:>8}")
+        return "\n".join(lines)
+
+    __str__ = format
+
+
+def _scan_split(split_dir, num_classes):
+    files = list_shards(split_dir)
+    infos, labels = [], []
+    for path in files:
+        info, arrays = check_shard(path, num_classes)
+        if infos:
+            check_consistent(infos[0], info)
+        infos.append(info)
+        labels.append(arrays)
+    names = next((i.class_names for i in infos if i.class_names is not None), None)
+    if names is not None and num_classes is not None and len(names) != num_classes:
+        raise _err(infos[0].path, "class_names", f"{len(names)} names; expected num_classes={num_classes}")
+    return files, infos, labels, names
+
+
+def inspect_split(split_dir, num_classes=None, check_values=True) -> SplitSummary:
+    """Validate every §4 rule on every shard of ``split_dir`` and summarise it.
+
+    Args:
+        split_dir: directory of ``.npz`` shards.
+        num_classes: K if known; labels above it are an error. Default: ``len(class_names)`` when
+            the shards carry names, else the largest label seen.
+        check_values: also check float image values (finite, in [0, 1]) by streaming each image
+            array in chunks. The loader passes False and checks each shard as it reads it.
+
+    Raises:
+        ShardError: one line naming file, key and what was expected.
+    """
+    split_dir = pathlib.Path(split_dir)
+    files, infos, labels, names = _scan_split(split_dir, num_classes)
+    if check_values and infos[0].dtype.kind == "f":
+        for path in files:
+            for key in IMAGE_KEYS:
+                stream_check_image_values(path, key)
+    k = num_classes if num_classes is not None else (len(names) if names else
+                                                     max(i.max_label for i in infos))
+    hist1, hist2 = np.zeros(k, np.int64), np.zeros(k, np.int64)
+    n_pairs = n_skipped = n_changed = 0
+    per_file = []
+    for arrays in labels:
+        y1, y2 = arrays["label_t1"], arrays["label_t2"]
+        ok = defined_mask(y1, y2)
+        y1, y2 = y1[ok].astype(np.int64), y2[ok].astype(np.int64)
+        hist1 += np.bincount(y1 - 1, minlength=k)[:k]
+        hist2 += np.bincount(y2 - 1, minlength=k)[:k]
+        n_changed += int((y1 != y2).sum())
+        n_pairs += int(ok.sum())
+        n_skipped += int((~ok).sum())
+        per_file.append(int(ok.sum()))
+    if n_skipped:
+        log.info("%s: skipping %d undefined pair(s) (label 0 on a date)", split_dir, n_skipped)
+    return SplitSummary(split_dir, files, n_pairs, n_skipped, infos[0].image_shape, infos[0].dtype,
+                        k, names, hist1, hist2, n_changed, infos[0].has_rowcol, per_file)
+
+
+def read_labels(split_dir, num_classes=None) -> dict:
+    """Labels of a split in fixed (sorted file) order with undefined pairs removed.
+
+    Returns ``{"label_t1", "label_t2"}`` 0-based int32, ``"row"``/``"col"`` int64 or None and
+    ``"class_names"`` (list or None). Same order as the evaluation loader.
+    """
+    _, infos, labels, names = _scan_split(split_dir, num_classes)
+    out = {"label_t1": [], "label_t2": [], "row": [], "col": []}
+    for arrays in labels:
+        ok = defined_mask(arrays["label_t1"], arrays["label_t2"])
+        for key in LABEL_KEYS:
+            out[key].append(arrays[key][ok].astype(np.int32) - 1)
+        for key in GRID_KEYS:
+            if key in arrays:
+                out[key].append(arrays[key][ok].astype(np.int64))
+    result = {key: np.concatenate(out[key]) for key in LABEL_KEYS}
+    for key in GRID_KEYS:
+        result[key] = np.concatenate(out[key]) if infos[0].has_rowcol else None
+    result["class_names"] = names
+    return result
+
+
+# ----------------------------------------------------------------------------- scaling
+
+
+def scale_factor(dtype) -> float:
+    """Multiplier of DESIGN.md §2: 1 / dtype max for integer images, 1 for float images."""
+    dtype = np.dtype(dtype)
+    if dtype.kind in "iu":
+        return 1.0 / float(np.iinfo(dtype).max)
+    if dtype.kind == "f":
+        return 1.0
+    raise ValueError(f"image dtype {dtype}: expected an integer or float dtype")
+
+
+def scale_images(x) -> np.ndarray:
+    """§2 input scaling: integer images / dtype max, float images as they are; then minus 0.5."""
+    x = np.asarray(x)
+    return (x.astype(np.float32) * np.float32(scale_factor(x.dtype)) - np.float32(0.5)).astype(np.float32)
+
+
+# ----------------------------------------------------------------------------- writing
+
+
+def write_shard(path, image_t1, image_t2, label_t1, label_t2, row=None, col=None,
+                class_names=None, compress=False) -> pathlib.Path:
+    """Write one §4 shard atomically (temporary file, then rename). Labels are 1-based, 0 = undefined.
+
+    ``compress=False`` stores the arrays uncompressed (fast to write and read; images from real
+    imagery compress well, so builders of user data pass ``compress=True``).
+    """
+    path = pathlib.Path(path)
+    arrays = {"image_t1": np.asarray(image_t1), "image_t2": np.asarray(image_t2),
+              "label_t1": np.asarray(label_t1), "label_t2": np.asarray(label_t2)}
+    if row is not None:
+        arrays["row"], arrays["col"] = np.asarray(row), np.asarray(col)
+    if class_names is not None:
+        arrays["class_names"] = np.asarray([str(s) for s in class_names], dtype=str)
+    check_header(path, {k: (v.shape, v.dtype) for k, v in arrays.items()})
+    tmp = path.parent / f".{path.name}.{os.getpid()}.tmp"
+    try:
+        with open(tmp, "xb") as f:
+            (np.savez_compressed if compress else np.savez)(f, **arrays)
+        os.replace(tmp, path)
+    except BaseException:
+        os.unlink(tmp)
+        raise
+    return path

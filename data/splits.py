@@ -1,0 +1,120 @@
+"""Shared steps of the shard writers: random trn/val/tst split and safe writing of split dirs.
+
+Writers never replace anything a user made: an output split directory that exists and is not empty
+is refused before any work is done, and shards are written into a temporary directory inside the
+output directory that is renamed into place only when every shard is written (removed on error).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import pathlib
+import shutil
+import tempfile
+
+import numpy as np
+
+from data import shards
+
+log = logging.getLogger(__name__)
+
+SPLITS = ("trn", "val", "tst")
+DEFAULT_FRACTIONS = (0.7, 0.1, 0.2)
+
+
+def parse_fractions(text) -> tuple[float, float, float]:
+    """``"0.7,0.1,0.2"`` -> fractions of trn, val, tst (non-negative, summing to 1)."""
+    try:
+        values = tuple(float(v) for v in str(text).split(","))
+    except ValueError:
+        raise ValueError(f"--split {text!r}: expected three numbers like 0.7,0.1,0.2") from None
+    if len(values) != 3 or min(values) < 0 or not math.isclose(sum(values), 1.0, abs_tol=1e-6):
+        raise ValueError(f"--split {text!r}: expected three non-negative fractions summing to 1")
+    return values
+
+
+def split_indices(n, fractions=DEFAULT_FRACTIONS, seed=0) -> dict:
+    """Random split of ``range(n)`` into ``{"trn", "val", "tst"}`` sorted index arrays.
+
+    Sizes are ``round(fraction * n)`` for val and tst (at least 1 when the fraction is > 0 and
+    n >= 3), trn takes the rest.
+    """
+    perm = np.random.default_rng(seed).permutation(n)
+    sizes = []
+    for f in fractions[1:]:
+        k = int(round(f * n))
+        if f > 0 and k == 0 and n >= 3:
+            k = 1
+        sizes.append(k)
+    n_val, n_tst = sizes
+    n_trn = n - n_val - n_tst
+    if n_trn < 0 or (fractions[0] > 0 and n_trn == 0):
+        raise ValueError(f"{n} pairs are too few for the split fractions {fractions}")
+    parts = (perm[:n_trn], perm[n_trn:n_trn + n_val], perm[n_trn + n_val:])
+    return {name: np.sort(p) for name, p in zip(SPLITS, parts)}
+
+
+def check_output_dir(out_dir, splits=SPLITS) -> pathlib.Path:
+    """Refuse an output whose split directories exist and are not empty (or that is a file)."""
+    out_dir = pathlib.Path(out_dir)
+    if out_dir.exists() and not out_dir.is_dir():
+        raise shards.ShardError(f"{out_dir}: --out: exists and is not a directory; expected a new "
+                                "or empty directory")
+    for name in splits:
+        d = out_dir / name
+        if d.exists() and (not d.is_dir() or any(d.iterdir())):
+            raise shards.ShardError(f"{d}: --out: exists and is not empty; expected a new or empty "
+                                    "directory (nothing is overwritten)")
+    return out_dir
+
+
+def write_splits(out_dir, splits: dict, get_pairs, shard_size=None, class_names=None,
+                 compress=False) -> dict:
+    """Write ``out_dir/<split>/shard_NNN.npz`` for each split.
+
+    Args:
+        out_dir: output directory (checked with :func:`check_output_dir`).
+        splits: ``{name: index array}`` into the pairs.
+        get_pairs: ``get_pairs(indices) -> dict`` with ``image_t1``, ``image_t2``, ``label_t1``,
+            ``label_t2`` and optionally ``row``, ``col`` for those pairs (called once per shard,
+            so only one shard of images is in memory at a time).
+        shard_size: at most this many pairs per shard (None: one shard per split).
+        class_names: names of classes 1..K, stored in every shard.
+        compress: ``np.savez_compressed`` instead of ``np.savez``.
+
+    Returns:
+        ``{name: [shard paths]}``.
+    """
+    out_dir = check_output_dir(out_dir, splits)
+    created = not out_dir.exists()
+    out_dir.mkdir(parents=True, exist_ok=True)
+    tmp = pathlib.Path(tempfile.mkdtemp(prefix=".incomplete-", dir=out_dir))
+    written = {}
+    try:
+        for name, idx in splits.items():
+            if len(idx) == 0:
+                log.warning("split %s is empty; not written", name)
+                continue
+            (tmp / name).mkdir()
+            size = len(idx) if not shard_size else int(shard_size)
+            paths = []
+            for i, start in enumerate(range(0, len(idx), size)):
+                arrays = get_pairs(idx[start:start + size])
+                path = tmp / name / f"shard_{i:03d}.npz"
+                shards.write_shard(path, class_names=class_names, compress=compress, **arrays)
+                paths.append(out_dir / name / path.name)
+            written[name] = paths
+            log.info("%s: %d pairs in %d shard(s)", out_dir / name, len(idx), len(paths))
+        for name in written:
+            target = out_dir / name
+            if target.exists():
+                target.rmdir()  # empty (checked above)
+            (tmp / name).rename(target)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        if created:
+            shutil.rmtree(out_dir, ignore_errors=True)
+        raise
+    tmp.rmdir()
+    return written

@@ -1,0 +1,350 @@
+"""Demo data: procedurally textured bi-temporal scene pairs in the §4 shard format.
+
+Each class is a *structure* (water ripples, farmland strips, dense or sparse building blocks, roads,
+tree crowns, bare soil grain, big industrial roofs, ...), drawn at a random orientation, scale and
+position. Colour and brightness are drawn per tile from one distribution shared by all classes,
+so the mean colour of a tile says next to nothing about its class; its texture does.
+
+The second date repeats the first date's scene with another illumination (per-channel gain and
+offset), fresh sensor noise and a misregistration of up to two pixels; a fraction ``change_rate``
+of the pairs shows a scene of another class instead. Pairs are laid on a grid (``row``/``col``),
+split 70/10/20 at random, and written as uint8. Everything follows from ``seed``.
+
+Command line::
+
+    python -m data.synthetic --out DIR [--pairs N] [--size S] [--classes K] [--change_rate P]
+                             [--seed K] [--shard_size M]
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import math
+import sys
+
+import numpy as np
+
+from data import shards, splits
+
+log = logging.getLogger(__name__)
+
+MARGIN = 2  # canvas margin in pixels: room for the date-2 misregistration
+CHUNK = 512  # scenes generated per vectorised step (bounds the float32 temporaries)
+
+
+# ----------------------------------------------------------------------------- building blocks
+
+
+def _coords(rng, n, s, offset=True):
+    """Per-tile rotated pixel coordinates u, v, each (n, s, s) float32.
+
+    With ``offset`` the origin is moved by a random amount (grids start anywhere); without it the
+    origin is the tile centre (lines through the tile).
+    """
+    y, x = np.mgrid[0:s, 0:s].astype(np.float32) - (s - 1) / 2
+    theta = rng.uniform(0, np.pi, (n, 1, 1))
+    c, sn = np.cos(theta).astype(np.float32), np.sin(theta).astype(np.float32)
+    off = rng.uniform(0, 64, (n, 2, 1, 1)).astype(np.float32) * offset
+    return x * c + y * sn + off[:, 0], -x * sn + y * c + off[:, 1]
+
+
+def _smooth(rng, n, s, cells):
+    """Smooth random field in [0, 1]: a (cells+1)^2 random grid upsampled bilinearly, (n, s, s)."""
+    g = rng.random((n, cells + 1, cells + 1), dtype=np.float32)
+    p = np.linspace(0, cells, s, dtype=np.float32)
+    i0 = np.minimum(p.astype(np.int64), cells - 1)
+    f = p - i0
+    a = g[:, i0[:, None], i0[None, :]]
+    b = g[:, i0[:, None], i0[None, :] + 1]
+    c = g[:, i0[:, None] + 1, i0[None, :]]
+    d = g[:, i0[:, None] + 1, i0[None, :] + 1]
+    fy, fx = f[:, None], f[None, :]
+    return (a * (1 - fx) + b * fx) * (1 - fy) + (c * (1 - fx) + d * fx) * fy
+
+
+def _cell_table(rng, n, size=64):
+    """Random value per grid cell, looked up with :func:`_lookup`."""
+    return rng.random((n, size, size), dtype=np.float32)
+
+
+def _lookup(table, iu, iv):
+    size = table.shape[1]
+    n = table.shape[0]
+    return table[np.arange(n)[:, None, None], np.mod(iv, size), np.mod(iu, size)]
+
+
+def _blocks(rng, n, s, period, fill, occupancy, u=None, v=None):
+    """Rectangular blocks on a (rotated) grid: returns (inside mask, per-block random level)."""
+    if u is None:
+        u, v = _coords(rng, n, s)
+    p = period.reshape(n, 1, 1)
+    iu, iv = np.floor(u / p).astype(np.int64), np.floor(v / p).astype(np.int64)
+    fu, fv = u / p - iu, v / p - iv
+    margin = (1 - fill.reshape(n, 1, 1)) / 2
+    inside = (fu > margin) & (fu < 1 - margin) & (fv > margin) & (fv < 1 - margin)
+    occ = _lookup(_cell_table(rng, n), iu, iv) < occupancy.reshape(n, 1, 1)
+    level = _lookup(_cell_table(rng, n), iu, iv)
+    return inside & occ, level, (fu, fv)
+
+
+def _u(rng, lo, hi, n):
+    return rng.uniform(lo, hi, n).astype(np.float32)
+
+
+# ----------------------------------------------------------------------------- class patterns
+# Each returns (n, s, s) float32, roughly in [0, 1].
+
+
+def water(rng, n, s):
+    u, v = _coords(rng, n, s)
+    ripple = np.sin(2 * np.pi * u / _u(rng, 6, 12, n)[:, None, None] + 3 * _smooth(rng, n, s, 2))
+    return 0.5 + 0.25 * (_smooth(rng, n, s, 2) - 0.5) + 0.012 * ripple
+
+
+def farmland(rng, n, s):
+    u, v = _coords(rng, n, s)
+    period = _u(rng, 5, 11, n)[:, None, None]
+    strip = np.floor(u / period).astype(np.int64)
+    level = _lookup(_cell_table(rng, n), strip, np.zeros_like(strip))
+    edge = (u / period - strip) < 0.15
+    return 0.2 + 0.7 * level - 0.25 * edge + 0.05 * rng.random((n, s, s), dtype=np.float32)
+
+
+def dense_residential(rng, n, s):
+    inside, level, _ = _blocks(rng, n, s, _u(rng, 5, 8, n), _u(rng, 0.6, 0.75, n), _u(rng, 0.85, 1, n))
+    return np.where(inside, 0.6 + 0.4 * level, 0.1)
+
+
+def sparse_residential(rng, n, s):
+    inside, level, _ = _blocks(rng, n, s, _u(rng, 11, 17, n), _u(rng, 0.3, 0.45, n), _u(rng, 0.35, 0.6, n))
+    return np.where(inside, 0.7 + 0.3 * level, 0.35 + 0.3 * _smooth(rng, n, s, 4))
+
+
+def road(rng, n, s):
+    u, v = _coords(rng, n, s, offset=False)
+    ground = 0.35 + 0.3 * _smooth(rng, n, s, 4) + 0.1 * rng.random((n, s, s), dtype=np.float32)
+    c1 = v - rng.uniform(-s / 4, s / 4, (n, 1, 1))
+    c2 = u - rng.uniform(-s / 4, s / 4, (n, 1, 1))
+    w = _u(rng, 1.5, 3.5, n)[:, None, None]
+    cross = rng.random((n, 1, 1)) < 0.5
+    on = (np.abs(c1) < w) | (cross & (np.abs(c2) < w))
+    return np.where(on, 0.95, ground)
+
+
+def forest(rng, n, s):
+    crowns = _smooth(rng, n, s, max(4, s // 4))
+    return np.clip(1.6 * (crowns - 0.5), -0.5, 0.5) + 0.5
+
+
+def bare_land(rng, n, s):
+    grain = rng.random((n, s, s), dtype=np.float32)
+    grain = (grain + np.roll(grain, 1, axis=1) + np.roll(grain, 1, axis=2)) / 3
+    return 0.3 * _smooth(rng, n, s, 1) + 0.5 * grain
+
+
+def industrial(rng, n, s):
+    inside, level, _ = _blocks(rng, n, s, _u(rng, s / 3, s / 2, n), _u(rng, 0.55, 0.85, n), _u(rng, 0.7, 1, n))
+    roof = 0.65 + 0.3 * level
+    return np.where(inside, roof, 0.25 + 0.05 * rng.random((n, s, s), dtype=np.float32))
+
+
+def commercial(rng, n, s):
+    u, v = _coords(rng, n, s)
+    period, fill, occ = _u(rng, 10, 15, n), _u(rng, 0.5, 0.65, n), _u(rng, 0.8, 1, n)
+    inside, level, _ = _blocks(rng, n, s, period, fill, occ, u, v)
+    shadow, _, _ = _blocks(rng, n, s, period, fill, occ, u - 2.5, v - 2.5)
+    out = np.where(shadow & ~inside, 0.0, 0.45)
+    return np.where(inside, 0.55 + 0.45 * level, out)
+
+
+def parking(rng, n, s):
+    u, v = _coords(rng, n, s)
+    row = np.floor(v / 7).astype(np.int64)
+    car = np.floor(u / 3).astype(np.int64)
+    in_row = (v / 7 - row) < 0.55
+    in_car = (u / 3 - car) < 0.7
+    table = _cell_table(rng, n)
+    occupied = _lookup(table, car, row) < 0.75
+    colour = _lookup(_cell_table(rng, n), car, row)
+    return np.where(in_row & in_car & occupied, colour, 0.45)
+
+
+def playground(rng, n, s):
+    y, x = np.mgrid[0:s, 0:s].astype(np.float32)
+    cy = s / 2 + rng.uniform(-s / 10, s / 10, (n, 1, 1))
+    cx = s / 2 + rng.uniform(-s / 10, s / 10, (n, 1, 1))
+    ry, rx = rng.uniform(0.22, 0.32, (n, 1, 1)) * s, rng.uniform(0.3, 0.42, (n, 1, 1)) * s
+    r = np.sqrt(((y - cy) / ry) ** 2 + ((x - cx) / rx) ** 2)
+    width = rng.uniform(0.15, 0.25, (n, 1, 1))
+    ring = np.abs(r - 1) < width
+    field = np.where(r < 1 - width, 0.55, 0.3 + 0.3 * _smooth(rng, n, s, 3))
+    return np.where(ring, 0.9, field).astype(np.float32)
+
+
+def greenspace(rng, n, s):
+    _, level, (fu, fv) = _blocks(rng, n, s, _u(rng, 7, 10, n), np.ones(n, np.float32), np.ones(n, np.float32))
+    tree = ((fu - 0.5) ** 2 + (fv - 0.5) ** 2 < 0.09) & (level < 0.4)
+    lawn = 0.55 + 0.15 * _smooth(rng, n, s, 2)
+    return np.where(tree, 0.15, lawn)
+
+
+def railway(rng, n, s):
+    u, v = _coords(rng, n, s)
+    gravel = 0.4 + 0.2 * rng.random((n, s, s), dtype=np.float32)
+    track = np.mod(v, 12.0)
+    rails = (np.abs(track - 4) < 0.7) | (np.abs(track - 8) < 0.7)
+    ties = (track > 3) & (track < 9) & (np.mod(u, 3.0) < 1.0)
+    return np.where(rails, 0.95, np.where(ties, 0.15, gravel))
+
+
+def river(rng, n, s):
+    u, v = _coords(rng, n, s, offset=False)
+    amplitude = _u(rng, 2, s / 10, n)[:, None, None]
+    centre = amplitude * np.sin(u / _u(rng, 4, 8, n)[:, None, None] + _u(rng, 0, 6, n)[:, None, None])
+    width = _u(rng, s / 10, s / 6, n)[:, None, None]
+    land = 0.4 + 0.4 * _smooth(rng, n, s, 6)
+    return np.where(np.abs(v - centre) < width, 0.1 + 0.05 * _smooth(rng, n, s, 2), land)
+
+
+CLASSES = {  # name -> pattern builder; the first K are used
+    "water": water, "farmland": farmland, "dense_residential": dense_residential,
+    "sparse_residential": sparse_residential, "road": road, "forest": forest,
+    "bare_land": bare_land, "industrial": industrial, "commercial": commercial,
+    "parking": parking, "playground": playground, "greenspace": greenspace,
+    "railway": railway, "river": river,
+}
+CLASS_NAMES = tuple(CLASSES)
+
+
+# ----------------------------------------------------------------------------- scenes
+
+
+def render_patterns(rng, classes, s) -> np.ndarray:
+    """Zero-mean structure of each scene (0-based class ids), (n, s, s) float32."""
+    out = np.empty((len(classes), s, s), np.float32)
+    builders = list(CLASSES.values())
+    for k in np.unique(classes):
+        idx = np.flatnonzero(classes == k)
+        p = builders[k](rng, len(idx), s).astype(np.float32)
+        p -= p.mean(axis=(1, 2), keepdims=True)
+        p /= p.std(axis=(1, 2), keepdims=True) + 0.05
+        out[idx] = p
+    return out
+
+
+def colourise(rng, patterns) -> np.ndarray:
+    """Per-tile random base colour (same law for every class) plus tinted structure, (n, s, s, 3)."""
+    n = len(patterns)
+    base = rng.uniform(0.3, 0.7, (n, 1, 1, 1)) + rng.uniform(-0.12, 0.12, (n, 1, 1, 3))
+    contrast = rng.uniform(0.08, 0.16, (n, 1, 1, 1)) * rng.uniform(0.8, 1.2, (n, 1, 1, 3))
+    return (base + contrast * patterns[..., None]).astype(np.float32)
+
+
+def second_date(rng, canvas1, canvas2_new, changed, s):
+    """Date 2: new scene where changed, new illumination, misregistration and noise."""
+    n = len(canvas1)
+    canvas = np.where(changed[:, None, None, None], canvas2_new, canvas1)
+    gain = rng.uniform(0.8, 1.2, (n, 1, 1, 3)) * rng.uniform(0.9, 1.1, (n, 1, 1, 1))
+    offset = rng.uniform(-0.08, 0.08, (n, 1, 1, 3))
+    canvas = canvas * gain + offset
+    shift = rng.integers(-MARGIN, MARGIN + 1, (n, 2))
+    rows = MARGIN + shift[:, 0, None] + np.arange(s)[None, :]
+    cols = MARGIN + shift[:, 1, None] + np.arange(s)[None, :]
+    return canvas[np.arange(n)[:, None, None], rows[:, :, None], cols[:, None, :]]
+
+
+def _to_uint8(x, rng, noise):
+    x = x + rng.normal(0, 1, x.shape).astype(np.float32) * noise
+    return np.clip(np.rint(x * 255), 0, 255).astype(np.uint8)
+
+
+def make_pairs(n, size=64, classes=8, change_rate=0.05, seed=0):
+    """All pairs in memory: dict of image_t1/t2 (n, size, size, 3) uint8, labels 1..K, row, col."""
+    rng = np.random.default_rng(seed)
+    label_t1 = rng.permutation(np.arange(n) % classes)
+    n_change = int(round(change_rate * n))
+    changed = np.zeros(n, bool)
+    changed[rng.choice(n, n_change, replace=False)] = True
+    label_t2 = label_t1.copy()
+    label_t2[changed] = (label_t1[changed] + rng.integers(1, classes, n_change)) % classes
+    x1 = np.empty((n, size, size, 3), np.uint8)
+    x2 = np.empty_like(x1)
+    c = size + 2 * MARGIN
+    for start in range(0, n, CHUNK):
+        sl = slice(start, min(n, start + CHUNK))
+        r = np.random.default_rng([seed, start // CHUNK + 1])
+        canvas1 = colourise(r, render_patterns(r, label_t1[sl], c))
+        canvas2 = colourise(r, render_patterns(r, label_t2[sl], c))  # used where changed
+        noise = r.uniform(0.01, 0.03, (sl.stop - sl.start, 1, 1, 1)).astype(np.float32)
+        x1[sl] = _to_uint8(canvas1[:, MARGIN:MARGIN + size, MARGIN:MARGIN + size], r, noise)
+        x2[sl] = _to_uint8(second_date(r, canvas1, canvas2, changed[sl], size), r, noise)
+    ncols = math.ceil(math.sqrt(n))
+    pos = np.arange(n)
+    return {"image_t1": x1, "image_t2": x2, "label_t1": (label_t1 + 1).astype(np.int32),
+            "label_t2": (label_t2 + 1).astype(np.int32), "row": pos // ncols, "col": pos % ncols}
+
+
+def check_args(pairs, size, classes, change_rate, shard_size):
+    """ValueError (one line) for arguments outside what the generator supports."""
+    if pairs < 10:
+        raise ValueError(f"--pairs {pairs}: expected at least 10")
+    if not 8 <= size <= 1024:
+        raise ValueError(f"--size {size}: expected 8..1024 pixels")
+    if not 2 <= classes <= len(CLASSES):
+        raise ValueError(f"--classes {classes}: expected 2..{len(CLASSES)}")
+    if not 0 <= change_rate <= 1:
+        raise ValueError(f"--change_rate {change_rate}: expected a fraction in [0, 1]")
+    if shard_size is not None and shard_size < 1:
+        raise ValueError(f"--shard_size {shard_size}: expected >= 1")
+
+
+def generate(out_dir, pairs=1000, size=64, classes=8, change_rate=0.05, seed=0, shard_size=None):
+    """Write ``out_dir/{trn,val,tst}`` (70/10/20) of demo pairs; returns ``{split: [paths]}``.
+
+    Refuses (ShardError) output split directories that exist and are not empty.
+    """
+    check_args(pairs, size, classes, change_rate, shard_size)
+    splits.check_output_dir(out_dir)
+    data = make_pairs(pairs, size, classes, change_rate, seed)
+    parts = splits.split_indices(pairs, splits.DEFAULT_FRACTIONS, seed)
+    return splits.write_splits(out_dir, parts, lambda idx: {k: v[idx] for k, v in data.items()},
+                               shard_size, list(CLASS_NAMES[:classes]))
+
+
+# ----------------------------------------------------------------------------- command line
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(prog="python -m data.synthetic", description=__doc__.split("\n")[0])
+    out = p.add_argument_group("output")
+    out.add_argument("--out", required=True, help="output directory; trn/, val/, tst/ are created")
+    out.add_argument("--shard_size", type=int, default=None,
+                     help="at most this many pairs per shard (default: one shard per split)")
+    gen = p.add_argument_group("data")
+    gen.add_argument("--pairs", type=int, default=1000, help="number of pairs (default 1000)")
+    gen.add_argument("--size", type=int, default=64, help="tile size in pixels (default 64)")
+    gen.add_argument("--classes", type=int, default=8,
+                     help=f"number of classes, 2..{len(CLASSES)} (default 8)")
+    gen.add_argument("--change_rate", type=float, default=0.05,
+                     help="fraction of pairs whose class changes (default 0.05)")
+    gen.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    return p.parse_args(argv)
+
+
+def main(argv=None):
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    args = parse_args(argv)
+    try:
+        written = generate(args.out, args.pairs, args.size, args.classes, args.change_rate,
+                           args.seed, args.shard_size)
+    except (ValueError, OSError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    for name in written:
+        log.info("%s", shards.inspect_split(f"{args.out}/{name}").format())
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
