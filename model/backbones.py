@@ -1,0 +1,172 @@
+"""Backbones: a name → builder table (DESIGN.md §2).
+
+``BACKBONES[name](input_shape, weights=None, name=None, seed=None)`` returns a built Keras model
+mapping (N, H, W, C) images to a (N, h, w, F) feature map. The ``keras.applications`` networks
+are used with ``include_top=False``; ``small`` is a compact CNN for CPU runs and tests.
+
+Input scaling: the network receives images already scaled to [-0.5, 0.5] (DESIGN.md §2, input
+scaling). With random weights that is used as is. With pretrained weights (``"imagenet"`` or a
+weights file, which is assumed to hold ImageNet-trained weights of the same architecture), an
+``ImagenetInputMapping`` layer first maps [-0.5, 0.5] to what that network was trained on
+(the "caffe" BGR mean-subtracted 0–255 range for VGG/ResNet, [-1, 1] for InceptionV3, ImageNet
+mean/std normalisation for DenseNet), so ``keras.applications.*.preprocess_input`` is never
+needed on the caller's side.
+"""
+
+import os
+from dataclasses import dataclass
+
+import keras
+from keras import ops
+
+__all__ = ["BACKBONES", "BackboneSpec", "ImagenetInputMapping", "build_backbone", "check_input_size"]
+
+_CAFFE_MEAN_BGR = (103.939, 116.779, 123.68)
+_TORCH_MEAN = (0.485, 0.456, 0.406)
+_TORCH_STD = (0.229, 0.224, 0.225)
+MAPPING_MODES = ("caffe", "tf", "torch", "none")
+
+
+@keras.saving.register_keras_serializable(package="corrfusion")
+class ImagenetInputMapping(keras.layers.Layer):
+    """Maps images scaled to [-0.5, 0.5] to the input range of an ImageNet-trained backbone.
+
+    With ``u = x + 0.5`` in [0, 1]: ``"caffe"`` → RGB→BGR, ``255·u − mean_BGR``; ``"tf"`` →
+    ``2u − 1``; ``"torch"`` → ``(u − mean)/std`` per channel; ``"none"`` → identity.
+
+    Args:
+        mode: one of ``"caffe"``, ``"tf"``, ``"torch"``, ``"none"``.
+        **kwargs: base layer arguments.
+
+    Call arguments:
+        inputs: (N, H, W, 3) float images in [-0.5, 0.5] (any C for ``"tf"``/``"none"``).
+
+    Returns:
+        Tensor of the same shape.
+    """
+
+    def __init__(self, mode="caffe", **kwargs):
+        super().__init__(**kwargs)
+        if mode not in MAPPING_MODES:
+            raise ValueError(f"mode must be one of {MAPPING_MODES}; received mode={mode!r}.")
+        self.mode = mode
+
+    def build(self, input_shape):
+        if self.mode in ("caffe", "torch") and input_shape[-1] != 3:
+            raise ValueError(
+                f"ImagenetInputMapping(mode={self.mode!r}) needs 3 channels; "
+                f"received input shape {tuple(input_shape)}."
+            )
+
+    def call(self, inputs):
+        u = inputs + 0.5
+        if self.mode == "caffe":
+            u = ops.flip(u, axis=-1) * 255.0
+            return u - ops.convert_to_tensor(_CAFFE_MEAN_BGR, dtype=u.dtype)
+        if self.mode == "tf":
+            return 2.0 * u - 1.0
+        if self.mode == "torch":
+            mean = ops.convert_to_tensor(_TORCH_MEAN, dtype=u.dtype)
+            std = ops.convert_to_tensor(_TORCH_STD, dtype=u.dtype)
+            return (u - mean) / std
+        return inputs
+
+    def compute_output_shape(self, input_shape):
+        return input_shape
+
+    def get_config(self):
+        config = super().get_config()
+        config.update({"mode": self.mode})
+        return config
+
+
+@dataclass(frozen=True)
+class BackboneSpec:
+    """How to build one backbone: the builder, the smallest legal input side, the ImageNet mode."""
+
+    build: callable
+    min_size: int
+    mapping: str
+
+
+def check_input_size(name, image_size, channels, weights=None):
+    """Raise a ValueError naming the backbone when (H, W, C) cannot be used with it."""
+    if name not in BACKBONES:
+        raise ValueError(f"Unknown backbone {name!r}; choose one of {sorted(BACKBONES)}.")
+    spec = BACKBONES[name]
+    h, w = (int(s) for s in image_size)
+    if h < spec.min_size or w < spec.min_size:
+        raise ValueError(
+            f"Backbone {name!r} needs images of at least {spec.min_size}x{spec.min_size}; "
+            f"received image_size={(h, w)}."
+        )
+    if int(channels) < 1:
+        raise ValueError(f"channels must be >= 1; received channels={channels!r}.")
+    if weights is not None and name != "small" and int(channels) != 3:
+        raise ValueError(
+            f"Pretrained weights for backbone {name!r} need 3 channels; received channels={channels} "
+            "(use weights=None for other band counts)."
+        )
+
+
+def _check_weights(name, weights):
+    if weights is None or weights == "imagenet":
+        if weights == "imagenet" and name == "small":
+            raise ValueError("Backbone 'small' has no 'imagenet' weights; use weights=None or a file path.")
+        return
+    if not isinstance(weights, (str, os.PathLike)) or not os.path.isfile(weights):
+        raise ValueError(
+            f"weights must be None, 'imagenet' or the path of an existing weights file; "
+            f"received weights={weights!r}."
+        )
+
+
+def _application(fn, default_name):
+    def build(input_shape, weights=None, name=None, seed=None):
+        # keras.applications has no seed argument; use keras.utils.set_random_seed for that.
+        return fn(
+            include_top=False,
+            weights=None if weights is None else str(weights),
+            input_shape=tuple(input_shape),
+            name=name or default_name,
+        )
+
+    return build
+
+
+def _small_cnn(input_shape, weights=None, name=None, seed=None, filters=(32, 64, 128)):
+    """Three conv blocks (3x3 conv, BN, ReLU; 2x2 max-pool after the first two)."""
+    inputs = keras.Input(shape=tuple(input_shape))
+    x = inputs
+    for i, f in enumerate(filters):
+        x = keras.layers.Conv2D(
+            f, 3, padding="same", use_bias=False,
+            kernel_initializer=keras.initializers.HeNormal(seed=None if seed is None else seed + i),
+            name=f"conv{i + 1}",
+        )(x)
+        x = keras.layers.BatchNormalization(name=f"bn{i + 1}")(x)
+        x = keras.layers.ReLU(name=f"relu{i + 1}")(x)
+        if i < len(filters) - 1:
+            x = keras.layers.MaxPooling2D(2, name=f"pool{i + 1}")(x)
+    model = keras.Model(inputs, x, name=name or "small_cnn")
+    if weights is not None:
+        model.load_weights(str(weights))
+    return model
+
+
+BACKBONES = {
+    "vgg16": BackboneSpec(_application(keras.applications.VGG16, "vgg16"), 32, "caffe"),
+    "vgg19": BackboneSpec(_application(keras.applications.VGG19, "vgg19"), 32, "caffe"),
+    "resnet50": BackboneSpec(_application(keras.applications.ResNet50, "resnet50"), 32, "caffe"),
+    "inceptionv3": BackboneSpec(_application(keras.applications.InceptionV3, "inception_v3"), 75, "tf"),
+    "densenet121": BackboneSpec(_application(keras.applications.DenseNet121, "densenet121"), 32, "torch"),
+    "small": BackboneSpec(_small_cnn, 8, "none"),
+}
+
+
+def build_backbone(name, image_size, channels=3, weights=None, model_name=None, seed=None):
+    """Build backbone ``name`` for (H, W, C) inputs; see the module docstring for ``weights``."""
+    check_input_size(name, image_size, channels, weights)
+    _check_weights(name, weights)
+    shape = (int(image_size[0]), int(image_size[1]), int(channels))
+    return BACKBONES[name].build(shape, weights=weights, name=model_name, seed=seed)

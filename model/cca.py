@@ -1,0 +1,122 @@
+"""Canonical correlation (DESIGN.md §2.1) and the DCCA loss with its closed-form gradient (§2.2).
+
+Both functions take two views ``h1`` (n, d1) and ``h2`` (n, d2), compute in float32 whatever the
+input dtype (mixed precision safe) and use only ``keras.ops``, so they run on every backend.
+
+With centred views H̄1, H̄2 and ridge ``r``::
+
+    S11 = H̄1ᵀH̄1/(n−1) + rI,  S22 = H̄2ᵀH̄2/(n−1) + rI,  S12 = H̄1ᵀH̄2/(n−1)
+    T   = S11^{-1/2} S12 S22^{-1/2}
+
+The inverse square roots come from an eigen-decomposition in which eigenvalues ``<= eps`` are
+dropped (a pseudo-inverse square root), as in the original code.
+"""
+
+from keras import ops
+
+__all__ = ["canonical_correlation", "dcca_loss", "inverse_sqrt", "cca_matrices"]
+
+
+def _check_views(h1, h2):
+    s1, s2 = tuple(h1.shape), tuple(h2.shape)
+    if len(s1) != 2 or len(s2) != 2:
+        raise ValueError(
+            f"CCA views must be rank 2 (n, d); received shapes h1={s1}, h2={s2}."
+        )
+    if s1[0] is not None and s2[0] is not None and s1[0] != s2[0]:
+        raise ValueError(
+            f"CCA views must have the same number of rows; received h1={s1}, h2={s2}."
+        )
+
+
+def inverse_sqrt(s, eps=1e-12):
+    """Pseudo inverse square root of a symmetric PSD matrix, eigenvalues ``<= eps`` dropped."""
+    e, v = ops.eigh(s)
+    keep = ops.greater(e, eps)
+    inv = ops.where(keep, ops.reciprocal(ops.sqrt(ops.where(keep, e, ops.ones_like(e)))), 0.0)
+    return ops.matmul(v * inv[None, :], ops.transpose(v))
+
+
+def cca_matrices(h1, h2, r=1e-4, eps=1e-12):
+    """Return ``(T, K11, K22, h1c, h2c, n)`` for float32 views (see module docstring)."""
+    n = ops.shape(h1)[0]
+    nm1 = ops.maximum(ops.cast(n, "float32") - 1.0, 1.0)
+    h1c = h1 - ops.mean(h1, axis=0, keepdims=True)
+    h2c = h2 - ops.mean(h2, axis=0, keepdims=True)
+    d1, d2 = h1.shape[-1], h2.shape[-1]
+    s11 = ops.matmul(ops.transpose(h1c), h1c) / nm1 + r * ops.eye(d1, dtype="float32")
+    s22 = ops.matmul(ops.transpose(h2c), h2c) / nm1 + r * ops.eye(d2, dtype="float32")
+    s12 = ops.matmul(ops.transpose(h1c), h2c) / nm1
+    k11 = inverse_sqrt(s11, eps)
+    k22 = inverse_sqrt(s22, eps)
+    t = ops.matmul(ops.matmul(k11, s12), k22)
+    return t, k11, k22, h1c, h2c, nm1
+
+
+def canonical_correlation(h1, h2, r=1e-4, eps=1e-12):
+    """Instance-level canonical correlation ``sqrt(trace(T Tᵀ) + eps)`` (§2.1), a float32 scalar.
+
+    Args:
+        h1: (n, d1) first view.
+        h2: (n, d2) second view.
+        r: ridge added to the diagonal of the covariance matrices.
+        eps: eigenvalues ``<= eps`` are dropped in the inverse square roots; also added under
+            the square root.
+    """
+    _check_views(h1, h2)
+    h1 = ops.cast(h1, "float32")
+    h2 = ops.cast(h2, "float32")
+    t = cca_matrices(h1, h2, r, eps)[0]
+    return ops.sqrt(ops.sum(ops.square(t)) + eps)
+
+
+def _dcca_core(r, eps):
+    @ops.custom_gradient
+    def core(h1, h2):
+        t, k11, k22, h1c, h2c, nm1 = cca_matrices(h1, h2, r, eps)
+        u, s, vh = ops.svd(t, full_matrices=False)
+        # singular values whose square is <= eps are dropped (as the eigenvalues of T Tᵀ were
+        # thresholded in the original); the gradient uses the same set.
+        keep = ops.cast(ops.greater(ops.square(s), eps), "float32")
+        loss = -ops.sum(s * keep)
+
+        def grad(*args, upstream=None):
+            # TF and JAX call grad(upstream); torch passes (*args, upstream=...).
+            if upstream is None:
+                (upstream,) = args
+            upstream = ops.cast(upstream, "float32")
+            m1 = ops.matmul(k11, u)
+            m2 = ops.matmul(k22, ops.transpose(vh))
+            delta12 = ops.matmul(m1 * keep[None, :], ops.transpose(m2))
+            delta11 = -0.5 * ops.matmul(m1 * (s * keep)[None, :], ops.transpose(m1))
+            delta22 = -0.5 * ops.matmul(m2 * (s * keep)[None, :], ops.transpose(m2))
+            # gradient of the *correlation* w.r.t. the views ...
+            g1 = (2.0 * ops.matmul(h1c, delta11) + ops.matmul(h2c, ops.transpose(delta12))) / nm1
+            g2 = (ops.matmul(h1c, delta12) + 2.0 * ops.matmul(h2c, delta22)) / nm1
+            # ... and the loss is minus the correlation, scaled by the upstream gradient.
+            return -upstream * g1, -upstream * g2
+
+        return loss, grad
+
+    return core
+
+
+def dcca_loss(h1, h2, r=1e-4, eps=1e-12):
+    """DCCA loss ``-Σ σ_k(T)`` (minus the total canonical correlation, §2.2), a float32 scalar.
+
+    The gradient is the closed form of Andrew et al. (2013), implemented with
+    ``keras.ops.custom_gradient``: it is the gradient of the *loss* (the negated correlation
+    gradient) and it is multiplied by the upstream gradient.
+
+    Args:
+        h1: (n, d1) first view (any float dtype; computed in float32).
+        h2: (n, d2) second view.
+        r: ridge added to the diagonal of the covariance matrices.
+        eps: eigenvalues ``<= eps`` are dropped in the inverse square roots, and singular values
+            with ``σ² <= eps`` are left out of the sum.
+    """
+    _check_views(h1, h2)
+    h1 = ops.cast(h1, "float32")
+    h2 = ops.cast(h2, "float32")
+    return _dcca_core(float(r), float(eps))(h1, h2)
+

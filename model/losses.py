@@ -1,0 +1,152 @@
+"""Loss terms of CorrFusionNet (DESIGN.md §2.1, §2.2), as pure ``keras.ops`` functions plus the
+``SoftDecorrelation`` layer that keeps the running covariances of the soft-DCCA variant.
+
+* ``cross_entropy(labels, probs)`` — mean sparse categorical cross-entropy from probabilities.
+* ``pair_distance(a, b, eps)`` — ``sqrt(Σ_j (a_ij − b_ij)² + eps)`` per row.
+* ``correlation_loss(dist, y1, y2, lambda1, corr_norm)`` — λ1 · Σ dist_i u_i / n (or / Σu).
+* ``running_covariance(cov, b, rho)`` — ρ·C + (1 − ρ)·BᵀB/(n − 1), gradient only through B.
+* ``decorrelation_penalty(cov)`` — Σ_{j≠k} |C_jk|.
+* ``dcca_loss`` — re-exported from ``model.cca``.
+* ``SoftDecorrelation`` — layer holding one running covariance per date (SDL, soft DCCA).
+"""
+
+import keras
+from keras import ops
+
+from model.cca import dcca_loss
+
+__all__ = [
+    "CORR_NORMS",
+    "cross_entropy",
+    "pair_distance",
+    "correlation_loss",
+    "running_covariance",
+    "decorrelation_penalty",
+    "dcca_loss",
+    "SoftDecorrelation",
+]
+
+CORR_NORMS = ("batch", "unchanged")
+
+
+def cross_entropy(labels, probs):
+    """Mean sparse categorical cross-entropy; ``labels`` (n,) int 0-based, ``probs`` (n, K)."""
+    probs = ops.cast(probs, "float32")
+    labels = ops.cast(labels, "int32")
+    return ops.mean(ops.sparse_categorical_crossentropy(labels, probs, from_logits=False))
+
+
+def pair_distance(a, b, eps=1e-12):
+    """Per-row Euclidean distance ``sqrt(Σ_j (a_ij − b_ij)² + eps)`` in float32, shape (n,)."""
+    a = ops.cast(a, "float32")
+    b = ops.cast(b, "float32")
+    return ops.sqrt(ops.sum(ops.square(a - b), axis=-1) + eps)
+
+
+def correlation_loss(dist, y1, y2, lambda1=0.1, corr_norm="batch"):
+    """Correlation loss on unchanged pairs: ``λ1 · Σ_i dist_i · u_i / n`` (§2.1).
+
+    Args:
+        dist: (n,) per-pair distances.
+        y1, y2: (n,) integer labels; ``u_i = 1`` where they are equal (unchanged pair).
+        lambda1: weight λ1.
+        corr_norm: ``"batch"`` divides by n (the original), ``"unchanged"`` by Σu (0 when a batch
+            has no unchanged pair).
+    """
+    if corr_norm not in CORR_NORMS:
+        raise ValueError(f"corr_norm must be one of {CORR_NORMS}; received corr_norm={corr_norm!r}.")
+    dist = ops.cast(dist, "float32")
+    u = ops.cast(ops.equal(ops.cast(y1, "int32"), ops.cast(y2, "int32")), "float32")
+    total = ops.sum(dist * u)
+    if corr_norm == "batch":
+        denom = ops.cast(ops.shape(dist)[0], "float32")
+    else:
+        denom = ops.sum(u)
+    return lambda1 * total / ops.maximum(denom, 1.0)
+
+
+def running_covariance(cov, b, rho=0.9):
+    """``ρ·C + (1 − ρ)·BᵀB/(n − 1)`` in float32; ``C`` enters without gradient.
+
+    ``b`` is the (n, m) batch-normalised projection (not re-centred, as in the original).
+    """
+    b = ops.cast(b, "float32")
+    n = ops.cast(ops.shape(b)[0], "float32")
+    batch_cov = ops.matmul(ops.transpose(b), b) / ops.maximum(n - 1.0, 1.0)
+    return rho * ops.stop_gradient(ops.cast(cov, "float32")) + (1.0 - rho) * batch_cov
+
+
+def decorrelation_penalty(cov):
+    """``Σ_{j≠k} |C_jk|`` of a square matrix (float32 scalar)."""
+    cov = ops.cast(cov, "float32")
+    return ops.sum(ops.abs(cov)) - ops.sum(ops.abs(ops.diagonal(cov)))
+
+
+@keras.saving.register_keras_serializable(package="corrfusion")
+class SoftDecorrelation(keras.layers.Layer):
+    """Soft decorrelation loss (SDL, Chang et al. 2018) on two views, with running covariances.
+
+    Keeps one running covariance per view as a non-trainable float32 weight
+    (``cov_t1``, ``cov_t2``, initialised to the identity). In training mode each call updates
+    ``C ← ρ·C + (1 − ρ)·BᵀB/(n − 1)`` and adds ``λ2 · Σ_views Σ_{j≠k} |C_jk|`` with ``add_loss``
+    (gradients only through the current batch term). In inference the same value is computed
+    without touching the state.
+
+    Args:
+        lambda2: weight λ2 of the loss.
+        rho: running-average factor ρ in [0, 1).
+        **kwargs: base layer arguments (``name``, ``dtype``, ...).
+
+    Call arguments:
+        inputs: list ``[a, b]`` of (n, m1) and (n, m2) tensors.
+        training: bool; the running covariances move only when True.
+
+    Returns:
+        The float32 scalar loss (shape ``()``), also added with ``add_loss``.
+    """
+
+    def __init__(self, lambda2=1e-4, rho=0.9, **kwargs):
+        super().__init__(**kwargs)
+        if not 0.0 <= float(rho) < 1.0:
+            raise ValueError(f"rho must be in [0, 1); received rho={rho!r}.")
+        if float(lambda2) < 0:
+            raise ValueError(f"lambda2 must be >= 0; received lambda2={lambda2!r}.")
+        self.lambda2 = float(lambda2)
+        self.rho = float(rho)
+
+    def build(self, input_shape):
+        if not isinstance(input_shape, (list, tuple)) or len(input_shape) != 2:
+            raise ValueError(
+                f"SoftDecorrelation expects a list of two shapes; received {input_shape!r}."
+            )
+        s1, s2 = input_shape
+        self.cov_t1 = self.add_weight(
+            name="cov_t1", shape=(s1[-1], s1[-1]), initializer="identity",
+            dtype="float32", trainable=False, aggregation="mean",
+        )
+        self.cov_t2 = self.add_weight(
+            name="cov_t2", shape=(s2[-1], s2[-1]), initializer="identity",
+            dtype="float32", trainable=False, aggregation="mean",
+        )
+
+    def call(self, inputs, training=None):
+        a, b = inputs
+        c1 = running_covariance(self.cov_t1, a, self.rho)
+        c2 = running_covariance(self.cov_t2, b, self.rho)
+        if training:
+            self.cov_t1.assign(ops.stop_gradient(c1))
+            self.cov_t2.assign(ops.stop_gradient(c2))
+        loss = self.lambda2 * (decorrelation_penalty(c1) + decorrelation_penalty(c2))
+        self.add_loss(loss)
+        return loss
+
+    def compute_output_shape(self, input_shape):
+        return ()
+
+    def compute_output_spec(self, inputs, training=None):
+        return keras.KerasTensor((), dtype="float32")
+
+    def get_config(self):
+        config = super().get_config()
+        config.update({"lambda2": self.lambda2, "rho": self.rho})
+        return config
