@@ -124,18 +124,20 @@ class ShardCache:
         return self.data
 
 
+def _take(cache, f, start, stop, training, seed, epoch):
+    """Pairs ``start:stop`` of shard f's epoch order (copies; no reference to the shard is kept)."""
+    data = cache.get(f)
+    if data.get("order_epoch") != epoch:
+        data["order"] = pair_order(len(data["defined"]), training, seed, epoch, f)
+        data["order_epoch"] = epoch
+    idx = data["defined"][data["order"][start:stop]]
+    return [data["image_t1"][idx], data["image_t2"][idx],
+            data["label_t1"][idx].astype(np.int32) - 1, data["label_t2"][idx].astype(np.int32) - 1]
+
+
 def gather_batch(segments, cache, training, seed, epoch):
     """Batch ``(x1, x2, y1, y2)`` for one plan entry: images in stored dtype, labels 0-based int32."""
-    parts = []
-    for f, start, stop in segments:
-        data = cache.get(f)
-        if data.get("order_epoch") != epoch:
-            data["order"] = pair_order(len(data["defined"]), training, seed, epoch, f)
-            data["order_epoch"] = epoch
-        idx = data["defined"][data["order"][start:stop]]
-        parts.append([data["image_t1"][idx], data["image_t2"][idx],
-                      data["label_t1"][idx].astype(np.int32) - 1,
-                      data["label_t2"][idx].astype(np.int32) - 1])
+    parts = [_take(cache, f, start, stop, training, seed, epoch) for f, start, stop in segments]
     if len(parts) == 1:
         return tuple(parts[0])
     return tuple(np.concatenate(arrays) for arrays in zip(*parts))

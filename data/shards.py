@@ -426,6 +426,9 @@ def write_shard(path, image_t1, image_t2, label_t1, label_t2, row=None, col=None
     if class_names is not None:
         arrays["class_names"] = np.asarray([str(s) for s in class_names], dtype=str)
     check_header(path, {k: (v.shape, v.dtype) for k, v in arrays.items()})
+    check_labels(path, arrays, None if class_names is None else len(class_names))
+    for key in IMAGE_KEYS:
+        check_image_values(path, key, arrays[key])
     tmp = path.parent / f".{path.name}.{os.getpid()}.tmp"
     try:
         with open(tmp, "xb") as f:

@@ -1,0 +1,170 @@
+"""data.loader: order, shuffling, scaling, label shift, skipping, resize, memory bound, PyDataset."""
+
+import gc
+import tracemalloc
+import weakref
+
+import numpy as np
+import pytest
+
+from data import loader, shards
+from tests.data.helpers import make_split
+
+SIZES = (7, 5, 6)
+UNDEFINED = (2, 9, 16)
+DEFINED = [i for i in range(sum(SIZES)) if i not in UNDEFINED]
+
+
+@pytest.fixture
+def split(tmp_path):
+    return make_split(tmp_path / "trn", sizes=SIZES, undefined=UNDEFINED)
+
+
+def _ids(x1):
+    """Pair ids stored in pixel (0, 0, 0) of scaled uint8 images."""
+    return np.rint((np.asarray(x1)[:, 0, 0, 0] + 0.5) * 255).astype(int)
+
+
+def _epoch(ds):
+    ids, y1 = [], []
+    for (x1, _), (a, _) in ds:
+        ids.append(_ids(x1))
+        y1.append(np.asarray(a))
+    return np.concatenate(ids), np.concatenate(y1)
+
+
+def _raw_ids(summary, training, seed, epoch, batch_size=4):
+    return np.concatenate([b[0][:, 0, 0, 0] for b in loader.iter_batches(
+        summary, batch_size, training, seed, epoch)]).astype(int)
+
+
+def test_eval_order_matches_read_labels(split):
+    ds, summary = loader.make_dataset(split, batch_size=4, training=False)
+    assert summary.n_pairs == len(DEFINED) and summary.n_skipped == len(UNDEFINED)
+    ids, y1 = _epoch(ds)
+    np.testing.assert_array_equal(ids, DEFINED)  # undefined pairs skipped, stored order
+    labels = shards.read_labels(split)
+    np.testing.assert_array_equal(y1, labels["label_t1"])
+    ids2, _ = _epoch(ds)
+    np.testing.assert_array_equal(ids2, ids)  # fixed from epoch to epoch
+
+
+def test_training_shuffles_per_epoch_deterministically(split):
+    ds, _ = loader.make_dataset(split, batch_size=4, training=True, seed=3)
+    e0, e1 = _epoch(ds)[0], _epoch(ds)[0]
+    assert sorted(e0) == DEFINED and sorted(e1) == DEFINED  # every pair exactly once
+    assert not np.array_equal(e0, e1)
+    ds_again, _ = loader.make_dataset(split, batch_size=4, training=True, seed=3)
+    np.testing.assert_array_equal(_epoch(ds_again)[0], e0)
+    other, _ = loader.make_dataset(split, batch_size=4, training=True, seed=4)
+    assert not np.array_equal(_epoch(other)[0], e0)
+
+
+def test_shuffle_mixes_across_and_within_shards(split):
+    summary = shards.inspect_split(split)
+    orders = [_raw_ids(summary, True, 0, epoch) for epoch in range(6)]
+    first_shard = {int(np.searchsorted(np.cumsum(SIZES), o[0], "right")) for o in orders}
+    assert len(first_shard) > 1  # shard order changes
+    assert any(not np.all(np.diff(o[:4]) > 0) for o in orders)  # order within a shard changes
+
+
+def test_batch_plan_covers_everything():
+    plan = loader.batch_plan([3, 0, 5, 4], batch_size=5, training=True, seed=1, epoch=2)
+    seen = [(f, i) for batch in plan for f, a, b in batch for i in range(a, b)]
+    assert sorted(seen) == [(f, i) for f, n in enumerate([3, 0, 5, 4]) for i in range(n)]
+    assert [sum(b - a for _, a, b in batch) for batch in plan] == [5, 5, 2]
+    assert len(loader.batch_plan([3, 0, 5, 4], 5, True, drop_remainder=True)) == 2
+
+
+@pytest.mark.parametrize("dtype", [np.uint8, np.uint16, np.float32])
+def test_scaling_and_label_shift(tmp_path, dtype):
+    split = make_split(tmp_path / "s", sizes=(5,), dtype=dtype)
+    ds, summary = loader.make_dataset(split, batch_size=5, training=False)
+    (x1, x2), (y1, y2) = next(iter(ds))
+    with np.load(split / "shard_000.npz") as z:
+        raw1, raw2, l1, l2 = z["image_t1"], z["image_t2"], z["label_t1"], z["label_t2"]
+    assert x1.dtype == np.float32 and summary.dtype == dtype
+    np.testing.assert_allclose(x1, shards.scale_images(raw1), atol=1e-6)
+    np.testing.assert_allclose(x2, shards.scale_images(raw2), atol=1e-6)
+    assert -0.5 <= float(np.min(x1)) and float(np.max(x1)) <= 0.5
+    assert np.asarray(y1).dtype == np.int32
+    np.testing.assert_array_equal(y1, l1 - 1)
+    np.testing.assert_array_equal(y2, l2 - 1)
+
+
+def test_resize_and_drop_remainder(split):
+    ds, summary = loader.make_dataset(split, batch_size=4, training=True, image_size=(6, 8),
+                                      drop_remainder=True)
+    assert loader.steps_per_epoch(summary, 4, drop_remainder=True) == len(DEFINED) // 4
+    batches = list(ds)
+    assert len(batches) == len(DEFINED) // 4
+    assert all(b[0][0].shape == (4, 6, 8, 3) for b in batches)
+    assert ds.element_spec[0][0].shape.as_list() == [4, 6, 8, 3]
+    assert int(ds.cardinality()) == len(DEFINED) // 4
+
+
+def test_pydataset_matches_tf_pipeline(split):
+    summary = shards.inspect_split(split)
+    pyds = loader.ShardPyDataset(summary, 4, training=False)
+    assert len(pyds) == loader.steps_per_epoch(summary, 4)
+    ids = np.concatenate([_ids(pyds[i][0][0]) for i in range(len(pyds))])
+    np.testing.assert_array_equal(ids, DEFINED)
+    train = loader.ShardPyDataset(summary, 4, training=True, seed=3, image_size=(2, 2))
+    (x1, _), _ = train[0]
+    assert x1.shape == (4, 2, 2, 3) and x1.dtype == np.float32
+    e0 = np.concatenate([train[i][1][0] for i in range(len(train))])
+    train.on_epoch_end()
+    e1 = np.concatenate([train[i][1][0] for i in range(len(train))])
+    assert sorted(e0) == sorted(e1)
+    tf_ds, _ = loader.make_dataset(split, 4, training=True, seed=3)
+    np.testing.assert_array_equal(_epoch(tf_ds)[1], e0)  # same shuffle as the tf.data pipeline
+
+
+def test_float_values_checked_when_read(tmp_path):
+    split = make_split(tmp_path / "s", sizes=(4, 4), dtype=np.float32)
+    with np.load(split / "shard_001.npz") as z:
+        arrays = dict(z)
+    arrays["image_t2"][3, 0, 0, 0] = 2.0
+    np.savez(split / "shard_001.npz", **arrays)
+    ds, _ = loader.make_dataset(split, 4, training=False)  # header checks only
+    with pytest.raises(Exception, match=r"shard_001\.npz: image_t2: values"):
+        list(ds)
+
+
+def test_holds_at_most_one_shard(split):
+    """Instrumented loader: when a shard is read, no earlier shard's images are still alive."""
+    summary = shards.inspect_split(split)
+    alive, peak = [], []
+
+    def load(path, summary, num_classes):
+        gc.collect()
+        peak.append(sum(r() is not None for r in alive))
+        data = loader.load_shard(path, summary, num_classes)
+        alive.append(weakref.ref(data["image_t1"]))
+        return data
+
+    for epoch in range(2):
+        batches = loader.iter_batches(summary, 4, True, seed=0, epoch=epoch, load_fn=load)
+        for _ in batches:
+            pass
+    assert len(alive) == 2 * len(SIZES)  # each shard read once per epoch
+    assert max(peak) == 0
+
+
+def test_peak_memory_bounded_by_shards(tmp_path):
+    """tracemalloc: an epoch over 6 shards never allocates more than about one shard at a time.
+
+    (Besides the shard, np.load needs a fixed ~256 KiB read buffer per array, so shards are made
+    large enough here for that constant not to matter.)
+    """
+    split = make_split(tmp_path / "big", sizes=(400,) * 6, size=32)
+    summary = shards.inspect_split(split)
+    shard_bytes = 2 * 400 * 32 * 32 * 3
+    tracemalloc.start()
+    try:
+        for _ in loader.iter_batches(summary, 16, True, seed=0):
+            pass
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak < 2 * shard_bytes, (peak, shard_bytes)

@@ -1,0 +1,202 @@
+"""data.shards: summary, labels, scaling, writing, and every bad input of §4."""
+
+import json
+import re
+
+import numpy as np
+import pytest
+
+from data import shards
+from tests.data.helpers import make_split, shard_arrays, write_npz
+
+
+def test_inspect_split_summary(tmp_path):
+    split = make_split(tmp_path / "trn", sizes=(7, 5, 6), undefined=(2, 9))
+    s = shards.inspect_split(split)
+    assert [f.name for f in s.files] == ["shard_000.npz", "shard_001.npz", "shard_002.npz"]
+    assert s.n_pairs == 16 and s.n_skipped == 2 and s.pairs_per_file == [6, 4, 6]
+    assert s.image_shape == (4, 4, 3) and s.dtype == np.uint8 and s.has_rowcol
+    assert s.num_classes == 3 and s.class_names == ["c1", "c2", "c3"]
+    labels = shards.read_labels(split)
+    assert s.hist_t1.tolist() == np.bincount(labels["label_t1"], minlength=3).tolist()
+    assert s.hist_t2.tolist() == np.bincount(labels["label_t2"], minlength=3).tolist()
+    assert s.n_changed == int((labels["label_t1"] != labels["label_t2"]).sum()) > 0
+    json.dumps(s.to_dict())
+    text = s.format()
+    assert "16 pairs" in text and "2 undefined" in text and "c3" in text
+
+
+def test_read_labels_order_and_shift(tmp_path):
+    split = make_split(tmp_path / "val", sizes=(5, 4), undefined=(1,))
+    labels = shards.read_labels(split)
+    ids = np.array([0, 2, 3, 4, 5, 6, 7, 8])
+    assert labels["label_t1"].dtype == np.int32
+    np.testing.assert_array_equal(labels["label_t1"], ids % 3)
+    np.testing.assert_array_equal(labels["row"] * 10 + labels["col"], ids)
+    assert labels["class_names"] == ["c1", "c2", "c3"]
+
+
+def test_num_classes_from_labels_without_names(tmp_path):
+    arrays = shard_arrays(classes=5)
+    del arrays["class_names"], arrays["row"], arrays["col"]
+    write_npz(tmp_path / "s" / "a.npz", **arrays)
+    s = shards.inspect_split(tmp_path / "s")
+    assert s.num_classes == 5 and s.class_names is None and not s.has_rowcol
+    assert shards.read_labels(tmp_path / "s")["row"] is None
+    assert shards.inspect_split(tmp_path / "s", num_classes=7).hist_t1.shape == (7,)
+
+
+@pytest.mark.parametrize("dtype,value,expected", [
+    (np.uint8, 255, 0.5), (np.uint8, 0, -0.5), (np.uint16, 65535, 0.5),
+    (np.uint16, 32768, 32768 / 65535 - 0.5), (np.float32, 0.25, -0.25)])
+def test_scale_images(dtype, value, expected):
+    x = np.full((1, 2, 2, 1), value, dtype)
+    y = shards.scale_images(x)
+    assert y.dtype == np.float32
+    np.testing.assert_allclose(y, expected, rtol=1e-6, atol=1e-7)
+
+
+def test_write_shard_round_trip(tmp_path):
+    a = shard_arrays(dtype=np.uint16)
+    (tmp_path / "s").mkdir()
+    shards.write_shard(tmp_path / "s" / "x.npz", a["image_t1"], a["image_t2"], a["label_t1"],
+                       a["label_t2"], a["row"], a["col"], ["c1", "c2", "c3"], compress=True)
+    with np.load(tmp_path / "s" / "x.npz", allow_pickle=False) as z:
+        np.testing.assert_array_equal(z["image_t1"], a["image_t1"])
+        assert z["image_t1"].dtype == np.uint16
+    assert shards.inspect_split(tmp_path / "s").class_names == ["c1", "c2", "c3"]
+    assert [p.name for p in (tmp_path / "s").iterdir()] == ["x.npz"]  # no temporary left
+
+
+def test_write_shard_refuses_bad_labels(tmp_path):
+    a = shard_arrays()
+    with pytest.raises(shards.ShardError, match="label_t1"):
+        shards.write_shard(tmp_path / "x.npz", a["image_t1"], a["image_t2"], a["label_t1"] + 5,
+                           a["label_t2"], class_names=["a", "b", "c"])
+    assert not list(tmp_path.iterdir())
+
+
+def test_float_check_is_chunked(tmp_path, monkeypatch):
+    arrays = shard_arrays(n=9, dtype=np.float32)
+    arrays["image_t2"][8, 1, 1, 0] = np.nan
+    write_npz(tmp_path / "s" / "a.npz", **arrays)
+    monkeypatch.setattr(shards, "CHUNK_BYTES", arrays["image_t1"][0].nbytes * 2)
+    with pytest.raises(shards.ShardError, match=r"a\.npz: image_t2: NaN or inf in pair 8"):
+        shards.inspect_split(tmp_path / "s")
+    # header-only inspection (the loader's) does not decode images
+    assert shards.inspect_split(tmp_path / "s", check_values=False).n_pairs == 9
+
+
+# ----------------------------------------------------------------------------- bad input
+
+
+def _bad(tmp_path, name, **changes):
+    """A split with one good shard and a second one changed by ``changes`` (None deletes a key)."""
+    split = make_split(tmp_path / "trn", sizes=(4,))
+    arrays = shard_arrays(n=5, start_id=4, seed=1)
+    for key, value in changes.items():
+        if value is None:
+            del arrays[key]
+        else:
+            arrays[key] = value
+    write_npz(split / name, **arrays)
+    return split
+
+
+def _float(n=5, size=4, channels=3, **kw):
+    return shard_arrays(n=n, size=size, channels=channels, dtype=np.float32, **kw)["image_t1"]
+
+
+BAD = {  # case -> (changes to shard_001.npz, key named in the message, words of the message)
+    "missing key": (dict(label_t2=None), "label_t2", "missing"),
+    "t1/t2 shape": (dict(image_t2=np.zeros((5, 4, 5, 3), np.uint8)), "image_t2", "shape"),
+    "t1/t2 dtype": (dict(image_t2=np.zeros((5, 4, 4, 3), np.uint16)), "image_t2", "dtype"),
+    "label length": (dict(label_t1=np.ones(4, np.int32)), "label_t1", r"expected \(5,\)"),
+    "label above K": (dict(label_t2=np.array([1, 2, 3, 4, 1])), "label_t2", "label 4 > 3"),
+    "negative label": (dict(label_t1=np.array([1, -1, 2, 3, 1])), "label_t1", "negative"),
+    "float labels": (dict(label_t1=np.ones(5, np.float32)), "label_t1", "integer"),
+    "image rank": (dict(image_t1=np.zeros((5, 4, 4), np.uint8), image_t2=np.zeros((5, 4, 4), np.uint8)),
+                   "image_t1", r"\(N, H, W, C\)"),
+    "image dtype": (dict(image_t1=np.zeros((5, 4, 4, 3), np.int32), image_t2=np.zeros((5, 4, 4, 3), np.int32)),
+                    "image_t1", "uint8, uint16 or float32"),
+    "row without col": (dict(col=None), "col", "together"),
+    "object array": (dict(class_names=np.array(["a", 1, None], dtype=object)), "class_names", "pickled"),
+    "other size": (dict(image_t1=np.zeros((5, 6, 6, 3), np.uint8), image_t2=np.zeros((5, 6, 6, 3), np.uint8)),
+                   "image_t1", r"\(6, 6, 3\); expected \(4, 4, 3\)"),
+    "other channels": (dict(image_t1=np.zeros((5, 4, 4, 4), np.uint8), image_t2=np.zeros((5, 4, 4, 4), np.uint8)),
+                       "image_t1", r"\(4, 4, 4\); expected \(4, 4, 3\)"),
+    "other class names": (dict(class_names=np.array(["x", "y", "z"])), "class_names", "expected"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD))
+def test_bad_shard(tmp_path, case):
+    changes, key, words = BAD[case]
+    split = _bad(tmp_path, "shard_001.npz", **changes)
+    with pytest.raises(shards.ShardError) as info:
+        shards.inspect_split(split)
+    message = str(info.value)
+    assert "\n" not in message
+    assert message.startswith(f"{split / 'shard_001.npz'}: {key}: "), message
+    assert re.search(words, message), message
+
+
+def test_float_images_out_of_range_or_nan(tmp_path):
+    a = shard_arrays(dtype=np.float32)
+    a["image_t1"][2, 0, 0, 1] = 1.5
+    write_npz(tmp_path / "a" / "s.npz", **a)
+    with pytest.raises(shards.ShardError, match=r"s\.npz: image_t1: values in \[.*1\.5\].*\[0, 1\]"):
+        shards.inspect_split(tmp_path / "a")
+    a = shard_arrays(dtype=np.float32)
+    a["image_t2"][0, 0, 0, 0] = np.nan
+    write_npz(tmp_path / "b" / "s.npz", **a)
+    with pytest.raises(shards.ShardError, match=r"s\.npz: image_t2: NaN"):
+        shards.inspect_split(tmp_path / "b")
+
+
+def test_num_classes_given_is_checked(tmp_path):
+    split = make_split(tmp_path / "trn", sizes=(4,))
+    with pytest.raises(shards.ShardError, match="label_t1: label 3 > 2"):
+        shards.inspect_split(split, num_classes=2)
+    with pytest.raises(shards.ShardError, match="class_names: 3 names; expected num_classes=4"):
+        shards.inspect_split(split, num_classes=4)
+
+
+def test_missing_and_empty_split_dir(tmp_path):
+    with pytest.raises(shards.ShardError, match=r"nope: split: no such directory"):
+        shards.list_shards(tmp_path / "nope")
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "empty" / "notes.txt").write_text("hi")
+    with pytest.raises(shards.ShardError, match=r"empty: split: no \.npz files"):
+        shards.inspect_split(tmp_path / "empty")
+
+
+def test_not_a_zip(tmp_path):
+    (tmp_path / "s").mkdir()
+    (tmp_path / "s" / "a.npz").write_text("not a zip file")
+    with pytest.raises(shards.ShardError, match=r"a\.npz: file: not a zip/npz"):
+        shards.inspect_split(tmp_path / "s")
+    np.save(tmp_path / "s" / "a.npy", np.zeros(3))  # a bare .npy renamed to .npz
+    (tmp_path / "s" / "a.npy").replace(tmp_path / "s" / "a.npz")
+    with pytest.raises(shards.ShardError, match="not a zip/npz"):
+        shards.inspect_split(tmp_path / "s")
+
+
+@pytest.mark.parametrize("keep", [0.5, 0.97])
+def test_truncated_npz(tmp_path, keep):
+    path = write_npz(tmp_path / "s" / "a.npz", **shard_arrays(n=20, size=8))
+    data = path.read_bytes()
+    path.write_bytes(data[: int(len(data) * keep)])
+    with pytest.raises(shards.ShardError, match=r"a\.npz: file: "):
+        shards.inspect_split(tmp_path / "s")
+
+
+def test_corrupt_member_data(tmp_path):
+    """Central directory intact but a member's bytes damaged: named by key, no traceback chain."""
+    path = write_npz(tmp_path / "s" / "a.npz", **shard_arrays(n=4, dtype=np.float32))
+    data = bytearray(path.read_bytes())
+    start = data.find(b"image_t1.npy") + 200
+    data[start:start + 50] = b"\xff" * 50
+    path.write_bytes(bytes(data))
+    with pytest.raises(shards.ShardError, match=r"a\.npz: image_t1: "):
+        shards.inspect_split(tmp_path / "s")
