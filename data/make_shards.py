@@ -1,0 +1,381 @@
+"""Build §4 npz shards (trn/val/tst) from one's own bi-temporal data.
+
+Two inputs are understood::
+
+    # (a) two class-folder trees, one per date, tiles paired by file name (<col>_<row>.png, ...)
+    python -m data.make_shards folders --t1 DATE1_DIR --t2 DATE2_DIR --out DIR [options]
+
+    # (b) two co-registered images plus, per date, a label grid (one class per tile) or raster
+    python -m data.make_shards raster --t1 IMG1 --t2 IMG2 --labels1 L1 --labels2 L2 \\
+        --tile 150 --out DIR [--bands 1,2,3] [--mat_key KEY] [options]
+
+Common options: ``--split 0.7,0.1,0.2 --seed 0 --shard_size 5000 --class_names a,b,c|FILE``.
+
+Images keep their dtype (uint8, uint16; float must lie in [0, 1]). GeoTIFF and other rasters are
+read with rasterio, PNG/JPEG/BMP with Pillow. Nothing is written when the input is bad, and an
+output split directory that exists and is not empty is refused.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import pathlib
+import re
+import sys
+
+import numpy as np
+
+from data import shards, splits
+
+log = logging.getLogger(__name__)
+
+PILLOW_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif"}
+RASTER_SUFFIXES = {".tif", ".tiff", ".img", ".vrt", ".jp2"}
+IMAGE_SUFFIXES = PILLOW_SUFFIXES | RASTER_SUFFIXES
+GRID_STEM = re.compile(r"^(-?\d+)_(-?\d+)$")  # <col>_<row>
+
+
+def _err(path, key, expected):
+    return shards.ShardError(f"{path}: {key}: {expected}")
+
+
+# ----------------------------------------------------------------------------- reading images
+
+
+def parse_bands(text):
+    """``"1,2,3"`` -> [1, 2, 3] (1-based, like rasterio); None stays None."""
+    if text in (None, ""):
+        return None
+    try:
+        bands = [int(b) for b in str(text).split(",")]
+    except ValueError:
+        raise ValueError(f"--bands {text!r}: expected 1-based band numbers like 1,2,3") from None
+    if min(bands) < 1:
+        raise ValueError(f"--bands {text!r}: expected 1-based band numbers (>= 1)")
+    return bands
+
+
+def as_shard_dtype(path, image):
+    """uint8/uint16 as they are, float as float32 when inside [0, 1]; anything else refused."""
+    if image.dtype in (np.uint8, np.uint16):
+        return image
+    if image.dtype == bool:
+        return image.astype(np.uint8)
+    if image.dtype.kind == "f":
+        image = image.astype(np.float32)
+        if np.isfinite(image).all() and image.min() >= 0 and image.max() <= 1:
+            return image
+        raise _err(path, "pixels", "float values outside [0, 1] or not finite; expected uint8, "
+                                   "uint16 or float in [0, 1]")
+    raise _err(path, "dtype", f"{image.dtype}; expected uint8, uint16 or float in [0, 1]")
+
+
+def read_image(path, bands=None) -> np.ndarray:
+    """(H, W, C) array of an image file; ``bands`` are 1-based band numbers to keep."""
+    path = pathlib.Path(path)
+    if not path.is_file():
+        raise _err(path, "file", "no such file; expected an image")
+    try:
+        if path.suffix.lower() in PILLOW_SUFFIXES:
+            from PIL import Image
+
+            with Image.open(path) as img:
+                if img.mode in ("P", "PA", "CMYK", "YCbCr", "LAB", "HSV", "1"):
+                    img = img.convert("RGBA" if "A" in img.mode else "RGB")
+                array = np.asarray(img)
+            array = array[..., None] if array.ndim == 2 else array
+        else:
+            import rasterio
+
+            with rasterio.open(path) as src:
+                array = np.moveaxis(src.read(), 0, -1)
+    except shards.ShardError:
+        raise
+    except Exception as e:  # noqa: BLE001 - any reader failure is bad input, reported in one line
+        raise _err(path, "file", f"unreadable ({type(e).__name__}: {e}); expected an image") from None
+    if bands is not None:
+        if max(bands) > array.shape[-1]:
+            raise _err(path, "--bands", f"{bands}; the image has {array.shape[-1]} band(s) "
+                                        f"(1..{array.shape[-1]})")
+        array = array[..., [b - 1 for b in bands]]
+    return as_shard_dtype(path, array)
+
+
+# ----------------------------------------------------------------------------- class names
+
+
+def parse_class_names(text):
+    """``--class_names``: a file with one name per line, or a comma-separated list; None stays."""
+    if text is None:
+        return None
+    path = pathlib.Path(text)
+    if path.is_file():
+        names = [line.strip() for line in path.read_text().splitlines() if line.strip()]
+    else:
+        names = [n.strip() for n in str(text).split(",") if n.strip()]
+    if not names or len(set(names)) != len(names):
+        raise ValueError(f"--class_names {text!r}: expected distinct names (list or file)")
+    return names
+
+
+# ----------------------------------------------------------------------------- (a) class folders
+
+
+def scan_class_tree(date_dir) -> dict:
+    """``{stem: (class_name, path)}`` of ``DATE_DIR/CLASS_NAME/<stem>.<image suffix>``."""
+    date_dir = pathlib.Path(date_dir)
+    if not date_dir.is_dir():
+        raise _err(date_dir, "directory", "missing; expected DATE_DIR/CLASS_NAME/<col>_<row>.png")
+    tiles = {}
+    for class_dir in sorted(d for d in date_dir.iterdir() if d.is_dir()):
+        for path in sorted(class_dir.iterdir()):
+            if path.suffix.lower() not in IMAGE_SUFFIXES:
+                continue
+            if path.stem in tiles:
+                raise _err(path, "tile", f"stem {path.stem!r} also in {tiles[path.stem][1]}; "
+                                         "expected each tile in one class folder per date")
+            tiles[path.stem] = (class_dir.name, path)
+    if not tiles:
+        raise _err(date_dir, "directory", "no image tiles; expected DATE_DIR/CLASS_NAME/<col>_<row>.png")
+    return tiles
+
+
+def class_folder_names(*date_dirs) -> list:
+    """Sorted union of the class folder names of the date directories."""
+    return sorted({d.name for root in date_dirs for d in pathlib.Path(root).iterdir() if d.is_dir()})
+
+
+def pair_tiles(tiles1, tiles2, t1, t2, skip_unpaired=False) -> list:
+    """Stems present at both dates (sorted by grid position or name); unpaired: error or skipped."""
+    only1 = sorted(set(tiles1) - set(tiles2))
+    only2 = sorted(set(tiles2) - set(tiles1))
+    if (only1 or only2) and not skip_unpaired:
+        stem, here, there = (only1[0], tiles1, t2) if only1 else (only2[0], tiles2, t1)
+        raise _err(here[stem][1], "pair", f"no tile {stem!r} under {there}; expected the same "
+                   f"tiles at both dates ({len(only1) + len(only2)} unpaired; --skip_unpaired "
+                   "skips them)")
+    if only1 or only2:
+        log.warning("skipping %d unpaired tile(s) (%d only at t1, %d only at t2)",
+                    len(only1) + len(only2), len(only1), len(only2))
+    stems = sorted(set(tiles1) & set(tiles2))
+    if all(GRID_STEM.match(s) for s in stems):
+        stems.sort(key=lambda s: tuple(int(v) for v in GRID_STEM.match(s).groups()[::-1]))
+    return stems
+
+
+def folder_pairs(t1, t2, class_names=None, skip_unpaired=False):
+    """Everything the writer needs for (a): (n, get_pairs, class_names)."""
+    tiles1, tiles2 = scan_class_tree(t1), scan_class_tree(t2)
+    folders = class_folder_names(t1, t2)
+    names = class_names or folders
+    unknown = sorted(set(folders) - set(names))
+    if unknown:
+        raise _err(t1, "--class_names", f"class folder(s) {unknown} not listed; expected every "
+                                        f"folder name among {names}")
+    ids = {name: i + 1 for i, name in enumerate(names)}
+    stems = pair_tiles(tiles1, tiles2, t1, t2, skip_unpaired)
+    label_t1 = np.array([ids[tiles1[s][0]] for s in stems], np.int32)
+    label_t2 = np.array([ids[tiles2[s][0]] for s in stems], np.int32)
+    grid = all(GRID_STEM.match(s) for s in stems)
+    if grid:
+        col_row = np.array([[int(v) for v in GRID_STEM.match(s).groups()] for s in stems], np.int64)
+    else:
+        log.info("tile names are not all <col>_<row>: no row/col stored")
+    first = {}
+
+    def get_pairs(idx):
+        images = {"image_t1": [], "image_t2": []}
+        for i in idx:
+            for key, tiles in (("image_t1", tiles1), ("image_t2", tiles2)):
+                path = tiles[stems[i]][1]
+                image = read_image(path)
+                ref = first.setdefault("ref", (path, image.shape, image.dtype))
+                if (image.shape, image.dtype) != ref[1:]:
+                    raise _err(path, "image", f"{image.shape} {image.dtype}; expected "
+                               f"{ref[1]} {ref[2]} as {ref[0]} (all tiles alike)")
+                images[key].append(image)
+        out = {k: np.stack(v) for k, v in images.items()}
+        out.update(label_t1=label_t1[idx], label_t2=label_t2[idx])
+        if grid:
+            out.update(row=col_row[idx, 1], col=col_row[idx, 0])
+        return out
+
+    return len(stems), get_pairs, names
+
+
+# ----------------------------------------------------------------------------- (b) rasters
+
+
+def load_label_array(path, mat_key=None) -> np.ndarray:
+    """2-D label array from .npy, .mat (the single 2-D numeric variable, or ``mat_key``) or a raster."""
+    path = pathlib.Path(path)
+    if not path.is_file():
+        raise _err(path, "file", "no such file; expected a label grid (.npy, .mat) or raster")
+    suffix = path.suffix.lower()
+    try:
+        if suffix == ".npy":
+            array = np.load(path, allow_pickle=False)
+        elif suffix == ".mat":
+            import scipy.io
+
+            variables = {k: v for k, v in scipy.io.loadmat(path).items() if not k.startswith("__")}
+            if mat_key is not None:
+                if mat_key not in variables:
+                    raise _err(path, mat_key, f"missing; expected one of {sorted(variables)}")
+                array = variables[mat_key]
+            else:
+                cands = [k for k, v in variables.items()
+                         if isinstance(v, np.ndarray) and v.ndim == 2 and v.dtype.kind in "biuf"
+                         and min(v.shape) > 1]
+                if len(cands) != 1:
+                    raise _err(path, "--mat_key", f"{len(cands)} 2-D numeric variables {cands}; "
+                                                  "expected exactly one or --mat_key")
+                array = variables[cands[0]]
+        else:
+            array = read_image(path)
+            if array.shape[-1] != 1:
+                raise _err(path, "bands", f"{array.shape[-1]}; expected a single-band label raster")
+            array = array[..., 0]
+    except shards.ShardError:
+        raise
+    except Exception as e:  # noqa: BLE001
+        raise _err(path, "file", f"unreadable ({type(e).__name__}: {e}); expected a label grid") from None
+    array = np.asarray(array)
+    if array.ndim != 2 or array.dtype.kind not in "biuf":
+        raise _err(path, "labels", f"shape {array.shape} dtype {array.dtype}; expected a 2-D numeric array")
+    if array.dtype.kind == "f":
+        if not (np.isfinite(array).all() and (array == np.round(array)).all()):
+            raise _err(path, "labels", "non-integer values; expected integer class ids")
+    labels = array.astype(np.int64)
+    if labels.size and labels.min() < 0:
+        raise _err(path, "labels", f"negative value {labels.min()}; expected class ids 1..K, 0 = undefined")
+    return labels
+
+
+def tile_labels(path, labels, grid, image_hw, tile, transpose=False) -> np.ndarray:
+    """Labels per tile: the grid itself, or the majority class of each tile of a full-size raster."""
+    if transpose:
+        labels = labels.T
+    if labels.shape == grid:
+        return labels
+    if labels.shape == tuple(image_hw):
+        rows, cols = grid
+        blocks = labels[:rows * tile, :cols * tile].reshape(rows, tile, cols, tile)
+        values = np.unique(blocks)
+        counts = np.stack([(blocks == v).sum(axis=(1, 3)) for v in values])
+        return values[np.argmax(counts, axis=0)]
+    raise _err(path, "labels", f"shape {labels.shape}; expected the tile grid {grid} (rows, cols) or "
+                               f"the image size {tuple(image_hw)} (--transpose_labels flips a grid)")
+
+
+def raster_pairs(t1, t2, labels1, labels2, tile, bands=None, mat_key=None, transpose=False):
+    """Everything the writer needs for (b): (n, get_pairs, None)."""
+    if tile < 1:
+        raise ValueError(f"--tile {tile}: expected >= 1")
+    x1, x2 = read_image(t1, bands), read_image(t2, bands)
+    if x1.shape != x2.shape or x1.dtype != x2.dtype:
+        raise _err(t2, "image", f"{x2.shape} {x2.dtype}; expected {x1.shape} {x1.dtype} as {t1} "
+                                "(co-registered images)")
+    h, w = x1.shape[:2]
+    grid = (h // tile, w // tile)
+    if min(grid) < 1:
+        raise _err(t1, "--tile", f"{tile}; expected at most the image size {h}x{w}")
+    if (h % tile) or (w % tile):
+        log.warning("image %dx%d is not a multiple of --tile %d: the last %d row(s) and %d "
+                    "column(s) of pixels are left out", h, w, tile, h % tile, w % tile)
+    y1 = tile_labels(labels1, load_label_array(labels1, mat_key), grid, (h, w), tile, transpose)
+    y2 = tile_labels(labels2, load_label_array(labels2, mat_key), grid, (h, w), tile, transpose)
+    rows, cols = grid
+
+    def tiles(x):
+        return x[:rows * tile, :cols * tile].reshape(rows, tile, cols, tile, -1).swapaxes(1, 2)
+
+    v1, v2 = tiles(x1), tiles(x2)
+    row, col = np.divmod(np.arange(rows * cols), cols)
+
+    def get_pairs(idx):
+        r, c = row[idx], col[idx]
+        return {"image_t1": v1[r, c], "image_t2": v2[r, c], "label_t1": y1[r, c].astype(np.int32),
+                "label_t2": y2[r, c].astype(np.int32), "row": r, "col": c}
+
+    return rows * cols, get_pairs, None
+
+
+# ----------------------------------------------------------------------------- command line
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(prog="python -m data.make_shards",
+                                description="Build trn/val/tst npz shards (DESIGN.md §4) from your own data.")
+    sub = p.add_subparsers(dest="mode", required=True)
+    fold = sub.add_parser("folders", help="two class-folder trees DATE_DIR/CLASS_NAME/<col>_<row>.png")
+    g = fold.add_argument_group("input")
+    g.add_argument("--t1", required=True, help="class-folder tree of date 1")
+    g.add_argument("--t2", required=True, help="class-folder tree of date 2")
+    g.add_argument("--skip_unpaired", action="store_true",
+                   help="skip tiles present at one date only (default: error)")
+    ras = sub.add_parser("raster", help="two co-registered images + per-date label grids/rasters")
+    g = ras.add_argument_group("input")
+    g.add_argument("--t1", required=True, help="image of date 1 (GeoTIFF or PNG/JPEG)")
+    g.add_argument("--t2", required=True, help="image of date 2, co-registered with --t1")
+    g.add_argument("--labels1", required=True,
+                   help="labels of date 1: tile grid (.npy, .mat) or full-size label raster")
+    g.add_argument("--labels2", required=True, help="labels of date 2, as --labels1")
+    g.add_argument("--tile", type=int, required=True, help="tile size in pixels (e.g. 150)")
+    g.add_argument("--bands", default=None, help="1-based bands to keep, e.g. 1,2,3 (default all)")
+    g.add_argument("--mat_key", default=None,
+                   help="variable of a .mat label file (default: its single 2-D numeric variable)")
+    g.add_argument("--transpose_labels", action="store_true",
+                   help="the label grids are stored (cols, rows): transpose them")
+    for sp in (fold, ras):
+        g = sp.add_argument_group("output")
+        g.add_argument("--out", required=True, help="output directory; trn/ val/ tst/ are created")
+        g.add_argument("--shard_size", type=int, default=5000, help="max pairs per shard (default 5000)")
+        g.add_argument("--no_compress", action="store_true", help="store shards uncompressed")
+        g = sp.add_argument_group("split and classes")
+        g.add_argument("--split", default="0.7,0.1,0.2", help="trn,val,tst fractions (default 0.7,0.1,0.2)")
+        g.add_argument("--seed", type=int, default=0, help="seed of the random split (default 0)")
+        g.add_argument("--class_names", default=None,
+                       help="names of classes 1..K: comma-separated or a file with one per line "
+                            "(folders: default the sorted folder names)")
+    return p.parse_args(argv)
+
+
+def load_pairs(args):
+    """Step 1: the pairs of the chosen input mode as (n, get_pairs, class_names)."""
+    names = parse_class_names(args.class_names)
+    if args.mode == "folders":
+        return folder_pairs(args.t1, args.t2, names, args.skip_unpaired)
+    n, get_pairs, _ = raster_pairs(args.t1, args.t2, args.labels1, args.labels2, args.tile,
+                                   parse_bands(args.bands), args.mat_key, args.transpose_labels)
+    return n, get_pairs, names
+
+
+def build(args) -> dict:
+    """Check the output, read the pairs, split them and write the shards."""
+    if args.shard_size < 1:
+        raise ValueError(f"--shard_size {args.shard_size}: expected >= 1")
+    fractions = splits.parse_fractions(args.split)
+    splits.check_output_dir(args.out)
+    n, get_pairs, names = load_pairs(args)
+    parts = splits.split_indices(n, fractions, args.seed)
+    return splits.write_splits(args.out, parts, get_pairs, args.shard_size, names,
+                               compress=not args.no_compress)
+
+
+def main(argv=None):
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    args = parse_args(argv)
+    try:
+        written = build(args)
+    except (ValueError, OSError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    for name, paths in written.items():
+        log.info("%s: %d shard(s) in %s", name, len(paths), pathlib.Path(args.out) / name)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

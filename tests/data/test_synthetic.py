@@ -1,0 +1,105 @@
+"""data.synthetic: format, determinism, change rate, no overwrite, structure (not colour) separates classes."""
+
+import numpy as np
+import pytest
+from sklearn.linear_model import LogisticRegression
+from sklearn.pipeline import make_pipeline
+from sklearn.preprocessing import StandardScaler
+
+from data import shards, synthetic
+
+
+def test_demo_data_format(demo_data):
+    sizes = {}
+    for split in ("trn", "val", "tst"):
+        s = shards.inspect_split(demo_data / split)
+        assert s.image_shape == (32, 32, 3) and s.dtype == np.uint8 and s.has_rowcol
+        assert s.class_names == list(synthetic.CLASS_NAMES[:4]) and s.n_skipped == 0
+        sizes[split] = s.n_pairs
+    assert sizes == {"trn": 84, "val": 12, "tst": 24}
+    rows = np.concatenate([shards.read_labels(demo_data / s)["row"] for s in sizes])
+    cols = np.concatenate([shards.read_labels(demo_data / s)["col"] for s in sizes])
+    assert len(set(zip(rows.tolist(), cols.tolist()))) == 120  # one grid cell per pair
+
+
+def test_deterministic_and_change_rate():
+    a = synthetic.make_pairs(60, size=16, classes=5, change_rate=0.1, seed=7)
+    b = synthetic.make_pairs(60, size=16, classes=5, change_rate=0.1, seed=7)
+    c = synthetic.make_pairs(60, size=16, classes=5, change_rate=0.1, seed=8)
+    for key in a:
+        np.testing.assert_array_equal(a[key], b[key])
+    assert not np.array_equal(a["image_t1"], c["image_t1"])
+    assert (a["label_t1"] != a["label_t2"]).sum() == 6
+    assert a["label_t1"].min() == 1 and a["label_t1"].max() == 5
+    np.testing.assert_array_equal(np.bincount(a["label_t1"])[1:], [12] * 5)  # balanced
+
+
+def test_second_date_is_same_scene_under_new_conditions():
+    d = synthetic.make_pairs(40, size=32, classes=4, change_rate=0.0, seed=0)
+    x1, x2 = d["image_t1"].astype(np.float32), d["image_t2"].astype(np.float32)
+    assert np.abs(x1 - x2).mean() > 3  # illumination, noise, misregistration
+    g1, g2 = x1.mean(-1), x2.mean(-1)
+    same = [np.corrcoef(g1[i, 4:-4, 4:-4].ravel(), g2[i, 4:-4, 4:-4].ravel())[0, 1] for i in range(40)]
+    other = [np.corrcoef(g1[i, 4:-4, 4:-4].ravel(), g2[i - 1, 4:-4, 4:-4].ravel())[0, 1] for i in range(40)]
+    assert np.median(same) > 0.4 > np.median(np.abs(other))
+
+
+def _mean_colour(x):
+    return x.mean(axis=(1, 2))
+
+
+def _structure(x):
+    """Radial FFT spectrum, orientation coherence and intensity / gradient quantiles of grey tiles."""
+    g = x.mean(-1)
+    g = (g - g.mean((1, 2), keepdims=True)) / (g.std((1, 2), keepdims=True) + 1e-3)
+    spectrum = np.abs(np.fft.fftshift(np.fft.fft2(g), axes=(1, 2)))
+    s = g.shape[1]
+    yy, xx = np.mgrid[0:s, 0:s] - s // 2
+    ring = np.minimum((np.hypot(yy, xx) / (s / 2) * 8).astype(int), 7)
+    radial = np.log(np.stack([spectrum[:, ring == k].mean(1) for k in range(8)], 1) + 1e-3)
+    gy, gx = np.gradient(g, axis=(1, 2))
+    coherence = np.hypot((gx**2 - gy**2).mean((1, 2)), 2 * (gx * gy).mean((1, 2))) / (
+        (gx**2 + gy**2).mean((1, 2)) + 1e-6)
+    flat = g.reshape(len(g), -1)
+    grad = np.hypot(gx, gy).reshape(len(g), -1)
+    return np.concatenate([radial, coherence[:, None], np.percentile(flat, [5, 25, 50, 75, 95], 1).T,
+                           np.percentile(grad, [25, 50, 75, 95], 1).T], 1)
+
+
+@pytest.mark.parametrize("classes", [8, 14])
+def test_structure_not_mean_colour_separates_classes(classes):
+    n = 75 * classes
+    d = synthetic.make_pairs(n, size=32, classes=classes, seed=1)
+    x, y = d["image_t1"].astype(np.float32) / 255, d["label_t1"]
+    train, test = slice(0, n * 3 // 4), slice(n * 3 // 4, n)
+    scores = {}
+    for name, features in (("colour", _mean_colour), ("structure", _structure)):
+        f = features(x)
+        clf = make_pipeline(StandardScaler(), LogisticRegression(max_iter=2000))
+        scores[name] = clf.fit(f[train], y[train]).score(f[test], y[test])
+    chance = 1 / classes
+    assert scores["colour"] < 2 * chance, scores
+    assert scores["structure"] > 0.85, scores
+
+
+def test_refuses_non_empty_output(tmp_path, capsys):
+    (tmp_path / "val").mkdir()
+    (tmp_path / "val" / "mine.txt").write_text("keep me")
+    with pytest.raises(shards.ShardError, match="val: --out: exists and is not empty"):
+        synthetic.generate(tmp_path, pairs=20, size=16, classes=3)
+    assert synthetic.main(["--out", str(tmp_path), "--pairs", "20", "--size", "16"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("error: ")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["val"]  # nothing written
+    assert (tmp_path / "val" / "mine.txt").read_text() == "keep me"
+
+
+def test_bad_arguments_and_shard_size(tmp_path, capsys):
+    assert synthetic.main(["--out", str(tmp_path / "a"), "--classes", "15"]) == 2
+    assert "--classes 15" in capsys.readouterr().err
+    assert not (tmp_path / "a").exists()
+    assert synthetic.main(["--out", str(tmp_path / "b"), "--pairs", "50", "--size", "16",
+                           "--shard_size", "10", "--classes", "14", "--seed", "3"]) == 0
+    s = shards.inspect_split(tmp_path / "b" / "trn")
+    assert s.pairs_per_file == [10, 10, 10, 5] and s.num_classes == 14
+    assert sorted(p.name for p in (tmp_path / "b").iterdir()) == ["trn", "tst", "val"]
