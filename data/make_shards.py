@@ -23,6 +23,7 @@ import logging
 import pathlib
 import re
 import sys
+import warnings
 
 import numpy as np
 
@@ -88,8 +89,10 @@ def read_image(path, bands=None) -> np.ndarray:
         else:
             import rasterio
 
-            with rasterio.open(path) as src:
-                array = np.moveaxis(src.read(), 0, -1)
+            with warnings.catch_warnings():  # plain (non-georeferenced) TIFFs are fine here
+                warnings.simplefilter("ignore", rasterio.errors.NotGeoreferencedWarning)
+                with rasterio.open(path) as src:
+                    array = np.moveaxis(src.read(), 0, -1)
     except shards.ShardError:
         raise
     except Exception as e:  # noqa: BLE001 - any reader failure is bad input, reported in one line

@@ -1,0 +1,216 @@
+"""python -m data.make_shards: class folders and rasters round-trip through inspect_split."""
+
+import numpy as np
+import pytest
+import rasterio
+import scipy.io
+from PIL import Image
+
+from data import make_shards, shards
+
+T = 8  # tile size
+
+
+def _all_pairs(out):
+    """All pairs of trn/val/tst keyed by (row, col): (x1, x2, y1, y2) with 1-based labels."""
+    pairs = {}
+    for split in ("trn", "val", "tst"):
+        for path in shards.list_shards(out / split):
+            with np.load(path, allow_pickle=False) as z:
+                for i in range(len(z["row"])):
+                    pairs[(int(z["row"][i]), int(z["col"][i]))] = (
+                        z["image_t1"][i], z["image_t2"][i], int(z["label_t1"][i]), int(z["label_t2"][i]))
+    return pairs
+
+
+# ----------------------------------------------------------------------------- (a) class folders
+
+
+@pytest.fixture
+def folders(tmp_path):
+    """3x4 grid of 8x8 RGB tiles, classes by column; tile (row 1, col 2) changes class at date 2."""
+    rng = np.random.default_rng(0)
+    classes = ["water", "farm", "road", "bare"]
+    truth = {}
+    for row in range(3):
+        for col in range(4):
+            names = [classes[col], classes[col] if (row, col) != (1, 2) else "water"]
+            tiles = []
+            for date, name in zip(("d1", "d2"), names):
+                tile = rng.integers(0, 256, (T, T, 3), dtype=np.uint8)
+                (tmp_path / date / name).mkdir(parents=True, exist_ok=True)
+                Image.fromarray(tile).save(tmp_path / date / name / f"{col}_{row}.png")
+                tiles.append(tile)
+            truth[(row, col)] = (*tiles, *names)
+    return tmp_path, truth
+
+
+def test_folders_round_trip(folders):
+    root, truth = folders
+    out = root / "shards"
+    argv = ["folders", "--t1", str(root / "d1"), "--t2", str(root / "d2"), "--out", str(out),
+            "--shard_size", "3", "--seed", "1"]
+    assert make_shards.main(argv) == 0
+    names = sorted({"water", "farm", "road", "bare"})
+    sizes = []
+    for split in ("trn", "val", "tst"):
+        s = shards.inspect_split(out / split)
+        assert s.class_names == names and s.image_shape == (T, T, 3) and s.dtype == np.uint8
+        assert max(s.pairs_per_file) <= 3
+        sizes.append(s.n_pairs)
+    assert sizes == [9, 1, 2]  # 70/10/20 of 12, rounded
+    pairs = _all_pairs(out)
+    assert set(pairs) == set(truth)
+    for key, (x1, x2, y1, y2) in pairs.items():
+        t1, t2, n1, n2 = truth[key]
+        np.testing.assert_array_equal(x1, t1)
+        np.testing.assert_array_equal(x2, t2)
+        assert (names[y1 - 1], names[y2 - 1]) == (n1, n2)
+    assert sum(y1 != y2 for _, _, y1, y2 in pairs.values()) == 1
+
+
+def test_folders_class_names_option(folders, tmp_path):
+    root, _ = folders
+    names = "road,water,farm,bare,extra"
+    out = tmp_path / "o"
+    assert make_shards.main(["folders", "--t1", str(root / "d1"), "--t2", str(root / "d2"),
+                             "--out", str(out), "--class_names", names]) == 0
+    assert shards.inspect_split(out / "trn").class_names == names.split(",")
+    assert all(y1 == 1 for (r, c), (_, _, y1, _) in _all_pairs(out).items() if c == 2)
+
+
+def test_folders_unpaired_tile(folders, capsys):
+    root, _ = folders
+    (root / "d2" / "water" / "2_1.png").unlink()  # tile (row 1, col 2) only at date 1
+    argv = ["folders", "--t1", str(root / "d1"), "--t2", str(root / "d2"), "--out", str(root / "o")]
+    assert make_shards.main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "2_1.png: pair: no tile '2_1'" in err
+    assert not (root / "o").exists()
+    assert make_shards.main(argv + ["--skip_unpaired"]) == 0
+    assert len(_all_pairs(root / "o")) == 11
+
+
+def test_folders_tile_of_other_size_writes_nothing(folders, capsys):
+    root, _ = folders
+    Image.fromarray(np.zeros((T + 1, T, 3), np.uint8)).save(root / "d2" / "bare" / "3_2.png")
+    out = root / "o"
+    argv = ["folders", "--t1", str(root / "d1"), "--t2", str(root / "d2"), "--out", str(out),
+            "--shard_size", "2"]
+    assert make_shards.main(argv) == 2
+    assert "3_2.png: image: (9, 8, 3) uint8; expected (8, 8, 3) uint8" in capsys.readouterr().err
+    assert not out.exists()
+
+
+def test_refuses_non_empty_output(folders, capsys):
+    root, _ = folders
+    (root / "o" / "trn").mkdir(parents=True)
+    (root / "o" / "trn" / "old.npz").write_bytes(b"x")
+    assert make_shards.main(["folders", "--t1", str(root / "d1"), "--t2", str(root / "d2"),
+                             "--out", str(root / "o")]) == 2
+    assert "trn: --out: exists and is not empty" in capsys.readouterr().err
+    assert sorted(p.name for p in (root / "o").iterdir()) == ["trn"]
+    assert (root / "o" / "trn" / "old.npz").read_bytes() == b"x"
+
+
+# ----------------------------------------------------------------------------- (b) rasters
+
+
+def _geotiff(path, array):
+    """(H, W, B) array -> GeoTIFF with B bands."""
+    h, w, b = array.shape
+    transform = rasterio.Affine(1.2, 0.0, 500000.0, 0.0, -1.2, 3400000.0)  # 1.2 m pixels
+    with rasterio.open(path, "w", driver="GTiff", height=h, width=w, count=b, dtype=array.dtype,
+                       crs="EPSG:32650", transform=transform) as dst:
+        dst.write(np.moveaxis(array, -1, 0))
+
+
+def test_geotiff_uint16_with_mat_grid_and_bands(tmp_path):
+    rng = np.random.default_rng(1)
+    rows, cols = 4, 5
+    x1 = rng.integers(0, 65535, (rows * T, cols * T, 4), dtype=np.uint16)
+    x2 = rng.integers(0, 65535, (rows * T, cols * T, 4), dtype=np.uint16)
+    _geotiff(tmp_path / "t1.tif", x1)
+    _geotiff(tmp_path / "t2.tif", x2)
+    y1 = rng.integers(1, 4, (rows, cols)).astype(np.float64)  # .mat files usually hold doubles
+    y2 = y1.copy()
+    y2[0, 0] = y1[0, 0] % 3 + 1
+    scipy.io.savemat(tmp_path / "l1.mat", {"label": y1})
+    scipy.io.savemat(tmp_path / "l2.mat", {"label": y2})
+    out = tmp_path / "o"
+    assert make_shards.main([
+        "raster", "--t1", str(tmp_path / "t1.tif"), "--t2", str(tmp_path / "t2.tif"),
+        "--labels1", str(tmp_path / "l1.mat"), "--labels2", str(tmp_path / "l2.mat"),
+        "--tile", str(T), "--bands", "3,2,1", "--out", str(out), "--class_names", "a,b,c"]) == 0
+    s = shards.inspect_split(out / "trn")
+    assert s.dtype == np.uint16 and s.image_shape == (T, T, 3) and s.class_names == ["a", "b", "c"]
+    pairs = _all_pairs(out)
+    assert len(pairs) == rows * cols
+    for (r, c), (a1, a2, l1, l2) in pairs.items():
+        np.testing.assert_array_equal(a1, x1[r * T:(r + 1) * T, c * T:(c + 1) * T, [2, 1, 0]])
+        np.testing.assert_array_equal(a2, x2[r * T:(r + 1) * T, c * T:(c + 1) * T, [2, 1, 0]])
+        assert (l1, l2) == (y1[r, c], y2[r, c])
+
+
+def test_png_with_npy_grid_and_label_raster(tmp_path):
+    rng = np.random.default_rng(2)
+    image = rng.integers(0, 256, (2 * T + 3, 3 * T, 3), dtype=np.uint8)  # 3 extra rows left out
+    Image.fromarray(image).save(tmp_path / "a.png")
+    Image.fromarray(image[:, ::-1]).save(tmp_path / "b.png")
+    grid = np.array([[1, 2, 0], [2, 2, 1]], np.int16)  # 0: undefined, kept and skipped on reading
+    np.save(tmp_path / "g.npy", grid)
+    raster = np.kron(grid[:, ::-1], np.ones((T, T), np.uint8)).astype(np.uint8)
+    raster = np.pad(raster, ((0, 3), (0, 0)))
+    raster[0, -1] = 3  # a minority pixel does not change the tile's class
+    Image.fromarray(raster).save(tmp_path / "r.png")
+    out = tmp_path / "o"
+    assert make_shards.main([
+        "raster", "--t1", str(tmp_path / "a.png"), "--t2", str(tmp_path / "b.png"),
+        "--labels1", str(tmp_path / "g.npy"), "--labels2", str(tmp_path / "r.png"),
+        "--tile", str(T), "--out", str(out), "--no_compress", "--split", "0.5,0.5,0"]) == 0
+    assert sorted(p.name for p in out.iterdir()) == ["trn", "val"]
+    pairs = {}
+    for split in ("trn", "val"):
+        for path in shards.list_shards(out / split):
+            with np.load(path) as z:
+                for i in range(len(z["row"])):
+                    pairs[(int(z["row"][i]), int(z["col"][i]))] = (int(z["label_t1"][i]), int(z["label_t2"][i]))
+    assert pairs == {(r, c): (int(grid[r, c]), int(grid[r, ::-1][c])) for r in range(2) for c in range(3)}
+    total = sum(shards.inspect_split(out / s).n_pairs for s in ("trn", "val"))
+    assert total == 4  # two pairs have label 0 at a date
+
+
+def test_mat_needs_key_when_ambiguous(tmp_path, capsys):
+    image = np.zeros((2 * T, 2 * T, 3), np.uint8)
+    Image.fromarray(image).save(tmp_path / "a.png")
+    scipy.io.savemat(tmp_path / "l.mat", {"y14": np.ones((2, 2)), "y16": np.ones((2, 2)) * 2})
+    base = ["raster", "--t1", str(tmp_path / "a.png"), "--t2", str(tmp_path / "a.png"),
+            "--labels1", str(tmp_path / "l.mat"), "--labels2", str(tmp_path / "l.mat"),
+            "--tile", str(T), "--out", str(tmp_path / "o"), "--split", "0.5,0.25,0.25"]
+    assert make_shards.main(base) == 2
+    assert "l.mat: --mat_key: 2 2-D numeric variables" in capsys.readouterr().err
+    assert not (tmp_path / "o").exists()
+    assert make_shards.main(base + ["--mat_key", "y16"]) == 0
+    assert shards.inspect_split(tmp_path / "o" / "trn").hist_t1.tolist() == [0, 2]
+
+
+@pytest.mark.parametrize("case", ["grid shape", "bands", "t2 size", "labels above names"])
+def test_raster_bad_input(tmp_path, capsys, case):
+    image = np.zeros((2 * T, 3 * T, 3), np.uint8)
+    Image.fromarray(image).save(tmp_path / "a.png")
+    Image.fromarray(image[:, :-1] if case == "t2 size" else image).save(tmp_path / "b.png")
+    np.save(tmp_path / "g.npy", np.ones((3, 2) if case == "grid shape" else (2, 3), np.int64) *
+            (4 if case == "labels above names" else 1))
+    argv = ["raster", "--t1", str(tmp_path / "a.png"), "--t2", str(tmp_path / "b.png"),
+            "--labels1", str(tmp_path / "g.npy"), "--labels2", str(tmp_path / "g.npy"),
+            "--tile", str(T), "--out", str(tmp_path / "o"), "--class_names", "x,y,z"]
+    if case == "bands":
+        argv += ["--bands", "1,4"]
+    expected = {"grid shape": "g.npy: labels: shape (3, 2); expected the tile grid (2, 3)",
+                "bands": "a.png: --bands: [1, 4]; the image has 3 band(s)",
+                "t2 size": "b.png: image: (16, 23, 3) uint8; expected (16, 24, 3) uint8",
+                "labels above names": "label_t1: label 4 > 3"}[case]
+    assert make_shards.main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("error: ") and expected in err, err
+    assert not (tmp_path / "o").exists()
