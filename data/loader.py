@@ -116,12 +116,13 @@ class ShardCache:
         self.loads = 0
 
     def get(self, file_index) -> dict:
+        data = self.data
         if file_index != self.index:
-            self.index, self.data = None, None  # release before reading the next shard
-            self.data = self.load_fn(self.summary.files[file_index], self.summary, self.num_classes)
-            self.index = file_index
+            self.index, self.data, data = None, None, None  # release before reading the next
+            data = self.load_fn(self.summary.files[file_index], self.summary, self.num_classes)
+            self.index, self.data = file_index, data
             self.loads += 1
-        return self.data
+        return data
 
 
 def _take(cache, f, start, stop, training, seed, epoch):
@@ -140,7 +141,7 @@ def gather_batch(segments, cache, training, seed, epoch):
     parts = [_take(cache, f, start, stop, training, seed, epoch) for f, start, stop in segments]
     if len(parts) == 1:
         return tuple(parts[0])
-    return tuple(np.concatenate(arrays) for arrays in zip(*parts))
+    return tuple(np.concatenate(arrays) for arrays in zip(*parts, strict=True))
 
 
 def iter_batches(summary, batch_size, training, seed=0, epoch=0, drop_remainder=False,

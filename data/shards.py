@@ -132,7 +132,7 @@ def check_header(path, headers: dict) -> tuple[int, tuple, np.dtype]:
         if key not in headers:
             raise _err(path, key, f"missing; expected keys {', '.join(REQUIRED_KEYS)}")
     (s1, d1), (s2, d2) = headers["image_t1"], headers["image_t2"]
-    for key, (shape, dtype) in zip(IMAGE_KEYS, ((s1, d1), (s2, d2))):
+    for key, (shape, dtype) in zip(IMAGE_KEYS, ((s1, d1), (s2, d2)), strict=True):
         if len(shape) != 4 or min(shape[1:], default=0) < 1:
             raise _err(path, key, f"shape {shape}; expected (N, H, W, C) with H, W, C >= 1")
         if dtype not in IMAGE_DTYPES:

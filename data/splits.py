@@ -52,7 +52,7 @@ def split_indices(n, fractions=DEFAULT_FRACTIONS, seed=0) -> dict:
     if n_trn < 0 or (fractions[0] > 0 and n_trn == 0):
         raise ValueError(f"{n} pairs are too few for the split fractions {fractions}")
     parts = (perm[:n_trn], perm[n_trn:n_trn + n_val], perm[n_trn + n_val:])
-    return {name: np.sort(p) for name, p in zip(SPLITS, parts)}
+    return {name: np.sort(p) for name, p in zip(SPLITS, parts, strict=True)}
 
 
 def check_output_dir(out_dir, splits=SPLITS) -> pathlib.Path:

@@ -36,7 +36,7 @@ def folders(tmp_path):
         for col in range(4):
             names = [classes[col], classes[col] if (row, col) != (1, 2) else "water"]
             tiles = []
-            for date, name in zip(("d1", "d2"), names):
+            for date, name in zip(("d1", "d2"), names, strict=True):
                 tile = rng.integers(0, 256, (T, T, 3), dtype=np.uint8)
                 (tmp_path / date / name).mkdir(parents=True, exist_ok=True)
                 Image.fromarray(tile).save(tmp_path / date / name / f"{col}_{row}.png")

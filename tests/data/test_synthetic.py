@@ -19,7 +19,7 @@ def test_demo_data_format(demo_data):
     assert sizes == {"trn": 84, "val": 12, "tst": 24}
     rows = np.concatenate([shards.read_labels(demo_data / s)["row"] for s in sizes])
     cols = np.concatenate([shards.read_labels(demo_data / s)["col"] for s in sizes])
-    assert len(set(zip(rows.tolist(), cols.tolist()))) == 120  # one grid cell per pair
+    assert len(set(zip(rows.tolist(), cols.tolist(), strict=True))) == 120  # one grid cell per pair
 
 
 def test_deterministic_and_change_rate():
