@@ -4,8 +4,6 @@ import json
 import subprocess
 import sys
 
-import numpy as np
-
 from data import inspect
 
 
