@@ -1,0 +1,258 @@
+"""eval.py end to end on the demo data: every output exists and loads, numbers agree, errors exit 2."""
+
+import csv
+import json
+import os
+import shutil
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+pytestmark = pytest.mark.slow
+
+ROOT = Path(__file__).resolve().parents[2]
+PNG = b"\x89PNG\r\n\x1a\n"
+SPLIT_FILES = (
+    "results.json",
+    "metrics.txt",
+    "per_class.csv",
+    "predictions.npz",
+    "predictions.mat",
+    "predictions.csv",
+    "confusion_t1.png",
+    "confusion_t2.png",
+    "transitions.png",
+    "pr_curve.png",
+    "class_maps.png",
+    "change_map.png",
+    "change_map_threshold.png",
+)
+NPZ_KEYS = {
+    "label_t1", "label_t2", "pred_t1", "pred_t2", "prob_t1", "prob_t2", "p_change", "changed_true",
+    "changed_pred", "changed_pred_threshold", "fusion_weight", "dist", "row", "col", "class_names",
+}  # fmt: skip
+
+
+def run_eval(*args, timeout=300):
+    env = {
+        **os.environ,
+        "TF_CPP_MIN_LOG_LEVEL": "3",
+        "MPLBACKEND": "Agg",
+        "CUDA_VISIBLE_DEVICES": "-1",
+    }
+    return subprocess.run(
+        [sys.executable, str(ROOT / "eval.py"), *map(str, args)],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout,
+    )  # fmt: skip
+
+
+def tiny_model(num_classes, size=32):
+    import model as cfn
+
+    return cfn.build_model(
+        num_classes, image_size=(size, size), backbone="small", hidden=16, seed=0
+    )
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory, demo_data):
+    """A run directory whose best checkpoint is a small model trained for two steps."""
+    import keras
+
+    from data.loader import make_dataset
+
+    keras.utils.set_random_seed(0)
+    net = tiny_model(4)
+    net.compile(optimizer=keras.optimizers.SGD(0.01))
+    ds, _ = make_dataset(demo_data / "trn", 16, training=True)
+    net.fit(ds, epochs=1, steps_per_epoch=2, verbose=0)
+    run = tmp_path_factory.mktemp("run")
+    (run / "checkpoints").mkdir()
+    net.save(run / "checkpoints" / "best.keras")
+    return run
+
+
+@pytest.fixture(scope="module")
+def evaluated(run_dir, demo_data):
+    """`eval.py -m RUN --data_dir DATA`: the default result directory RUN/results/eval."""
+    proc = run_eval("-m", run_dir, "--data_dir", demo_data, "-b", 8)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return run_dir / "results" / "eval", proc
+
+
+def test_help_is_fast_and_imports_no_tensorflow():
+    code = "import sys, eval; print('tensorflow' in sys.modules, 'keras' in sys.modules)"
+    out = subprocess.run(
+        [sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=60
+    )
+    assert out.stdout.split() == ["False", "False"], out.stderr
+    proc = run_eval("-h", timeout=60)
+    assert proc.returncode == 0 and "--threshold" in proc.stdout and "-tst" in proc.stdout
+
+
+def test_every_output_exists_and_loads(evaluated):
+    import scipy.io
+
+    out, proc = evaluated
+    assert "OA_t1" in proc.stdout and "tst" in proc.stdout
+    top = json.loads((out / "results.json").read_text())
+    assert set(top["splits"]) == {"val", "tst"}
+    assert top["info"]["checkpoint"].endswith("best.keras")
+    rows = list(csv.DictReader((out / "per_class.csv").open()))
+    assert {r["split"] for r in rows} == {"val", "tst"} and len(rows) == 2 * 2 * 4
+    for split in ("val", "tst"):
+        d = out / split
+        for name in SPLIT_FILES:
+            assert (d / name).is_file(), d / name
+            if name.endswith(".png"):
+                data = (d / name).read_bytes()
+                assert data[:8] == PNG and len(data) > 5_000, name
+        doc = json.loads((d / "results.json").read_text())
+        m = doc["metrics"]
+        for key in ("OA_t1", "OA_t2", "OA_bi", "OA_tr", "kappa_t1", "kappa_t2", "change_precision",
+                    "change_recall", "change_f1", "change_kappa", "p_change_roc_auc", "p_change_ap",
+                    "change_at_threshold", "per_class", "confusion_t1", "confusion_t2",
+                    "transition_true", "transition_pred", "class_names", "fusion_weight_mean"):  # fmt: skip
+            assert key in m, key
+        assert m == top["splits"][split]
+        with np.load(d / "predictions.npz", allow_pickle=False) as z:
+            assert set(z.files) == NPZ_KEYS
+            n, k = z["prob_t1"].shape
+            assert k == 4 and n == m["n_pairs"]
+            np.testing.assert_allclose(z["prob_t1"].sum(1), 1, atol=1e-4)
+            np.testing.assert_allclose(
+                z["p_change"], 1 - (z["prob_t1"] * z["prob_t2"]).sum(1), atol=1e-5
+            )
+            np.testing.assert_array_equal(z["pred_t1"], z["prob_t1"].argmax(1))
+            # recomputed from the saved predictions = the reported numbers
+            assert np.mean(z["pred_t1"] == z["label_t1"]) == pytest.approx(m["OA_t1"])
+            assert np.mean(z["pred_t2"] == z["label_t2"]) == pytest.approx(m["OA_t2"])
+            changed = z["label_t1"] != z["label_t2"]
+            assert np.mean((z["pred_t1"] != z["pred_t2"]) == changed) == pytest.approx(m["OA_bi"])
+            assert list(z["class_names"]) == m["class_names"]
+            labels = z["label_t1"]
+        mat = scipy.io.loadmat(d / "predictions.mat")
+        assert NPZ_KEYS <= set(mat)
+        np.testing.assert_array_equal(mat["label_t1"].ravel(), labels)
+        csv_rows = list(csv.DictReader((d / "predictions.csv").open()))
+        assert len(csv_rows) == n
+        assert {"row", "col", "p_change", "fusion_weight", "prob_t1_0", "prob_t2_3"} <= set(
+            csv_rows[0]
+        )
+        assert [int(r["label_t1"]) for r in csv_rows] == labels.tolist()
+
+
+def test_in_process_api_matches_cli(run_dir, demo_data, evaluated, tmp_path):
+    """evaluate_split / write_outputs (train_cnn.py's path) give the CLI's numbers."""
+    import eval as E
+    import model as cfn
+
+    net = cfn.load_model(run_dir / "checkpoints" / "best.keras")
+    metrics, preds = E.evaluate_split(net, demo_data / "tst", batch_size=5, threshold=0.5)
+    cli = json.loads((evaluated[0] / "tst" / "results.json").read_text())["metrics"]
+    for key in ("OA_t1", "OA_t2", "OA_bi", "OA_tr"):
+        assert metrics[key] == pytest.approx(cli[key]), key
+    for key in ("n_pairs", "confusion_t1", "transition_pred"):
+        assert metrics[key] == cli[key], key
+    E.write_outputs(tmp_path / "tst", metrics, preds, overwrite=False)
+    assert (tmp_path / "tst" / "change_map.png").is_file()
+    with pytest.raises(ValueError, match="not empty"):
+        E.write_outputs(tmp_path / "tst", metrics, preds, overwrite=False)
+    assert "OA_t1" in E.format_table(metrics)
+
+
+def assert_one_line_error(proc, *fragments):
+    assert proc.returncode == 2, (proc.returncode, proc.stderr[-2000:])
+    lines = [ln for ln in proc.stderr.splitlines() if ln.strip()]
+    errors = [ln for ln in lines if ln.startswith("error:")]
+    assert len(errors) == 1 and lines[-1] == errors[0], proc.stderr[-2000:]
+    assert "Traceback" not in proc.stderr
+    for f in fragments:
+        assert f in errors[0], errors[0]
+
+
+def test_refusals_write_nothing(run_dir, demo_data, tmp_path):
+    import keras
+
+    other = tiny_model(5)
+    other((keras.ops.zeros((1, 32, 32, 3)), keras.ops.zeros((1, 32, 32, 3))))
+    other.save(tmp_path / "k5.keras")
+    (tmp_path / "garbage.keras").write_bytes(b"not a model")
+    with zipfile.ZipFile(tmp_path / "noconfig.keras", "w") as zf:
+        zf.writestr("metadata.json", "{}")
+    (tmp_path / "norun").mkdir()
+    (tmp_path / "empty_split").mkdir()
+    full = tmp_path / "full"
+    full.mkdir()
+    (full / "keep.txt").write_text("x")
+    tst = demo_data / "tst"
+    best = run_dir / "checkpoints" / "best.keras"
+    out = tmp_path / "out"
+    cases = [
+        (("-m", tmp_path / "k5.keras", "-tst", tst), ("class_names", "expected 5")),
+        (("-m", best, "-tst", tst, "--image_size", "16"), ("16x16x3", "expected 32x32x3")),
+        (("-m", tmp_path / "garbage.keras", "-tst", tst), ("garbage.keras", "not a Keras")),
+        (("-m", tmp_path / "noconfig.keras", "-tst", tst), ("config.json",)),
+        (("-m", tmp_path / "norun", "-tst", tst), ("norun", "best.keras")),
+        (("-m", tmp_path / "missing.keras", "-tst", tst), ("missing.keras",)),
+        (("-m", best, "-tst", tmp_path / "empty_split"), ("empty_split",)),
+        (("-m", best), ("no data",)),
+    ]
+    for args, fragments in cases:
+        proc = run_eval(*args, "-rpath", out, timeout=120)
+        assert_one_line_error(proc, *fragments)
+        assert not out.exists(), args
+    proc = run_eval("-m", best, "-tst", tst, "-rpath", full, timeout=120)
+    assert_one_line_error(proc, "--overwrite")
+    assert [p.name for p in full.iterdir()] == ["keep.txt"]
+
+
+def run_in_process(argv, capsys):
+    """eval.py's main through the CLI wrapper, in this process (TensorFlow is already loaded)."""
+    import eval as E
+    from utils.cli import run_main
+
+    rc = run_main(E.main, [str(a) for a in argv])
+    captured = capsys.readouterr()
+    return subprocess.CompletedProcess(argv, rc, captured.out, captured.err)
+
+
+def test_unloadable_weights_write_nothing(run_dir, demo_data, tmp_path, capsys):
+    """A .keras archive with a valid config but broken weights fails at load time: still one line."""
+    src = run_dir / "checkpoints" / "best.keras"
+    bad = tmp_path / "broken.keras"
+    with zipfile.ZipFile(src) as zin, zipfile.ZipFile(bad, "w") as zout:
+        for item in zin.namelist():
+            zout.writestr(item, b"garbage" if item.endswith(".h5") else zin.read(item))
+    out = tmp_path / "out"
+    proc = run_in_process(["-m", bad, "-tst", demo_data / "tst", "-rpath", out], capsys)
+    assert_one_line_error(proc, "broken.keras", "not a readable Keras checkpoint")
+    assert not out.exists()
+
+
+def test_overwrite_and_threshold(run_dir, demo_data, tmp_path, capsys):
+    out = tmp_path / "o"
+    shutil.copytree(run_dir / "checkpoints", tmp_path / "ck")
+    out.mkdir()
+    (out / "old.txt").write_text("x")
+    argv = ["-m", tmp_path / "ck" / "best.keras", "-tst", demo_data / "tst", "-rpath", out, "-b", 8]
+    proc = run_in_process([*argv, "--overwrite", "--threshold", "0.3"], capsys)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "OA_t1" in proc.stdout
+    m = json.loads((out / "tst" / "results.json").read_text())["metrics"]
+    assert m["change_at_threshold"]["threshold"] == 0.3
+    assert sorted(p.name for p in out.iterdir()) == [
+        "metrics.txt",
+        "old.txt",
+        "per_class.csv",
+        "results.json",
+        "tst",
+    ]
+    # default result path of a bare checkpoint: next to it
+    proc = run_in_process(argv[:4] + ["-b", 8], capsys)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert (tmp_path / "ck" / "best_eval" / "tst" / "predictions.npz").is_file()
