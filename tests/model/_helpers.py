@@ -1,0 +1,52 @@
+"""Backend-agnostic helpers for the model tests (value and gradient on TF or JAX)."""
+
+import keras
+import numpy as np
+
+
+def value_and_grads(fn, *args):
+    """``fn(*args)`` and its gradients w.r.t. every arg, as NumPy, on the active backend."""
+    backend = keras.backend.backend()
+    if backend == "tensorflow":
+        import tensorflow as tf
+
+        xs = [tf.convert_to_tensor(a) for a in args]
+        with tf.GradientTape() as tape:
+            for x in xs:
+                tape.watch(x)
+            value = fn(*xs)
+        grads = tape.gradient(value, xs)
+        return np.asarray(value), [np.asarray(g) for g in grads]
+    if backend == "jax":
+        import jax
+
+        value, grads = jax.value_and_grad(fn, argnums=tuple(range(len(args))))(*args)
+        return np.asarray(value), [np.asarray(g) for g in grads]
+    raise NotImplementedError(backend)
+
+
+def np_cca(h1, h2, r=1e-4, eps=1e-12):
+    """NumPy float64 reference of §2.1/§2.2: returns (T, canonical_correlation, dcca_loss)."""
+    h1 = np.asarray(h1, np.float64)
+    h2 = np.asarray(h2, np.float64)
+    n = h1.shape[0]
+    a = h1 - h1.mean(0)
+    b = h2 - h2.mean(0)
+    s11 = a.T @ a / (n - 1) + r * np.eye(a.shape[1])
+    s22 = b.T @ b / (n - 1) + r * np.eye(b.shape[1])
+    s12 = a.T @ b / (n - 1)
+
+    def inv_sqrt(s):
+        e, v = np.linalg.eigh(s)
+        keep = e > eps
+        return (v[:, keep] / np.sqrt(e[keep])) @ v[:, keep].T
+
+    t = inv_sqrt(s11) @ s12 @ inv_sqrt(s22)
+    sv = np.linalg.svd(t, compute_uv=False)
+    return t, np.sqrt((t**2).sum() + eps), -sv[sv**2 > eps].sum()
+
+
+def correlated_views(rng, n, d1, d2, noise=1.0):
+    h1 = rng.normal(size=(n, d1))
+    h2 = h1[:, : min(d1, d2)] @ rng.normal(size=(min(d1, d2), d2)) * 0.5 + noise * rng.normal(size=(n, d2))
+    return h1.astype("float32"), h2.astype("float32")

@@ -1,0 +1,197 @@
+"""CorrFusion (§2.1) against a NumPy re-computation with the layer's own weights; the running
+covariance of the decorrelation loss (EMA in training, untouched in inference, updated inside
+``fit``). Backend-agnostic: the fit test also runs under KERAS_BACKEND=jax (test_jax_backend.py)."""
+
+import keras
+import numpy as np
+import pytest
+from keras import ops
+
+from model.corrfusion import CorrFusion
+from tests.layer_test import run_layer_test
+
+BN_EPS = 1e-3  # keras BatchNormalization default
+
+
+def _np(v):
+    return ops.convert_to_numpy(v).astype(np.float64)
+
+
+def _randomize(layer, rng):
+    """Random weights everywhere (incl. BN gamma/beta/moving stats) so nothing is trivial."""
+    for sub in (layer.squeeze_t1, layer.squeeze_t2, layer.excite_t1, layer.excite_t2):
+        sub.kernel.assign(rng.normal(scale=0.3, size=sub.kernel.shape).astype("float32"))
+        sub.bias.assign(rng.normal(scale=0.1, size=sub.bias.shape).astype("float32"))
+    for bn in (layer.bn_t1, layer.bn_t2):
+        m = bn.gamma.shape[0]
+        bn.gamma.assign(rng.uniform(0.5, 1.5, m).astype("float32"))
+        bn.beta.assign(rng.normal(scale=0.1, size=m).astype("float32"))
+        bn.moving_mean.assign(rng.normal(scale=0.2, size=m).astype("float32"))
+        bn.moving_variance.assign(rng.uniform(0.5, 2.0, m).astype("float32"))
+
+
+def np_corrfusion(layer, x, y, training, eps=1e-12):
+    """NumPy §2.1 steps 1-6 with the layer's weights; returns x_phi, y_phi, dist, x_bn, y_bn."""
+
+    def dense(sub, v):
+        return np.maximum(v @ _np(sub.kernel) + _np(sub.bias), 0.0)
+
+    def bn(b, v):
+        if training:
+            mean, var = v.mean(0), v.var(0)
+        else:
+            mean, var = _np(b.moving_mean), _np(b.moving_variance)
+        return (v - mean) / np.sqrt(var + BN_EPS) * _np(b.gamma) + _np(b.beta)
+
+    x_bn = bn(layer.bn_t1, dense(layer.squeeze_t1, x))
+    y_bn = bn(layer.bn_t2, dense(layer.squeeze_t2, y))
+    x_re, y_re = dense(layer.excite_t1, x_bn), dense(layer.excite_t2, y_bn)
+    dist = np.sqrt(((x_bn - y_bn) ** 2).sum(-1) + eps)
+    w = (1 - np.tanh(dist))[:, None]
+    return x + w * y_re, y + w * x_re, dist, x_bn, y_bn
+
+
+def _data(rng, n=12, d=8):
+    return rng.normal(size=(n, d)).astype("float32"), rng.normal(size=(n, d)).astype("float32")
+
+
+def test_layer_contract():
+    x, y = _data(np.random.default_rng(0))
+    run_layer_test(
+        CorrFusion,
+        {"reduction": 2, "lambda2": 1e-3, "rho": 0.8, "epsilon": 1e-12, "return_views": False},
+        [x, y],
+        [(12, 8), (12, 8), (12,)],
+        expected_num_trainable_weights=12,  # 4 dense (kernel, bias) + 2 BN (gamma, beta)
+        expected_num_non_trainable_weights=6,  # 2 BN (mean, var) + cov_t1, cov_t2
+    )
+    run_layer_test(
+        CorrFusion, {"reduction": 4, "return_views": True}, [x, y],
+        [(12, 8), (12, 8), (12,), (12, 2), (12, 2)], run_training_check=False,
+    )
+
+
+def test_sublayer_names_and_covariance_weights():
+    layer = CorrFusion(reduction=2)
+    layer.build([(None, 8), (None, 8)])
+    for name in ("squeeze_t1", "squeeze_t2", "bn_t1", "bn_t2", "excite_t1", "excite_t2"):
+        assert getattr(layer, name).name == name
+    assert layer.squeeze_t1.units == 4 and layer.excite_t2.units == 8
+    assert tuple(layer.cov_t1.shape) == (4, 4) and not layer.cov_t1.trainable
+    np.testing.assert_array_equal(_np(layer.cov_t2), np.eye(4))
+
+
+def test_rejects_bad_arguments_and_shapes():
+    with pytest.raises(ValueError, match="reduction=0"):
+        CorrFusion(reduction=0)
+    with pytest.raises(ValueError, match="rho=1.5"):
+        CorrFusion(rho=1.5)
+    with pytest.raises(ValueError, match=r"x=\(None, 8\), y=\(None, 6\)"):
+        CorrFusion().build([(None, 8), (None, 6)])
+    with pytest.raises(ValueError, match="d=9 is not divisible by reduction=2"):
+        CorrFusion(reduction=2).build([(None, 9), (None, 9)])
+
+
+@pytest.mark.parametrize("training", [True, False])
+def test_forward_matches_numpy(training):
+    rng = np.random.default_rng(1)
+    x, y = _data(rng)
+    layer = CorrFusion(reduction=2, return_views=True)
+    layer.build([x.shape, y.shape])
+    _randomize(layer, rng)
+    got = layer([x, y], training=training)
+    ref = np_corrfusion(layer, x.astype(np.float64), y.astype(np.float64), training)
+    for g, r, name in zip(got, ref, ("x_phi", "y_phi", "dist", "x_bn", "y_bn")):
+        np.testing.assert_allclose(_np(g), r, rtol=1e-4, atol=1e-4, err_msg=name)
+    assert keras.backend.standardize_dtype(got[2].dtype) == "float32"
+
+
+def test_identical_inputs_and_weights_give_unit_fusion_weight():
+    rng = np.random.default_rng(2)
+    x, _ = _data(rng)
+    layer = CorrFusion(reduction=2)
+    layer.build([x.shape, x.shape])
+    _randomize(layer, rng)
+    for a, b in (("squeeze_t1", "squeeze_t2"), ("bn_t1", "bn_t2"), ("excite_t1", "excite_t2")):
+        getattr(layer, b).set_weights(getattr(layer, a).get_weights())
+    x_phi, y_phi, dist = layer([x, x], training=False)
+    w = 1 - np.tanh(_np(dist))
+    np.testing.assert_allclose(w, 1.0, atol=1e-5)
+    np.testing.assert_allclose(_np(x_phi), _np(y_phi), atol=1e-6)
+    # X_phi = X + 1 * X_re
+    ref = np_corrfusion(layer, x.astype(np.float64), x.astype(np.float64), False)
+    np.testing.assert_allclose(_np(x_phi), ref[0], rtol=1e-4, atol=1e-4)
+    # and a very different pair gets a small weight
+    _, _, dist2 = layer([x, x + 5.0 * rng.normal(size=x.shape).astype("float32")], training=False)
+    assert np.mean(1 - np.tanh(_np(dist2))) < 0.3
+
+
+def _np_ema(layer, batches, rho):
+    c1, c2 = np.eye(layer.cov_t1.shape[0]), np.eye(layer.cov_t2.shape[0])
+    for x, y in batches:
+        *_, xb, yb = np_corrfusion(layer, x.astype(np.float64), y.astype(np.float64), True)
+        n = x.shape[0]
+        c1 = rho * c1 + (1 - rho) * xb.T @ xb / (n - 1)
+        c2 = rho * c2 + (1 - rho) * yb.T @ yb / (n - 1)
+    return c1, c2
+
+
+def _offdiag(c):
+    return np.abs(c).sum() - np.abs(np.diag(c)).sum()
+
+
+def test_running_covariance_is_the_ema_of_batch_covariances():
+    rng = np.random.default_rng(3)
+    rho, lam = 0.7, 1e-2
+    batches = [_data(rng) for _ in range(4)]
+    layer = CorrFusion(reduction=2, rho=rho, lambda2=lam)
+    layer.build([(None, 8), (None, 8)])
+    _randomize(layer, rng)
+    for k, (x, y) in enumerate(batches, start=1):
+        layer([x, y], training=True)
+        c1, c2 = _np_ema(layer, batches[:k], rho)
+        np.testing.assert_allclose(_np(layer.cov_t1), c1, rtol=1e-4, atol=1e-5)
+        np.testing.assert_allclose(_np(layer.cov_t2), c2, rtol=1e-4, atol=1e-5)
+        # the decorrelation loss reads the updated covariances
+        np.testing.assert_allclose(_np(layer.losses[0]), lam * (_offdiag(c1) + _offdiag(c2)), rtol=1e-4)
+    assert not np.allclose(_np(layer.cov_t1), np.eye(4))
+
+
+@pytest.mark.parametrize("training", [False, None])
+def test_inference_leaves_covariance_untouched(training):
+    rng = np.random.default_rng(4)
+    layer = CorrFusion(reduction=2)
+    x, y = _data(rng)
+    layer([x, y], training=True)
+    before = _np(layer.cov_t1), _np(layer.cov_t2)
+    layer([x + 1.0, y - 1.0], training=training)
+    np.testing.assert_array_equal(_np(layer.cov_t1), before[0])
+    np.testing.assert_array_equal(_np(layer.cov_t2), before[1])
+
+
+class FitModel(keras.Model):
+    def compute_loss(self, x=None, y=None, y_pred=None, sample_weight=None, training=True):
+        return ops.mean(ops.square(y_pred[0])) + ops.mean(ops.square(y_pred[1])) + ops.sum(ops.stack(self.losses))
+
+
+def test_covariance_updates_inside_fit():
+    """Within ``fit`` (tf.function on TF, stateless jit on JAX) the state really moves: with a zero
+    learning rate the weights stay fixed, so the result must equal the NumPy EMA."""
+    rng = np.random.default_rng(5)
+    rho = 0.8
+    batches = [_data(rng, n=6) for _ in range(3)]
+    x = np.concatenate([b[0] for b in batches])
+    y = np.concatenate([b[1] for b in batches])
+    inputs = [keras.Input((8,)), keras.Input((8,))]
+    layer = CorrFusion(reduction=2, rho=rho, lambda2=1e-3)
+    model = FitModel(inputs, layer(inputs))
+    _randomize(layer, rng)
+    model.compile(optimizer=keras.optimizers.SGD(learning_rate=0.0))
+    model.fit([x, y], None, batch_size=6, epochs=1, shuffle=False, verbose=0)
+    c1, c2 = _np_ema(layer, batches, rho)
+    np.testing.assert_allclose(_np(layer.cov_t1), c1, rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(_np(layer.cov_t2), c2, rtol=1e-4, atol=1e-5)
+    before = _np(layer.cov_t1)
+    model.evaluate([x, y], None, batch_size=6, verbose=0)
+    model.predict([x, y], batch_size=6, verbose=0)
+    np.testing.assert_array_equal(_np(layer.cov_t1), before)
