@@ -159,11 +159,15 @@ def iter_batches(summary, batch_size, training, seed=0, epoch=0, drop_remainder=
 def _tf_dataset(summary, batch_size, training, seed, image_size, num_classes, drop_remainder):
     import tensorflow as tf
 
-    epochs = itertools.count()  # the n-th iteration over the dataset is epoch n
+    epochs = {"next": itertools.count()}  # the n-th iteration over the dataset is epoch n
 
     def generate():
-        yield from iter_batches(summary, batch_size, training, seed, next(epochs),
+        yield from iter_batches(summary, batch_size, training, seed, next(epochs["next"]),
                                 drop_remainder, num_classes)
+
+    def set_epoch(epoch):
+        """The next iteration over the dataset is epoch ``epoch`` (for resuming a run)."""
+        epochs["next"] = itertools.count(int(epoch))
 
     h, w, c = summary.image_shape
     b = batch_size if drop_remainder else None
@@ -183,7 +187,9 @@ def _tf_dataset(summary, batch_size, training, seed, image_size, num_classes, dr
         steps_per_epoch(summary, batch_size, drop_remainder)))
     ds = ds.map(lambda x1, x2, y1, y2: ((finish(x1), finish(x2)), (y1, y2)),
                 num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
-    return ds.prefetch(tf.data.AUTOTUNE)
+    ds = ds.prefetch(tf.data.AUTOTUNE)
+    ds.set_epoch = set_epoch
+    return ds
 
 
 class ShardPyDataset(keras.utils.PyDataset):
@@ -228,6 +234,11 @@ class ShardPyDataset(keras.utils.PyDataset):
                                       self.epoch)
         return (self._finish(x1), self._finish(x2)), (y1, y2)
 
+    def set_epoch(self, epoch):
+        """Continue with the order of epoch ``epoch`` (for resuming a run)."""
+        self.epoch = int(epoch)
+        self._plan = self._make_plan()
+
     def on_epoch_end(self):
         self.epoch += 1
         self._plan = self._make_plan()
@@ -250,6 +261,7 @@ def make_dataset(split_dir, batch_size, training, seed=0, image_size=None, num_c
     Returns:
         ``(dataset, summary)``: a ``tf.data.Dataset`` on the TensorFlow backend, else a
         :class:`ShardPyDataset`, yielding ``((x1, x2), (y1, y2))``; and the split's SplitSummary.
+        Both have ``set_epoch(epoch)``: the next pass uses that epoch's shuffle (resuming a run).
 
     Raises:
         data.shards.ShardError: the split breaks the §4 format (file, key, expectation).

@@ -60,6 +60,9 @@ def test_training_shuffles_per_epoch_deterministically(split):
     assert not np.array_equal(e0, e1)
     ds_again, _ = loader.make_dataset(split, batch_size=4, training=True, seed=3)
     np.testing.assert_array_equal(_epoch(ds_again)[0], e0)
+    ds_again.set_epoch(0)  # resume: the next pass is epoch 0 again
+    np.testing.assert_array_equal(_epoch(ds_again)[0], e0)
+    np.testing.assert_array_equal(_epoch(ds_again)[0], e1)
     other, _ = loader.make_dataset(split, batch_size=4, training=True, seed=4)
     assert not np.array_equal(_epoch(other)[0], e0)
 
@@ -120,6 +123,8 @@ def test_pydataset_matches_tf_pipeline(split):
     train.on_epoch_end()
     e1 = np.concatenate([train[i][1][0] for i in range(len(train))])
     assert sorted(e0) == sorted(e1)
+    train.set_epoch(0)
+    np.testing.assert_array_equal(np.concatenate([train[i][1][0] for i in range(len(train))]), e0)
     tf_ds, _ = loader.make_dataset(split, 4, training=True, seed=3)
     np.testing.assert_array_equal(_epoch(tf_ds)[1], e0)  # same shuffle as the tf.data pipeline
 
