@@ -256,3 +256,28 @@ def test_overwrite_and_threshold(run_dir, demo_data, tmp_path, capsys):
     proc = run_in_process(argv[:4] + ["-b", 8], capsys)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert (tmp_path / "ck" / "best_eval" / "tst" / "predictions.npz").is_file()
+
+
+def test_reproduces_training_scripts_test_oa(demo_data, tmp_path, capsys):
+    """train_cnn.py's logged test OA of the best epoch = eval.py's OA on the best checkpoint."""
+    import train_cnn
+    from utils.cli import run_main
+
+    work = tmp_path / "w"
+    argv = ["--data_dir", demo_data, "--backbone", "small", "--hidden", 16, "-e", 1, "-b", 16,
+            "--lr", 0.01, "--workdir", work, "-tb", "false"]  # fmt: skip
+    assert run_main(train_cnn.main, [str(a) for a in argv]) == 0, capsys.readouterr().err[-2000:]
+    capsys.readouterr()
+    proc = run_in_process(["-m", work, "-b", 8], capsys)  # splits from the run's args.json
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    ours = json.loads((work / "results" / "eval" / "results.json").read_text())["splits"]
+    assert set(ours) == {"val", "tst"}
+    history = list(csv.DictReader((work / "history.csv").open()))
+    state = json.loads((work / "checkpoints" / "last_state.json").read_text())
+    best = next(r for r in history if int(float(r["epoch"])) == int(state.get("best_epoch") or 1))
+    for key in ("oa_t1", "oa_t2", "oa_bi", "oa_tr"):
+        name = "OA" + key[2:]
+        assert ours["tst"][name] == pytest.approx(float(best[f"tst_{key}"]), abs=1e-5), key
+        assert ours["val"][name] == pytest.approx(float(best[f"val_{key}"]), abs=1e-5), key
+    trained = json.loads((work / "results" / "tst" / "results.json").read_text())["metrics"]
+    assert trained["OA_t1"] == ours["tst"]["OA_t1"] and trained["OA_t2"] == ours["tst"]["OA_t2"]
