@@ -16,6 +16,7 @@ import seaborn as sns
 from matplotlib.colors import ListedColormap, LogNorm
 from matplotlib.figure import Figure
 from matplotlib.patches import Patch
+from matplotlib.ticker import MaxNLocator
 from sklearn.metrics import average_precision_score, precision_recall_curve
 
 __all__ = [
@@ -321,7 +322,10 @@ def plot_history(history, path, title="Training curves", max_panels=12) -> Path:
     axes = np.atleast_1d(fig.subplots(rows, cols)).ravel()
     styles = {"train": ("-", "#2166ac"), "val": ("--", "#d6604d"), "tst": (":", "#1b7837")}
     for ax, base in zip(axes, order, strict=False):
-        for split, vals in groups[base].items():
+        for split in sorted(
+            groups[base], key=lambda s: (list(styles).index(s) if s in styles else 9, s)
+        ):
+            vals = groups[base][split]
             ls, c = styles.get(split, ("-.", "#666666"))
             ax.plot(
                 x[: len(vals)], vals, ls=ls, color=c, marker="." if n < 30 else None, label=split
@@ -333,6 +337,7 @@ def plot_history(history, path, title="Training curves", max_panels=12) -> Path:
             ax.set_yscale("log")
         ax.set_title(base, fontsize=10)
         ax.set_xlabel("epoch", fontsize=8)
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.tick_params(labelsize=7)
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)
