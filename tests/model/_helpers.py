@@ -16,7 +16,8 @@ def value_and_grads(fn, *args):
                 tape.watch(x)
             value = fn(*xs)
         grads = tape.gradient(value, xs)
-        return np.asarray(value), [np.asarray(g) for g in grads]
+        grads = [np.zeros(np.shape(x), np.float32) if g is None else np.asarray(g) for x, g in zip(xs, grads)]
+        return np.asarray(value), grads
     if backend == "jax":
         import jax
 

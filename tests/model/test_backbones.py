@@ -1,0 +1,69 @@
+"""Backbone table, input-size checks, the ImageNet input mapping against keras.applications."""
+
+import keras
+import numpy as np
+import pytest
+from keras import ops
+
+from model.backbones import BACKBONES, ImagenetInputMapping, build_backbone
+from tests.layer_test import run_layer_test
+
+
+def test_table():
+    assert set(BACKBONES) == {"vgg16", "vgg19", "resnet50", "inceptionv3", "densenet121", "small"}
+
+
+@pytest.mark.parametrize(
+    "name,size,match",
+    [
+        ("inceptionv3", (64, 64), r"at least 75x75; received image_size=\(64, 64\)"),
+        ("vgg16", (16, 40), r"at least 32x32"),
+        ("small", (4, 4), r"at least 8x8"),
+        ("alexnet", (64, 64), "Unknown backbone 'alexnet'"),
+    ],
+)
+def test_too_small_or_unknown(name, size, match):
+    with pytest.raises(ValueError, match=match):
+        build_backbone(name, size, 3)
+
+
+def test_weights_argument_checked():
+    with pytest.raises(ValueError, match="no 'imagenet' weights"):
+        build_backbone("small", (16, 16), 3, weights="imagenet")
+    with pytest.raises(ValueError, match="existing weights file"):
+        build_backbone("small", (16, 16), 3, weights="/nonexistent/w.weights.h5")
+    with pytest.raises(ValueError, match="need 3 channels; received channels=4"):
+        build_backbone("vgg16", (32, 32), 4, weights="imagenet")
+
+
+def test_small_backbone_weights_file(tmp_path):
+    a = build_backbone("small", (16, 16), 4, seed=1)
+    path = str(tmp_path / "small.weights.h5")
+    a.save_weights(path)
+    b = build_backbone("small", (16, 16), 4, weights=path, seed=2)
+    x = np.random.default_rng(0).uniform(-0.5, 0.5, (2, 16, 16, 4)).astype("float32")
+    np.testing.assert_allclose(ops.convert_to_numpy(a(x)), ops.convert_to_numpy(b(x)), rtol=1e-6)
+    assert tuple(a.output_shape) == (None, 4, 4, 128)
+
+
+@pytest.mark.parametrize(
+    "mode,preprocess",
+    [
+        ("caffe", keras.applications.vgg16.preprocess_input),
+        ("tf", keras.applications.inception_v3.preprocess_input),
+        ("torch", keras.applications.densenet.preprocess_input),
+    ],
+)
+def test_imagenet_mapping_equals_preprocess_input(mode, preprocess):
+    x = np.random.default_rng(1).uniform(-0.5, 0.5, (2, 5, 5, 3)).astype("float32")
+    got = ops.convert_to_numpy(ImagenetInputMapping(mode)(x))
+    ref = preprocess(255.0 * (x + 0.5))
+    np.testing.assert_allclose(got, ref, rtol=1e-4, atol=1e-3)
+
+
+def test_imagenet_mapping_layer_contract():
+    x = np.zeros((2, 4, 4, 3), "float32")
+    run_layer_test(ImagenetInputMapping, {"mode": "caffe"}, x, (2, 4, 4, 3),
+                   expected_num_trainable_weights=0, run_training_check=False)
+    with pytest.raises(ValueError, match="mode='bgr'"):
+        ImagenetInputMapping("bgr")

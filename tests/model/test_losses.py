@@ -1,0 +1,88 @@
+"""Loss terms (§2.1, §2.2) against NumPy; the SoftDecorrelation layer."""
+
+import numpy as np
+import pytest
+from keras import ops
+
+from model.losses import (
+    SoftDecorrelation,
+    correlation_loss,
+    cross_entropy,
+    decorrelation_penalty,
+    pair_distance,
+    running_covariance,
+)
+from tests.layer_test import run_layer_test
+from tests.model._helpers import value_and_grads
+
+
+def _np(v):
+    return ops.convert_to_numpy(v).astype(np.float64)
+
+
+def test_cross_entropy_matches_numpy():
+    rng = np.random.default_rng(0)
+    p = rng.dirichlet(np.ones(5), size=7).astype("float32")
+    y = rng.integers(0, 5, 7)
+    np.testing.assert_allclose(_np(cross_entropy(y, p)), -np.log(p[np.arange(7), y]).mean(), rtol=1e-5)
+
+
+def test_pair_distance():
+    a = np.array([[0.0, 0.0], [3.0, 4.0]], "float32")
+    b = np.zeros((2, 2), "float32")
+    np.testing.assert_allclose(_np(pair_distance(a, b, eps=0.0)), [0.0, 5.0])
+    np.testing.assert_allclose(_np(pair_distance(a, b)), [1e-6, 5.0], rtol=1e-5)
+
+
+@pytest.mark.parametrize("corr_norm", ["batch", "unchanged"])
+def test_correlation_loss_on_unchanged_pairs(corr_norm):
+    dist = np.array([1.0, 2.0, 3.0, 4.0], "float32")
+    y1 = np.array([0, 1, 2, 3])
+    y2 = np.array([0, 2, 2, 1])  # unchanged: pairs 0 and 2
+    got = _np(correlation_loss(dist, y1, y2, lambda1=0.1, corr_norm=corr_norm))
+    np.testing.assert_allclose(got, 0.1 * 4.0 / (4 if corr_norm == "batch" else 2), rtol=1e-6)
+    # no unchanged pair -> 0 (no division by zero)
+    assert _np(correlation_loss(dist, y1, (y1 + 1) % 4, corr_norm=corr_norm)) == 0.0
+    with pytest.raises(ValueError, match="corr_norm='mean'"):
+        correlation_loss(dist, y1, y2, corr_norm="mean")
+
+
+def test_running_covariance_and_penalty():
+    rng = np.random.default_rng(1)
+    c = rng.normal(size=(3, 3)).astype("float32")
+    b = rng.normal(size=(9, 3)).astype("float32")
+    ref = 0.9 * c + 0.1 * b.T.astype(np.float64) @ b / 8
+    np.testing.assert_allclose(_np(running_covariance(c, b, 0.9)), ref, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(_np(decorrelation_penalty(ref)), np.abs(ref).sum() - np.abs(np.diag(ref)).sum(), rtol=1e-5)
+
+
+def test_running_covariance_gradient_only_through_batch_term():
+    rng = np.random.default_rng(2)
+    c = rng.normal(size=(3, 3)).astype("float32")
+    b = rng.normal(size=(9, 3)).astype("float32")
+    _, (gc, gb) = value_and_grads(lambda cc, bb: ops.sum(running_covariance(cc, bb, 0.9)), c, b)
+    np.testing.assert_array_equal(np.nan_to_num(gc), 0.0)
+    # d/dB Σ_jk (0.1 BᵀB/8)_jk = 0.1 * 2/8 * B·1·1ᵀ
+    np.testing.assert_allclose(gb, 0.1 * 2 / 8 * b.sum(1, keepdims=True) * np.ones((1, 3)), rtol=1e-5)
+
+
+def test_soft_decorrelation_layer():
+    rng = np.random.default_rng(3)
+    a = rng.normal(size=(10, 4)).astype("float32")
+    b = rng.normal(size=(10, 3)).astype("float32")
+    run_layer_test(
+        SoftDecorrelation, {"lambda2": 1e-2, "rho": 0.5}, [a, b], (),
+        expected_num_trainable_weights=0, expected_num_non_trainable_weights=2,
+    )
+    layer = SoftDecorrelation(lambda2=1e-2, rho=0.5)
+    loss = layer([a, b], training=True)
+    c1 = 0.5 * np.eye(4) + 0.5 * a.T.astype(np.float64) @ a / 9
+    c2 = 0.5 * np.eye(3) + 0.5 * b.T.astype(np.float64) @ b / 9
+    np.testing.assert_allclose(_np(layer.cov_t1), c1, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(_np(layer.cov_t2), c2, rtol=1e-5, atol=1e-6)
+    ref = 1e-2 * (decorrelation_penalty(c1) + decorrelation_penalty(c2))
+    np.testing.assert_allclose(_np(loss), _np(ref), rtol=1e-5)
+    layer([a, b], training=False)
+    np.testing.assert_allclose(_np(layer.cov_t1), c1, rtol=1e-5, atol=1e-6)
+    with pytest.raises(ValueError, match="rho=1.0"):
+        SoftDecorrelation(rho=1.0)

@@ -1,0 +1,203 @@
+"""build_model: every backbone x method builds and trains a step; losses/metrics in fit and
+evaluate against NumPy; saving/loading; mixed precision. Tiny images and batches throughout."""
+
+import keras
+import numpy as np
+import pytest
+from keras import ops
+
+from model import BACKBONES, METHODS, CorrFusionNet, build_model, load_model
+from model.cca import canonical_correlation
+from tests.model._helpers import np_cca
+
+K = 4
+LOSS_KEYS = {
+    "corrfusion": {"corr_loss", "decov_loss"},
+    "baseline": set(),
+    "dcca": {"dcca_loss"},
+    "sdcca": {"corr_loss", "decov_loss"},
+}
+VIEW_METHODS = {"corrfusion", "dcca", "sdcca"}
+
+
+def _data(n=8, size=16, channels=3, seed=0):
+    rng = np.random.default_rng(seed)
+    x1 = rng.uniform(-0.5, 0.5, (n, size, size, channels)).astype("float32")
+    x2 = rng.uniform(-0.5, 0.5, (n, size, size, channels)).astype("float32")
+    y1 = rng.integers(0, K, n).astype("int32")
+    y2 = y1.copy()
+    y2[: n // 4] = (y2[: n // 4] + 1) % K
+    return (x1, x2), (y1, y2)
+
+
+def _small(method="corrfusion", **kw):
+    kw = {"image_size": (16, 16), "hidden": 16, "seed": 1, **kw}
+    return build_model(K, backbone="small", method=method, **kw)
+
+
+def _expected_logs(method):
+    keys = {"loss", "ce_t1", "ce_t2", "l2", "oa_t1", "oa_t2", "oa_bi", "oa_tr"} | LOSS_KEYS[method]
+    if method in VIEW_METHODS:
+        keys.add("cancorr")
+    return keys
+
+
+def test_tables():
+    assert set(METHODS) == {"corrfusion", "baseline", "dcca", "sdcca"}
+    assert "small" in BACKBONES and "vgg16" in BACKBONES
+
+
+@pytest.mark.parametrize("method", sorted(METHODS))
+def test_small_backbone_every_method_forward_and_train_step(method):
+    x, y = _data()
+    model = _small(method)
+    out = model(x, training=False)
+    assert out["prob_t1"].shape == (8, K) and out["prob_t2"].shape == (8, K)
+    np.testing.assert_allclose(ops.convert_to_numpy(ops.sum(out["prob_t1"], -1)), 1.0, rtol=1e-5)
+    if method == "corrfusion":
+        assert out["dist"].shape == (8,) and out["fusion_weight"].shape == (8,)
+        np.testing.assert_allclose(
+            ops.convert_to_numpy(out["fusion_weight"]),
+            1 - np.tanh(ops.convert_to_numpy(out["dist"])), rtol=1e-5,
+        )
+        assert out["view_t1"].shape == (8, 8)
+    if method in ("dcca", "sdcca"):
+        assert out["view_t1"].shape == (8, 16)
+    model.compile(optimizer=keras.optimizers.SGD(0.01, momentum=0.9, nesterov=True))
+    before = [ops.convert_to_numpy(w) for w in model.trainable_weights]
+    logs = model.train_on_batch(x, y, return_dict=True)
+    assert set(logs) == _expected_logs(method)
+    assert all(np.isfinite(v) for v in logs.values())
+    after = [ops.convert_to_numpy(w) for w in model.trainable_weights]
+    # every trainable weight receives a gradient (heads, FCs, fusion, backbone)
+    moved = [not np.array_equal(a, b) for a, b in zip(before, after)]
+    assert all(moved), [w.path for w, m in zip(model.trainable_weights, moved) if not m]
+
+
+@pytest.mark.parametrize(
+    "backbone,size",
+    [("vgg16", 32), ("vgg19", 32), ("resnet50", 32), ("inceptionv3", 75), ("densenet121", 32)],
+)
+def test_big_backbones_forward_backward(backbone, size):
+    x, y = _data(n=2, size=size)
+    model = build_model(K, image_size=(size, size), backbone=backbone, hidden=8)
+    model.compile(optimizer=keras.optimizers.SGD(0.01), run_eagerly=True)
+    logs = model.train_on_batch(x, y, return_dict=True)
+    assert np.isfinite(logs["loss"])
+    out = model(x, training=False)
+    assert out["prob_t2"].shape == (2, K)
+
+
+def test_separate_backbones_per_date():
+    model = _small(shared=False)
+    assert model.backbone_t1 is not model.backbone_t2
+    assert not hasattr(model, "backbone")
+    n_shared = _small().count_params()
+    assert model.count_params() > n_shared
+    x, y = _data()
+    model.compile(optimizer="sgd")
+    assert np.isfinite(model.train_on_batch(x, y, return_dict=True)["loss"])
+
+
+def test_bad_arguments():
+    with pytest.raises(ValueError, match="Unknown method 'cca'"):
+        _small("cca")
+    with pytest.raises(ValueError, match=r"'inceptionv3' needs images of at least 75x75"):
+        build_model(K, image_size=(64, 64), backbone="inceptionv3")
+    with pytest.raises(ValueError, match="hidden=15, reduction=2"):
+        _small(hidden=15)
+    with pytest.raises(ValueError, match="corr_norm='sum'"):
+        _small(corr_norm="sum")
+    model = _small()
+    with pytest.raises(ValueError, match="labels"):
+        model.compute_loss(None, np.zeros(4), model(_data(n=4)[0]))
+
+
+def test_small_model_loss_goes_down():
+    x, y = _data(n=16, seed=3)
+    model = _small("corrfusion")
+    model.compile(optimizer=keras.optimizers.SGD(0.05, momentum=0.9, nesterov=True))
+    history = model.fit(x, y, batch_size=16, epochs=8, shuffle=False, verbose=0)
+    losses = history.history["loss"]
+    assert losses[-1] < 0.8 * losses[0], losses
+    assert set(history.history) == _expected_logs("corrfusion")
+
+
+@pytest.mark.parametrize("method", ["corrfusion", "dcca"])
+def test_evaluate_matches_numpy_and_metrics_reset(method):
+    model = _small(method, corr_norm="unchanged")
+    model.compile(optimizer="sgd")
+    xa, ya = _data(n=8, seed=4)
+    xb, yb = _data(n=8, seed=5)
+    model.evaluate(xa, ya, batch_size=8, verbose=0)  # state from A must not leak into B
+    logs = model.evaluate(xb, yb, batch_size=8, verbose=0, return_dict=True)
+    out = model.predict(xb, batch_size=8, verbose=0)
+    y1, y2 = yb
+    p1, p2 = out["prob_t1"].argmax(-1), out["prob_t2"].argmax(-1)
+    np.testing.assert_allclose(logs["oa_t1"], np.mean(p1 == y1), atol=1e-6)
+    np.testing.assert_allclose(logs["oa_t2"], np.mean(p2 == y2), atol=1e-6)
+    np.testing.assert_allclose(logs["oa_bi"], np.mean((p1 != p2) == (y1 != y2)), atol=1e-6)
+    np.testing.assert_allclose(logs["oa_tr"], np.mean((p1 == y1) & (p2 == y2)), atol=1e-6)
+    ce1 = -np.log(out["prob_t1"][np.arange(8), y1]).mean()
+    np.testing.assert_allclose(logs["ce_t1"], ce1, rtol=1e-4)
+    _, cancorr, dcca = np_cca(out["view_t1"], out["view_t2"])
+    np.testing.assert_allclose(logs["cancorr"], cancorr, rtol=1e-3)
+    l2 = sum(
+        1e-4 * float(np.sum(ops.convert_to_numpy(getattr(model, f"fc{i}_{t}").kernel) ** 2))
+        for i in (1, 2) for t in ("t1", "t2")
+    )
+    np.testing.assert_allclose(logs["l2"], l2, rtol=1e-4)
+    if method == "corrfusion":
+        u = y1 == y2
+        np.testing.assert_allclose(logs["corr_loss"], 0.1 * out["dist"][u].sum() / u.sum(), rtol=1e-4)
+        covs = [ops.convert_to_numpy(model.corrfusion.cov_t1), ops.convert_to_numpy(model.corrfusion.cov_t2)]
+        assert logs["decov_loss"] > 0 and all(np.allclose(c, np.eye(8)) for c in covs)  # untouched
+        total = logs["ce_t1"] + logs["ce_t2"] + logs["corr_loss"] + logs["decov_loss"] + logs["l2"]
+    else:
+        np.testing.assert_allclose(logs["dcca_loss"], dcca, rtol=2e-3, atol=2e-3)
+        total = logs["ce_t1"] + logs["ce_t2"] + logs["dcca_loss"] + logs["l2"]
+    np.testing.assert_allclose(logs["loss"], total, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("method", ["corrfusion", "sdcca"])
+def test_save_load_identical_predictions_and_state(tmp_path, method):
+    x, y = _data(n=8, seed=6)
+    model = _small(method)
+    model.compile(optimizer=keras.optimizers.SGD(0.01))
+    model.fit(x, y, batch_size=4, epochs=1, verbose=0)
+    state = model.corrfusion if method == "corrfusion" else model.decorrelation
+    cov = ops.convert_to_numpy(state.cov_t1)
+    assert not np.allclose(cov, np.eye(cov.shape[0]))  # the running covariance moved
+    path = str(tmp_path / "m.keras")
+    model.save(path)
+    loaded = load_model(path)
+    assert isinstance(loaded, CorrFusionNet)
+    assert loaded.get_config() == {**model.get_config(), "weights": None}
+    state2 = loaded.corrfusion if method == "corrfusion" else loaded.decorrelation
+    np.testing.assert_array_equal(ops.convert_to_numpy(state2.cov_t1), cov)
+    np.testing.assert_array_equal(ops.convert_to_numpy(state2.cov_t2), ops.convert_to_numpy(state.cov_t2))
+    p, q = model.predict(x, verbose=0), loaded.predict(x, verbose=0)
+    assert set(p) == set(q)
+    for k in p:
+        np.testing.assert_allclose(p[k], q[k], rtol=1e-6, atol=1e-6, err_msg=k)
+    # and the loaded model keeps training
+    loaded.compile(optimizer=keras.optimizers.SGD(0.01))
+    assert np.isfinite(loaded.train_on_batch(x, y, return_dict=True)["loss"])
+
+
+@pytest.mark.parametrize("method", ["corrfusion", "dcca"])
+def test_mixed_precision(method):
+    policy = keras.config.dtype_policy()
+    keras.config.set_dtype_policy("mixed_bfloat16")
+    try:
+        model = _small(method)
+        x, y = _data(n=8)
+        out = model(x, training=False)
+        assert keras.backend.standardize_dtype(out["prob_t1"].dtype) == "float32"
+        assert keras.backend.standardize_dtype(model.fc1_t1.compute_dtype) == "bfloat16"
+        model.compile(optimizer=keras.optimizers.SGD(0.01))
+        logs = model.train_on_batch(x, y, return_dict=True)
+        assert all(np.isfinite(v) for v in logs.values())
+        assert np.isfinite(float(canonical_correlation(out["view_t1"], out["view_t2"])))
+    finally:
+        keras.config.set_dtype_policy(policy)
