@@ -55,7 +55,7 @@ def _matrix_size(k: int) -> tuple[float, float]:
     return side + 1.5, side
 
 
-def _short(names, width=14):
+def _short(names, width=20):
     return [n if len(n) <= width else n[: width - 1] + "…" for n in map(str, names)]
 
 
