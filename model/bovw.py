@@ -215,9 +215,14 @@ def _to_unit(images):
 
 def _window_means(maps, patch, stride):
     """(N, H, W, F) -> (N, P, F): mean of every patch x patch window, windows every stride px."""
+    n, h, w, f = maps.shape
+    if stride == patch:  # non-overlapping windows: a reshape, no strided view
+        nr, nc = h // patch, w // patch
+        v = maps[:, :nr * patch, :nc * patch].reshape(n, nr, patch, nc, patch, f)
+        return v.mean(axis=(2, 4), dtype=np.float32).reshape(n, nr * nc, f)
     v = sliding_window_view(maps, (patch, patch), axis=(1, 2))[:, ::stride, ::stride]
     out = v.mean(axis=(-2, -1), dtype=np.float32)  # (N, nr, nc, F)
-    return out.reshape(out.shape[0], -1, out.shape[-1])
+    return out.reshape(n, -1, f)
 
 
 def patch_descriptors(images, patch=10, stride=None, descriptor="meanstd_grad", orient_bins=8):
@@ -360,8 +365,8 @@ def fit_codebook(trn_dir, words=1000, patch=10, stride=None, descriptor="meanstd
         words = cap
     scaler = StandardScaler().fit(sample)
     z = scaler.transform(sample)
-    kmeans = MiniBatchKMeans(n_clusters=words, batch_size=max(1024, 2 * words),
-                             n_init=3, random_state=seed).fit(z)
+    kmeans = MiniBatchKMeans(n_clusters=words, batch_size=max(1024, 2 * words), n_init=1,
+                             compute_labels=False, random_state=seed).fit(z)
     log.info("codebook: %d words from %d windows of %d training images (%s, %dx%d every %d px)",
              words, len(sample), n_images, descriptor, patch, patch, stride)
     return Codebook(patch, stride, descriptor, orient_bins, scaler, kmeans)
@@ -416,10 +421,17 @@ def split_histograms(split_dir, codebook, class_names=None):
 def hik_gram(a, b=None, max_elements=_GRAM_ELEMENTS):
     """Histogram-intersection kernel K[i, j] = Σ_d min(a[i, d], b[j, d]), computed blockwise.
 
+    Two exact algorithms, picked by the sparsity of the inputs (word histograms of images with
+    fewer windows than words are mostly zeros):
+
+    * sparse (fraction of non-zeros below 1/4): per word d, only the rows where both a[:, d] and
+      b[:, d] are non-zero contribute, K[ia, ib] += min(a[ia, d], b[ib, d]); work Σ_d |ia_d|·|ib_d|;
+    * dense: blocks of rows x cols, np.minimum over a (rows, cols, D) temporary and a sum;
+      for b None only the upper block triangle is computed and mirrored.
+
     Args:
-        a: (n, D) array; b: (m, D) array or None (then ``a`` against itself, symmetric: only
-            the upper block triangle is computed).
-        max_elements: bound on the elements of the (rows, cols, D) temporary of one block.
+        a: (n, D) array; b: (m, D) array or None (``a`` against itself).
+        max_elements: bound on the elements of one temporary block.
 
     Returns:
         float64 array (n, m).
@@ -430,8 +442,26 @@ def hik_gram(a, b=None, max_elements=_GRAM_ELEMENTS):
     if a.ndim != 2 or b.ndim != 2 or a.shape[1] != b.shape[1]:
         raise ValueError(f"hik_gram: expected (n, D) and (m, D) arrays, got {a.shape}, {b.shape}")
     n, m, d = len(a), len(b), a.shape[1]
+    out = np.zeros((n, m), np.float64)
+    if n == 0 or m == 0 or d == 0:
+        return out
+    density = max(np.count_nonzero(a) / a.size, np.count_nonzero(b) / b.size)
+    if density < 0.25:
+        cols_a, rows_a = np.nonzero(a.T)  # sorted by word
+        cols_b, rows_b = (cols_a, rows_a) if sym else np.nonzero(b.T)
+        split_a = np.searchsorted(cols_a, np.arange(d + 1))
+        split_b = split_a if sym else np.searchsorted(cols_b, np.arange(d + 1))
+        for w in range(d):
+            ia = rows_a[split_a[w]:split_a[w + 1]]
+            ib = rows_b[split_b[w]:split_b[w + 1]]
+            if len(ia) == 0 or len(ib) == 0:
+                continue
+            va, vb = a[ia, w], b[ib, w]
+            step = max(1, max_elements // len(ib))
+            for s in range(0, len(ia), step):
+                out[np.ix_(ia[s:s + step], ib)] += np.minimum(va[s:s + step, None], vb[None, :])
+        return out
     block = max(1, int(math.sqrt(max_elements / max(1, d))))
-    out = np.empty((n, m), np.float64)
     for i in range(0, n, block):
         ai = a[i:i + block, None, :]
         for j in range(i if sym else 0, m, block):

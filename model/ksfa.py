@@ -37,7 +37,8 @@ detect are class changes, slowness on unchanged pairs is a within- versus total-
 toy data confirmed it: AUC of the intensity 0.84 with K − 1 features, 0.64 with all).
 
 *Change probability.* P(changed | I) = σ(a + b·log I), a logistic calibration fitted on pairs the
-slow features were *not* learnt on: the validation split when given, else a held-out
+slow features were *not* learnt on: the validation split when given and holding both changed and
+unchanged pairs, else a held-out
 ``cal_fraction`` (default 0.3, stratified on change) of the training pairs, the KSFA then being
 learnt on the rest. If the calibration pairs hold a single change state the probability is the
 constant change rate of the training pairs (logged, reported in ``info``).
@@ -51,6 +52,14 @@ and the predicted labels are its maximiser (ĉ1, ĉ2). Outputs: the fused p_chan
 P(c1, c2 | ·) and, per date, the conditional posterior at the MAP pair, P(c1 | c2 = ĉ2, ·) and
 P(c2 | c1 = ĉ1, ·), whose argmax is exactly ĉ1 and ĉ2 (so utils.metrics, which takes argmax of
 per-date probabilities, scores the fused labels).
+
+Behaviour of the fusion: the plain rule (argmax per date, changed if they differ) over-predicts
+change whenever a date is misclassified; the joint MAP removes most of those false alarms, so
+OA_bi and change precision rise, and change recall falls where the intensity is not convincing. On
+toy histograms with a well-separating intensity (AUC ~0.9) change F1 rose (0.71 -> 0.76; 0.30 ->
+0.45 and 0.52 -> 0.82 on two synthetic shard sets); with a weak intensity (AUC ~0.8, per-date
+accuracy ~0.7) it fell (0.57 -> 0.33: precision 0.42 -> 0.79, recall 0.89 -> 0.21). MAP decoding
+does not maximise F1; thresholding the fused ``p_change`` is the knob for that trade-off.
 
 Departures from the paper
 -------------------------
@@ -273,6 +282,10 @@ def ksfa_fusion(trn, tst, p1, p2, cal=None, n_basis=500, reg=0.1, kernel="rbf",
         the :func:`joint_fusion` outputs, and ``info`` (JSON-able diagnostics).
     """
     changed = np.asarray(trn.y1) != np.asarray(trn.y2)
+    if cal is not None and len(np.unique(np.asarray(cal.y1) != np.asarray(cal.y2))) < 2:
+        log.warning("KSFA: the validation pairs hold one change state only; calibrating on "
+                    "held-out training pairs instead")
+        cal = None
     if cal is None:
         fit_idx, cal_idx = _split_calibration(changed, cal_fraction, seed)
         cal_h1, cal_h2, cal_changed = trn.h1[cal_idx], trn.h2[cal_idx], changed[cal_idx]
