@@ -281,3 +281,26 @@ def test_reproduces_training_scripts_test_oa(demo_data, tmp_path, capsys):
         assert ours["val"][name] == pytest.approx(float(best[f"val_{key}"]), abs=1e-5), key
     trained = json.loads((work / "results" / "tst" / "results.json").read_text())["metrics"]
     assert trained["OA_t1"] == ours["tst"]["OA_t1"] and trained["OA_t2"] == ours["tst"]["OA_t2"]
+
+
+def test_split_without_rowcol_or_names(run_dir, tmp_path):
+    """No row/col: no maps, no row/col keys; no class_names: "class k" names; label 0 skipped."""
+    import eval as E
+    import model as cfn
+    from data.shards import write_shard
+
+    rng = np.random.default_rng(0)
+    split = tmp_path / "plain"
+    split.mkdir()
+    images = rng.integers(0, 256, (2, 7, 32, 32, 3), dtype=np.uint8)
+    write_shard(split / "a.npz", images[0], images[1], [1, 2, 3, 4, 0, 2, 3], [1, 2, 4, 4, 1, 2, 3])
+    net = cfn.load_model(run_dir / "checkpoints" / "best.keras")
+    metrics, preds = E.evaluate_split(net, split, batch_size=4)
+    assert metrics["n_pairs"] == 6 and metrics["n_changed"] == 1
+    assert metrics["class_names"] == ["class 1", "class 2", "class 3", "class 4"]
+    assert "row" not in preds and preds["label_t1"].tolist() == [0, 1, 2, 3, 1, 2]
+    E.write_outputs(tmp_path / "out", metrics, preds)
+    assert not (tmp_path / "out" / "change_map.png").exists()
+    assert (tmp_path / "out" / "pr_curve.png").is_file()
+    with np.load(tmp_path / "out" / "predictions.npz") as z:
+        assert "row" not in z.files and "fusion_weight" in z.files
