@@ -29,8 +29,10 @@ Pipeline
 3. **Histograms.** Every window is assigned its nearest word; the per-image word counts are
    L1-normalised (divided by the number of windows).
 
-4. **HIK-SVM.** ``SVC(kernel="precomputed", probability=True)`` with the histogram-intersection
-   kernel K(a, b) = Σ_d min(a_d, b_d), Gram matrices computed blockwise (:func:`hik_gram`). One
+4. **HIK-SVM.** ``SVC(kernel="precomputed")`` with the histogram-intersection kernel
+   K(a, b) = Σ_d min(a_d, b_d), Gram matrices computed blockwise, exploiting the sparsity of the
+   histograms (:func:`hik_gram`); class probabilities from a multinomial logistic regression on
+   out-of-fold SVM decision values (:class:`HIKSVM`). One
    classifier is shared by both dates: it is trained on the t1 and the t2 images of the training
    split (at most ``max_train`` of them, a seeded uniform random subset, to bound the O(n²) Gram
    matrix: 8,000 images -> 0.5 GB). It predicts the class probabilities of every test image;
@@ -79,7 +81,7 @@ __all__ = [
     "main",
 ]
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("model.bovw")
 
 #: Local descriptors (name -> short description); see the module docstring.
 DESCRIPTORS = {
