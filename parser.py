@@ -110,6 +110,16 @@ def gpu_spec(value: str) -> str:
     return ",".join(str(int(i)) for i in ids)
 
 
+class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Shows `(default: X)` only where X says something and the help does not already."""
+
+    def _get_help_string(self, action):
+        text = action.help or ""
+        if action.default in (None, False, argparse.SUPPRESS) or "default" in text:
+            return text
+        return super()._get_help_string(action)
+
+
 def _add_device_args(group: argparse._ArgumentGroup) -> None:
     group.add_argument("-g", "--gpu", type=gpu_spec, default=None,
                        help="GPU ids to use (0 or 0,1) or 'cpu'; default: what CUDA_VISIBLE_DEVICES allows")
@@ -135,7 +145,7 @@ def train_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="train_cnn.py",
         description="Train CorrFusionNet (or a baseline/DCCA/soft-DCCA variant) on bi-temporal npz shards.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=_HelpFormatter,
     )
     data = p.add_argument_group("data")
     _add_data_args(data)
@@ -204,7 +214,7 @@ def eval_parser() -> argparse.ArgumentParser:
         prog="eval.py",
         description="Evaluate a CorrFusionNet checkpoint: scene accuracy per date, change detection, "
                     "transition metrics, figures, predictions and change maps.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=_HelpFormatter,
     )
     p.add_argument("-m", "--model", required=True,
                    help="a .keras checkpoint, or a run directory (its checkpoints/best.keras)")

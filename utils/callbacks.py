@@ -189,10 +189,9 @@ class TensorBoardLogger(keras.callbacks.Callback):
         def forward(x1, x2):
             return net((x1, x2), training=False)
 
+        graph = forward.get_concrete_function(*self.sample).graph
         with self.writer("trn").as_default():
-            tf.summary.trace_on(graph=True, profiler=False)
-            forward(*self.sample)
-            tf.summary.trace_export(name="model", step=0)
+            tf.summary.graph(graph)
 
     def on_epoch_end(self, epoch, logs=None):
         tf = self.tf

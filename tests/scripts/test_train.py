@@ -1,0 +1,183 @@
+"""End to end: train_cnn.py on generated shards with the small backbone and tiny images."""
+
+from __future__ import annotations
+
+import csv
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import train_cnn
+from utils.cli import run_main
+
+ROOT = Path(__file__).resolve().parents[2]
+FAST = ["--backbone", "small", "--hidden", "32", "-b", "16", "--lr", "0.01", "--seed", "3"]
+
+
+def train(data_dir, workdir, *extra, epochs=2):
+    argv = ["--data_dir", str(data_dir), "--workdir", str(workdir), "-e", str(epochs), *FAST,
+            *extra]
+    return run_main(train_cnn.main, argv)
+
+
+def weights_of(path):
+    import model as cfn
+
+    return [np.asarray(w) for w in cfn.load_model(path).weights]
+
+
+@pytest.fixture(scope="module")
+def trained(demo_data, tmp_path_factory):
+    workdir = tmp_path_factory.mktemp("train") / "run"
+    assert train(demo_data, workdir) == 0
+    return workdir
+
+
+def read_history(path):
+    with open(path, newline="") as fh:
+        return list(csv.DictReader(fh))
+
+
+def test_run_directory_holds_what_a_user_looks_at(trained, demo_data):
+    args = json.loads((trained / "args.json").read_text())
+    assert args["args"]["epochs"] == 2 and args["args"]["backbone"] == "small"
+    assert args["num_classes"] >= 2 and "keras" in args["versions"]
+    assert args["devices"]["backend"] == "tensorflow"
+
+    lines = (trained / "log.txt").read_text().splitlines()
+    assert len(lines) == 2
+    assert lines[0].startswith("epoch 1/2") and "val loss" in lines[0] and "tst loss" in lines[0]
+    for key in ("OA_t1", "OA_t2", "OA_bi", "OA_tr"):
+        assert key in lines[1]
+
+    rows = read_history(trained / "history.csv")
+    assert [r["epoch"] for r in rows] == ["1", "2"]
+    for key in ("loss", "ce_t1", "ce_t2", "corr_loss", "decov_loss", "oa_t1", "oa_bi", "oa_tr",
+                "val_oa_t1", "val_oa_t2", "tst_oa_t1", "tst_oa_tr", "learning_rate"):
+        assert key in rows[0], key
+        assert np.isfinite(float(rows[1][key])), key
+
+    state = json.loads((trained / "checkpoints" / "last_state.json").read_text())
+    assert state["epoch"] == 2 and state["best_epoch"] in (1, 2)
+    best_row = rows[state["best_epoch"] - 1]
+    assert float(best_row["val_oa_t1"]) + float(best_row["val_oa_t2"]) == pytest.approx(
+        state["best_score"], abs=1e-6)
+    for name in ("best.keras", "last.keras"):
+        weights_of(trained / "checkpoints" / name)  # loads with safe_mode
+
+    results = json.loads((trained / "results" / "tst" / "results.json").read_text())
+    assert 0.0 <= results["metrics"]["OA_t1"] <= 1.0
+
+
+def test_tensorboard_event_files_have_the_tags(trained):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    tags = {}
+    for split in ("trn", "val", "tst"):
+        acc = EventAccumulator(str(trained / "tb" / split), size_guidance={"tensors": 0})
+        acc.Reload()
+        tags[split] = set(acc.Tags()["tensors"])
+        if split == "trn":
+            assert acc.Tags()["graph"], "model graph missing"
+    for tag in ("loss", "ce_t1", "ce_t2", "corr_loss", "decov_loss", "oa_t1", "oa_t2", "oa_bi",
+                "oa_tr", "cancorr", "learning_rate"):
+        assert tag in tags["trn"], tag
+    for tag in ("loss", "oa_t1", "oa_t2", "oa_bi", "oa_tr", "fusion_weight"):
+        assert tag in tags["val"], tag
+    for tag in ("loss", "oa_t1", "oa_tr"):
+        assert tag in tags["tst"], tag
+
+
+def test_resume_matches_an_uninterrupted_run(trained, demo_data, tmp_path):
+    workdir = tmp_path / "resumed"
+    assert train(demo_data, workdir, epochs=1) == 0
+    assert json.loads((workdir / "checkpoints" / "last_state.json").read_text())["epoch"] == 1
+    assert train(demo_data, workdir, "--resume", epochs=2) == 0
+    rows = read_history(workdir / "history.csv")
+    assert [r["epoch"] for r in rows] == ["1", "2"]
+    assert len((workdir / "log.txt").read_text().splitlines()) == 2
+    resumed = weights_of(workdir / "checkpoints" / "last.keras")
+    straight = weights_of(trained / "checkpoints" / "last.keras")
+    assert len(resumed) == len(straight)
+    for a, b in zip(resumed, straight):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
+
+
+def test_existing_run_is_refused_and_left_untouched(trained, demo_data, capsys):
+    before = {p: p.stat().st_mtime_ns for p in trained.rglob("*") if p.is_file()}
+    assert train(demo_data, trained, epochs=1) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "already holds checkpoints" in err[0] and "--resume" in err[0]
+    after = {p: p.stat().st_mtime_ns for p in trained.rglob("*") if p.is_file()}
+    assert before == after
+
+
+def test_no_tensorboard_and_several_runs(demo_data, tmp_path):
+    workdir = tmp_path / "runs2"
+    assert train(demo_data, workdir, "-tb", "false", "--runs", "2", epochs=1) == 0
+    assert not list(workdir.rglob("*tfevents*"))
+    for k in ("0", "1"):
+        assert (workdir / k / "checkpoints" / "best.keras").is_file()
+        assert json.loads((workdir / k / "args.json").read_text())["seed"] == 3 + int(k)
+    summary = json.loads((workdir / "results" / "summary.json").read_text())
+    run_oa = [json.loads((workdir / k / "results" / "tst" / "results.json").read_text())["metrics"]["OA_t1"]
+              for k in ("0", "1")]
+    assert summary["OA_t1"]["runs"] == pytest.approx(run_oa)
+    assert summary["OA_t1"]["mean"] == pytest.approx(np.mean(run_oa))
+    assert (workdir / "results" / "summary.csv").read_text().startswith("metric,mean,std")
+
+
+def test_non_finite_loss_stops_with_epoch_and_step(demo_data, tmp_path, caplog):
+    workdir = tmp_path / "nan"
+    rc = train(demo_data, workdir, "--lr", "1e30", "-sm", "true", epochs=2)
+    assert rc == 1
+    assert any("non-finite loss" in r.message and "epoch 1, step" in r.message
+               for r in caplog.records)
+    assert not (workdir / "checkpoints" / "last.keras").exists()
+
+
+def test_bad_data_exits_2_with_one_line(tmp_path):
+    split = tmp_path / "data" / "trn"
+    split.mkdir(parents=True)
+    (split / "a.npz").write_bytes(b"not a zip")
+    (tmp_path / "data" / "val").mkdir()
+    proc = subprocess.run([sys.executable, "train_cnn.py", "--data_dir", str(tmp_path / "data"),
+                           "--workdir", str(tmp_path / "w"), "--backbone", "small"],
+                          cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2, proc.stderr
+    lines = [ln for ln in proc.stderr.splitlines() if ln.startswith("error:")]
+    assert len(lines) == 1 and "a.npz" in lines[0]
+    assert "Traceback" not in proc.stderr
+    assert not (tmp_path / "w").exists()
+
+
+def test_help_is_fast_and_imports_no_tensorflow():
+    code = ("import runpy, sys\nsys.argv = ['train_cnn.py', '-h']\n"
+            "try:\n    runpy.run_path('train_cnn.py', run_name='__main__')\n"
+            "except SystemExit:\n    pass\n"
+            "print('HEAVY', [m for m in ('tensorflow', 'keras', 'jax') if m in sys.modules])")
+    proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True,
+                          timeout=60)
+    assert "--epoches" in proc.stdout and "--use_tfboard" in proc.stdout
+    assert "HEAVY []" in proc.stdout
+
+
+@pytest.mark.parametrize("value,expected", [("False", False), ("0", False), ("no", False),
+                                            ("true", True), ("1", True), ("YES", True)])
+def test_boolean_flags_parse_like_a_user_means(value, expected):
+    args = train_cnn.parse_args(["--data_dir", "d", "-tb", value, "-sm", value, "-log", value])
+    assert args.use_tfboard is expected and args.save_model is expected
+    assert args.save_log is expected
+
+
+def test_bad_flag_values_are_usage_errors(capsys):
+    for argv in (["--data_dir", "d", "-tb", "maybe"], ["--data_dir", "d", "-b", "0"],
+                 ["--data_dir", "d", "--lr", "1e-3,1e-4"], ["--data_dir", "d", "-g", "gpu0"]):
+        with pytest.raises(SystemExit) as exc:
+            train_cnn.parse_args(argv)
+        assert exc.value.code == 2
+    assert "usage:" in capsys.readouterr().err
