@@ -662,6 +662,11 @@ def run_bovw(trn_dir, tst_dir, method="hik", val_dir=None, words=1000, patch=10,
         # The fused labels are the joint MAP pair; p_change is the fused joint P(c1 != c2).
         p_change = fused["p_change"]
         extra["ksfa"]["fused_change_metrics"] = basic_metrics(tst.y1, tst.y2, pred1, pred2)
+        truth = tst.y1 != tst.y2
+        if 0 < truth.sum() < len(truth):  # ROC-AUC of the fused joint p_change (predictions.npz)
+            from sklearn.metrics import roc_auc_score
+
+            extra["ksfa"]["fused_p_change_roc_auc"] = float(roc_auc_score(truth, p_change))
     else:
         p_change = np.clip(1.0 - np.sum(p1 * p2, axis=1), 0.0, 1.0)
     metrics = dict(metrics)
