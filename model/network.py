@@ -354,8 +354,10 @@ class CorrFusionNet(keras.Model):
         if self.spec.added_loss:
             # model.losses = the decorrelation loss (add_loss) + the weight regularizers.
             terms[self.spec.added_loss] = added - l2
+        # batch-size weighted, like Keras' own "loss" tracker, so epoch values are per-pair means
+        n = ops.cast(ops.shape(y1)[0], "float32")
         for name, value in terms.items():
-            self._trackers[name].update_state(ops.stop_gradient(value))
+            self._trackers[name].update_state(ops.stop_gradient(value), sample_weight=n)
         return total
 
     def compute_metrics(self, x, y, y_pred, sample_weight=None):

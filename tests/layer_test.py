@@ -11,8 +11,8 @@
    the layer's ``add_loss`` terms) runs, gives a finite loss and moves the trainable weights.
 """
 
-import numpy as np
 import keras
+import numpy as np
 from keras import ops, tree
 
 
@@ -31,7 +31,7 @@ def _check_shapes(outputs, expected, batch=_KEEP, where=""):
     outs = outputs if isinstance(outputs, (list, tuple)) else [outputs]
     exp = [expected] if _is_shape(expected) else list(expected)
     assert len(outs) == len(exp), f"{where}: {len(outs)} outputs, expected {len(exp)}"
-    for i, (o, e) in enumerate(zip(outs, exp)):
+    for i, (o, e) in enumerate(zip(outs, exp, strict=False)):
         e = tuple(e)
         if batch is not _KEEP and len(e) > 0:
             e = (batch,) + e[1:]
@@ -129,5 +129,5 @@ def run_layer_test(
         assert np.isfinite(history.history["loss"][0]), f"fit loss {history.history['loss']}"
         after = [ops.convert_to_numpy(w) for w in inner.trainable_weights]
         if before:
-            assert any(not np.allclose(a, b) for a, b in zip(before, after)), "fit did not move any weight"
+            assert any(not np.allclose(a, b) for a, b in zip(before, after, strict=False)), "fit did not move any weight"
     return out

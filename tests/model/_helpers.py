@@ -16,7 +16,7 @@ def value_and_grads(fn, *args):
                 tape.watch(x)
             value = fn(*xs)
         grads = tape.gradient(value, xs)
-        grads = [np.zeros(np.shape(x), np.float32) if g is None else np.asarray(g) for x, g in zip(xs, grads)]
+        grads = [np.zeros(np.shape(x), np.float32) if g is None else np.asarray(g) for x, g in zip(xs, grads, strict=False)]
         return np.asarray(value), grads
     if backend == "jax":
         import jax

@@ -101,7 +101,7 @@ def test_forward_matches_numpy(training):
     _randomize(layer, rng)
     got = layer([x, y], training=training)
     ref = np_corrfusion(layer, x.astype(np.float64), y.astype(np.float64), training)
-    for g, r, name in zip(got, ref, ("x_phi", "y_phi", "dist", "x_bn", "y_bn")):
+    for g, r, name in zip(got, ref, ("x_phi", "y_phi", "dist", "x_bn", "y_bn"), strict=False):
         np.testing.assert_allclose(_np(g), r, rtol=1e-4, atol=1e-4, err_msg=name)
     assert keras.backend.standardize_dtype(got[2].dtype) == "float32"
 

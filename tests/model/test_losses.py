@@ -66,6 +66,7 @@ def test_running_covariance_gradient_only_through_batch_term():
     np.testing.assert_allclose(gb, 0.1 * 2 / 8 * b.sum(1, keepdims=True) * np.ones((1, 3)), rtol=1e-5)
 
 
+@pytest.mark.filterwarnings("ignore:The model does not have any trainable weights")
 def test_soft_decorrelation_layer():
     rng = np.random.default_rng(3)
     a = rng.normal(size=(10, 4)).astype("float32")

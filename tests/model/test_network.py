@@ -70,8 +70,8 @@ def test_small_backbone_every_method_forward_and_train_step(method):
     assert all(np.isfinite(v) for v in logs.values())
     after = [ops.convert_to_numpy(w) for w in model.trainable_weights]
     # every trainable weight receives a gradient (heads, FCs, fusion, backbone)
-    moved = [not np.array_equal(a, b) for a, b in zip(before, after)]
-    assert all(moved), [w.path for w, m in zip(model.trainable_weights, moved) if not m]
+    moved = [not np.array_equal(a, b) for a, b in zip(before, after, strict=False)]
+    assert all(moved), [w.path for w, m in zip(model.trainable_weights, moved, strict=False) if not m]
 
 
 @pytest.mark.parametrize(
@@ -201,3 +201,9 @@ def test_mixed_precision(method):
         assert np.isfinite(float(canonical_correlation(out["view_t1"], out["view_t2"])))
     finally:
         keras.config.set_dtype_policy(policy)
+
+
+def test_active_backend_is_the_requested_one():
+    import os
+
+    assert keras.backend.backend() == os.environ.get("KERAS_BACKEND", "tensorflow")

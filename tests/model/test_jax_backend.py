@@ -1,0 +1,32 @@
+"""The backend-agnostic model tests again under KERAS_BACKEND=jax, in a subprocess (the backend is
+fixed per process): DCCA gradient (custom_gradient signature), running covariance inside fit
+(stateless scope), the small model training step for every method, save/load."""
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+pytest.importorskip("jax")
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+SELECTED = [
+    "tests/model/test_network.py::test_active_backend_is_the_requested_one",
+    "tests/model/test_cca.py::test_dcca_gradient_matches_finite_differences",
+    "tests/model/test_cca.py::test_dcca_loss_matches_numpy",
+    "tests/model/test_corrfusion.py::test_covariance_updates_inside_fit",
+    "tests/model/test_network.py::test_small_backbone_every_method_forward_and_train_step",
+    "tests/model/test_network.py::test_save_load_identical_predictions_and_state[corrfusion]",
+    "tests/model/test_network.py::test_evaluate_matches_numpy_and_metrics_reset[corrfusion]",
+]
+
+
+def test_model_tests_pass_under_jax():
+    env = dict(os.environ, KERAS_BACKEND="jax", JAX_PLATFORMS="cpu", TF_CPP_MIN_LOG_LEVEL="3")
+    proc = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", *SELECTED],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=900,
+    )
+    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-2000:]
+    assert "passed" in proc.stdout and "failed" not in proc.stdout
