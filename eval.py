@@ -217,7 +217,7 @@ def evaluate_split(net, split_dir, batch_size=32, threshold=0.5, class_names=Non
 
     from data.loader import make_dataset
     from data.shards import inspect_split, read_labels
-    from utils.metrics import change_probability, compute_metrics
+    from utils.metrics import compute_metrics
 
     summary = inspect_split(split_dir)
     k = check_compatible(model_signature(net), summary, image_size, split_dir)
@@ -245,31 +245,50 @@ def evaluate_split(net, split_dir, batch_size=32, threshold=0.5, class_names=Non
         )
     metrics = compute_metrics(labels["label_t1"], labels["label_t2"], p1, p2, threshold, names)
     metrics["split_dir"] = str(split_dir)
-    preds = {
-        "label_t1": labels["label_t1"].astype(np.int32),
-        "label_t2": labels["label_t2"].astype(np.int32),
-        "pred_t1": p1.argmax(axis=1).astype(np.int32),
-        "pred_t2": p2.argmax(axis=1).astype(np.int32),
-        "prob_t1": p1,
-        "prob_t2": p2,
-        "p_change": change_probability(p1, p2).astype(np.float32),
-    }
-    preds["changed_true"] = preds["label_t1"] != preds["label_t2"]
-    preds["changed_pred"] = preds["pred_t1"] != preds["pred_t2"]
-    preds["changed_pred_threshold"] = preds["p_change"] >= threshold
-    for key in ("fusion_weight", "dist"):
-        if key in out:
-            preds[key] = np.asarray(out[key], dtype=np.float32).reshape(n)
+    extra = {key: np.asarray(out[key], dtype=np.float32).reshape(n)
+             for key in ("fusion_weight", "dist") if key in out}
+    if labels.get("row") is not None:
+        extra["row"], extra["col"] = labels["row"], labels["col"]
+    preds = make_predictions(labels["label_t1"], labels["label_t2"], p1, p2, threshold, names,
+                             extra)
     if "fusion_weight" in preds:
         w, c = preds["fusion_weight"], preds["changed_true"]
         metrics["fusion_weight_mean"] = {
             "unchanged": float(w[~c].mean()) if (~c).any() else None,
             "changed": float(w[c].mean()) if c.any() else None,
         }
-    if labels.get("row") is not None:
-        preds["row"], preds["col"] = labels["row"], labels["col"]
-    preds["class_names"] = names
     return metrics, preds
+
+
+def make_predictions(label_t1, label_t2, p1, p2, threshold, class_names, extra=None,
+                     p_change=None) -> dict:
+    """The per-pair arrays every output file is written from (see ``evaluate_split``).
+
+    ``p_change`` defaults to 1 − Σ_k p1_k p2_k; a method with its own change probability (BoVW +
+    KSFA's fused one) passes it. ``extra`` arrays (row/col, fusion weight, ...) are added as they are.
+    """
+    import numpy as np
+
+    from utils.metrics import change_probability
+
+    p1 = np.asarray(p1, dtype=np.float32)
+    p2 = np.asarray(p2, dtype=np.float32)
+    preds = {
+        "label_t1": np.asarray(label_t1).astype(np.int32),
+        "label_t2": np.asarray(label_t2).astype(np.int32),
+        "pred_t1": p1.argmax(axis=1).astype(np.int32),
+        "pred_t2": p2.argmax(axis=1).astype(np.int32),
+        "prob_t1": p1,
+        "prob_t2": p2,
+        "p_change": np.asarray(change_probability(p1, p2) if p_change is None else p_change,
+                               dtype=np.float32),
+    }
+    preds["changed_true"] = preds["label_t1"] != preds["label_t2"]
+    preds["changed_pred"] = preds["pred_t1"] != preds["pred_t2"]
+    preds["changed_pred_threshold"] = preds["p_change"] >= threshold
+    preds.update(extra or {})
+    preds["class_names"] = list(class_names)
+    return preds
 
 
 # ------------------------------------------------------------------------------------------ output

@@ -273,6 +273,7 @@ def train_one_run(args, data: Data, k: int, strategy, device_info: dict) -> dict
 
     paths = run_paths(args, k)
     seed = args.seed + k
+    keras.backend.clear_session()
     keras.utils.set_random_seed(seed)
     with strategy.scope():
         net, state = build_or_resume(args, data, paths, seed)

@@ -1,0 +1,290 @@
+"""Compare methods on the same data and seeds, and lay out a table like the paper's.
+
+    python compare.py --data_dir DATA --methods baseline,corrfusion,dcca,sdcca,bovw \\
+        --backbone vgg16 --runs 3 --workdir runs/compare -- -e 100 -b 32
+
+Every CNN run goes through train_cnn.main (training, best checkpoint, test evaluation with
+eval.evaluate_split); the BoVW baselines through model.bovw.run_bovw and eval.write_outputs. Run k
+of every method uses seed SEED + k. Each run lives in WORKDIR/METHOD/k/ with the usual run-directory
+layout; a run whose results/tst/results.json exists is not redone, and a CNN run that stopped
+half-way resumes from its last checkpoint, so an interrupted comparison is continued by running the
+same command again. Options after `--` (or not known here) go to train_cnn.py unchanged.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+
+from parser import BACKBONE_NAMES, METHOD_NAMES, positive_int, train_parser
+from utils.cli import UsageError, configure_logging, run_main
+from utils.devices import select_devices
+
+log = logging.getLogger("corrfusion.compare")
+
+BOVW_METHODS = {"bovw": "hik", "bovw_hik": "hik", "bovw_ksfa": "ksfa"}
+ALL_METHODS = (*METHOD_NAMES, *BOVW_METHODS)
+#: the table's columns: (key in results.json metrics, header)
+COLUMNS = (("OA_t1", "OA_t1"), ("OA_t2", "OA_t2"), ("OA_bi", "OA_bi"), ("OA_tr", "OA_tr"),
+           ("change_f1", "change F1"))
+#: train_cnn options that compare sets itself
+RESERVED = {"--method", "--runs", "--workdir", "--seed", "--resume", "--overwrite", "--backbone",
+            "--data_dir", "-trn", "--trn_dir", "-val", "--val_dir", "-tst", "--tst_dir", "--demo"}
+
+
+# --------------------------------------------------------------------------------------- arguments
+def method_list(value: str) -> list[str]:
+    names = [m.strip().lower() for m in value.split(",") if m.strip()]
+    bad = [m for m in names if m not in ALL_METHODS]
+    if not names or bad:
+        raise argparse.ArgumentTypeError(
+            f"unknown method(s) {', '.join(bad) or value!r}; choose from {', '.join(ALL_METHODS)}")
+    return list(dict.fromkeys(names))
+
+
+def compare_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="compare.py", description=__doc__.split("\n\n")[0],
+        epilog="Options not listed here (e.g. -e 10 -b 16 --image_size 64 -g 0) are passed to "
+               "train_cnn.py for every CNN run.")
+    data = p.add_argument_group("data")
+    data.add_argument("--data_dir", default=None, help="directory holding trn/ val/ tst/")
+    data.add_argument("-trn", "--trn_dir", default=None)
+    data.add_argument("-val", "--val_dir", default=None)
+    data.add_argument("-tst", "--tst_dir", default=None)
+    runs = p.add_argument_group("comparison")
+    runs.add_argument("--methods", type=method_list,
+                      default=["baseline", "corrfusion", "dcca", "sdcca", "bovw"],
+                      help=f"comma-separated, from {', '.join(ALL_METHODS)} "
+                           "(default baseline,corrfusion,dcca,sdcca,bovw)")
+    runs.add_argument("--backbone", choices=BACKBONE_NAMES, default="vgg16",
+                      help="backbone of every CNN method (default vgg16)")
+    runs.add_argument("--runs", type=positive_int, default=3, help="runs per method (default 3)")
+    runs.add_argument("--seed", type=int, default=0, help="seed of run 0; run k uses seed + k")
+    runs.add_argument("--workdir", default="runs/compare", help="default runs/compare")
+    bovw = p.add_argument_group("BoVW baselines")
+    bovw.add_argument("--bovw_words", type=positive_int, default=1000, help="visual words (1000)")
+    bovw.add_argument("--bovw_patch", type=positive_int, default=10, help="window side (10)")
+    return p
+
+
+def parse_args(argv=None):
+    parser = compare_parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if "--" in argv:
+        i = argv.index("--")
+        argv, forward = argv[:i], argv[i + 1:]
+    else:
+        forward = []
+    args, unknown = parser.parse_known_args(argv)
+    args.forward = unknown + forward
+    reserved = sorted({a.split("=")[0] for a in args.forward} & RESERVED)
+    if reserved:
+        parser.error(f"{', '.join(reserved)}: set by compare.py itself; use its own options")
+    if not (args.data_dir or (args.trn_dir and args.tst_dir)):
+        parser.error("give --data_dir (holding trn/ val/ tst/) or -trn, -val and -tst")
+    base = Path(args.data_dir) if args.data_dir else None
+    for split in ("trn", "val", "tst"):
+        if getattr(args, f"{split}_dir") is None and base is not None:
+            setattr(args, f"{split}_dir", str(base / split))
+    # The forwarded options must make a valid train_cnn command line: usage errors now, not later.
+    args.train_args = train_parser().parse_args(cnn_argv(args, "baseline", 0, Path(".")))
+    return args
+
+
+def cnn_argv(args, method: str, k: int, run_dir: Path) -> list[str]:
+    argv = ["-trn", args.trn_dir, "-tst", args.tst_dir, "--method", method,
+            "--backbone", args.backbone, "--seed", str(args.seed + k), "--workdir", str(run_dir)]
+    if args.val_dir:
+        argv += ["-val", args.val_dir]
+    return argv + list(args.forward)
+
+
+# -------------------------------------------------------------------------------------------- runs
+def run_dir_of(args, method: str, k: int) -> Path:
+    return Path(args.workdir) / method / str(k)
+
+
+def result_file(run_dir: Path) -> Path:
+    return run_dir / "results" / "tst" / "results.json"
+
+
+def check_settings(args) -> None:
+    """An existing comparison directory is continued only with the same settings."""
+    settings = {"data": [args.trn_dir, args.val_dir, args.tst_dir], "backbone": args.backbone,
+                "seed": args.seed, "forward": args.forward, "bovw_words": args.bovw_words,
+                "bovw_patch": args.bovw_patch}
+    path = Path(args.workdir) / "compare.json"
+    if path.is_file():
+        old = json.loads(path.read_text()).get("settings")
+        if old != settings:
+            raise UsageError(f"{path}: this comparison was started with other settings ({old}); "
+                             "use another --workdir")
+    args.settings = settings
+
+
+def write_settings(args) -> None:
+    from utils.rundir import atomic_write_json
+
+    atomic_write_json(Path(args.workdir) / "compare.json",
+                      {"settings": args.settings, "methods": args.methods, "runs": args.runs,
+                       "command": sys.argv})
+
+
+def run_cnn(args, method: str, k: int, run_dir: Path) -> int:
+    """One CNN run through train_cnn.main: fresh, or resumed from its last checkpoint."""
+    import train_cnn
+
+    argv = cnn_argv(args, method, k, run_dir)
+    if (run_dir / "checkpoints" / "last_state.json").is_file():
+        argv.append("--resume")
+        log.info("%s run %d: resuming in %s", method, k, run_dir)
+    elif (run_dir / "checkpoints").is_dir():
+        argv.append("--overwrite")  # compare's own run that stopped before its first epoch ended
+    return train_cnn.main(argv)
+
+
+def run_bovw(args, method: str, k: int, run_dir: Path) -> int:
+    """One BoVW run: model.bovw for the classifier, eval.write_outputs for the same output files."""
+    from eval import make_predictions, write_outputs
+    from model import bovw
+    from utils.rundir import atomic_write_json
+
+    metrics, preds = bovw.run_bovw(args.trn_dir, args.tst_dir, method=BOVW_METHODS[method],
+                                   val_dir=args.val_dir, words=args.bovw_words,
+                                   patch=args.bovw_patch, seed=args.seed + k)
+    names = metrics.get("class_names") or [f"class {i + 1}" for i in
+                                           range(preds["prob_t1"].shape[1])]
+    metrics.setdefault("class_names", names)
+    metrics.setdefault("threshold", 0.5)
+    extra = {key: preds[key] for key in ("row", "col", "intensity") if key in preds}
+    full = make_predictions(preds["label_t1"], preds["label_t2"], preds["prob_t1"],
+                            preds["prob_t2"], metrics["threshold"], names, extra,
+                            p_change=preds["p_change"])
+    atomic_write_json(run_dir / "args.json", {"method": method, "seed": args.seed + k,
+                                              "settings": args.settings})
+    write_outputs(run_dir / "results" / "tst", metrics, full, overwrite=True,
+                  info={"method": method, "run": k, "split_dir": args.tst_dir})
+    return 0
+
+
+def run_all(args) -> dict:
+    """Every method x run not finished yet; returns {method: [metrics of each finished run]}."""
+    import keras
+
+    results: dict[str, list] = {}
+    failed = []
+    for method in args.methods:
+        for k in range(args.runs):
+            run_dir = run_dir_of(args, method, k)
+            if not result_file(run_dir).is_file():
+                log.info("=== %s, run %d/%d -> %s", method, k + 1, args.runs, run_dir)
+                keras.backend.clear_session()
+                runner = run_bovw if method in BOVW_METHODS else run_cnn
+                if runner(args, method, k, run_dir) != 0:
+                    failed.append(f"{method}/{k}")
+                    continue
+            else:
+                log.info("%s run %d: done already (%s)", method, k, result_file(run_dir))
+            results.setdefault(method, []).append(
+                json.loads(result_file(run_dir).read_text())["metrics"])
+    if failed:
+        log.error("runs that failed (left out of the table): %s", ", ".join(failed))
+    args.failed = failed
+    return results
+
+
+# ------------------------------------------------------------------------------------------- table
+def summarize(results: dict) -> list[dict]:
+    import numpy as np
+
+    rows = []
+    for method, runs in results.items():
+        row = {"method": method, "runs": len(runs)}
+        for key, _ in COLUMNS:
+            vals = [float(r[key]) for r in runs if r.get(key) is not None]
+            row[f"{key}_mean"] = float(np.mean(vals)) if vals else None
+            row[f"{key}_std"] = float(np.std(vals)) if vals else None
+        rows.append(row)
+    return rows
+
+
+def markdown_table(rows: list[dict]) -> str:
+    """Rows methods; columns OA_t1, OA_t2, OA_bi, OA_tr, change F1 in % as mean ± std."""
+    head = "| method | runs | " + " | ".join(h for _, h in COLUMNS) + " |"
+    lines = [head, "|---|---:|" + "---:|" * len(COLUMNS)]
+    for r in rows:
+        cells = [("—" if r[f"{k}_mean"] is None else
+                  f"{100 * r[f'{k}_mean']:.2f} ± {100 * r[f'{k}_std']:.2f}") for k, _ in COLUMNS]
+        lines.append(f"| {r['method']} | {r['runs']} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def csv_table(rows: list[dict]) -> str:
+    cols = ["method", "runs"] + [f"{k}_{s}" for k, _ in COLUMNS for s in ("mean", "std")]
+    out = [",".join(cols)]
+    for r in rows:
+        out.append(",".join("" if r[c] is None else (f"{r[c]:.6f}" if isinstance(r[c], float)
+                                                       else str(r[c])) for c in cols))
+    return "\n".join(out) + "\n"
+
+
+def bar_chart(rows: list[dict], path: Path) -> None:
+    """Grouped bars: one group per metric, one bar per method, error bars = std over runs."""
+    import numpy as np
+    import seaborn as sns
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(1.6 + 1.6 * len(COLUMNS), 4.2), dpi=120)
+    ax = fig.add_subplot()
+    width = 0.8 / max(len(rows), 1)
+    colors = sns.color_palette("colorblind", len(rows))
+    x = np.arange(len(COLUMNS))
+    for i, (r, color) in enumerate(zip(rows, colors, strict=True)):
+        means = [100 * (r[f"{k}_mean"] or 0.0) for k, _ in COLUMNS]
+        stds = [100 * (r[f"{k}_std"] or 0.0) for k, _ in COLUMNS]
+        ax.bar(x + (i - (len(rows) - 1) / 2) * width, means, width, yerr=stds, capsize=2,
+               label=f"{r['method']} (n={r['runs']})", color=color)
+    ax.set_xticks(x, [h for _, h in COLUMNS])
+    ax.set_ylabel("%")
+    ax.set_ylim(0, 100)
+    ax.legend(fontsize=8, loc="lower right")
+    ax.set_title("Method comparison (mean ± std over runs)")
+    fig.tight_layout()
+    fig.savefig(path)
+
+
+def write_table(args, rows: list[dict]) -> None:
+    from utils.rundir import atomic_write_bytes
+
+    out = Path(args.workdir)
+    table = markdown_table(rows)
+    atomic_write_bytes(out / "comparison.md", table.encode())
+    atomic_write_bytes(out / "comparison.csv", csv_table(rows).encode())
+    bar_chart(rows, out / "comparison.png")
+    sys.stdout.write(table)
+    log.info("table: %s (and .csv, .png)", out / "comparison.md")
+
+
+# -------------------------------------------------------------------------------------------- main
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    configure_logging()
+    select_devices(args.train_args.gpu)  # before TensorFlow starts
+    check_settings(args)
+    from data.shards import inspect_split
+
+    for split in (args.trn_dir, args.val_dir, args.tst_dir):
+        if split:
+            inspect_split(split)  # bad data: one line, exit 2, before anything is written
+    write_settings(args)
+    results = run_all(args)
+    write_table(args, summarize(results))
+    return 1 if args.failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(run_main(main))

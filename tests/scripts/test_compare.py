@@ -1,0 +1,98 @@
+"""compare.py on tiny demo data: one table row per method, values equal to each run's results."""
+
+from __future__ import annotations
+
+import csv
+import json
+
+import pytest
+
+import compare
+from utils.cli import run_main
+
+METHODS = ["baseline", "corrfusion", "bovw"]
+
+
+def argv(data, workdir, *extra):
+    return ["--data_dir", str(data), "--methods", ",".join(METHODS), "--backbone", "small",
+            "--runs", "2", "--workdir", str(workdir), "--bovw_words", "50", *extra,
+            "--", "-e", "1", "--hidden", "32", "-b", "16", "-tb", "false"]
+
+
+@pytest.fixture(scope="module")
+def compared(demo_data, tmp_path_factory):
+    workdir = tmp_path_factory.mktemp("compare") / "cmp"
+    assert run_main(compare.main, argv(demo_data, workdir)) == 0
+    return workdir
+
+
+def run_metrics(workdir, method):
+    return [json.loads((workdir / method / str(k) / "results" / "tst" / "results.json")
+                       .read_text())["metrics"] for k in range(2)]
+
+
+def test_table_has_one_row_per_method_matching_the_runs(compared):
+    with open(compared / "comparison.csv", newline="") as fh:
+        rows = {r["method"]: r for r in csv.DictReader(fh)}
+    assert list(rows) == METHODS
+    for method in METHODS:
+        runs = run_metrics(compared, method)
+        assert rows[method]["runs"] == "2"
+        for key in ("OA_t1", "OA_t2", "OA_bi", "OA_tr", "change_f1"):
+            vals = [r[key] for r in runs]
+            mean = sum(vals) / 2
+            std = abs(vals[0] - vals[1]) / 2
+            assert float(rows[method][f"{key}_mean"]) == pytest.approx(mean, abs=1e-6)
+            assert float(rows[method][f"{key}_std"]) == pytest.approx(std, abs=1e-6)
+    md = (compared / "comparison.md").read_text().splitlines()
+    assert md[0].startswith("| method | runs | OA_t1 | OA_t2 | OA_bi | OA_tr | change F1 |")
+    assert len(md) == 2 + len(METHODS)
+    bovw = next(line for line in md if line.startswith("| bovw "))
+    oa = run_metrics(compared, "bovw")
+    assert f"{100 * (oa[0]['OA_t1'] + oa[1]['OA_t1']) / 2:.2f} ±" in bovw
+    assert (compared / "comparison.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_runs_use_the_same_seeds_across_methods(compared):
+    for k in range(2):
+        seeds = {json.loads((compared / m / str(k) / "args.json").read_text())["seed"]
+                 for m in METHODS}
+        assert seeds == {k}
+
+
+def test_bovw_beats_chance_and_writes_the_eval_files(compared):
+    for m in run_metrics(compared, "bovw"):
+        assert m["OA_t1"] > 0.5 and m["OA_t2"] > 0.5  # 4 classes: chance is 0.25
+    out = compared / "bovw" / "0" / "results" / "tst"
+    for name in ("predictions.npz", "predictions.mat", "predictions.csv", "confusion_t1.png",
+                 "change_map.png"):
+        assert (out / name).is_file(), name
+
+
+def test_rerun_continues_without_redoing_finished_runs(compared, demo_data):
+    results = sorted(compared.rglob("results.json"))
+    before = {p: p.stat().st_mtime_ns for p in results}
+    # an interrupted comparison: one run's results are missing
+    lost = compared / "baseline" / "1" / "results" / "tst" / "results.json"
+    lost.unlink()
+    assert run_main(compare.main, argv(demo_data, compared)) == 0
+    assert lost.is_file()
+    for p, t in before.items():
+        if p != lost:
+            assert p.stat().st_mtime_ns == t, f"{p} was redone"
+
+
+def test_other_settings_in_the_same_workdir_are_refused(compared, demo_data, capsys):
+    bad = argv(demo_data, compared)
+    bad[bad.index("--bovw_words") + 1] = "60"
+    assert run_main(compare.main, bad) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "compare.json" in err[0] and "other settings" in err[0]
+
+
+@pytest.mark.parametrize("extra", [["--methods", "corrfusion,svm"], ["--", "--method", "dcca"],
+                                   ["--", "-e", "zero"]])
+def test_bad_options_are_usage_errors(extra, tmp_path):
+    with pytest.raises(SystemExit) as exc:
+        compare.parse_args(["--data_dir", str(tmp_path), *extra])
+    assert exc.value.code == 2
