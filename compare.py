@@ -238,7 +238,7 @@ def bar_chart(rows: list[dict], path: Path) -> None:
     import seaborn as sns
     from matplotlib.figure import Figure
 
-    fig = Figure(figsize=(1.6 + 1.6 * len(COLUMNS), 4.2), dpi=120)
+    fig = Figure(figsize=(3.6 + 1.6 * len(COLUMNS), 4.2), dpi=120)
     ax = fig.add_subplot()
     width = 0.8 / max(len(rows), 1)
     colors = sns.color_palette("colorblind", len(rows))
@@ -251,7 +251,7 @@ def bar_chart(rows: list[dict], path: Path) -> None:
     ax.set_xticks(x, [h for _, h in COLUMNS])
     ax.set_ylabel("%")
     ax.set_ylim(0, 100)
-    ax.legend(fontsize=8, loc="lower right")
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
     ax.set_title("Method comparison (mean ± std over runs)")
     fig.tight_layout()
     fig.savefig(path)
