@@ -1,6 +1,6 @@
 """The backend-agnostic model tests again under KERAS_BACKEND=jax, in a subprocess (the backend is
 fixed per process): DCCA gradient (custom_gradient signature), running covariance inside fit
-(stateless scope), the small model training step for every method, save/load."""
+(stateless scope), the small model training step (corrfusion, dcca), evaluate vs NumPy, save/load."""
 
 import os
 import subprocess
@@ -16,7 +16,9 @@ SELECTED = [
     "tests/model/test_cca.py::test_dcca_gradient_matches_finite_differences",
     "tests/model/test_cca.py::test_dcca_loss_matches_numpy",
     "tests/model/test_corrfusion.py::test_covariance_updates_inside_fit",
-    "tests/model/test_network.py::test_small_backbone_every_method_forward_and_train_step",
+    # corrfusion (running covariance state) and dcca (custom_gradient inside a model)
+    "tests/model/test_network.py::test_small_backbone_every_method_forward_and_train_step[corrfusion]",
+    "tests/model/test_network.py::test_small_backbone_every_method_forward_and_train_step[dcca]",
     "tests/model/test_network.py::test_save_load_identical_predictions_and_state[corrfusion]",
     "tests/model/test_network.py::test_evaluate_matches_numpy_and_metrics_reset[corrfusion]",
 ]

@@ -207,3 +207,18 @@ def test_active_backend_is_the_requested_one():
     import os
 
     assert keras.backend.backend() == os.environ.get("KERAS_BACKEND", "tensorflow")
+
+
+def test_imagenet_input_mapping_inside_the_model():
+    # weights=None -> no mapping; pretrained weights (or input_mapping=True) -> mapping in front
+    assert not _small().input_mapping
+    model = CorrFusionNet(K, image_size=(32, 32), backbone="vgg16", hidden=8, input_mapping=True)
+    assert model.mapping.mode == "caffe"
+    x = _data(n=2, size=32)[0]
+    feats = model.backbone(model.mapping(x[0]))
+    np.testing.assert_allclose(
+        ops.convert_to_numpy(feats),
+        ops.convert_to_numpy(model.backbone(keras.applications.vgg16.preprocess_input(255.0 * (x[0] + 0.5)))),
+        rtol=1e-4, atol=1e-4,
+    )
+    assert CorrFusionNet.from_config(model.get_config()).input_mapping
