@@ -14,7 +14,7 @@ dropped (a pseudo-inverse square root), as in the original code.
 
 from keras import ops
 
-__all__ = ["canonical_correlation", "dcca_loss", "inverse_sqrt", "cca_matrices"]
+__all__ = ["canonical_correlation", "dcca_loss", "inverse_sqrt", "cca_matrices", "finite_views"]
 
 
 def _check_views(h1, h2):
@@ -35,6 +35,17 @@ def inverse_sqrt(s, eps=1e-12):
     keep = ops.greater(e, eps)
     inv = ops.where(keep, ops.reciprocal(ops.sqrt(ops.where(keep, e, ops.ones_like(e)))), 0.0)
     return ops.matmul(v * inv[None, :], ops.transpose(v))
+
+
+def finite_views(h1, h2):
+    """``(h1, h2, ok)`` with non-finite entries zeroed and ``ok`` true when there were none.
+
+    A diverged network (NaN/inf features) would make the eigen-decomposition fail and abort the
+    step with a backend error; zeroing keeps the step running so that the NaN loss is reported
+    (callers return NaN when ``ok`` is false) and training can stop with a clear message.
+    """
+    ok = ops.logical_and(ops.all(ops.isfinite(h1)), ops.all(ops.isfinite(h2)))
+    return ops.where(ok, h1, 0.0), ops.where(ok, h2, 0.0), ok
 
 
 def cca_matrices(h1, h2, r=1e-4, eps=1e-12):
@@ -64,10 +75,9 @@ def canonical_correlation(h1, h2, r=1e-4, eps=1e-12):
             the square root.
     """
     _check_views(h1, h2)
-    h1 = ops.cast(h1, "float32")
-    h2 = ops.cast(h2, "float32")
+    h1, h2, ok = finite_views(ops.cast(h1, "float32"), ops.cast(h2, "float32"))
     t = cca_matrices(h1, h2, r, eps)[0]
-    return ops.sqrt(ops.sum(ops.square(t)) + eps)
+    return ops.where(ok, ops.sqrt(ops.sum(ops.square(t)) + eps), float("nan"))
 
 
 def _dcca_core(r, eps):
@@ -116,7 +126,6 @@ def dcca_loss(h1, h2, r=1e-4, eps=1e-12):
             with ``σ² <= eps`` are left out of the sum.
     """
     _check_views(h1, h2)
-    h1 = ops.cast(h1, "float32")
-    h2 = ops.cast(h2, "float32")
-    return _dcca_core(float(r), float(eps))(h1, h2)
+    h1, h2, ok = finite_views(ops.cast(h1, "float32"), ops.cast(h2, "float32"))
+    return ops.where(ok, _dcca_core(float(r), float(eps))(h1, h2), float("nan"))
 

@@ -84,3 +84,16 @@ def test_dcca_gradient_descent_increases_correlation():
     loss0, (g1, g2) = value_and_grads(dcca_loss, h1, h2)
     loss1 = float(dcca_loss(h1 - 0.05 * g1, h2 - 0.05 * g2))
     assert loss1 < float(loss0)
+
+
+def test_non_finite_views_give_nan_instead_of_a_backend_error():
+    """A diverged network must surface as a NaN loss (which train_cnn reports), not an eigh crash."""
+    rng = np.random.default_rng(0)
+    h1 = rng.normal(size=(8, 3)).astype("float32")
+    h2 = rng.normal(size=(8, 3)).astype("float32")
+    h1[2, 1] = np.nan
+    h2[0, 0] = np.inf
+    assert np.isnan(float(canonical_correlation(h1, h2)))
+    assert np.isnan(float(dcca_loss(h1, h2)))
+    ok = rng.normal(size=(8, 3)).astype("float32")
+    assert np.isfinite(float(canonical_correlation(ok, ok + 0.1)))
