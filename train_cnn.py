@@ -221,6 +221,7 @@ def build_or_resume(args, data: Data, paths: RunPaths, seed: int):
     if args.resume:
         state = json.loads(paths.state.read_text())
         net = cfn.load_model(paths.last)
+        net.jit_compile = args.jit
         log.info("resuming %s after epoch %d", paths.last, state["epoch"])
         return net, state
     try:

@@ -103,7 +103,7 @@ def test_resume_matches_an_uninterrupted_run(trained, demo_data, tmp_path):
     resumed = weights_of(workdir / "checkpoints" / "last.keras")
     straight = weights_of(trained / "checkpoints" / "last.keras")
     assert len(resumed) == len(straight)
-    for a, b in zip(resumed, straight):
+    for a, b in zip(resumed, straight, strict=True):
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
 
 
@@ -181,3 +181,21 @@ def test_bad_flag_values_are_usage_errors(capsys):
             train_cnn.parse_args(argv)
         assert exc.value.code == 2
     assert "usage:" in capsys.readouterr().err
+
+
+def test_trains_and_evaluates_on_the_jax_backend(demo_data, tmp_path):
+    pytest.importorskip("jax")
+    import os
+
+    env = {**os.environ, "KERAS_BACKEND": "jax"}
+    workdir = tmp_path / "jax"
+    proc = subprocess.run([sys.executable, "train_cnn.py", "--data_dir", str(demo_data),
+                           "--workdir", str(workdir), "-e", "1", *FAST], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "TensorBoard logging needs the TensorFlow backend" in proc.stderr
+    assert json.loads((workdir / "args.json").read_text())["devices"]["backend"] == "jax"
+    assert not list(workdir.rglob("*tfevents*"))
+    assert (workdir / "checkpoints" / "best.keras").is_file()
+    results = json.loads((workdir / "results" / "tst" / "results.json").read_text())
+    assert 0.0 <= results["metrics"]["OA_t1"] <= 1.0
