@@ -29,6 +29,7 @@ RUN_FIGURES = (
     "pr_curve.png",
     "class_maps.png",
     "change_map.png",
+    "change_map_threshold.png",
 )
 
 _C = {
@@ -334,56 +335,11 @@ def draw_run(run, out, result_dir=None) -> list[Path]:
     if result_dir is None:
         log.warning("%s: no evaluation result directory (results.json + predictions.npz)", run)
         return written
+    from eval import write_figures  # the same figures eval.py writes, one code path
+
     metrics, preds = load_result_dir(result_dir)
-    names = metrics["class_names"]
-    written += [
-        plots.plot_confusion_matrix(
-            metrics["confusion_t1"],
-            names,
-            out / "confusion_t1.png",
-            title=f"t1: OA {metrics['OA_t1']:.3f}",
-        ),
-        plots.plot_confusion_matrix(
-            metrics["confusion_t2"],
-            names,
-            out / "confusion_t2.png",
-            title=f"t2: OA {metrics['OA_t2']:.3f}",
-        ),
-        plots.plot_transition_matrices(
-            metrics["transition_true"], metrics["transition_pred"], names, out / "transitions.png"
-        ),
-        plots.plot_pr_curve(
-            preds["changed_true"],
-            preds["p_change"],
-            out / "pr_curve.png",
-            threshold=metrics["threshold"],
-            argmax_point=(metrics["change_recall"], metrics["change_precision"]),
-        ),
-    ]
-    if "row" in preds:
-        written.append(
-            plots.plot_class_maps(
-                preds["row"],
-                preds["col"],
-                preds["label_t1"],
-                preds["label_t2"],
-                preds["pred_t1"],
-                preds["pred_t2"],
-                names,
-                out / "class_maps.png",
-            )
-        )
-        written.append(
-            plots.plot_change_map(
-                preds["row"],
-                preds["col"],
-                preds["changed_true"],
-                preds["changed_pred"],
-                out / "change_map.png",
-                title="Changes, argmax t1 ≠ argmax t2",
-            )
-        )
-    else:
+    written += write_figures(out, metrics, preds)
+    if "row" not in preds:
         log.warning("%s: predictions have no row/col, no change maps", result_dir)
     return written
 
