@@ -27,34 +27,27 @@ def str2bool(value: str) -> bool:
     raise argparse.ArgumentTypeError(f"expected true/false/1/0/yes/no, got {value!r}")
 
 
+def _number(value: str, cast, ok, expected: str):
+    """Parse with `cast`, check with `ok`; argparse turns the error into a usage error (exit 2)."""
+    try:
+        v = cast(value)
+    except ValueError:
+        v = None
+    if v is None or v != v or not ok(v):  # v != v: NaN
+        raise argparse.ArgumentTypeError(f"expected {expected}, got {value!r}")
+    return v
+
+
 def positive_int(value: str) -> int:
-    try:
-        v = int(value)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value!r}") from None
-    if v <= 0:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value!r}")
-    return v
+    return _number(value, int, lambda v: v > 0, "a positive integer")
 
 
-def positive_float(value: str) -> float:
-    try:
-        v = float(value)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive number, got {value!r}") from None
-    if not v > 0 or v != v or v == float("inf"):
-        raise argparse.ArgumentTypeError(f"expected a positive finite number, got {value!r}")
-    return v
+def non_negative_float(value: str) -> float:
+    return _number(value, float, lambda v: 0 <= v < float("inf"), "a finite number >= 0")
 
 
 def probability(value: str) -> float:
-    try:
-        v = float(value)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number in [0, 1], got {value!r}") from None
-    if not 0.0 <= v <= 1.0:
-        raise argparse.ArgumentTypeError(f"expected a number in [0, 1], got {value!r}")
-    return v
+    return _number(value, float, lambda v: 0.0 <= v <= 1.0, "a number in [0, 1]")
 
 
 def image_size(value: str) -> tuple[int, int]:
@@ -167,8 +160,8 @@ def train_parser() -> argparse.ArgumentParser:
                        help="backbone weights: none (random), 'imagenet', or a weights file path")
     model.add_argument("--hidden", type=positive_int, default=1024, help="width of the FC layers (d)")
     model.add_argument("--reduction", type=positive_int, default=2, help="CorrFusion reduction ratio r")
-    model.add_argument("--lambda1", type=float, default=0.1, help="weight of the correlation loss")
-    model.add_argument("--lambda2", type=float, default=1e-4, help="weight of the decorrelation loss")
+    model.add_argument("--lambda1", type=non_negative_float, default=0.1, help="weight of the correlation loss")
+    model.add_argument("--lambda2", type=non_negative_float, default=1e-4, help="weight of the decorrelation loss")
     model.add_argument("--corr_norm", choices=("batch", "unchanged"), default="batch",
                        help="divide the correlation loss by the batch size (original) or by the "
                             "number of unchanged pairs")
@@ -182,7 +175,7 @@ def train_parser() -> argparse.ArgumentParser:
                      help="learning rates of the piecewise-constant schedule (one value = constant)")
     opt.add_argument("--lr_boundaries", type=int_list, default=[30, 60, 90],
                      help="epochs at which the learning rate steps to the next value")
-    opt.add_argument("--momentum", type=float, default=0.9, help="SGD momentum")
+    opt.add_argument("--momentum", type=non_negative_float, default=0.9, help="SGD momentum")
     opt.add_argument("--seed", type=int, default=0, help="seed of run 0 (run k uses seed + k)")
     opt.add_argument("--runs", type=positive_int, default=1,
                      help="independent runs (the original trained 3), each in WORKDIR/k/")

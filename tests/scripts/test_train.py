@@ -176,7 +176,10 @@ def test_boolean_flags_parse_like_a_user_means(value, expected):
 
 def test_bad_flag_values_are_usage_errors(capsys):
     for argv in (["--data_dir", "d", "-tb", "maybe"], ["--data_dir", "d", "-b", "0"],
-                 ["--data_dir", "d", "--lr", "1e-3,1e-4"], ["--data_dir", "d", "-g", "gpu0"]):
+                 ["--data_dir", "d", "--lr", "1e-3,1e-4"], ["--data_dir", "d", "-g", "gpu0"],
+                 ["--data_dir", "d", "--lambda1", "-1"], ["--data_dir", "d", "--image_size", "0"],
+                 ["--data_dir", "d", "--lr_boundaries", "60,30"], ["--resume", "--overwrite"],
+                 ["-e", "5"]):
         with pytest.raises(SystemExit) as exc:
             train_cnn.parse_args(argv)
         assert exc.value.code == 2
