@@ -1,0 +1,1 @@
+"""Throughput, memory and start-up benchmarks (not tests); results in benchmarks/RESULTS.md."""

@@ -1,0 +1,69 @@
+"""Smoke tests of the benchmark scripts at tiny sizes (no timing is asserted)."""
+
+import json
+import sys
+
+import numpy as np
+import pytest
+
+from benchmarks import common, gpu_bench, memory, startup, throughput
+
+
+def test_forward_flops_match_the_issue_figure():
+    # issue 7: 146 GFLOP per training pair for CorrFusion-VGG16 at 200x200
+    train = 3 * gpu_bench.forward_flops_per_pair(200)
+    assert train == pytest.approx(146e9, rel=0.01)
+    # VGG16's convolutions at 224x224: 15.35 GMAC per image, the textbook figure
+    conv_224 = gpu_bench.forward_flops_per_pair(224, hidden=2, classes=1) / 2
+    assert conv_224 == pytest.approx(30.7e9, rel=0.005)
+
+
+def test_datasheet_peak_lookup():
+    assert gpu_bench.datasheet_peak("NVIDIA H200") == pytest.approx(989.4e12)
+    assert gpu_bench.datasheet_peak(None) is None
+
+
+def test_random_split_seed_loader_and_row_reader_agree(tmp_path):
+    split = common.write_random_split(tmp_path / "trn", [5, 3], 8, classes=3)
+    seed = list(memory.seed_batches(split, 4))
+    rows = list(memory.row_batches(split, 4))
+    assert sum(len(y[0]) for _, y in seed) == sum(len(y[0]) for _, y in rows) == 8
+    x = np.concatenate([b[0][0] for b in seed])
+    assert x.dtype == np.float32 and x.min() >= -0.5 and x.max() <= 0.5
+
+    def pairs(batches):  # order-free comparison: (label_t1, pixel sum) of every pair
+        return sorted((int(y[0][i]), round(float(x[0][i].sum()), 2))
+                      for x, y in batches for i in range(len(y[0])))
+
+    assert pairs(rows) == pairs(seed)  # random uint8 images: the shard max is 255
+    stats = common.median_spread([1.0, 2.0, 4.0])
+    assert stats["median"] == 2.0 and stats["rel_half_range"] == pytest.approx(0.75)
+
+
+def test_entry_points_answer_help_without_heavy_imports():
+    for script in ("train_cnn.py", "eval.py"):
+        heavy = startup.imported_heavy_modules(script)
+        assert not {"tensorflow", "keras", "jax", "torch"} & set(heavy), (script, heavy)
+
+
+def test_throughput_runs_tiny(tmp_path, capsys):
+    out = tmp_path / "tp.json"
+    throughput.main(["--size", "16", "--batch", "4", "--steps", "1", "--reps", "1", "--hidden", "8",
+                     "--no_eval", "--tmp", str(tmp_path), "--json", str(out)])
+    res = json.loads(out.read_text())
+    assert set(res["ratios"]) >= {"train_ratio", "train_ratio_cpu"}
+    assert res["pairs_train"] == 4
+
+
+def test_torch_reference_trains_a_step_on_cpu():
+    pytest.importorskip("torch")
+    a = gpu_bench.parse_args(["--device", "cpu", "--size", "32", "--batch", "2", "--steps", "1",
+                              "--warmup", "0", "--reps", "1", "--pool", "1", "--hidden", "16"])
+    res = gpu_bench.child_torch(a, compiled=False)
+    assert res["train"] > 0 and res["infer"] > 0
+
+
+def test_scripts_are_importable_as_files():
+    for mod in (throughput, memory, startup, gpu_bench):
+        assert mod.__doc__ and "python" in mod.__doc__
+    assert sys.modules["benchmarks.common"] is common
