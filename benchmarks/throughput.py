@@ -28,6 +28,7 @@ Data: random uint8 §4 shards written to a temporary directory (removed afterwar
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import os
 import shutil
@@ -67,6 +68,10 @@ def parse_args(argv=None):
     r = p.add_argument_group("measurement")
     r.add_argument("--reps", type=int, default=5, help="interleaved repetitions (medians reported)")
     r.add_argument("--no_eval", action="store_true", help="skip the evaluate_split vs predict part")
+    r.add_argument("--ab_autotune", action="store_true",
+                   help="also time evaluate_split with the loader's tf.data settings before the "
+                        "fix of RESULTS.md 1c (AUTOTUNE parallelism/prefetch, autotuning on) in "
+                        "the same repetitions (baseline of that fix)")
     r.add_argument("--profile", default=None, help="write a cProfile summary of one full epoch here")
     r.add_argument("--json", default=None, help="write the figures as JSON here")
     r.add_argument("--tmp", default=None, help="parent directory of the temporary data")
@@ -135,6 +140,22 @@ def stopwatch_callback():
 def in_memory_batches(dataset):
     """The dataset's batches materialised as eager tensors (already scaled)."""
     return [(tuple(x), tuple(y)) for x, y in dataset]
+
+
+@contextlib.contextmanager
+def autotuned_loader():
+    """data.loader's tf.data settings as they were before the fix of RESULTS.md 1c."""
+    import tensorflow as tf
+
+    from data import loader
+
+    saved = loader.MAP_PARALLELISM, loader.PREFETCH_BATCHES, loader._tf_options
+    loader.MAP_PARALLELISM = loader.PREFETCH_BATCHES = tf.data.AUTOTUNE
+    loader._tf_options = lambda tf: tf.data.Options()
+    try:
+        yield
+    finally:
+        loader.MAP_PARALLELISM, loader.PREFETCH_BATCHES, loader._tf_options = saved
 
 
 def load_split_arrays(split_dir):
@@ -223,6 +244,10 @@ def _run(a, tmp: Path) -> dict:
     def bare_eval():
         return timed(lambda: net.predict((x1, x2), batch_size=a.batch, verbose=0), n_eval)
 
+    def full_eval_autotune():
+        with autotuned_loader():
+            return full_eval()
+
     log.info("warm-up (tracing, first epoch)")
     full_train()
     bare_fit()
@@ -264,6 +289,8 @@ def _run(a, tmp: Path) -> dict:
                     res["full_eval"], res["full_eval_cpu"] = full_eval()
                 else:
                     res["bare_eval"], res["bare_eval_cpu"] = bare_eval()
+            if a.ab_autotune:
+                res["full_eval_autotune"], res["full_eval_autotune_cpu"] = full_eval_autotune()
         for sfx in ("", "_cpu"):
             ft = res["full_train" + sfx]
             res["train_ratio_vs_fit" + sfx] = ft / res["bare_fit" + sfx]
@@ -272,6 +299,9 @@ def _run(a, tmp: Path) -> dict:
             res["train_ratio" + sfx] = ft / max(res["bare_fit" + sfx], res["bare_train" + sfx])
             if not a.no_eval:
                 res["eval_ratio" + sfx] = res["full_eval" + sfx] / res["bare_eval" + sfx]
+            if a.ab_autotune:
+                res["eval_ratio_autotune" + sfx] = (res["full_eval_autotune" + sfx]
+                                                    / res["bare_eval" + sfx])
         for k, v in res.items():
             rows.setdefault(k, []).append(v)
         log.info("rep %d: %s", rep + 1, {k: round(v, 3) for k, v in res.items()})
@@ -316,6 +346,11 @@ def main(argv=None) -> int:
                      f"bare {out['pairs_per_s']['bare_eval']['median']:.1f} pairs/s")
         lines.append(f"  per CPU-second: eval = {r['eval_ratio_cpu']['median']:.3f} "
                      f"(min {r['eval_ratio_cpu']['min']:.3f}, max {r['eval_ratio_cpu']['max']:.3f})")
+    if "eval_ratio_autotune" in r:
+        lines.append(f"  before the 1c fix (tf.data autotuning on): eval = "
+                     f"{r['eval_ratio_autotune']['median']:.3f} "
+                     f"(min {r['eval_ratio_autotune']['min']:.3f}, "
+                     f"max {r['eval_ratio_autotune']['max']:.3f})")
     sys.stdout.write("\n".join(lines) + "\n")
     return 0
 

@@ -31,6 +31,9 @@ from data import shards
 
 log = logging.getLogger(__name__)
 
+MAP_PARALLELISM = 2  # batches cast/scaled/resized at once in tf.data (cheap per-batch work)
+PREFETCH_BATCHES = 2  # finished batches kept ready ahead of the model
+
 
 # ----------------------------------------------------------------------------- pure functions
 
@@ -186,10 +189,28 @@ def _tf_dataset(summary, batch_size, training, seed, image_size, num_classes, dr
     ds = ds.apply(tf.data.experimental.assert_cardinality(
         steps_per_epoch(summary, batch_size, drop_remainder)))
     ds = ds.map(lambda x1, x2, y1, y2: ((finish(x1), finish(x2)), (y1, y2)),
-                num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
-    ds = ds.prefetch(tf.data.AUTOTUNE)
+                num_parallel_calls=MAP_PARALLELISM, deterministic=True)
+    ds = ds.prefetch(PREFETCH_BATCHES)
+    ds = ds.with_options(_tf_options(tf))
     ds.set_epoch = set_epoch
     return ds
+
+
+def _tf_options(tf):
+    """tf.data options of the loader: fixed parallelism and buffers, autotuning off.
+
+    Why: Keras (3.15, ``trainers/epoch_iterator.py``) opens a fresh iterator at the end of every
+    pass over a dataset of known length (predict, evaluate, each fit epoch) and drops the one it
+    has just used. With tf.data autotuning on, tearing that used iterator down blocks the caller
+    for about 0.5 s on this CPU (measured: ``del`` of the iterator 0.5-0.6 s with autotuning,
+    <= 1 ms without; benchmarks/RESULTS.md 1c) -- a fixed cost per ``predict``/``evaluate`` call
+    and per epoch. The pipeline has nothing to tune anyway: one Python generator, a cheap map
+    and a short prefetch, so fixed values cost no throughput and also bound the memory of the
+    buffers (autotuning may grow them up to its RAM budget).
+    """
+    options = tf.data.Options()
+    options.autotune.enabled = False
+    return options
 
 
 class ShardPyDataset(keras.utils.PyDataset):
