@@ -13,15 +13,19 @@ Configurations (same model, small backbone, same batch size, same number of trai
   the whole epoch is streamed (every batch read from the shard, gathered, cast and scaled by the
   tf.data pipeline); the first ``--train_steps`` batches also go through ``model.train_on_batch``.
 * ``stream-4``: the same over FOUR such shards (4 x ``--pairs`` pairs, like the Wuhan trn split's
-  4 files): the loader holds one shard at a time, so the peak should not grow.
+  4 files): the peak should not grow. The shards are uncompressed (``write_shard``'s default),
+  so the loader reads each batch's pairs with ``os.preadv`` and holds no shard at all.
+* ``whole-1`` / ``whole-4``: the same loader forced to decode each shard whole
+  (``data.loader.load_shard(per_batch=False)``, what it did for every shard before per-batch reads
+  and still does for compressed shards): the baseline of that change, in the same run.
 * ``seed-1``: the original's ``utils.LoadNpy``: ``np.load`` of the one shard, each date
   ``image.astype(np.float32) / np.max(image) - 0.5``, then batches sliced from those float arrays
   (shuffled), the first ``--train_steps`` trained on.
 
-* ``rows-1`` / ``rows-4``: a prototype of a loader that holds no shard at all: each batch's pairs
-  are read from the (uncompressed) npz members with ``os.pread`` at their byte offsets, in a
-  per-shard shuffled order, then cast and scaled like the loader does. It measures what moving
-  ``data.loader`` to row reads would save (see RESULTS.md); it is not used by train_cnn.py.
+* ``rows-1`` / ``rows-4``: the prototype that led to the loader's per-batch reads: each batch's
+  pairs read from the (uncompressed) npz members with ``os.pread`` at their byte offsets, in a
+  per-shard shuffled order, then cast and scaled in NumPy. Kept as a reference for the loader's
+  figures; not used by train_cnn.py.
 
 Training every batch at 200x200 on 2 CPU cores would take tens of minutes per configuration; the
 train steps only add the model's activation memory, which is the same in every configuration and
@@ -58,7 +62,7 @@ from benchmarks.common import (
 
 log = logging.getLogger("benchmarks.memory")
 TARGET = 0.33
-MODES = ("model", "stream-1", "stream-4", "seed-1", "rows-1", "rows-4")
+MODES = ("model", "stream-1", "stream-4", "whole-1", "whole-4", "seed-1", "rows-1", "rows-4")
 
 
 def parse_args(argv=None):
@@ -89,7 +93,7 @@ def parse_args(argv=None):
 def make_data(root: Path, a) -> None:
     t = time.perf_counter()
     write_random_split(root / "one" / "trn", [a.pairs], a.size, a.classes, seed=1)
-    if "stream-4" in a.modes or "rows-4" in a.modes:
+    if any(m.endswith("-4") for m in a.modes):
         write_random_split(root / "four" / "trn", [a.pairs] * 4, a.size, a.classes, seed=1,
                            reuse_images=True)
     write_random_split(root / "val", [a.batch], a.size, a.classes, seed=2)
@@ -133,9 +137,7 @@ def run_parent(a) -> dict:
             make_data(tmp, a)
         results = {}
         for mode in a.modes:
-            trn = {"model": None, "stream-1": tmp / "one" / "trn", "stream-4": tmp / "four" / "trn",
-                   "seed-1": tmp / "one" / "trn", "rows-1": tmp / "one" / "trn",
-                   "rows-4": tmp / "four" / "trn"}[mode]
+            trn = None if mode == "model" else tmp / ("four" if mode.endswith("-4") else "one") / "trn"
             res = run_child(mode, trn, tmp / "val", a)
             results[mode] = res
             log.info("%s: peak %.0f MiB (VmHWM %.0f MiB), %d pairs streamed, %.1f s", mode,
@@ -157,6 +159,12 @@ def run_parent(a) -> dict:
         if "model" in results:
             floor = results["model"]["peak_mib"]
             out["data_part_mib"] = {m: results[m]["peak_mib"] - floor for m in results}
+    if "whole-1" in results and "seed-1" in results:
+        r = results["whole-1"]["peak_mib"] / results["seed-1"]["peak_mib"]
+        out["ratio_whole1_vs_seed1"] = {"value": r, "pass": r <= TARGET}
+    if "whole-1" in results and "stream-1" in results:
+        out["ratio_stream1_vs_whole1"] = (results["stream-1"]["peak_mib"]
+                                          / results["whole-1"]["peak_mib"])
     if "rows-1" in results and "seed-1" in results:
         r = results["rows-1"]["peak_mib"] / results["seed-1"]["peak_mib"]
         out["ratio_rows1_vs_seed1"] = {"value": r, "pass": r <= TARGET}
@@ -281,10 +289,15 @@ def run_child_mode(a) -> dict:
             net.train_on_batch(x, y)
             steps += 1
         batches = iter(())
-    elif a.child.startswith("stream"):
+    elif a.child.startswith(("stream", "whole")):
+        import functools
+
         import train_cnn
+        from data import loader
 
         targs, net = child_model(a, 1)
+        if a.child.startswith("whole"):  # the loader as it was for every shard: decode it whole
+            loader.load_shard = functools.partial(loader.load_shard, per_batch=False)
         data = train_cnn.load_data(targs)
         batches = iter(data.trn)
     elif a.child.startswith("rows"):
@@ -319,6 +332,11 @@ def main(argv=None) -> int:
         v = out["ratio_stream1_vs_seed1"]
         rows.append(f"stream-1 / seed-1 = {v['value']:.3f} (target <= {TARGET}: "
                     f"{'PASS' if v['pass'] else 'FAIL'})")
+    if "ratio_whole1_vs_seed1" in out:
+        v = out["ratio_whole1_vs_seed1"]
+        rows.append(f"whole-1 / seed-1 = {v['value']:.3f} (loader decoding whole shards)")
+    if "ratio_stream1_vs_whole1" in out:
+        rows.append(f"stream-1 / whole-1 = {out['ratio_stream1_vs_whole1']:.3f}")
     if "ratio_rows1_vs_seed1" in out:
         v = out["ratio_rows1_vs_seed1"]
         rows.append(f"rows-1 / seed-1 = {v['value']:.3f} (prototype row reader)")

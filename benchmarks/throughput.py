@@ -20,7 +20,9 @@ What is timed, per repetition (the two sides alternate order from one repetition
   of the two in each repetition.
 * full evaluation: ``eval.evaluate_split`` (shard checks, loader, predict, labels, every metric).
 * bare evaluation: ``model.predict`` on the split's images already scaled in memory (NumPy).
-* loader alone: iterating the training dataset without a model (the pipeline's own ceiling).
+* loader alone: iterating the training dataset without a model (the pipeline's own ceiling),
+  with per-batch reads (uncompressed shards, the default) and with each shard decoded whole
+  (``load_shard(per_batch=False)``: compressed shards, and every shard before per-batch reads).
 
 Data: random uint8 §4 shards written to a temporary directory (removed afterwards unless --keep).
 """
@@ -234,6 +236,19 @@ def _run(a, tmp: Path) -> dict:
     def loader_only():
         return timed(lambda: sum(1 for _ in data.trn), n_train)
 
+    def loader_only_whole():
+        """The loader decoding each shard whole (as before per-batch reads; compressed shards)."""
+        import functools
+
+        from data import loader
+
+        saved = loader.load_shard
+        loader.load_shard = functools.partial(saved, per_batch=False)
+        try:
+            return loader_only()
+        finally:
+            loader.load_shard = saved
+
     tst_dir = data_dir / "tst"
     x1, x2 = load_split_arrays(tst_dir)
     n_eval = len(x1)
@@ -283,6 +298,7 @@ def _run(a, tmp: Path) -> dict:
                 res["bare_fit"], res["bare_fit_cpu"] = bare_fit()
                 res["bare_train"], res["bare_train_cpu"] = bare_train()
         res["loader"], res["loader_cpu"] = loader_only()
+        res["loader_whole"], res["loader_whole_cpu"] = loader_only_whole()
         if not a.no_eval:
             for side in order:
                 if side == 0:
@@ -336,7 +352,8 @@ def main(argv=None) -> int:
              f"(min {r['train_ratio']['min']:.3f}, max {r['train_ratio']['max']:.3f}); "
              f"bare fit {out['pairs_per_s']['bare_fit']['median']:.1f} / train_on_batch "
              f"{out['pairs_per_s']['bare_train']['median']:.1f} pairs/s, "
-             f"loader alone {out['pairs_per_s']['loader']['median']:.0f} pairs/s, "
+             f"loader alone {out['pairs_per_s']['loader']['median']:.0f} pairs/s "
+             f"(decoding whole shards {out['pairs_per_s']['loader_whole']['median']:.0f}), "
              f"epoch end {out['epoch_end_s']['median']:.2f} s"]
     lines.append(f"  per CPU-second: train full/bare = {r['train_ratio_cpu']['median']:.3f} "
                  f"(min {r['train_ratio_cpu']['min']:.3f}, max {r['train_ratio_cpu']['max']:.3f})")

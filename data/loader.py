@@ -8,10 +8,16 @@ How it works (the same pure functions serve both backends):
   ``(file, start, stop)`` of the per-shard order it takes. Training shuffles the shard order and the
   pairs within each shard from ``(seed, epoch)``; batches that straddle two shards mix them.
   Evaluation keeps sorted-file order and stored pair order (the order of ``read_labels``).
-* :class:`ShardCache` holds at most ONE decoded shard: the previous one is released before the
-  next is read, so peak memory is one shard (in its stored dtype, e.g. uint8) plus a few batches,
-  whatever the number of shards. npz members cannot be memory-mapped when compressed, so a shard is
-  decoded whole with ``np.load(allow_pickle=False)``; its float values are checked as it is read.
+* :func:`load_shard` opens one shard: labels checked, undefined pairs dropped. Shards whose image
+  members are stored uncompressed (``ZIP_STORED``, the default of every writer here) are read
+  **per batch**: the byte offset of each image array is computed once per shard (zip local
+  header + ``.npy`` header) and each batch's pairs are read with ``os.preadv`` (indices sorted
+  for locality, consecutive ones in one call, scattered back into batch order), so no shard is
+  held in memory: peak memory is a few batches whatever the shard or split size. Float images
+  are checked (finite, in [0, 1]) batch by batch. Compressed members cannot be addressed by
+  offset; such a shard is decoded whole with ``np.load(allow_pickle=False)`` and checked as it
+  is read (logged once per split), and :class:`ShardCache` holds at most ONE of them: the
+  previous one is released before the next is read.
 * :func:`gather_batch` builds a batch in the stored dtype; the cast to float32, the §2 scaling and
   the optional resize happen on the batch only (tf.data ``map`` on TensorFlow, NumPy/keras.ops in
   the ``PyDataset`` on other backends).
@@ -23,6 +29,7 @@ from __future__ import annotations
 import itertools
 import logging
 import math
+import pathlib
 
 import keras
 import numpy as np
@@ -87,21 +94,62 @@ def batch_plan(pairs_per_file, batch_size, training, seed=0, epoch=0, drop_remai
     return plan
 
 
-def load_shard(path, summary, num_classes=None) -> dict:
-    """Read and check one shard in full: arrays in stored dtype plus ``defined`` (usable indices)."""
-    info, _ = shards.check_shard(path, summary.num_classes if num_classes is None else num_classes)
+_WHOLE_SHARD_LOGGED = set()  # split dirs already told that their shards are decoded whole
+
+
+def load_shard(path, summary, num_classes=None, per_batch=None) -> dict:
+    """Open and check one shard: labels, ``defined`` (usable indices) and the way to its images.
+
+    Shards whose image members are stored uncompressed (what the project's writers produce) are
+    read per batch: the dict holds each member's :class:`data.shards.MemberLayout` under
+    ``layouts`` and :func:`take_images` reads a batch's pairs with ``os.preadv`` (values of float
+    images checked per batch). Compressed members cannot be addressed by offset, so they are
+    decoded whole into the dict (``image_t1``/``image_t2``, stored dtype, values checked now).
+
+    Args:
+        per_batch: None: per batch when possible; False: always decode whole (tests, A/B).
+    """
+    info, arrays = shards.check_shard(path, summary.num_classes if num_classes is None
+                                      else num_classes)
     first = shards.ShardInfo(summary.files[0], 0, summary.image_shape, summary.dtype,
                              summary.class_names, summary.has_rowcol, 0)
     shards.check_consistent(first, info)
-    data = shards.load_arrays(path, shards.REQUIRED_KEYS)
-    for key in shards.IMAGE_KEYS:
-        shards.check_image_values(path, key, data[key])
+    data = {"path": path, "label_t1": arrays["label_t1"], "label_t2": arrays["label_t2"]}
     data["defined"] = np.flatnonzero(shards.defined_mask(data["label_t1"], data["label_t2"]))
+    layouts = None
+    if per_batch is not False and shards.per_batch_reads_supported():
+        layouts = {key: shards.stored_layout(path, key) for key in shards.IMAGE_KEYS}
+        if any(v is None for v in layouts.values()):
+            layouts = None
+    if layouts is not None:
+        data["layouts"] = layouts
+        return data
+    if per_batch is None and summary.split_dir not in _WHOLE_SHARD_LOGGED:
+        _WHOLE_SHARD_LOGGED.add(summary.split_dir)
+        mib = 2 * info.n * int(np.prod(info.image_shape)) * info.dtype.itemsize / 2**20
+        log.warning("%s: compressed (or Fortran-ordered) image arrays: each shard is decoded "
+                    "whole while it is read "
+                    "(%.0f MiB for %s); shards written uncompressed (the default of "
+                    "data.make_shards / data.synthetic / write_shard) are read per batch and "
+                    "never held", summary.split_dir, mib, pathlib.Path(path).name)
+    images = shards.load_arrays(path, shards.IMAGE_KEYS)
+    for key in shards.IMAGE_KEYS:
+        shards.check_image_values(path, key, images[key])
+    data.update(images)
     return data
 
 
+def take_images(data, key, idx) -> np.ndarray:
+    """Images ``idx`` of one shard opened by :func:`load_shard`, in that order (stored dtype)."""
+    if "layouts" in data:
+        return shards.read_rows(data["path"], data["layouts"][key], idx)
+    return data[key][idx]
+
+
 class ShardCache:
-    """Holds at most one decoded shard; reading another releases the current one first.
+    """Holds at most one opened shard; opening another releases the current one first.
+
+    With per-batch reads the opened shard is its labels and byte layout only (no images).
 
     Args:
         summary: the split's :class:`data.shards.SplitSummary`.
@@ -135,7 +183,7 @@ def _take(cache, f, start, stop, training, seed, epoch):
         data["order"] = pair_order(len(data["defined"]), training, seed, epoch, f)
         data["order_epoch"] = epoch
     idx = data["defined"][data["order"][start:stop]]
-    return [data["image_t1"][idx], data["image_t2"][idx],
+    return [take_images(data, "image_t1", idx), take_images(data, "image_t2", idx),
             data["label_t1"][idx].astype(np.int32) - 1, data["label_t2"][idx].astype(np.int32) - 1]
 
 

@@ -9,7 +9,14 @@ Two inputs are understood::
     python -m data.make_shards raster --t1 IMG1 --t2 IMG2 --labels1 L1 --labels2 L2 \\
         --tile 150 --out DIR [--bands 1,2,3] [--mat_key KEY] [options]
 
-Common options: ``--split 0.7,0.1,0.2 --seed 0 --shard_size 5000 --class_names a,b,c|FILE``.
+Common options: ``--split 0.7,0.1,0.2 --seed 0 --shard_size 5000 --class_names a,b,c|FILE
+--compress``.
+
+Shards are written uncompressed by default (``--compress`` to zip them): the loader reads the
+pairs of each batch straight from an uncompressed shard at their byte offsets and never holds a
+shard in memory, while a compressed shard must be decoded whole (1.1 GB for 5,000 pairs of
+200x200x3 uint8) each time it is read, on every epoch. ``--no_compress``, the switch of earlier
+versions, is still accepted and does nothing.
 
 Images keep their dtype (uint8, uint16; float must lie in [0, 1]). GeoTIFF and other rasters are
 read with rasterio, PNG/JPEG/BMP with Pillow. Nothing is written when the input is bad, and an
@@ -335,7 +342,11 @@ def parse_args(argv=None):
         g = sp.add_argument_group("output")
         g.add_argument("--out", required=True, help="output directory; trn/ val/ tst/ are created")
         g.add_argument("--shard_size", type=int, default=5000, help="max pairs per shard (default 5000)")
-        g.add_argument("--no_compress", action="store_true", help="store shards uncompressed")
+        g.add_argument("--compress", action="store_true",
+                       help="zip-compress the arrays (smaller files, but the loader must then "
+                            "decode each shard whole; default: stored uncompressed, read per batch)")
+        g.add_argument("--no_compress", action="store_true",
+                       help="the default (kept so that older command lines still work)")
         g = sp.add_argument_group("split and classes")
         g.add_argument("--split", default="0.7,0.1,0.2", help="trn,val,tst fractions (default 0.7,0.1,0.2)")
         g.add_argument("--seed", type=int, default=0, help="seed of the random split (default 0)")
@@ -364,7 +375,7 @@ def build(args) -> dict:
     n, get_pairs, names = load_pairs(args)
     parts = splits.split_indices(n, fractions, args.seed)
     return splits.write_splits(args.out, parts, get_pairs, args.shard_size, names,
-                               compress=not args.no_compress)
+                               compress=args.compress and not args.no_compress)
 
 
 def main(argv=None):

@@ -81,7 +81,9 @@ def write_splits(out_dir, splits: dict, get_pairs, shard_size=None, class_names=
             so only one shard of images is in memory at a time).
         shard_size: at most this many pairs per shard (None: one shard per split).
         class_names: names of classes 1..K, stored in every shard.
-        compress: ``np.savez_compressed`` instead of ``np.savez``.
+        compress: ``np.savez_compressed`` instead of ``np.savez``. Off by default: the loader
+            reads uncompressed shards per batch (no shard held in memory) but must decode
+            compressed ones whole.
 
     Returns:
         ``{name: [shard paths]}``.

@@ -8,7 +8,9 @@ so the mean colour of a tile says next to nothing about its class; its texture d
 The second date repeats the first date's scene with another illumination (per-channel gain and
 offset), fresh sensor noise and a misregistration of up to two pixels; a fraction ``change_rate``
 of the pairs shows a scene of another class instead. Pairs are laid on a grid (``row``/``col``),
-split 70/10/20 at random, and written as uint8. Everything follows from ``seed``.
+split 70/10/20 at random, and written as uint8, uncompressed (so that the loader reads them per
+batch and holds no shard in memory; see ``data.shards.write_shard``). Everything follows from
+``seed``.
 
 Command line::
 

@@ -1,5 +1,6 @@
 """data.loader: order, shuffling, scaling, label shift, skipping, resize, memory bound, PyDataset."""
 
+import functools
 import gc
 import os
 import pathlib
@@ -142,19 +143,100 @@ def test_pydataset_matches_tf_pipeline(split):
     np.testing.assert_array_equal(_epoch(tf_ds)[1], e0)  # same shuffle as the tf.data pipeline
 
 
-def test_float_values_checked_when_read(tmp_path):
-    split = make_split(tmp_path / "s", sizes=(4, 4), dtype=np.float32)
+@pytest.mark.parametrize("compressed", [False, True])
+@pytest.mark.parametrize("bad,expected", [(2.0, r"values in \[.*, 2\] in pair 3"),
+                                          (np.nan, "NaN or inf in pair 3"),
+                                          (-0.5, r"values in \[-0.5, .*\] in pair 3")])
+def test_float_values_checked_when_read(tmp_path, bad, expected, compressed):
+    split = make_split(tmp_path / "s", sizes=(4, 6), dtype=np.float32)
     with np.load(split / "shard_001.npz") as z:
         arrays = dict(z)
-    arrays["image_t2"][3, 0, 0, 0] = 2.0
-    np.savez(split / "shard_001.npz", **arrays)
+    arrays["image_t2"][3, 0, 0, 0] = bad
+    (np.savez_compressed if compressed else np.savez)(split / "shard_001.npz", **arrays)
     ds, _ = loader.make_dataset(split, 4, training=False)  # header checks only
-    with pytest.raises(Exception, match=r"shard_001\.npz: image_t2: values"):
+    if compressed:  # decoded whole: the whole-array check names the pair as well
+        expected = expected.replace("in pair 3", "(in|near) pair [03]")
+    with pytest.raises(Exception, match=r"shard_001\.npz: image_t2: " + expected):
         list(ds)
+    summary = shards.inspect_split(split, check_values=False)
+    batches = loader.iter_batches(summary, 4, training=False)
+    assert next(batches)[0].shape[0] == 4  # the good batch of shard_000 comes out first
+    with pytest.raises(shards.ShardError, match=r"shard_001\.npz: image_t2: " + expected):
+        list(batches)
 
 
-def test_holds_at_most_one_shard(split):
-    """Instrumented loader: when a shard is read, no earlier shard's images are still alive."""
+def _compress_split(split_dir):
+    """Rewrite every shard of a split with np.savez_compressed (members deflated)."""
+    for path in shards.list_shards(split_dir):
+        with np.load(path) as z:
+            arrays = dict(z)
+        np.savez_compressed(path, **arrays)
+    return split_dir
+
+
+def _batches(summary, load_fn=None, training=True, epoch=0, batch_size=4):
+    return list(loader.iter_batches(summary, batch_size, training, seed=5, epoch=epoch,
+                                    load_fn=load_fn))
+
+
+def _assert_same_batches(got, expected):
+    assert len(got) == len(expected)
+    for g, e in zip(got, expected, strict=True):
+        for a, b in zip(g, e, strict=True):
+            assert a.dtype == b.dtype and a.shape == b.shape
+            np.testing.assert_array_equal(a, b)
+
+
+@pytest.mark.parametrize("dtype", [np.uint8, np.uint16, np.float32])
+def test_per_batch_reads_equal_whole_shard_reads(tmp_path, dtype):
+    """Stored shards are read per batch (no images in the opened shard) and give exactly the
+    batches of the whole-shard reader: same pairs, same order, undefined pairs skipped."""
+    split = make_split(tmp_path / "s", sizes=SIZES, undefined=UNDEFINED, dtype=dtype, size=5)
+    summary = shards.inspect_split(split)
+    opened = loader.load_shard(summary.files[0], summary)
+    assert "layouts" in opened and "image_t1" not in opened
+    whole = functools.partial(loader.load_shard, per_batch=False)
+    assert "image_t1" in whole(summary.files[0], summary)
+    for training, epoch, batch_size in ((False, 0, 4), (True, 0, 4), (True, 1, 5), (True, 2, 1)):
+        _assert_same_batches(_batches(summary, None, training, epoch, batch_size),
+                             _batches(summary, whole, training, epoch, batch_size))
+    x1 = np.concatenate([b[0] for b in _batches(summary, training=False)])
+    with np.load(split / "shard_001.npz") as z:  # spot check against the file: ids 7, 8 (9 undefined)
+        np.testing.assert_array_equal(x1[DEFINED.index(7):DEFINED.index(9 - 1) + 1],
+                                      z["image_t1"][:2])
+
+
+def test_per_batch_read_scatters_into_batch_order(tmp_path):
+    path = make_split(tmp_path / "s", sizes=(20,), size=3)
+    layout = shards.stored_layout(path / "shard_000.npz", "image_t2")
+    with np.load(path / "shard_000.npz") as z:
+        ref = z["image_t2"]
+    for idx in ([7, 3, 4, 5, 19, 0, 1, 6], [2], [], list(range(20))[::-1]):
+        got = shards.read_rows(path / "shard_000.npz", layout, np.array(idx, dtype=np.int64))
+        np.testing.assert_array_equal(got, ref[idx])
+
+
+def test_compressed_shards_decoded_whole_and_logged_once(tmp_path, caplog):
+    split = make_split(tmp_path / "s", sizes=SIZES, undefined=UNDEFINED)
+    summary = shards.inspect_split(split)
+    stored = _batches(summary)
+    _compress_split(split)
+    summary = shards.inspect_split(split)
+    opened = loader.load_shard(summary.files[0], summary)
+    assert "layouts" not in opened and "image_t1" in opened
+    with caplog.at_level("WARNING", logger="data.loader"):
+        _assert_same_batches(_batches(summary), stored)
+        _batches(summary, epoch=1)
+    msgs = [r.getMessage() for r in caplog.records if "decoded whole" in r.getMessage()]
+    assert len(msgs) <= 1  # once per split (and per process: load_shard above may have logged)
+    ds, _ = loader.make_dataset(split, batch_size=4, training=False)
+    assert len(_epoch(ds)[0]) == len(DEFINED)
+
+
+def test_holds_at_most_one_shard(tmp_path):
+    """Instrumented loader on compressed shards (decoded whole): when a shard is read, no
+    earlier shard's images are still alive."""
+    split = _compress_split(make_split(tmp_path / "trn", sizes=SIZES, undefined=UNDEFINED))
     summary = shards.inspect_split(split)
     alive, peak = [], []
 
@@ -173,23 +255,38 @@ def test_holds_at_most_one_shard(split):
     assert max(peak) == 0
 
 
-def test_peak_memory_bounded_by_shards(tmp_path):
-    """tracemalloc: an epoch over 6 shards never allocates more than about one shard at a time.
-
-    (Besides the shard, np.load needs a fixed ~256 KiB read buffer per array, so shards are made
-    large enough here for that constant not to matter.)
-    """
-    split = make_split(tmp_path / "big", sizes=(400,) * 6, size=32)
-    summary = shards.inspect_split(split)
-    shard_bytes = 2 * 400 * 32 * 32 * 3
+def _epoch_peak(summary, batch_size):
     tracemalloc.start()
     try:
-        for _ in loader.iter_batches(summary, 16, True, seed=0):
+        for _ in loader.iter_batches(summary, batch_size, True, seed=0):
             pass
         _, peak = tracemalloc.get_traced_memory()
     finally:
         tracemalloc.stop()
-    assert peak < 2 * shard_bytes, (peak, shard_bytes)
+    return peak
+
+
+def test_peak_memory_stored_shards_is_about_one_batch(tmp_path):
+    """tracemalloc: an epoch over 6 stored shards allocates about one batch, no shard at all."""
+    split = make_split(tmp_path / "big", sizes=(400,) * 6, size=32)
+    summary = shards.inspect_split(split)
+    shard_bytes = 2 * 400 * 32 * 32 * 3  # 2.4 MB of images per shard
+    batch_bytes = 2 * 16 * 32 * 32 * 3  # 98 KB per batch
+    peak = _epoch_peak(summary, 16)
+    assert peak < 4 * batch_bytes + 64 * 1024 < shard_bytes / 5, (peak, batch_bytes, shard_bytes)
+
+
+def test_peak_memory_compressed_shards_bounded_by_one_shard(tmp_path):
+    """tracemalloc: compressed shards are decoded whole, but never more than one at a time.
+
+    (Besides the shard, np.load needs a fixed ~256 KiB read buffer per array, so shards are made
+    large enough here for that constant not to matter.)
+    """
+    split = _compress_split(make_split(tmp_path / "big", sizes=(400,) * 6, size=32))
+    summary = shards.inspect_split(split)
+    shard_bytes = 2 * 400 * 32 * 32 * 3
+    peak = _epoch_peak(summary, 16)
+    assert shard_bytes < peak < 2 * shard_bytes, (peak, shard_bytes)
 
 
 def test_other_backend_gets_pydataset(split):

@@ -45,6 +45,32 @@ def folders(tmp_path):
     return tmp_path, truth
 
 
+def _member_compression(out):
+    """{compress_type of every image member} of every shard written under out."""
+    import zipfile
+
+    types = set()
+    for path in out.glob("*/*.npz"):
+        with zipfile.ZipFile(path) as zf:
+            types |= {zf.getinfo(k + ".npy").compress_type for k in shards.IMAGE_KEYS}
+    return types
+
+
+@pytest.mark.parametrize("flag,expected", [(None, "stored"), ("--no_compress", "stored"),
+                                           ("--compress", "deflated")])
+def test_uncompressed_by_default(folders, flag, expected):
+    """Default: stored members (read per batch by the loader); --compress opts in to deflate;
+    --no_compress (the old switch) is accepted and changes nothing."""
+    import zipfile
+
+    root, _ = folders
+    out = root / "shards"
+    argv = ["folders", "--t1", str(root / "d1"), "--t2", str(root / "d2"), "--out", str(out)]
+    assert make_shards.main(argv + ([flag] if flag else [])) == 0
+    want = zipfile.ZIP_STORED if expected == "stored" else zipfile.ZIP_DEFLATED
+    assert _member_compression(out) == {want}
+
+
 def test_folders_round_trip(folders):
     root, truth = folders
     out = root / "shards"

@@ -1,6 +1,7 @@
 """data.shards: summary, labels, scaling, writing, and every bad input of §4."""
 
 import json
+import os
 import re
 
 import numpy as np
@@ -66,6 +67,32 @@ def test_write_shard_round_trip(tmp_path):
         assert z["image_t1"].dtype == np.uint16
     assert shards.inspect_split(tmp_path / "s").class_names == ["c1", "c2", "c3"]
     assert [p.name for p in (tmp_path / "s").iterdir()] == ["x.npz"]  # no temporary left
+
+
+def test_write_shard_stores_uncompressed_by_default(tmp_path):
+    a = shard_arrays(n=5, dtype=np.float32)
+    path = shards.write_shard(tmp_path / "x.npz", a["image_t1"], a["image_t2"], a["label_t1"],
+                              a["label_t2"])
+    for key in shards.IMAGE_KEYS:
+        layout = shards.stored_layout(path, key)
+        assert layout is not None and layout.shape == (5, 4, 4, 3) and layout.dtype == np.float32
+        np.testing.assert_array_equal(shards.read_rows(path, layout, [4, 0, 1]), a[key][[4, 0, 1]])
+    shards.write_shard(tmp_path / "z.npz", a["image_t1"], a["image_t2"], a["label_t1"],
+                       a["label_t2"], compress=True)
+    assert shards.stored_layout(tmp_path / "z.npz", "image_t1") is None  # compressed: no offsets
+
+
+def test_per_batch_read_of_a_truncated_shard(tmp_path):
+    a = shard_arrays(n=6)
+    path = shards.write_shard(tmp_path / "x.npz", a["image_t1"], a["image_t2"], a["label_t1"],
+                              a["label_t2"])
+    layout = shards.stored_layout(path, "image_t2")
+    os.truncate(path, layout.offset + 2 * layout.row_bytes + 5)  # shrinks after it was opened
+    np.testing.assert_array_equal(shards.read_rows(path, layout, [1, 0]), a["image_t2"][[1, 0]])
+    with pytest.raises(shards.ShardError, match=r"x\.npz: image_t2: unreadable \(read .* bytes\)"):
+        shards.read_rows(path, layout, [0, 3])
+    with pytest.raises(shards.ShardError, match=r"x\.npz: file: not a zip"):
+        shards.stored_layout(path, "image_t2")
 
 
 def test_write_shard_refuses_bad_labels(tmp_path):
