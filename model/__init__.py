@@ -1,6 +1,23 @@
-"""CorrFusionNet model package (DESIGN.md §2): backbones, CorrFusion, CCA/DCCA, losses, network."""
+"""CorrFusionNet model package (DESIGN.md §2): backbones, CorrFusion, CCA/DCCA, losses, network.
 
-from model.backbones import BACKBONES
-from model.network import METHODS, CorrFusionNet, build_model, load_model
+The Keras parts are imported on first use, so that `python -m model.bovw` (NumPy/scikit-learn only)
+starts without loading TensorFlow.
+"""
 
-__all__ = ["BACKBONES", "METHODS", "CorrFusionNet", "build_model", "load_model"]
+import importlib
+
+_LAZY = {
+    "BACKBONES": "model.backbones",
+    "METHODS": "model.network",
+    "CorrFusionNet": "model.network",
+    "build_model": "model.network",
+    "load_model": "model.network",
+}
+
+__all__ = list(_LAZY)
+
+
+def __getattr__(name):
+    if name in _LAZY:
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'model' has no attribute {name!r}")
