@@ -1,0 +1,75 @@
+"""utils.devices (-g, precision policy, strategy) and utils.rundir (atomic writes, refusals)."""
+
+import json
+import os
+import stat
+
+import keras
+import pytest
+
+from utils import devices, rundir
+
+
+@pytest.mark.parametrize("gpu,expected", [("cpu", "-1"), ("0", "0"), ("0,1", "0,1")])
+def test_select_devices_sets_cuda_visible_devices(monkeypatch, gpu, expected):
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+    devices.select_devices(gpu)
+    assert os.environ["CUDA_VISIBLE_DEVICES"] == expected
+
+
+def test_select_devices_none_keeps_the_environment(monkeypatch):
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "3")
+    devices.select_devices(None)
+    assert os.environ["CUDA_VISIBLE_DEVICES"] == "3"
+
+
+def test_setup_backend_sets_and_resets_the_precision_policy():
+    try:
+        info = devices.setup_backend(mixed_precision=True)
+        assert info["precision"] == "mixed_bfloat16"  # no GPU here: bfloat16
+        assert keras.mixed_precision.global_policy().name == "mixed_bfloat16"
+        info = devices.setup_backend(mixed_precision=False)
+        assert info["precision"] == "float32" and info["backend"] == "tensorflow"
+    finally:
+        keras.mixed_precision.set_global_policy("float32")
+
+
+def test_strategy_without_gpus_is_the_default_one(monkeypatch):
+    monkeypatch.delenv("TF_CONFIG", raising=False)
+    info = {"backend": "tensorflow", "gpus": [], "precision": "float32"}
+    strategy = devices.make_strategy(info)
+    assert strategy.num_replicas_in_sync == 1 and info["strategy"] == "default (CPU)"
+    with strategy.scope():
+        pass
+
+
+def test_other_backends_get_a_no_op_strategy_and_a_warning(caplog):
+    info = {"backend": "jax", "gpus": ["gpu:0", "gpu:1"], "precision": "float32"}
+    strategy = devices.make_strategy(info)
+    assert isinstance(strategy, devices.NoStrategy) and info["strategy"] == "none"
+    assert any("need the TensorFlow backend" in r.message for r in caplog.records)
+    with strategy.scope():
+        pass
+
+
+def test_atomic_write_leaves_the_usual_mode_and_no_temporary_file(tmp_path):
+    path = tmp_path / "sub" / "a.json"
+    rundir.atomic_write_json(path, {"x": 1})
+    assert json.loads(path.read_text()) == {"x": 1}
+    mask = os.umask(0)
+    os.umask(mask)
+    assert stat.S_IMODE(path.stat().st_mode) == 0o666 & ~mask
+    assert [p.name for p in path.parent.iterdir()] == ["a.json"]
+
+
+def test_check_writable_dir_refuses_what_a_user_made(tmp_path):
+    rundir.check_writable_dir(tmp_path / "new", overwrite=False)  # does not exist: fine
+    (tmp_path / "full").mkdir()
+    (tmp_path / "full" / "x").write_text("mine")
+    with pytest.raises(rundir.RunDirError, match="not empty"):
+        rundir.check_writable_dir(tmp_path / "full", overwrite=False)
+    rundir.check_writable_dir(tmp_path / "full", overwrite=True)
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(rundir.RunDirError, match="not a directory"):
+        rundir.check_writable_dir(tmp_path / "file", overwrite=True)
+    assert (tmp_path / "full" / "x").read_text() == "mine"
