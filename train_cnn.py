@@ -20,6 +20,7 @@ from pathlib import Path
 from parser import train_parser
 from utils.cli import UsageError, configure_logging, run_main
 from utils.devices import select_devices
+from utils.rundir import is_nonempty_dir
 
 log = logging.getLogger("corrfusion.train")
 
@@ -121,12 +122,15 @@ def resolve_splits(args) -> None:
         raise UsageError("need a training and a validation split: give --data_dir or -trn and -val")
 
 
+def workdir_of(args) -> Path:
+    return Path(args.workdir or Path("runs") / f"{args.method}_{args.backbone}")
+
+
 def run_paths(args, k: int) -> RunPaths:
     """Run k's directories: the -lpath/-mpath/-tbpath/-rpath overrides get a k/ sub-directory
     when several runs are made; otherwise everything lives in WORKDIR (or WORKDIR/k)."""
-    workdir = Path(args.workdir or Path("runs") / f"{args.method}_{args.backbone}")
     sub = Path(str(k)) if args.runs > 1 else Path()
-    root = workdir / sub
+    root = workdir_of(args) / sub
 
     def pick(flag, default):
         return Path(flag) / sub if flag else root / default
@@ -137,14 +141,14 @@ def run_paths(args, k: int) -> RunPaths:
 
 def check_run_dir(args, paths: RunPaths) -> None:
     """Never train over a user's checkpoints unless --resume or --overwrite."""
-    has_ckpt = paths.ckpt_dir.is_dir() and any(paths.ckpt_dir.glob("*.keras"))
+    has_ckpt = any(paths.ckpt_dir.glob("*.keras"))
     if args.resume:
         if not paths.last.is_file() or not paths.state.is_file():
             raise UsageError(f"{paths.last}: no last checkpoint to resume from")
     elif has_ckpt and not args.overwrite:
         raise UsageError(f"{paths.ckpt_dir}: run directory already holds checkpoints; "
                          "pass --resume to continue or --overwrite to start again")
-    elif paths.result_dir.is_dir() and any(paths.result_dir.iterdir()) and not args.overwrite:
+    elif is_nonempty_dir(paths.result_dir) and not args.overwrite:
         raise UsageError(f"{paths.result_dir}: result directory is not empty; pass --overwrite")
 
 
@@ -175,16 +179,18 @@ def load_data(args) -> Data:
         worst = max(summaries.items(), key=lambda kv: kv[1].num_classes)
         raise UsageError(f"{splits[worst[0]]}: labels go up to {k_data} but -n/--num_classes is "
                          f"{num_classes}")
-    shapes = {s: tuple(v.image_shape) for s, v in summaries.items()}
-    if len({sh[-1] for sh in shapes.values()}) > 1 or (
-            args.image_size is None and len(set(shapes.values())) > 1):
-        raise UsageError(f"{splits['val']}: image shape {shapes['val']} differs from the training "
-                         f"split's {shapes['trn']}; pass --image_size to resize")
+    trn_shape = tuple(summaries["trn"].image_shape)
+    for split, summary in summaries.items():
+        shape = tuple(summary.image_shape)
+        if shape[-1] != trn_shape[-1] or (args.image_size is None and shape != trn_shape):
+            hint = "" if shape[-1] != trn_shape[-1] else "; pass --image_size to resize"
+            raise UsageError(f"{splits[split]}: image shape {shape} differs from the training "
+                             f"split's {trn_shape}{hint}")
     trn_summary = summaries["trn"]
     size = tuple(args.image_size or trn_summary.image_shape[:2])
     names = trn_summary.class_names
     for s in summaries.values():
-        log.info("%s", s.format() if hasattr(s, "format") else s)
+        log.info("%s", s.format())
 
     def loader(split, training):
         ds, _ = make_dataset(splits[split], args.batch_size, training=training, seed=args.seed,
@@ -346,13 +352,12 @@ def summarize_runs(args, results: list[dict]) -> dict:
         if vals:
             summary[key] = {"mean": float(np.mean(vals)), "std": float(np.std(vals)),
                             "runs": vals}
-    out = Path(args.result_path or Path(args.workdir or run_paths(args, 0).root.parent) / "results")
-    if args.runs > 1:
-        rows = ["metric,mean,std," + ",".join(f"run{k}" for k in range(len(results)))]
-        rows += [f"{k},{v['mean']:.6f},{v['std']:.6f}," + ",".join(f"{x:.6f}" for x in v["runs"])
-                 for k, v in summary.items()]
-        atomic_write_json(out / "summary.json", summary)
-        atomic_write_bytes(out / "summary.csv", ("\n".join(rows) + "\n").encode())
+    out = Path(args.result_path or workdir_of(args) / "results")
+    rows = ["metric,mean,std," + ",".join(f"run{k}" for k in range(len(results)))]
+    rows += [f"{k},{v['mean']:.6f},{v['std']:.6f}," + ",".join(f"{x:.6f}" for x in v["runs"])
+             for k, v in summary.items()]
+    atomic_write_json(out / "summary.json", summary)
+    atomic_write_bytes(out / "summary.csv", ("\n".join(rows) + "\n").encode())
     lines = [f"{k:>18s}  {v['mean']:.4f} ± {v['std']:.4f}" for k, v in summary.items()]
     log.info("test metrics over %d run(s):\n%s", len(results), "\n".join(lines))
     return summary

@@ -202,3 +202,17 @@ def test_trains_and_evaluates_on_the_jax_backend(demo_data, tmp_path):
     assert (workdir / "checkpoints" / "best.keras").is_file()
     results = json.loads((workdir / "results" / "tst" / "results.json").read_text())
     assert 0.0 <= results["metrics"]["OA_t1"] <= 1.0
+
+
+def test_a_split_of_another_image_size_is_named(demo_data, tmp_path, capsys):
+    from data import synthetic
+
+    other = tmp_path / "other"
+    synthetic.generate(other, pairs=40, size=24, classes=4, seed=1)
+    workdir = tmp_path / "w"
+    rc = run_main(train_cnn.main, ["-trn", str(demo_data / "trn"), "-val", str(demo_data / "val"),
+                                   "-tst", str(other / "tst"), "--workdir", str(workdir), *FAST])
+    assert rc == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert err.startswith(f"error: {other / 'tst'}: image shape (24, 24, 3)")
+    assert "--image_size" in err and not workdir.exists()
