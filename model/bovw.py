@@ -61,6 +61,10 @@ from sklearn.cluster import MiniBatchKMeans
 from sklearn.preprocessing import StandardScaler
 from sklearn.svm import SVC
 
+from data import shards
+from data.shards import ShardError
+from utils.metrics import compute_metrics
+
 __all__ = [
     "DESCRIPTORS",
     "METHODS",
@@ -99,14 +103,8 @@ _CHUNK_BYTES = 64 * 2**20  # working-set target of one descriptor chunk
 _GRAM_ELEMENTS = 2**24  # elements of the (rows, cols, words) block in hik_gram
 
 
-try:  # the data package's error type once it exists, so CLIs catch one class
-    from data.shards import ShardError as _BaseError
-except Exception:  # pragma: no cover - data.shards not there yet
-    _BaseError = ValueError
-
-
-class BoVWError(_BaseError):
-    """Bad input (a ValueError; data.shards.ShardError when that module exists)."""
+class BoVWError(ShardError):
+    """Bad input (a data.shards.ShardError, so CLIs catch one class)."""
 
 
 # --------------------------------------------------------------------------------------------
@@ -114,40 +112,11 @@ class BoVWError(_BaseError):
 # --------------------------------------------------------------------------------------------
 
 
-def _shards_module():
-    try:
-        from data import shards
-    except ImportError:  # pragma: no cover - before data.shards existed
-        return None
-    return shards
-
-
-def _list_shards(split_dir):
-    shards = _shards_module()
-    if shards is not None:
-        return shards.list_shards(split_dir)
-    path = pathlib.Path(split_dir)
-    if not path.is_dir():
-        raise BoVWError(f"{path}: split: expected a directory of .npz shards")
-    files = sorted(p for p in path.iterdir() if p.suffix == ".npz" and p.is_file())
-    if not files:
-        raise BoVWError(f"{path}: split: expected at least one .npz shard")
-    return files
-
-
 def _load_shard(path):
     """Arrays of one shard, label-0 pairs removed, labels 0-based int32."""
     keys = ("image_t1", "image_t2", "label_t1", "label_t2", "row", "col")
-    shards = _shards_module()
-    if shards is not None:
-        present = shards.read_headers(path)
-        arrays = shards.load_arrays(path, [k for k in keys if k in present])
-    else:
-        try:
-            with np.load(path, allow_pickle=False) as z:
-                arrays = {k: z[k] for k in keys if k in z.files}
-        except Exception as exc:  # zip / pickle / format errors
-            raise BoVWError(f"{path}: file: expected a readable .npz shard ({exc})") from None
+    present = shards.read_headers(path)
+    arrays = shards.load_arrays(path, [k for k in keys if k in present])
     for key in keys[:4]:
         if key not in arrays:
             raise BoVWError(f"{path}: {key}: missing; expected DESIGN.md §4 keys")
@@ -162,25 +131,9 @@ def _load_shard(path):
 
 
 def inspect(split_dir):
-    """Validate a split (data.shards.inspect_split when present): (n_pairs, num_classes, names)."""
-    shards = _shards_module()
-    if shards is not None:
-        s = shards.inspect_split(split_dir)
-        return s.n_pairs, s.num_classes, s.class_names
-    n, k, names = 0, 0, None
-    for path in _list_shards(split_dir):
-        try:
-            with np.load(path, allow_pickle=False) as z:
-                y1, y2 = z["label_t1"], z["label_t2"]
-                if names is None and "class_names" in z.files:
-                    names = [str(v) for v in z["class_names"]]
-        except Exception as exc:
-            raise BoVWError(f"{path}: label_t1/label_t2: expected readable labels ({exc})") \
-                from None
-        ok = (y1 > 0) & (y2 > 0)
-        n += int(ok.sum())
-        k = max(k, int(max(y1.max(initial=0), y2.max(initial=0))))
-    return n, (len(names) if names else k), names
+    """Validate a split with data.shards.inspect_split: (n_pairs, num_classes, names)."""
+    s = shards.inspect_split(split_dir)
+    return s.n_pairs, s.num_classes, s.class_names
 
 
 def iter_split(split_dir):
@@ -190,7 +143,7 @@ def iter_split(split_dir):
     0-based, ``row``, ``col`` (N,) or None. Same pair order as data.shards.read_labels. The split
     should have been validated with :func:`inspect` first.
     """
-    for path in _list_shards(split_dir):
+    for path in shards.list_shards(split_dir):
         yield _load_shard(path)
 
 
@@ -591,14 +544,8 @@ def basic_metrics(y1, y2, pred1, pred2):
 
 
 def evaluate(y1, y2, p1, p2, class_names=None):
-    """Metrics of DESIGN.md §3 via utils.metrics.compute_metrics, or :func:`basic_metrics`."""
-    try:
-        from utils.metrics import compute_metrics
-    except ImportError:
-        compute_metrics = None
-    if compute_metrics is not None:
-        return compute_metrics(y1, y2, p1, p2, class_names=class_names)
-    return basic_metrics(y1, y2, np.argmax(p1, 1), np.argmax(p2, 1))
+    """Metrics of DESIGN.md §3 (utils.metrics.compute_metrics)."""
+    return compute_metrics(y1, y2, p1, p2, class_names=class_names)
 
 
 def run_bovw(trn_dir, tst_dir, method="hik", val_dir=None, words=1000, patch=10, stride=None,
