@@ -27,16 +27,10 @@ def configure_logging(verbose: bool = False) -> None:
 
 def bad_input_errors() -> tuple[type[BaseException], ...]:
     """Exceptions that mean "the user's input is wrong": one line and exit status 2."""
+    from data.shards import ShardError
     from utils.rundir import RunDirError
 
-    errors: list[type[BaseException]] = [UsageError, RunDirError, FileNotFoundError]
-    try:
-        from data.shards import ShardError
-
-        errors.append(ShardError)
-    except ImportError:  # pragma: no cover - data layer not importable
-        pass
-    return tuple(errors)
+    return (UsageError, RunDirError, FileNotFoundError, ShardError)
 
 
 def run_main(main, argv=None) -> int:
