@@ -225,7 +225,8 @@ def evaluate_split(net, split_dir, batch_size=32, threshold=0.5, class_names=Non
     if len(names) != k:
         raise UsageError(f"{split_dir}: class_names: {len(names)} names; expected {k}")
     dataset, summary = make_dataset(
-        split_dir, batch_size, training=False, image_size=image_size, num_classes=k
+        split_dir, batch_size, training=False, image_size=image_size, num_classes=k,
+        raw_integers=True,  # CorrFusionNet scales uint8/uint16 batches in the graph
     )
     labels = read_labels(split_dir, num_classes=k)
     log.info("%s: predicting %d pairs", split_dir, summary.n_pairs)

@@ -194,7 +194,8 @@ def load_data(args) -> Data:
 
     def loader(split, training):
         ds, _ = make_dataset(splits[split], args.batch_size, training=training, seed=args.seed,
-                             image_size=args.image_size, num_classes=num_classes)
+                             image_size=args.image_size, num_classes=num_classes,
+                             raw_integers=True)  # the model scales uint8/uint16 on the device
         return ds
 
     return Data(trn=loader("trn", True), val=loader("val", False),
@@ -258,7 +259,8 @@ def make_callbacks(args, data: Data, paths: RunPaths, state: dict, run_info: dic
         from data.loader import make_dataset
 
         extra["trn"], _ = make_dataset(args.trn_dir, args.batch_size, training=False,
-                                       image_size=args.image_size, num_classes=data.num_classes)
+                                       image_size=args.image_size, num_classes=data.num_classes,
+                                       raw_integers=True)
     cbs = [guard, SplitEvaluation(extra, guard)]
     if args.save_model:
         cbs.append(Checkpoints(paths.best, paths.last, paths.state, guard, state, run_info))

@@ -11,11 +11,16 @@ and for inference, as the median over ``--reps`` timed windows of ``--steps`` st
 
 * ``keras-jax``: ``model.build_model(backbone="vgg16")`` as train_cnn.py builds it, under
   ``KERAS_BACKEND=jax`` with ``utils.devices.setup_backend(mixed_precision=True)``
-  (``mixed_bfloat16``), SGD with Nesterov momentum, XLA-compiled by Keras.
-  Training is timed two ways: ``fit`` on float32 NumPy arrays (the ordinary user path: host
-  batches copied to the device every step) and ``train_on_batch`` on batches already on the device
-  (the compiled step alone). Inference likewise: ``predict`` on NumPy, ``predict_on_batch`` on
-  device arrays.
+  (``mixed_bfloat16``), SGD with Nesterov momentum, XLA-compiled by Keras. It is fed uint8
+  images, as train_cnn.py's loader hands them over, and scales them on the device; VGG has no
+  batch statistics, so both dates run through the backbone as one batch (``model.one_pass``).
+  Training is timed three ways: ``train_on_batch`` on uint8 batches already on the device (the
+  compiled step alone), ``fit`` on uint8 NumPy arrays (the user path: host batches copied to the
+  device every step) and ``fit`` on float32 NumPy arrays scaled on the host (the A/B of the
+  uint8 feed: four times the bytes per step). Inference likewise: ``predict_on_batch`` on device
+  arrays, ``predict`` on uint8 NumPy.
+* ``keras-jax-twopass`` (not run by default): the same with one backbone call per date (the A/B
+  of ``one_pass``).
 * ``torch-eager`` / ``torch-compile``: the PyTorch network written below (VGG16 configuration D
   convolutions shared by both dates, GAP, two FC(1024)+ReLU per date, CorrFusion: squeeze,
   BatchNorm, excite, distance, fusion weight 1 - tanh(d), cross fusion; heads without bias; loss
@@ -44,7 +49,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 log = logging.getLogger("benchmarks.gpu_bench")
 
-VARIANTS = ("peak", "keras-jax", "torch-eager", "torch-compile")
+VARIANTS = ("peak", "keras-jax", "torch-eager", "torch-compile", "keras-jax-twopass")
+DEFAULT_VARIANTS = VARIANTS[:4]
 VGG16_CFG = (64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512, "M", 512, 512, 512, "M")
 #: dense bfloat16 tensor-core peak from the data sheets (TFLOP/s, without sparsity)
 DATASHEET_BF16_TFLOPS = {"H100": 989.4, "H200": 989.4, "A100": 312.0, "L40S": 362.1, "GH200": 989.4}
@@ -101,7 +107,7 @@ def rate(batch, steps, seconds) -> dict:
 
 
 # ------------------------------------------------------------------------------------- keras-jax
-def child_keras_jax(a) -> dict:
+def child_keras_jax(a, one_pass=True) -> dict:
     os.environ["KERAS_BACKEND"] = "jax"
     if a.device == "cpu":
         os.environ["JAX_PLATFORMS"] = "cpu"
@@ -111,17 +117,20 @@ def child_keras_jax(a) -> dict:
     import numpy as np
 
     import model as cfn
+    from data.shards import scale_images
     from utils.devices import setup_backend
 
     info = setup_backend(mixed_precision=True)
     keras.utils.set_random_seed(0)
     net = cfn.build_model(num_classes=a.classes, image_size=(a.size, a.size), backbone="vgg16",
                           hidden=a.hidden)
+    net.one_pass = net.one_pass and one_pass  # keras-jax-twopass: one backbone call per date
     net.compile(optimizer=keras.optimizers.SGD(learning_rate=1e-3, momentum=0.9, nesterov=True))
     rng = np.random.default_rng(0)
     pool = a.pool
-    x1 = (rng.random((pool * a.batch, a.size, a.size, 3), dtype=np.float32) - 0.5)
-    x2 = (rng.random((pool * a.batch, a.size, a.size, 3), dtype=np.float32) - 0.5)
+    # uint8 images, as train_cnn.py's loader hands them over (the model scales them on the device)
+    x1 = rng.integers(0, 256, (pool * a.batch, a.size, a.size, 3), dtype=np.uint8)
+    x2 = rng.integers(0, 256, (pool * a.batch, a.size, a.size, 3), dtype=np.uint8)
     y1 = rng.integers(0, a.classes, pool * a.batch).astype(np.int32)
     y2 = np.where(rng.random(pool * a.batch) < 0.05, rng.integers(0, a.classes, pool * a.batch),
                   y1).astype(np.int32)
@@ -130,8 +139,9 @@ def child_keras_jax(a) -> dict:
         jax.block_until_ready([v.value for v in net.trainable_variables[:1]])
 
     res = {"backend": "jax", "jax": jax.__version__, "keras": keras.__version__,
-           "devices": [str(d) for d in jax.devices()], "precision": info.get("precision")}
-    # compiled step on device-resident batches
+           "devices": [str(d) for d in jax.devices()], "precision": info.get("precision"),
+           "one_pass": bool(net.one_pass)}
+    # compiled step on device-resident uint8 batches
     dev = [((jax.device_put(x1[i * a.batch:(i + 1) * a.batch]),
              jax.device_put(x2[i * a.batch:(i + 1) * a.batch])),
             (jax.device_put(y1[i * a.batch:(i + 1) * a.batch]),
@@ -150,19 +160,24 @@ def child_keras_jax(a) -> dict:
     res["train_on_batch_device"] = rate(a.batch, a.steps, timed_windows(
         train_step, sync, a.warmup, a.steps, a.reps))
 
-    # fit on float32 NumPy arrays (host -> device copy per step)
+    # fit on NumPy arrays (host -> device copy per step): uint8 (the loader's batches now) and
+    # float32 scaled on the host (the loader before; four times the bytes per step)
     n_fit = max(a.steps, a.fit_steps) * a.batch
-    reps_x = (np.resize(x1, (n_fit, *x1.shape[1:])), np.resize(x2, (n_fit, *x2.shape[1:])))
     reps_y = (np.resize(y1, n_fit), np.resize(y2, n_fit))
-    net.fit(reps_x, reps_y, batch_size=a.batch, epochs=1, verbose=0, shuffle=False)  # warm-up
-    sync()
-    secs = []
-    for _ in range(a.reps):
-        t = time.perf_counter()
-        net.fit(reps_x, reps_y, batch_size=a.batch, epochs=1, verbose=0, shuffle=False)
+    feeds = {"uint8": (np.resize(x1, (n_fit, *x1.shape[1:])), np.resize(x2, (n_fit, *x2.shape[1:])))}
+    if not a.no_float_feed:
+        feeds["float32"] = tuple(scale_images(x) for x in feeds["uint8"])
+    for dtype, reps_x in feeds.items():
+        net.fit(reps_x, reps_y, batch_size=a.batch, epochs=1, verbose=0, shuffle=False)  # warm-up
         sync()
-        secs.append(time.perf_counter() - t)
-    res["fit_numpy"] = rate(a.batch, n_fit // a.batch, secs)
+        secs = []
+        for _ in range(a.reps):
+            t = time.perf_counter()
+            net.fit(reps_x, reps_y, batch_size=a.batch, epochs=1, verbose=0, shuffle=False)
+            sync()
+            secs.append(time.perf_counter() - t)
+        res["fit_numpy" if dtype == "uint8" else "fit_numpy_float32"] = rate(a.batch, n_fit // a.batch, secs)
+    reps_x = feeds["uint8"]
 
     # inference
     def infer_step():
@@ -362,7 +377,10 @@ def parse_args(argv=None):
                    help="steps per timed fit/predict call on NumPy arrays (amortises fit's set-up)")
     p.add_argument("--classes", type=int, default=14)
     p.add_argument("--hidden", type=int, default=1024)
-    p.add_argument("--variants", default=",".join(VARIANTS), help="comma-separated subset of " + ", ".join(VARIANTS))
+    p.add_argument("--variants", default=",".join(DEFAULT_VARIANTS),
+                   help="comma-separated subset of " + ", ".join(VARIANTS))
+    p.add_argument("--no_float_feed", action="store_true",
+                   help="keras-jax: skip the fit on float32 NumPy arrays (the A/B of the uint8 feed)")
     p.add_argument("--child_timeout", type=float, default=400, help="seconds per variant")
     p.add_argument("--json", default=None, help="write the figures as JSON here")
     p.add_argument("--child", choices=VARIANTS, default=None, help=argparse.SUPPRESS)
@@ -374,6 +392,8 @@ def run_child(variant, a) -> dict:
     for k in ("device", "size", "batch", "steps", "warmup", "reps", "pool", "classes", "hidden",
               "fit_steps"):
         cmd += [f"--{k}", str(getattr(a, k))]
+    if a.no_float_feed:
+        cmd.append("--no_float_feed")
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(
         [str(ROOT), *filter(None, [os.environ.get("PYTHONPATH")])]), TF_CPP_MIN_LOG_LEVEL="2")
     t = time.perf_counter()
@@ -422,7 +442,8 @@ def main(argv=None) -> int:
                         datefmt="%H:%M:%S")
     a = parse_args(argv)
     if a.child:
-        fn = {"keras-jax": child_keras_jax, "torch-eager": lambda a: child_torch(a, False),
+        fn = {"keras-jax": child_keras_jax,
+              "keras-jax-twopass": lambda a: child_keras_jax(a, one_pass=False), "torch-eager": lambda a: child_torch(a, False),
               "torch-compile": lambda a: child_torch(a, True), "peak": child_peak}[a.child]
         sys.stdout.write(json.dumps(fn(a)) + "\n")
         return 0

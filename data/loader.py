@@ -1,6 +1,9 @@
 """Streaming loader over a split directory of npz shards (DESIGN.md §2 scaling, §4 format).
 
-Yields batches ``((x1, x2), (y1, y2))``: x float32 (B, H, W, C) scaled per §2, y int32 0-based.
+Yields batches ``((x1, x2), (y1, y2))``: x float32 (B, H, W, C) scaled per §2, y int32 0-based;
+with ``raw_integers=True`` integer images stay in their stored dtype (uint8/uint16) and the model
+scales them on the device (``model.backbones.scale_inputs``: the same numbers, a quarter or half of
+the bytes to copy to an accelerator and to hold in the prefetch buffers).
 
 How it works (the same pure functions serve both backends):
 
@@ -207,7 +210,14 @@ def iter_batches(summary, batch_size, training, seed=0, epoch=0, drop_remainder=
 # ----------------------------------------------------------------------------- backends
 
 
-def _tf_dataset(summary, batch_size, training, seed, image_size, num_classes, drop_remainder):
+def keeps_raw(summary, image_size, raw_integers) -> bool:
+    """Whether batches leave the loader unscaled: integer images, raw requested, no resize."""
+    return bool(raw_integers) and np.dtype(summary.dtype).kind == "u" and (
+        image_size is None or tuple(image_size) == tuple(summary.image_shape[:2]))
+
+
+def _tf_dataset(summary, batch_size, training, seed, image_size, num_classes, drop_remainder,
+                raw_integers=False):
     import tensorflow as tf
 
     epochs = {"next": itertools.count()}  # the n-th iteration over the dataset is epoch n
@@ -225,8 +235,11 @@ def _tf_dataset(summary, batch_size, training, seed, image_size, num_classes, dr
     image_spec = tf.TensorSpec((b, h, w, c), tf.as_dtype(summary.dtype))
     label_spec = tf.TensorSpec((b,), tf.int32)
     scale = shards.scale_factor(summary.dtype)
+    raw = keeps_raw(summary, image_size, raw_integers)
 
     def finish(x):
+        if raw:
+            return x
         x = tf.cast(x, tf.float32) * scale - 0.5
         if image_size is not None:
             x = tf.image.resize(x, image_size)
@@ -270,9 +283,10 @@ class ShardPyDataset(keras.utils.PyDataset):
     """
 
     def __init__(self, summary, batch_size, training, seed=0, image_size=None, num_classes=None,
-                 drop_remainder=False, load_fn=None, **kwargs):
+                 drop_remainder=False, raw_integers=False, load_fn=None, **kwargs):
         super().__init__(**kwargs)
         self.summary = summary
+        self.raw = keeps_raw(summary, image_size, raw_integers)
         self.batch_size = batch_size
         self.training = training
         self.seed = seed
@@ -291,6 +305,8 @@ class ShardPyDataset(keras.utils.PyDataset):
         return len(self._plan)
 
     def _finish(self, x):
+        if self.raw:
+            return x
         x = shards.scale_images(x)
         if self.image_size is not None and x.shape[1:3] != self.image_size:
             x = keras.ops.convert_to_numpy(keras.ops.image.resize(x, self.image_size))
@@ -314,7 +330,7 @@ class ShardPyDataset(keras.utils.PyDataset):
 
 
 def make_dataset(split_dir, batch_size, training, seed=0, image_size=None, num_classes=None,
-                 drop_remainder=False):
+                 drop_remainder=False, raw_integers=False):
     """Streaming dataset over a split directory of §4 shards.
 
     Args:
@@ -326,6 +342,8 @@ def make_dataset(split_dir, batch_size, training, seed=0, image_size=None, num_c
         image_size: optional ``(height, width)`` to resize batches to (bilinear).
         num_classes: K; labels above it are an error (default: from the shards).
         drop_remainder: drop the last partial batch (fixed batch dimension).
+        raw_integers: yield uint8/uint16 images as stored, for a model that scales them itself
+            (``CorrFusionNet`` does); float images and resized batches are scaled here either way.
 
     Returns:
         ``(dataset, summary)``: a ``tf.data.Dataset`` on the TensorFlow backend, else a
@@ -344,7 +362,8 @@ def make_dataset(split_dir, batch_size, training, seed=0, image_size=None, num_c
              summary.dtype)
     if image_size is not None:
         image_size = (int(image_size[0]), int(image_size[1]))
-    args = (summary, batch_size, training, seed, image_size, num_classes, drop_remainder)
+    args = (summary, batch_size, training, seed, image_size, num_classes, drop_remainder,
+            raw_integers)
     if keras.backend.backend() == "tensorflow":
         return _tf_dataset(*args), summary
     return ShardPyDataset(*args), summary

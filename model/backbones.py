@@ -5,7 +5,8 @@ mapping (N, H, W, C) images to a (N, h, w, F) feature map. The ``keras.applicati
 are used with ``include_top=False``; ``small`` is a compact CNN for CPU runs and tests.
 
 Input scaling: the network receives images already scaled to [-0.5, 0.5] (DESIGN.md §2, input
-scaling). With random weights that is used as is. With pretrained weights (``"imagenet"`` or a
+scaling); ``scale_inputs`` applies that scaling on the device to integer images (the model calls it,
+so loaders can feed uint8/uint16 batches, a quarter/half of the float32 bytes). With random weights that is used as is. With pretrained weights (``"imagenet"`` or a
 weights file, which is assumed to hold ImageNet-trained weights of the same architecture), an
 ``ImagenetInputMapping`` layer first maps [-0.5, 0.5] to what that network was trained on
 (the "caffe" BGR mean-subtracted 0–255 range for VGG/ResNet, [-1, 1] for InceptionV3, ImageNet
@@ -17,9 +18,11 @@ import os
 from dataclasses import dataclass
 
 import keras
+import numpy as np
 from keras import ops
 
-__all__ = ["BACKBONES", "BackboneSpec", "ImagenetInputMapping", "build_backbone", "check_input_size"]
+__all__ = ["BACKBONES", "BackboneSpec", "ImagenetInputMapping", "build_backbone", "check_input_size",
+           "has_batch_statistics", "scale_inputs"]
 
 _CAFFE_MEAN_BGR = (103.939, 116.779, 123.68)
 _TORCH_MEAN = (0.485, 0.456, 0.406)
@@ -78,6 +81,35 @@ class ImagenetInputMapping(keras.layers.Layer):
         config = super().get_config()
         config.update({"mode": self.mode})
         return config
+
+
+def scale_inputs(x):
+    """DESIGN.md §2 input scaling of integer images, in the graph: ``x / dtype max − 0.5`` (float32).
+
+    Integer images (uint8, uint16 as the shards store them) are cast to float32, multiplied by
+    ``1 / max`` and shifted by 0.5 -- the same operations, in the same order and precision, as
+    ``data.shards.scale_images``, so the result is the loader's float32 batch bit for bit. Float
+    images are returned unchanged: they are taken as already scaled to [-0.5, 0.5]. Under a mixed
+    policy the first layer of the backbone casts the float32 result to its compute dtype, as it
+    does for a float32 batch from the loader.
+    """
+    dtype = keras.backend.standardize_dtype(x.dtype)
+    if "int" not in dtype:
+        return x
+    if dtype not in ("uint8", "uint16"):
+        raise ValueError(f"integer images must be uint8 or uint16 (DESIGN.md §4); received dtype {dtype}.")
+    scale = np.float32(1.0 / float(np.iinfo(np.dtype(dtype)).max))
+    return ops.cast(x, "float32") * scale - np.float32(0.5)
+
+
+def has_batch_statistics(backbone) -> bool:
+    """Whether any layer of ``backbone`` normalises over the batch (BatchNormalization).
+
+    Such a backbone must see each date as its own batch (per-date batch statistics and moving
+    averages, as the original); one without may run both dates as one batch (same numbers).
+    """
+    return any(isinstance(layer, keras.layers.BatchNormalization)
+               for layer in backbone._flatten_layers(include_self=False, recursive=True))
 
 
 @dataclass(frozen=True)

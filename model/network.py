@@ -20,7 +20,13 @@ Training (``fit``/``evaluate``) takes labels ``(y1, y2)`` (int, 0-based); ``comp
 import keras
 from keras import ops
 
-from model.backbones import BACKBONES, ImagenetInputMapping, build_backbone
+from model.backbones import (
+    BACKBONES,
+    ImagenetInputMapping,
+    build_backbone,
+    has_batch_statistics,
+    scale_inputs,
+)
 from model.cca import canonical_correlation
 from model.corrfusion import CorrFusion
 from model.losses import (
@@ -166,7 +172,8 @@ class CorrFusionNet(keras.Model):
         **kwargs: ``name``, ``trainable``.
 
     Call arguments:
-        inputs: ``(x1, x2)`` float32 (N, H, W, C) images scaled to [-0.5, 0.5].
+        inputs: ``(x1, x2)`` (N, H, W, C) images: float, scaled to [-0.5, 0.5]; or uint8/uint16
+            as stored, scaled in the graph (``model.backbones.scale_inputs``, DESIGN.md §2).
         training: bool.
 
     Returns:
@@ -244,6 +251,8 @@ class CorrFusionNet(keras.Model):
                 backbone, self.image_size, self.channels, weights, "backbone_t2",
                 None if seed is None else seed + 1000,
             )
+        #: run both dates through the backbone as one batch (shared and no batch statistics)
+        self.one_pass = self.shared and not has_batch_statistics(self.backbone)
         self.pool = keras.layers.GlobalAveragePooling2D(name="gap")
         reg = keras.regularizers.L2(self.l2) if self.l2 else None
         for t, off in (("t1", 0), ("t2", 10)):
@@ -291,12 +300,13 @@ class CorrFusionNet(keras.Model):
         self._forward((x1, x2), training=False)
         self.built = True
 
-    def _features(self, x, backbone, t, training):
+    def _pooled(self, x, backbone, training):
         if self.input_mapping:
             x = self.mapping(x)
-        f = self.pool(backbone(x, training=training))
-        f = getattr(self, f"fc1_{t}")(f)
-        return getattr(self, f"fc2_{t}")(f)
+        return self.pool(backbone(x, training=training))
+
+    def _fc(self, f, t):
+        return getattr(self, f"fc2_{t}")(getattr(self, f"fc1_{t}")(f))
 
     def _forward(self, inputs, training=None):
         if isinstance(inputs, dict):
@@ -306,11 +316,17 @@ class CorrFusionNet(keras.Model):
                 f"CorrFusionNet expects inputs (x1, x2); received {type(inputs).__name__} "
                 f"of length {len(inputs) if hasattr(inputs, '__len__') else '?'}."
             )
-        x1, x2 = inputs
-        b1 = self.backbone if self.shared else self.backbone_t1
-        b2 = self.backbone if self.shared else self.backbone_t2
-        fx = self._features(x1, b1, "t1", training)
-        fy = self._features(x2, b2, "t2", training)
+        x1, x2 = (scale_inputs(x) for x in inputs)  # uint8/uint16 batches are scaled here
+        if self.one_pass:
+            # A shared backbone without batch statistics gives the same features for both dates
+            # run as one batch of 2N: half the kernel launches, larger matrix products.
+            f1, f2 = ops.split(self._pooled(ops.concatenate([x1, x2], axis=0), self.backbone,
+                                            training), 2, axis=0)
+        else:
+            b1 = self.backbone if self.shared else self.backbone_t1
+            b2 = self.backbone if self.shared else self.backbone_t2
+            f1, f2 = self._pooled(x1, b1, training), self._pooled(x2, b2, training)
+        fx, fy = self._fc(f1, "t1"), self._fc(f2, "t2")
         h1, h2, out = self.spec.forward(self, fx, fy, training)
         outputs = {
             "prob_t1": self.softmax(self.head_t1(h1)),

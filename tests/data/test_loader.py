@@ -100,6 +100,40 @@ def test_scaling_and_label_shift(tmp_path, dtype):
     np.testing.assert_array_equal(y2, l2 - 1)
 
 
+@pytest.mark.parametrize("dtype", [np.uint8, np.uint16, np.float32])
+@pytest.mark.parametrize("backend", ["tf", "pydataset"])
+def test_raw_integers_left_for_the_model(tmp_path, dtype, backend):
+    """raw_integers: integer batches leave as stored (the model scales them), floats scaled."""
+    split = make_split(tmp_path / "s", sizes=(5,), dtype=dtype)
+    if backend == "tf":
+        ds, summary = loader.make_dataset(split, batch_size=5, training=False, raw_integers=True)
+        (x1, x2), _ = next(iter(ds))
+        x1, x2 = np.asarray(x1), np.asarray(x2)
+    else:
+        summary = shards.inspect_split(split)
+        (x1, x2), _ = loader.ShardPyDataset(summary, 5, training=False, raw_integers=True)[0]
+    with np.load(split / "shard_000.npz") as z:
+        raw1, raw2 = z["image_t1"], z["image_t2"]
+    if dtype == np.float32:
+        assert x1.dtype == np.float32
+        np.testing.assert_array_equal(x1, shards.scale_images(raw1))
+    else:
+        assert x1.dtype == dtype and x2.dtype == dtype
+        np.testing.assert_array_equal(x1, raw1)
+        np.testing.assert_array_equal(x2, raw2)
+
+
+def test_raw_integers_still_scaled_when_resized(split):
+    ds, _ = loader.make_dataset(split, batch_size=4, training=False, image_size=(6, 8),
+                                raw_integers=True)
+    (x1, _), _ = next(iter(ds))
+    assert x1.dtype == np.float32 and x1.shape == (4, 6, 8, 3)
+    assert -0.5 <= float(np.min(x1)) and float(np.max(x1)) <= 0.5
+    same, _ = loader.make_dataset(split, batch_size=4, training=False, image_size=(4, 4),
+                                  raw_integers=True)  # the stored size: nothing to resize
+    assert next(iter(same))[0][0].dtype == np.uint8
+
+
 def test_resize_and_drop_remainder(split):
     ds, summary = loader.make_dataset(split, batch_size=4, training=True, image_size=(6, 8),
                                       drop_remainder=True)

@@ -5,7 +5,14 @@ import numpy as np
 import pytest
 from keras import ops
 
-from model.backbones import BACKBONES, ImagenetInputMapping, build_backbone
+from data.shards import scale_images
+from model.backbones import (
+    BACKBONES,
+    ImagenetInputMapping,
+    build_backbone,
+    has_batch_statistics,
+    scale_inputs,
+)
 from tests.layer_test import run_layer_test
 
 
@@ -67,3 +74,27 @@ def test_imagenet_mapping_layer_contract():
                    expected_num_trainable_weights=0, run_training_check=False)
     with pytest.raises(ValueError, match="mode='bgr'"):
         ImagenetInputMapping("bgr")
+
+
+@pytest.mark.parametrize("dtype", [np.uint8, np.uint16])
+def test_scale_inputs_equals_the_loader_scaling_bit_for_bit(dtype):
+    info = np.iinfo(dtype)
+    x = np.random.default_rng(2).integers(0, int(info.max) + 1, (3, 4, 5, 2)).astype(dtype)
+    x[0, 0, 0] = (0, info.max)  # both ends of the range: -0.5 and +0.5
+    got = ops.convert_to_numpy(scale_inputs(ops.convert_to_tensor(x)))
+    assert got.dtype == np.float32
+    np.testing.assert_array_equal(got, scale_images(x))
+    assert got[0, 0, 0, 0] == -0.5 and got[0, 0, 0, 1] == 0.5
+
+
+def test_scale_inputs_leaves_floats_and_refuses_other_integers():
+    x = np.random.default_rng(3).uniform(-0.5, 0.5, (2, 3, 3, 1)).astype("float32")
+    np.testing.assert_array_equal(ops.convert_to_numpy(scale_inputs(ops.convert_to_tensor(x))), x)
+    with pytest.raises(ValueError, match="uint8 or uint16.*received dtype int32"):
+        scale_inputs(ops.convert_to_tensor(np.zeros((1, 2, 2, 1), "int32")))
+
+
+@pytest.mark.parametrize("name,size,expected", [("small", 16, True), ("vgg16", 32, False),
+                                                 ("resnet50", 32, True)])
+def test_has_batch_statistics(name, size, expected):
+    assert has_batch_statistics(build_backbone(name, (size, size), 3)) is expected

@@ -1,6 +1,7 @@
 """The backend-agnostic model tests again under KERAS_BACKEND=jax, in a subprocess (the backend is
 fixed per process): DCCA gradient (custom_gradient signature), running covariance inside fit
-(stateless scope), the small model training step (corrfusion, dcca), evaluate vs NumPy, save/load."""
+(stateless scope), the small model training step (corrfusion, dcca), evaluate vs NumPy, save/load,
+integer images scaled in the graph, one backbone pass over both dates."""
 
 import os
 import subprocess
@@ -21,6 +22,9 @@ SELECTED = [
     "tests/model/test_network.py::test_small_backbone_every_method_forward_and_train_step[dcca]",
     "tests/model/test_network.py::test_save_load_identical_predictions_and_state[corrfusion]",
     "tests/model/test_network.py::test_evaluate_matches_numpy_and_metrics_reset[corrfusion]",
+    # uint8 batches scaled in the graph; one backbone pass for both dates (what the GPU runs)
+    "tests/model/test_network.py::test_integer_images_scaled_in_the_graph[True-uint8]",
+    "tests/model/test_network.py::test_one_backbone_pass_only_without_batch_statistics",
 ]
 
 

@@ -99,6 +99,42 @@ def test_separate_backbones_per_date():
     assert np.isfinite(model.train_on_batch(x, y, return_dict=True)["loss"])
 
 
+@pytest.mark.parametrize("dtype", [np.uint8, np.uint16])
+@pytest.mark.parametrize("training", [False, True])
+def test_integer_images_scaled_in_the_graph(dtype, training):
+    """uint8/uint16 batches (as the loader leaves them) give the float32 batch's outputs exactly."""
+    from data.shards import scale_images
+
+    model = _small()
+    rng = np.random.default_rng(4)
+    raw = tuple(rng.integers(0, int(np.iinfo(dtype).max) + 1, (6, 16, 16, 3)).astype(dtype)
+                for _ in range(2))
+    a = model(raw, training=training)
+    b = model(tuple(scale_images(x) for x in raw), training=training)
+    for key in a:
+        np.testing.assert_array_equal(ops.convert_to_numpy(a[key]), ops.convert_to_numpy(b[key]))
+    y = _data(n=6)[1]
+    model.compile(optimizer="sgd")
+    assert np.isfinite(model.train_on_batch(raw, y, return_dict=True)["loss"])
+
+
+def test_one_backbone_pass_only_without_batch_statistics():
+    """VGG (no BN) runs both dates as one batch -- same numbers as two passes, also in training;
+    a BN backbone or separate backbones keep one pass per date (per-date batch statistics)."""
+    assert not _small().one_pass and not _small(shared=False).one_pass
+    model = build_model(K, image_size=(32, 32), backbone="vgg16", hidden=8, seed=0)
+    assert model.one_pass
+    x, _ = _data(n=3, size=32)
+    for training in (False, True):
+        one = model(x, training=training)
+        model.one_pass = False
+        two = model(x, training=training)
+        model.one_pass = True
+        for key in one:
+            np.testing.assert_allclose(ops.convert_to_numpy(one[key]), ops.convert_to_numpy(two[key]),
+                                       rtol=1e-5, atol=1e-6)
+
+
 def test_bad_arguments():
     with pytest.raises(ValueError, match="Unknown method 'cca'"):
         _small("cca")
