@@ -46,6 +46,11 @@ def non_negative_float(value: str) -> float:
     return _number(value, float, lambda v: 0 <= v < float("inf"), "a finite number >= 0")
 
 
+def weights_source(value: str) -> str | None:
+    """``--weights``: ``none``/``random`` → None (random initialisation), else ``imagenet`` or a path."""
+    return None if value.strip().lower() in ("none", "random", "") else value
+
+
 def probability(value: str) -> float:
     return _number(value, float, lambda v: 0.0 <= v <= 1.0, "a number in [0, 1]")
 
@@ -156,8 +161,8 @@ def train_parser() -> argparse.ArgumentParser:
                        help="one backbone for both dates (siamese)")
     model.add_argument("--no-shared", dest="shared", action="store_false",
                        help="a separate backbone per date")
-    model.add_argument("--weights", default=None,
-                       help="backbone weights: none (random), 'imagenet', or a weights file path")
+    model.add_argument("--weights", type=weights_source, default=None,
+                       help="backbone weights: none (random, default), imagenet, or a weights file path")
     model.add_argument("--hidden", type=positive_int, default=1024, help="width of the FC layers (d)")
     model.add_argument("--reduction", type=positive_int, default=2, help="CorrFusion reduction ratio r")
     model.add_argument("--lambda1", type=non_negative_float, default=0.1, help="weight of the correlation loss")

@@ -6,7 +6,7 @@ import sys
 import numpy as np
 import pytest
 
-from benchmarks import common, gpu_bench, memory, startup, throughput
+from benchmarks import cancorr_cost, common, gpu_bench, memory, startup, throughput
 
 
 def test_forward_flops_match_the_issue_figure():
@@ -55,6 +55,22 @@ def test_throughput_runs_tiny(tmp_path, capsys):
     assert res["pairs_train"] == 4
 
 
+def test_cancorr_cost_runs_tiny_and_both_formulas_agree(tmp_path):
+    out = tmp_path / "cc.json"
+    cancorr_cost.main(["--shapes", "8x64,40x6", "--calls", "1", "--reps", "1", "--methods", "sdcca",
+                       "--size", "16", "--batch", "8", "--hidden", "16", "--steps", "1",
+                       "--json", str(out)])
+    res = json.loads(out.read_text())
+    for row in res["metric"].values():
+        assert row["values"]["gram"] == pytest.approx(row["values"]["eigh"], rel=1e-4)
+        assert row["speedup"] > 0
+    assert res["train_step"]["sdcca"]["pairs_per_s"]["gram"]["median"] > 0
+    from model import network
+    from model.cca import canonical_correlation
+
+    assert network.canonical_correlation is canonical_correlation  # the A/B patch is undone
+
+
 def test_torch_reference_trains_a_step_on_cpu():
     pytest.importorskip("torch")
     a = gpu_bench.parse_args(["--device", "cpu", "--size", "32", "--batch", "2", "--steps", "1",
@@ -64,6 +80,6 @@ def test_torch_reference_trains_a_step_on_cpu():
 
 
 def test_scripts_are_importable_as_files():
-    for mod in (throughput, memory, startup, gpu_bench):
+    for mod in (throughput, memory, startup, gpu_bench, cancorr_cost):
         assert mod.__doc__ and "python" in mod.__doc__
     assert sys.modules["benchmarks.common"] is common

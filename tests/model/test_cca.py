@@ -10,12 +10,38 @@ from model.cca import canonical_correlation, dcca_loss
 from tests.model._helpers import correlated_views, np_cca, value_and_grads
 
 
-@pytest.mark.parametrize("n,d1,d2", [(64, 4, 4), (50, 6, 3), (6, 10, 10)])
+@pytest.mark.parametrize("n,d1,d2", [(64, 4, 4), (50, 6, 3), (6, 10, 10), (2, 3, 3), (40, 300, 120),
+                                    (300, 40, 25)])
 def test_canonical_correlation_matches_numpy(n, d1, d2):
     h1, h2 = correlated_views(np.random.default_rng(n + d1), n, d1, d2)
     _, ref, _ = np_cca(h1, h2)
     got = float(canonical_correlation(h1, h2))
-    np.testing.assert_allclose(got, ref, rtol=2e-4)
+    np.testing.assert_allclose(got, ref, rtol=2e-5)  # both regimes: n - 1 <= d and n - 1 > d
+
+
+@pytest.mark.parametrize("n,d", [(8, 64), (40, 6)])
+def test_canonical_correlation_with_an_unknown_batch_size(n, d):
+    """Inside a traced step the batch dimension may be unknown (TensorFlow): the form is then
+    chosen at run time (ops.cond) and gives the same value."""
+    if keras.backend.backend() != "tensorflow":
+        pytest.skip("unknown static batch sizes are a TensorFlow tracing case")
+    import tensorflow as tf
+
+    h1, h2 = correlated_views(np.random.default_rng(n), n, d, d)
+    fn = tf.function(canonical_correlation, input_signature=[tf.TensorSpec([None, d])] * 2)
+    np.testing.assert_allclose(float(fn(h1, h2)), np_cca(h1, h2)[1], rtol=2e-5)
+
+
+def test_canonical_correlation_scales_like_the_batch_not_the_width():
+    """n < d: the views span the whole centred batch space, so trace(T Tᵀ) ≈ n − 1."""
+    rng = np.random.default_rng(5)
+    h1, h2 = (rng.normal(size=(16, 1024)).astype("float32") for _ in range(2))
+    np.testing.assert_allclose(float(canonical_correlation(h1, h2)), np_cca(h1, h2)[1], rtol=2e-5)
+    np.testing.assert_allclose(float(canonical_correlation(h1, h2)), np.sqrt(15), rtol=1e-4)
+    one = float(canonical_correlation(h1[:1], h2[:1]))  # a single pair: nothing to correlate
+    assert 0 <= one < 1e-5
+    with pytest.raises(ValueError, match="ridge r > 0; received r=0"):
+        canonical_correlation(h1, h2, r=0)
 
 
 @pytest.mark.parametrize("n,d1,d2", [(64, 4, 4), (50, 6, 3)])

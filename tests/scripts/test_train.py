@@ -174,6 +174,14 @@ def test_boolean_flags_parse_like_a_user_means(value, expected):
     assert args.save_log is expected
 
 
+@pytest.mark.parametrize("value,expected", [("none", None), ("None", None), ("random", None),
+                                            ("imagenet", "imagenet"), ("w/vgg.weights.h5", "w/vgg.weights.h5")])
+def test_weights_none_means_random_initialisation(value, expected):
+    args = train_cnn.parse_args(["--data_dir", "d", "--weights", value])
+    assert args.weights == expected
+    assert train_cnn.parse_args(["--data_dir", "d"]).weights is None
+
+
 def test_bad_flag_values_are_usage_errors(capsys):
     for argv in (["--data_dir", "d", "-tb", "maybe"], ["--data_dir", "d", "-b", "0"],
                  ["--data_dir", "d", "--lr", "1e-3,1e-4"], ["--data_dir", "d", "-g", "gpu0"],
