@@ -31,7 +31,17 @@ def current_learning_rate(optimizer) -> float:
 
 class FiniteLossGuard(keras.callbacks.Callback):
     """Stops training at the first NaN/inf loss, naming epoch and step; later callbacks check
-    `failure` so that no checkpoint of the broken epoch is written."""
+    `failure` so that no checkpoint of the broken epoch is written.
+
+    ``async_safe``: on backends whose callbacks may run in a worker thread (JAX), Keras then checks
+    each step's loss there instead of fetching it in the training loop, so the loop keeps
+    dispatching steps instead of waiting for every one to finish (a per-step device sync). The stop
+    may come a few steps after the bad one; the message still names the bad step, and Keras
+    finishes the pending checks before ``on_epoch_end``, so the checkpoint callbacks see
+    ``failure`` in time. TensorFlow runs callbacks synchronously either way.
+    """
+
+    async_safe = True
 
     def __init__(self):
         super().__init__()

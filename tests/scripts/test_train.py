@@ -210,6 +210,14 @@ def test_trains_and_evaluates_on_the_jax_backend(demo_data, tmp_path):
     assert (workdir / "checkpoints" / "best.keras").is_file()
     results = json.loads((workdir / "results" / "tst" / "results.json").read_text())
     assert 0.0 <= results["metrics"]["OA_t1"] <= 1.0
+    # the loss guard runs in Keras' callback thread on JAX: still stops, names the step
+    nan_dir = tmp_path / "jax_nan"
+    proc = subprocess.run([sys.executable, "train_cnn.py", "--data_dir", str(demo_data),
+                           "--workdir", str(nan_dir), *FAST, "-e", "2", "--lr", "1e30", "-sm", "true"],
+                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 1, proc.stderr[-3000:]
+    assert "non-finite loss" in proc.stderr and "epoch 1, step" in proc.stderr
+    assert not (nan_dir / "checkpoints" / "last.keras").exists()
 
 
 def test_a_split_of_another_image_size_is_named(demo_data, tmp_path, capsys):
