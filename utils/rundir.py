@@ -64,10 +64,22 @@ def is_nonempty_dir(path: str | os.PathLike) -> bool:
     return p.is_dir() and any(p.iterdir())
 
 
-def check_writable_dir(path: str | os.PathLike, overwrite: bool, what: str = "directory") -> None:
-    """Refuse an existing non-empty directory unless overwrite; refuse a path that is a file."""
+def check_can_create_dir(path: str | os.PathLike) -> None:
+    """Refuse a directory path that cannot be created: it, or its nearest existing parent, is a file."""
     p = Path(path)
-    if p.exists() and not p.is_dir():
-        raise RunDirError(f"{p}: exists and is not a directory")
+    for q in (p, *p.parents):
+        if q.exists() or q.is_symlink():
+            if not q.is_dir():
+                where = "" if q == p else f" (its parent {q} is a file)"
+                raise RunDirError(f"{p}: exists and is not a directory{where}" if q == p
+                                  else f"{p}: cannot create the directory{where}")
+            return
+
+
+def check_writable_dir(path: str | os.PathLike, overwrite: bool, what: str = "directory") -> None:
+    """Refuse an existing non-empty directory unless overwrite; refuse a path that is a file or
+    lies under one."""
+    p = Path(path)
+    check_can_create_dir(p)
     if is_nonempty_dir(p) and not overwrite:
         raise RunDirError(f"{p}: {what} exists and is not empty; pass --overwrite to replace it")

@@ -73,3 +73,13 @@ def test_check_writable_dir_refuses_what_a_user_made(tmp_path):
     with pytest.raises(rundir.RunDirError, match="not a directory"):
         rundir.check_writable_dir(tmp_path / "file", overwrite=True)
     assert (tmp_path / "full" / "x").read_text() == "mine"
+
+
+def test_a_directory_under_a_file_is_refused_before_any_work(tmp_path):
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(rundir.RunDirError, match=r"cannot create the directory \(its parent .*file is a file\)"):
+        rundir.check_writable_dir(tmp_path / "file" / "sub" / "out", overwrite=True)
+    with pytest.raises(rundir.RunDirError, match="cannot create"):
+        rundir.check_can_create_dir(tmp_path / "file" / "x")
+    rundir.check_can_create_dir(tmp_path / "new" / "deep")  # nothing in the way: fine
+    assert not (tmp_path / "new").exists() and (tmp_path / "file").read_text() == "x"
