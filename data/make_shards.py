@@ -21,12 +21,18 @@ versions, is still accepted and does nothing.
 Images keep their dtype (uint8, uint16; float must lie in [0, 1]). GeoTIFF and other rasters are
 read with rasterio, PNG/JPEG/BMP with Pillow. Nothing is written when the input is bad, and an
 output split directory that exists and is not empty is refused.
+
+Bad input: exactly one line ``error: <file>: <what>: <what was expected>`` on stderr, exit status 2,
+and nothing left behind. Log lines (warnings such as skipped unpaired tiles, the shards written) are
+held back until the shards are in place, so a failed run prints its error only.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
+import os
 import pathlib
 import re
 import sys
@@ -35,6 +41,7 @@ import warnings
 import numpy as np
 
 from data import shards, splits
+from utils.cli import configure_logging
 
 log = logging.getLogger(__name__)
 
@@ -79,11 +86,18 @@ def as_shard_dtype(path, image):
     raise _err(path, "dtype", f"{image.dtype}; expected uint8, uint16 or float in [0, 1]")
 
 
-def read_image(path, bands=None) -> np.ndarray:
-    """(H, W, C) array of an image file; ``bands`` are 1-based band numbers to keep."""
+def _check_file(path, expected) -> pathlib.Path:
+    """ShardError unless ``path`` is an existing file: 'no such file' or 'not a file'."""
     path = pathlib.Path(path)
     if not path.is_file():
-        raise _err(path, "file", "no such file; expected an image")
+        what = "not a file" if path.exists() else "no such file"
+        raise _err(path, "file", f"{what}; expected {expected}")
+    return path
+
+
+def read_image(path, bands=None, expected="an image") -> np.ndarray:
+    """(H, W, C) array of an image file; ``bands`` are 1-based band numbers to keep."""
+    path = _check_file(path, expected)
     try:
         if path.suffix.lower() in PILLOW_SUFFIXES:
             from PIL import Image
@@ -103,7 +117,7 @@ def read_image(path, bands=None) -> np.ndarray:
     except shards.ShardError:
         raise
     except Exception as e:  # noqa: BLE001 - any reader failure is bad input, reported in one line
-        raise _err(path, "file", f"unreadable ({type(e).__name__}: {e}); expected an image") from None
+        raise _err(path, "file", f"unreadable ({type(e).__name__}: {e}); expected {expected}") from None
     if bands is not None:
         if max(bands) > array.shape[-1]:
             raise _err(path, "--bands", f"{bands}; the image has {array.shape[-1]} band(s) "
@@ -115,15 +129,38 @@ def read_image(path, bands=None) -> np.ndarray:
 # ----------------------------------------------------------------------------- class names
 
 
+def _names_file_like(text) -> bool:
+    """A --class_names value meant as a file: ends in .txt, or a path (separator, no comma)."""
+    seps = {"/", os.sep} | ({os.altsep} if os.altsep else set())
+    return text.lower().endswith(".txt") or (any(c in text for c in seps) and "," not in text)
+
+
 def parse_class_names(text):
-    """``--class_names``: a file with one name per line, or a comma-separated list; None stays."""
+    """``--class_names``: a file with one name per line, or a comma-separated list; None stays.
+
+    A value that exists as a file is read as one; a value that looks like a file (ends in .txt,
+    or a path without commas) but is none is an error, not a single class name.
+    """
     if text is None:
         return None
     path = pathlib.Path(text)
     if path.is_file():
-        names = [line.strip() for line in path.read_text().splitlines() if line.strip()]
-    else:
-        names = [n.strip() for n in str(text).split(",") if n.strip()]
+        try:
+            lines = path.read_text(encoding="utf-8").splitlines()
+        except (OSError, UnicodeDecodeError) as e:
+            raise _err(path, "--class_names", f"unreadable ({e}); expected a text file with one "
+                                              "class name per line") from None
+        names = [line.strip() for line in lines if line.strip()]
+        if not names or len(set(names)) != len(names):
+            dups = sorted({n for n in names if names.count(n) > 1})
+            what = f"duplicate names {dups}" if dups else "no names"
+            raise _err(path, "--class_names", f"{what}; expected distinct class names, one per line")
+        return names
+    if _names_file_like(str(text)):
+        what = "not a file" if path.exists() else "no such file"
+        raise _err(path, "--class_names", f"{what}; expected a file with one class name per line "
+                                          "(or a comma-separated list of names)")
+    names = [n.strip() for n in str(text).split(",") if n.strip()]
     if not names or len(set(names)) != len(names):
         raise ValueError(f"--class_names {text!r}: expected distinct names (list or file)")
     return names
@@ -136,7 +173,8 @@ def scan_class_tree(date_dir) -> dict:
     """``{stem: (class_name, path)}`` of ``DATE_DIR/CLASS_NAME/<stem>.<image suffix>``."""
     date_dir = pathlib.Path(date_dir)
     if not date_dir.is_dir():
-        raise _err(date_dir, "directory", "missing; expected DATE_DIR/CLASS_NAME/<col>_<row>.png")
+        what = "not a directory" if date_dir.exists() else "missing"
+        raise _err(date_dir, "directory", f"{what}; expected DATE_DIR/CLASS_NAME/<col>_<row>.png")
     tiles = {}
     for class_dir in sorted(d for d in date_dir.iterdir() if d.is_dir()):
         for path in sorted(class_dir.iterdir()):
@@ -219,9 +257,7 @@ def folder_pairs(t1, t2, class_names=None, skip_unpaired=False):
 
 def load_label_array(path, mat_key=None) -> np.ndarray:
     """2-D label array from .npy, .mat (the single 2-D numeric variable, or ``mat_key``) or a raster."""
-    path = pathlib.Path(path)
-    if not path.is_file():
-        raise _err(path, "file", "no such file; expected a label grid (.npy, .mat) or raster")
+    path = _check_file(path, "a label grid (.npy, .mat) or raster")
     suffix = path.suffix.lower()
     try:
         if suffix == ".npy":
@@ -243,7 +279,7 @@ def load_label_array(path, mat_key=None) -> np.ndarray:
                                                   "expected exactly one or --mat_key")
                 array = variables[cands[0]]
         else:
-            array = read_image(path)
+            array = read_image(path, expected="a label grid (.npy, .mat) or single-band raster")
             if array.shape[-1] != 1:
                 raise _err(path, "bands", f"{array.shape[-1]}; expected a single-band label raster")
             array = array[..., 0]
@@ -279,8 +315,23 @@ def tile_labels(path, labels, grid, image_hw, tile, transpose=False) -> np.ndarr
                                f"the image size {tuple(image_hw)} (--transpose_labels flips a grid)")
 
 
-def raster_pairs(t1, t2, labels1, labels2, tile, bands=None, mat_key=None, transpose=False):
-    """Everything the writer needs for (b): (n, get_pairs, None)."""
+def check_label_names(path, labels, class_names) -> None:
+    """Class ids of a label file within the ``--class_names`` given (before anything is written)."""
+    if class_names is None or labels.size == 0:
+        return
+    k, top = len(class_names), int(labels.max())
+    if top > k:
+        raise _err(path, "labels", f"class id {top} but --class_names gives {k} name(s); expected "
+                                   f"class ids 1..{k} (0 = undefined) or a name for every class")
+
+
+def raster_pairs(t1, t2, labels1, labels2, tile, bands=None, mat_key=None, transpose=False,
+                 class_names=None):
+    """Everything the writer needs for (b): (n, get_pairs, None).
+
+    ``class_names``: the ``--class_names`` given; a tile label above their number is an error
+    naming the label file.
+    """
     if tile < 1:
         raise ValueError(f"--tile {tile}: expected >= 1")
     x1, x2 = read_image(t1, bands), read_image(t2, bands)
@@ -296,6 +347,8 @@ def raster_pairs(t1, t2, labels1, labels2, tile, bands=None, mat_key=None, trans
                     "column(s) of pixels are left out", h, w, tile, h % tile, w % tile)
     y1 = tile_labels(labels1, load_label_array(labels1, mat_key), grid, (h, w), tile, transpose)
     y2 = tile_labels(labels2, load_label_array(labels2, mat_key), grid, (h, w), tile, transpose)
+    check_label_names(labels1, y1, class_names)
+    check_label_names(labels2, y2, class_names)
     rows, cols = grid
 
     def tiles(x):
@@ -362,7 +415,8 @@ def load_pairs(args):
     if args.mode == "folders":
         return folder_pairs(args.t1, args.t2, names, args.skip_unpaired)
     n, get_pairs, _ = raster_pairs(args.t1, args.t2, args.labels1, args.labels2, args.tile,
-                                   parse_bands(args.bands), args.mat_key, args.transpose_labels)
+                                   parse_bands(args.bands), args.mat_key, args.transpose_labels,
+                                   names)
     return n, get_pairs, names
 
 
@@ -378,16 +432,49 @@ def build(args) -> dict:
                                compress=args.compress and not args.no_compress)
 
 
+class _Held(logging.Handler):
+    """Keeps log records instead of printing them."""
+
+    def __init__(self):
+        super().__init__(logging.NOTSET)
+        self.records = []
+
+    def emit(self, record):
+        self.records.append(record)
+
+
+@contextlib.contextmanager
+def held_logging():
+    """Hold back every log record (Python warnings included) while the block runs: replayed to
+    the usual handlers if it succeeds, dropped if it raises (its error is then the only line)."""
+    root = logging.getLogger()
+    held, saved = _Held(), root.handlers[:]
+    root.handlers = [held]
+    logging.captureWarnings(True)
+    try:
+        yield
+    except BaseException:
+        held.records.clear()
+        raise
+    finally:
+        logging.captureWarnings(False)
+        root.handlers = saved
+        for record in held.records:
+            for handler in saved:
+                if record.levelno >= handler.level:
+                    handler.handle(record)
+
+
 def main(argv=None):
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    configure_logging()
     args = parse_args(argv)
     try:
-        written = build(args)
+        with held_logging():  # what was written is logged by splits.write_splits
+            build(args)
     except (ValueError, OSError) as e:
-        print(f"error: {e}", file=sys.stderr)
+        lines = [line.strip() for line in str(e).strip().splitlines() if line.strip()]
+        print(f"error: {' '.join(lines) or type(e).__name__}", file=sys.stderr)
         return 2
-    for name, paths in written.items():
-        log.info("%s: %d shard(s) in %s", name, len(paths), pathlib.Path(args.out) / name)
     return 0
 
 

@@ -15,6 +15,9 @@ whole.
 Cheap checks only read the ``.npy`` headers inside the zip (shape, dtype) and the small label
 arrays; the value check of float images (finite, inside [0, 1]) streams each image array through in
 chunks, so validating a 5,000-pair shard never holds more than one chunk of decoded pixels.
+Reading a member to its end makes :mod:`zipfile` verify its CRC-32: :func:`inspect_split` does so
+for float and compressed image members (the ones the loader would otherwise decode mid-epoch) and,
+with ``check_stored=True`` (``python -m data.inspect``), for uncompressed ones too.
 This module imports only NumPy (no TensorFlow), so the command-line tools start quickly.
 """
 
@@ -38,6 +41,7 @@ GRID_KEYS = ("row", "col")
 REQUIRED_KEYS = IMAGE_KEYS + LABEL_KEYS
 IMAGE_DTYPES = (np.dtype(np.uint8), np.dtype(np.uint16), np.dtype(np.float32))
 CHUNK_BYTES = 64 * 2**20  # decoded bytes per chunk when checking float image values
+VERIFY_CHUNK_BYTES = 16 * 2**20  # bytes per read when reading a member through for its CRC-32
 _READ_ERRORS = (OSError, ValueError, EOFError, zipfile.BadZipFile, zlib.error, KeyError)
 
 
@@ -58,7 +62,12 @@ def list_shards(split_dir) -> list[pathlib.Path]:
     if not split_dir.is_dir():
         what = "not a directory" if split_dir.exists() else "no such directory"
         raise _err(split_dir, "split", f"{what}; expected a directory of .npz shards")
-    files = sorted(p for p in split_dir.iterdir() if p.suffix == ".npz" and p.is_file())
+    candidates = sorted(p for p in split_dir.iterdir() if p.suffix == ".npz")
+    for p in candidates:
+        if p.is_symlink() and not p.exists():
+            raise _err(p, "file", f"dangling symbolic link (to {os.readlink(p)}); expected a .npz "
+                                  "shard (remove the link or restore its target)")
+    files = [p for p in candidates if p.is_file()]
     if not files:
         raise _err(split_dir, "split", "no .npz files; expected at least one shard")
     return files
@@ -221,10 +230,52 @@ def stream_check_image_values(path, key) -> None:
                         raise EOFError("array data ends early")
                     chunk = np.frombuffer(buf, dtype=dtype).reshape((k,) + tuple(shape[1:]))
                     _check_float_chunk(path, key, chunk, start)
+                while f.read(VERIFY_CHUNK_BYTES):  # to the member's end: zipfile checks the CRC-32
+                    pass
         except NotImplementedError:
             check_image_values(path, key, load_arrays(path, [key])[key])
+        except ShardError:  # a value error found above (ShardError is a ValueError): as it is
+            raise
         except _READ_ERRORS as e:
             raise _err(path, key, f"unreadable ({e}); the file looks truncated or corrupt") from None
+
+
+def verify_member(path, key) -> None:
+    """Read one array of the npz to its end, a chunk at a time, so that zipfile checks its CRC-32.
+
+    Decompresses a compressed member once (nothing is kept); for an uncompressed one it is a plain
+    read of its bytes. ShardError naming the file and key if the data is damaged or cut short.
+    """
+    with _open_zip(path) as zf:
+        try:
+            with zf.open(key + ".npy") as f:
+                while f.read(VERIFY_CHUNK_BYTES):
+                    pass
+        except _READ_ERRORS as e:
+            raise _err(path, key, f"damaged data ({e}); expected data that matches the zip's "
+                                  "CRC-32 checksum (the file looks truncated or corrupt: copy or "
+                                  "write it again)") from None
+
+
+def check_image_data(path, key, values=True, stored=False) -> None:
+    """Read the image array ``key`` through where that is needed to trust it before training.
+
+    Float images (with ``values``) are value-checked chunk by chunk, which reads the member to its
+    end (CRC-32 checked). Other compressed members are read through once (the loader would
+    decode them whole anyway, on every epoch). Uncompressed integer members, which the loader
+    reads per batch at their byte offsets, are read through only with ``stored`` (a full read of
+    the data, for an explicit validation such as ``python -m data.inspect``).
+    """
+    with _open_zip(path) as zf:
+        try:
+            compressed = zf.getinfo(key + ".npy").compress_type != zipfile.ZIP_STORED
+        except KeyError:
+            raise _err(path, key, f"missing; expected keys {', '.join(REQUIRED_KEYS)}") from None
+        dtype = _read_header(path, zf, key)[1]
+    if values and dtype.kind == "f":
+        stream_check_image_values(path, key)
+    elif stored or compressed:
+        verify_member(path, key)
 
 
 # ----------------------------------------------------------------------------- per-batch reads
@@ -476,25 +527,30 @@ def _scan_split(split_dir, num_classes):
     return files, infos, labels, names
 
 
-def inspect_split(split_dir, num_classes=None, check_values=True) -> SplitSummary:
+def inspect_split(split_dir, num_classes=None, check_values=True, check_stored=False) -> SplitSummary:
     """Validate every §4 rule on every shard of ``split_dir`` and summarise it.
 
     Args:
         split_dir: directory of ``.npz`` shards.
         num_classes: K if known; labels above it are an error. Default: ``len(class_names)`` when
             the shards carry names, else the largest label seen.
-        check_values: also check float image values (finite, in [0, 1]) by streaming each image
-            array in chunks. The loader passes False and checks each shard as it reads it.
+        check_values: also read image data that the loader cannot check before it is in the
+            middle of an epoch: float images are value-checked (finite, in [0, 1]) by streaming
+            each array in chunks, and compressed image members are read through once so that
+            their CRC-32 is verified (see :func:`check_image_data`). The loader passes False and
+            checks each shard as it reads it.
+        check_stored: also read uncompressed integer image members through to verify their
+            CRC-32 (every byte of the split is read; ``python -m data.inspect`` does this).
 
     Raises:
         ShardError: one line naming file, key and what was expected.
     """
     split_dir = pathlib.Path(split_dir)
     files, infos, labels, names = _scan_split(split_dir, num_classes)
-    if check_values and infos[0].dtype.kind == "f":
+    if check_values or check_stored:
         for path in files:
             for key in IMAGE_KEYS:
-                stream_check_image_values(path, key)
+                check_image_data(path, key, values=check_values, stored=check_stored)
     k = num_classes if num_classes is not None else (len(names) if names else
                                                      max(i.max_label for i in infos))
     hist1, hist2 = np.zeros(k, np.int64), np.zeros(k, np.int64)

@@ -2,7 +2,9 @@
 
 Writers never replace anything a user made: an output split directory that exists and is not empty
 is refused before any work is done, and shards are written into a temporary directory inside the
-output directory that is renamed into place only when every shard is written (removed on error).
+output directory that is renamed into place only when every shard is written (removed on error,
+with the output directory and any of its parents that the writer created). What was written is
+logged only once everything is in place, so a failed run prints nothing but its error.
 """
 
 from __future__ import annotations
@@ -89,14 +91,18 @@ def write_splits(out_dir, splits: dict, get_pairs, shard_size=None, class_names=
         ``{name: [shard paths]}``.
     """
     out_dir = check_output_dir(out_dir, splits)
-    created = not out_dir.exists()
+    created = _missing_dirs(out_dir)  # out_dir and the parents that mkdir will make, deepest first
     out_dir.mkdir(parents=True, exist_ok=True)
-    tmp = pathlib.Path(tempfile.mkdtemp(prefix=".incomplete-", dir=out_dir))
-    written = {}
+    written, empty = {}, []
+    try:
+        tmp = pathlib.Path(tempfile.mkdtemp(prefix=".incomplete-", dir=out_dir))
+    except BaseException:
+        _remove_created(created)
+        raise
     try:
         for name, idx in splits.items():
             if len(idx) == 0:
-                log.warning("split %s is empty; not written", name)
+                empty.append(name)
                 continue
             (tmp / name).mkdir()
             size = len(idx) if not shard_size else int(shard_size)
@@ -107,7 +113,6 @@ def write_splits(out_dir, splits: dict, get_pairs, shard_size=None, class_names=
                 shards.write_shard(path, class_names=class_names, compress=compress, **arrays)
                 paths.append(out_dir / name / path.name)
             written[name] = paths
-            log.info("%s: %d pairs in %d shard(s)", out_dir / name, len(idx), len(paths))
         for name in written:
             target = out_dir / name
             if target.exists():
@@ -117,6 +122,30 @@ def write_splits(out_dir, splits: dict, get_pairs, shard_size=None, class_names=
         shutil.rmtree(tmp, ignore_errors=True)
         if created:
             shutil.rmtree(out_dir, ignore_errors=True)
+            _remove_created(created[1:])
         raise
     tmp.rmdir()
+    for name in empty:
+        log.warning("split %s is empty; not written", name)
+    for name, paths in written.items():
+        log.info("%s: %d pairs in %d shard(s)", out_dir / name, len(splits[name]), len(paths))
     return written
+
+
+def _missing_dirs(path) -> list[pathlib.Path]:
+    """``path`` and those of its parents that do not exist yet, deepest first."""
+    missing = []
+    path = pathlib.Path(path)
+    while not path.exists() and path != path.parent:
+        missing.append(path)
+        path = path.parent
+    return missing
+
+
+def _remove_created(dirs) -> None:
+    """Remove directories a failed writer created (deepest first), each only while it is empty."""
+    for d in dirs:
+        try:
+            d.rmdir()
+        except OSError:
+            break

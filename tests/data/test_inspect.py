@@ -43,3 +43,38 @@ def test_command_line_no_traceback(tmp_path):
     assert proc.stderr.strip().count("\n") == 0 and "Traceback" not in proc.stderr
     assert proc.stderr.startswith(f"error: {tmp_path / 's' / 'a.npz'}: file: ")
     assert proc.stdout == ""
+
+
+def _flip_bytes_in(path, key, n=40):
+    """Damage ``n`` bytes inside the data of an uncompressed member (zip directory intact)."""
+    import zipfile
+
+    with zipfile.ZipFile(path) as zf:
+        info = zf.getinfo(key + ".npy")
+    data = bytearray(path.read_bytes())
+    start = info.header_offset + 30 + len(info.filename) + len(info.extra) + info.file_size // 2
+    data[start:start + n] = bytes(255 - b for b in data[start:start + n])
+    path.write_bytes(bytes(data))
+
+
+def test_corrupt_bytes_in_uncompressed_shard(tmp_path, capsys):
+    """data.inspect reads every image byte: a damaged one fails the CRC-32, named by file and key."""
+    from tests.data.helpers import make_split
+
+    split = make_split(tmp_path / "trn", sizes=(5, 6), size=16)
+    _flip_bytes_in(split / "shard_001.npz", "image_t1")
+    assert inspect.main([str(tmp_path)]) == 2
+    captured = capsys.readouterr()
+    assert captured.out == "" and captured.err.count("\n") == 1, captured.err
+    assert captured.err.startswith(f"error: {split / 'shard_001.npz'}: image_t1: damaged data "
+                                   "(Bad CRC-32"), captured.err
+
+
+def test_dangling_link_in_a_split(tmp_path, capsys):
+    from tests.data.helpers import make_split
+
+    split = make_split(tmp_path / "trn", sizes=(5,))
+    (split / "shard_005.npz").symlink_to(tmp_path / "gone.npz")
+    assert inspect.main([str(split)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith(f"error: {split / 'shard_005.npz'}: file: dangling")

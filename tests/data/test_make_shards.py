@@ -1,12 +1,17 @@
 """python -m data.make_shards: class folders and rasters round-trip through inspect_split."""
 
+import os
+import pathlib
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 import rasterio
 import scipy.io
 from PIL import Image
 
-from data import make_shards, shards
+from data import make_shards, shards, splits
 
 T = 8  # tile size
 
@@ -235,8 +240,98 @@ def test_raster_bad_input(tmp_path, capsys, case):
     expected = {"grid shape": "g.npy: labels: shape (3, 2); expected the tile grid (2, 3)",
                 "bands": "a.png: --bands: [1, 4]; the image has 3 band(s)",
                 "t2 size": "b.png: image: (16, 23, 3) uint8; expected (16, 24, 3) uint8",
-                "labels above names": "label_t1: label 4 > 3"}[case]
+                "labels above names": f"{tmp_path / 'g.npy'}: labels: class id 4 but "
+                                      "--class_names gives 3 name(s); expected class ids 1..3"}[case]
     assert make_shards.main(argv) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and err.startswith("error: ") and expected in err, err
+    assert ".incomplete" not in err  # never the name of a temporary file
     assert not (tmp_path / "o").exists()
+
+
+# ----------------------------------------------------------------------------- bad input: one line
+
+
+@pytest.mark.parametrize("value", ["names.txt", "lists/names", "NAMES.TXT"])
+def test_class_names_file_that_does_not_exist(folders, capsys, value, monkeypatch):
+    """A --class_names value that looks like a file is not taken as a single class name."""
+    root, _ = folders
+    monkeypatch.chdir(root)
+    argv = ["folders", "--t1", "d1", "--t2", "d2", "--out", "o", "--class_names", value]
+    assert make_shards.main(argv) == 2
+    err = capsys.readouterr().err
+    assert err == f"error: {value}: --class_names: no such file; expected a file with one class " \
+                  "name per line (or a comma-separated list of names)\n", err
+    assert not (root / "o").exists()
+
+
+def test_class_names_file(folders, tmp_path):
+    root, _ = folders
+    (tmp_path / "names.txt").write_text("road\nwater\n\nfarm\nbare\n")
+    out = tmp_path / "o"
+    assert make_shards.main(["folders", "--t1", str(root / "d1"), "--t2", str(root / "d2"),
+                             "--out", str(out), "--class_names", str(tmp_path / "names.txt")]) == 0
+    assert shards.inspect_split(out / "trn").class_names == ["road", "water", "farm", "bare"]
+
+
+def test_date_dir_that_is_a_file(folders, capsys):
+    root, _ = folders
+    (root / "afile").write_text("x")
+    argv = ["folders", "--t1", str(root / "afile"), "--t2", str(root / "d2"), "--out", str(root / "o")]
+    assert make_shards.main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: {root / 'afile'}: directory: not a directory; expected ")
+    assert err.count("\n") == 1 and not (root / "o").exists()
+
+
+def _late_failure(root):
+    """Give the t2 tile of the first test pair another size: the error comes after trn is written."""
+    k = int(splits.split_indices(12, splits.DEFAULT_FRACTIONS, 0)["tst"][0])
+    row, col = divmod(k, 4)  # stems sorted by (row, col) on the 3x4 grid
+    (tile,) = (root / "d2").glob(f"*/{col}_{row}.png")
+    Image.fromarray(np.zeros((T + 1, T, 3), np.uint8)).save(tile)
+    return tile
+
+
+def test_failure_removes_the_parents_it_created(folders, capsys):
+    root, _ = folders
+    tile = _late_failure(root)
+    argv = ["folders", "--t1", str(root / "d1"), "--t2", str(root / "d2"),
+            "--out", str(root / "deep" / "a" / "b")]
+    assert make_shards.main(argv) == 2
+    assert f"{tile}: image: " in capsys.readouterr().err
+    assert not (root / "deep").exists()
+
+
+ROOT = pathlib.Path(__file__).resolve().parents[2]
+
+
+def _run(argv, cwd):
+    return subprocess.run([sys.executable, "-m", "data.make_shards", *argv], capture_output=True,
+                          text=True, timeout=120, cwd=cwd, env={**os.environ, "PYTHONPATH": str(ROOT)})
+
+
+@pytest.mark.parametrize("case", ["fake tif", "text labels", "after trn written"])
+def test_command_line_prints_exactly_one_line(folders, case):
+    """No GDAL/rasterio INFO line, no warning and no 'pairs in shard(s)' line before the error."""
+    root, _ = folders
+    image = np.zeros((2 * T, 2 * T, 3), np.uint8)
+    Image.fromarray(image).save(root / "a.png")
+    np.save(root / "g.npy", np.ones((2, 2), np.int64))
+    (root / "fake.tif").write_text("not a tiff")
+    (root / "lab.txt").write_text("1 2\n2 1\n")
+    raster = ["raster", "--t2", "a.png", "--labels2", "g.npy", "--tile", str(T), "--out", "deep/o"]
+    if case == "fake tif":
+        argv, bad = raster + ["--t1", "fake.tif", "--labels1", "g.npy"], "fake.tif: file: unreadable"
+    elif case == "text labels":
+        argv, bad = raster + ["--t1", "a.png", "--labels1", "lab.txt"], "lab.txt: file: unreadable"
+    else:
+        (root / "d1" / "bare" / "9_9.png").write_bytes((root / "a.png").read_bytes())  # unpaired
+        tile = _late_failure(root)
+        argv = ["folders", "--t1", "d1", "--t2", "d2", "--out", "deep/o", "--skip_unpaired"]
+        bad = f"{tile.relative_to(root)}: image: "
+    proc = _run(argv, root)
+    assert proc.returncode == 2, proc.stderr
+    assert proc.stderr.count("\n") == 1 and proc.stderr.startswith("error: "), proc.stderr
+    assert bad in proc.stderr and proc.stdout == ""
+    assert not (root / "deep").exists()

@@ -227,3 +227,95 @@ def test_corrupt_member_data(tmp_path):
     path.write_bytes(bytes(data))
     with pytest.raises(shards.ShardError, match=r"a\.npz: image_t1: "):
         shards.inspect_split(tmp_path / "s")
+
+
+# ----------------------------------------------------------------------------- damaged data (CRC-32)
+
+
+def _damage(path, key, offset=200, n=40):
+    """Overwrite ``n`` bytes of ``key``'s member data in place (zip directory left intact)."""
+    import zipfile
+
+    with zipfile.ZipFile(path) as zf:
+        info = zf.getinfo(key + ".npy")
+    data = bytearray(path.read_bytes())
+    name_len, extra_len = np.frombuffer(data[info.header_offset + 26:info.header_offset + 30], "<u2")
+    start = info.header_offset + 30 + int(name_len) + int(extra_len) + offset
+    assert start + n < info.header_offset + 30 + name_len + extra_len + info.compress_size
+    data[start:start + n] = bytes(255 - b for b in data[start:start + n])
+    path.write_bytes(bytes(data))
+    return path
+
+
+def test_corrupt_compressed_images_fail_the_default_check(tmp_path):
+    """A compressed shard whose image bytes are damaged fails the check run before training (the
+    loader would only hit it mid-epoch); the loader's header-only check does not read it."""
+    path = tmp_path / "s" / "a.npz"
+    path.parent.mkdir()
+    np.savez_compressed(path, **shard_arrays(n=20, size=16))
+    _damage(path, "image_t1", offset=1000)
+    with pytest.raises(shards.ShardError) as info:
+        shards.inspect_split(tmp_path / "s")
+    message = str(info.value)
+    assert message.startswith(f"{path}: image_t1: ") and "\n" not in message, message
+    assert shards.inspect_split(tmp_path / "s", check_values=False).n_pairs == 20
+
+
+def test_corrupt_stored_images_fail_check_stored_only(tmp_path):
+    """Uncompressed integer images are CRC-checked only on request (a full read of the split)."""
+    path = write_npz(tmp_path / "s" / "a.npz", **shard_arrays(n=20, size=16))
+    _damage(path, "image_t2")
+    assert shards.inspect_split(tmp_path / "s").n_pairs == 20  # cheap check: images not read
+    with pytest.raises(shards.ShardError) as info:
+        shards.inspect_split(tmp_path / "s", check_stored=True)
+    assert str(info.value).startswith(f"{path}: image_t2: damaged data (Bad CRC-32"), info.value
+
+
+def test_check_stored_reads_in_chunks(tmp_path, monkeypatch):
+    """The CRC read never asks zipfile for a whole member at once."""
+    import zipfile
+
+    write_npz(tmp_path / "s" / "a.npz", **shard_arrays(n=20, size=16))
+    monkeypatch.setattr(shards, "VERIFY_CHUNK_BYTES", 1000)
+    sizes = []
+    read = zipfile.ZipExtFile.read
+
+    def spy(self, n=-1):
+        sizes.append(n)
+        return read(self, n)
+
+    monkeypatch.setattr(zipfile.ZipExtFile, "read", spy)
+    for key in shards.IMAGE_KEYS:
+        sizes.clear()
+        shards.verify_member(tmp_path / "s" / "a.npz", key)
+        assert len(sizes) > 10 and all(0 < n <= 1000 for n in sizes), sizes
+
+
+def test_dangling_symlink_is_an_error(tmp_path):
+    split = make_split(tmp_path / "trn", sizes=(4, 3))
+    link = split / "shard_005.npz"
+    link.symlink_to(tmp_path / "nonexistent.npz")
+    with pytest.raises(shards.ShardError) as info:
+        shards.list_shards(split)
+    message = str(info.value)
+    assert message.startswith(f"{link}: file: dangling symbolic link") and "\n" not in message
+    with pytest.raises(shards.ShardError, match="dangling"):
+        shards.inspect_split(split, check_values=False)  # the loader's check
+
+
+@pytest.mark.parametrize("case", ["0-255", "nan"])
+def test_float_value_error_is_not_called_corruption(tmp_path, case):
+    a = shard_arrays(dtype=np.float32)
+    if case == "0-255":
+        a["image_t1"] = np.round(a["image_t1"] * 255).astype(np.float32)
+        a["image_t1"][0, 0, 0, :2] = 255, 0
+        words = "image_t1: values in [0, 255] near pair 0; expected float images in [0, 1]"
+    else:
+        a["image_t1"][3] = np.nan
+        words = "image_t1: NaN or inf in pair 3; expected float images in [0, 1]"
+    path = write_npz(tmp_path / "s" / "s.npz", **a)
+    with pytest.raises(shards.ShardError) as info:
+        shards.inspect_split(tmp_path / "s")
+    message = str(info.value)
+    assert message.startswith(f"{path}: {words}"), message
+    assert "unreadable" not in message and "corrupt" not in message and message.count(str(path)) == 1
