@@ -3,8 +3,11 @@
     python train_cnn.py --data_dir DATA --backbone vgg16 --method corrfusion -g 0
     python train_cnn.py --demo
 
-Reads like a table of contents: parse -> data -> per run (model -> fit -> evaluate best) -> summary.
-TensorFlow is imported only after the arguments are parsed and the devices chosen.
+Reads like a table of contents: parse -> checks -> data -> per run (model -> fit -> evaluate best)
+-> summary. Everything that can be checked without TensorFlow is checked before it starts and before
+anything is written: every output path (nothing a user made is replaced without --resume or
+--overwrite), every split, and with --resume each run's last_state.json and checkpoints against
+the data. TensorFlow is imported only after that and after the devices are chosen.
 """
 
 from __future__ import annotations
@@ -20,7 +23,6 @@ from pathlib import Path
 from parser import train_parser
 from utils.cli import UsageError, configure_logging, run_main
 from utils.devices import select_devices
-from utils.rundir import is_nonempty_dir
 
 log = logging.getLogger("corrfusion.train")
 
@@ -113,6 +115,8 @@ class RunPaths:
 
 
 def resolve_splits(args) -> None:
+    if args.demo:
+        args.data_dir = str(demo_data_dir())
     base = Path(args.data_dir) if args.data_dir else None
     for split in ("trn", "val", "tst"):
         attr = f"{split}_dir"
@@ -139,20 +143,108 @@ def run_paths(args, k: int) -> RunPaths:
                     pick(args.tb_path, "tb"), pick(args.result_path, "results"))
 
 
+def summary_dir(args) -> Path | None:
+    """Where --runs N > 1 writes summary.json/.csv (None when nothing is summarised)."""
+    if args.runs < 2 or not args.tst_dir:
+        return None
+    return Path(args.result_path or workdir_of(args) / "results")
+
+
+SUMMARY_FILES = ("summary.json", "summary.csv")
+
+
+@dataclass
+class RunOutputs:
+    """What one run writes: files it replaces, directories it fills, directories it creates."""
+
+    files: list
+    filled: list
+    created: list
+
+
+def run_outputs(args, paths: RunPaths) -> RunOutputs:
+    """Every output of one run, given -sm/-log/-tb and whether there is a test split."""
+    out = RunOutputs([paths.root / "args.json"], [], [paths.root])
+    if args.save_model:
+        out.files += [paths.best, paths.last, paths.state]
+        out.created.append(paths.ckpt_dir)
+    if args.save_log:
+        out.files += [paths.log_dir / "log.txt", paths.log_dir / "history.csv"]
+        out.created.append(paths.log_dir)
+    if args.use_tfboard:
+        out.filled += [paths.tb_dir / s for s in ("trn", "val", "tst") if s != "tst" or args.tst_dir]
+    if args.tst_dir:
+        out.filled.append(paths.result_dir / "tst")
+    out.created += out.filled
+    return out
+
+
+def check_outputs(args) -> None:
+    """Before any work: every output directory can be created, and nothing a run would write
+    exists already, unless --resume (the run's own files) or --overwrite."""
+    for k in range(args.runs):
+        check_run_dir(args, run_paths(args, k))
+    out = summary_dir(args)
+    if out is not None:
+        files = [out / name for name in SUMMARY_FILES]
+        check_output_paths(files, [out])
+        check_not_replaced(args, files, out, "summary directory")
+
+
 def check_run_dir(args, paths: RunPaths) -> None:
-    """Never train over a user's checkpoints unless --resume or --overwrite."""
-    has_ckpt = any(paths.ckpt_dir.glob("*.keras"))
+    """Never train over a user's checkpoints, logs, arguments or results unless --resume or
+    --overwrite; refuse output paths that are files or lie under one."""
+    out = run_outputs(args, paths)
+    check_output_paths(out.files, out.created)
     if args.resume:
-        if not paths.last.is_file() or not paths.state.is_file():
-            raise UsageError(f"{paths.last}: no last checkpoint to resume from")
-    elif has_ckpt and not args.overwrite:
+        for f in (paths.last, paths.state):
+            if not f.is_file():
+                raise UsageError(f"{f}: no last checkpoint to resume from")
+    elif not args.overwrite and args.save_model and any(paths.ckpt_dir.glob("*.keras")):
         raise UsageError(f"{paths.ckpt_dir}: run directory already holds checkpoints; "
                          "pass --resume to continue or --overwrite to start again")
-    elif is_nonempty_dir(paths.result_dir) and not args.overwrite:
-        raise UsageError(f"{paths.result_dir}: result directory is not empty; pass --overwrite")
+    check_not_replaced(args, out.files + out.filled, paths.result_dir if args.tst_dir else None,
+                       "result directory")
+
+
+def check_output_paths(files, dirs) -> None:
+    """Output directories that can be created; output files that are files where they exist."""
+    from utils.rundir import RunDirError, check_can_create_dir
+
+    for d in dirs:
+        check_can_create_dir(d)
+    for f in files:
+        if (f.exists() or f.is_symlink()) and not f.is_file():
+            raise RunDirError(f"{f}: exists and is not a file")
+
+
+def check_not_replaced(args, outputs, result_dir, what) -> None:
+    """Without --resume/--overwrite: no output exists yet and the result directory is empty."""
+    from utils.rundir import check_writable_dir
+
+    if args.resume or args.overwrite:
+        return
+    for p in outputs:
+        if p.exists() or p.is_symlink():
+            raise UsageError(f"{p}: exists and a run would replace it; pass --resume to continue "
+                             "the run that wrote it or --overwrite to start again")
+    if result_dir is not None:
+        check_writable_dir(result_dir, False, what)
 
 
 # -------------------------------------------------------------------------------------------- data
+@dataclass
+class DataPlan:
+    """The checked splits (NumPy only, before TensorFlow starts): what loaders and model are built for."""
+
+    splits: dict
+    summaries: dict
+    num_classes: int
+    image_size: tuple
+    channels: int
+    class_names: list | None
+
+
 @dataclass
 class Data:
     trn: object
@@ -166,13 +258,18 @@ class Data:
     steps_per_epoch: int
 
 
-def load_data(args) -> Data:
-    """Validate every split, check the class count and shapes, build the streaming loaders."""
-    from data.loader import make_dataset, steps_per_epoch
-    from data.shards import inspect_split
+def check_data(args) -> DataPlan:
+    """Validate every split (DESIGN.md §4), the class count and the image shapes."""
+    from data.shards import ShardError, inspect_split
 
-    splits = {"trn": args.trn_dir, "val": args.val_dir, "tst": args.tst_dir}
-    summaries = {s: inspect_split(d) for s, d in splits.items() if d}
+    splits = {s: d for s, d in (("trn", args.trn_dir), ("val", args.val_dir), ("tst", args.tst_dir))
+              if d}
+    summaries = {}
+    for split, split_dir in splits.items():
+        summaries[split] = inspect_split(split_dir)
+        if summaries[split].n_pairs == 0:
+            raise ShardError(f"{split_dir}: label_t1/label_t2: no usable pairs; expected at least "
+                             "one pair with labels > 0 on both dates")
     k_data = max(s.num_classes for s in summaries.values())
     num_classes = args.num_classes or k_data
     if num_classes < k_data:
@@ -186,23 +283,97 @@ def load_data(args) -> Data:
             hint = "" if shape[-1] != trn_shape[-1] else "; pass --image_size to resize"
             raise UsageError(f"{splits[split]}: image shape {shape} differs from the training "
                              f"split's {trn_shape}{hint}")
-    trn_summary = summaries["trn"]
-    size = tuple(args.image_size or trn_summary.image_shape[:2])
-    names = trn_summary.class_names
-    for s in summaries.values():
+    names = summaries["trn"].class_names
+    return DataPlan(splits, summaries, num_classes, tuple(args.image_size or trn_shape[:2]),
+                    trn_shape[-1], list(names) if names is not None else None)
+
+
+def check_model_inputs(args, plan: DataPlan) -> None:
+    """The --weights file, or with --resume every run's last checkpoint and state against the data."""
+    if args.resume:
+        for k in range(args.runs):
+            check_resumable(args, plan, run_paths(args, k), k)
+    elif args.weights not in (None, "imagenet") and not Path(args.weights).is_file():
+        raise UsageError(f"{args.weights}: --weights: no such file; expected none, imagenet or a "
+                         "weights file")
+
+
+def check_resumable(args, plan: DataPlan, paths: RunPaths, k: int) -> None:
+    """last_state.json readable; last.keras (and best.keras) CorrFusionNet archives for this data's
+    class count and input size, last.keras with its optimiser; read without TensorFlow."""
+    from eval import read_checkpoint_config
+
+    read_state(paths.state)
+    config = read_checkpoint_config(paths.last)
+    check_checkpoint_fits(args, plan, paths.last, config, adopt=not args.num_classes and k == 0)
+    compiled = config.get("compile_config")
+    if not (isinstance(compiled, dict) and compiled.get("optimizer")):
+        raise UsageError(f"{paths.last}: saved without an optimiser (not compiled); expected the "
+                         "last.keras train_cnn.py writes")
+    if paths.best.is_file():
+        check_checkpoint_fits(args, plan, paths.best, read_checkpoint_config(paths.best))
+
+
+def check_checkpoint_fits(args, plan: DataPlan, ckpt: Path, config: dict, adopt=False) -> None:
+    """The checkpoint's input (H, W, C) and class count K fit every split (eval.py's checks).
+    adopt: a K above the data's largest label becomes the run's class count (trained with -n K)."""
+    from eval import check_compatible, config_signature
+
+    try:
+        signature = config_signature(config)
+    except (AttributeError, TypeError, ValueError, IndexError):
+        signature = (None, None)
+    if None in signature:
+        raise UsageError(f"{ckpt}: config.json: no image_size/channels/num_classes; expected a "
+                         "CorrFusionNet checkpoint written by train_cnn.py")
+    for split, summary in plan.summaries.items():
+        check_compatible(signature, summary, args.image_size, plan.splits[split],
+                         f"checkpoint {ckpt}")
+    if signature[1] != plan.num_classes:
+        if not adopt:
+            raise UsageError(f"{ckpt}: a checkpoint for {signature[1]} classes; expected "
+                             f"{plan.num_classes} (-n/--num_classes, or the other checkpoints')")
+        plan.num_classes = signature[1]
+
+
+def read_state(path) -> dict:
+    """A run's last_state.json: {"epoch": whole number, "best_score": number or null, ...}."""
+    try:
+        state = json.loads(Path(path).read_text())
+    except (OSError, ValueError) as e:  # ValueError: JSONDecodeError, UnicodeDecodeError
+        first = (str(e).strip().splitlines() or [""])[0][:200]
+        raise UsageError(f"{path}: unreadable ({type(e).__name__}: {first}); expected the "
+                         "last_state.json train_cnn.py writes") from None
+    if not isinstance(state, dict):
+        raise UsageError(f"{path}: not a JSON object; expected the last_state.json train_cnn.py "
+                         "writes")
+    epoch, best = state.get("epoch"), state.get("best_score")
+    if isinstance(epoch, bool) or not isinstance(epoch, int) or epoch < 0:
+        raise UsageError(f"{path}: epoch: {epoch!r}; expected a whole number >= 0")
+    if best is not None and (isinstance(best, bool) or not isinstance(best, int | float)):
+        raise UsageError(f"{path}: best_score: {best!r}; expected a number or null")
+    return state
+
+
+def load_data(args, plan: DataPlan) -> Data:
+    """The streaming loaders of the checked splits (TensorFlow starts here)."""
+    from data.loader import make_dataset, steps_per_epoch
+
+    for s in plan.summaries.values():
         log.info("%s", s.format())
 
     def loader(split, training):
-        ds, _ = make_dataset(splits[split], args.batch_size, training=training, seed=args.seed,
-                             image_size=args.image_size, num_classes=num_classes,
+        ds, _ = make_dataset(plan.splits[split], args.batch_size, training=training,
+                             seed=args.seed, image_size=args.image_size,
+                             num_classes=plan.num_classes,
                              raw_integers=True)  # the model scales uint8/uint16 on the device
         return ds
 
     return Data(trn=loader("trn", True), val=loader("val", False),
-                tst=loader("tst", False) if args.tst_dir else None, summaries=summaries,
-                num_classes=num_classes, image_size=size, channels=trn_summary.image_shape[-1],
-                class_names=list(names) if names is not None else None,
-                steps_per_epoch=steps_per_epoch(trn_summary, args.batch_size, False))
+                tst=loader("tst", False) if args.tst_dir else None, summaries=plan.summaries,
+                num_classes=plan.num_classes, image_size=plan.image_size, channels=plan.channels,
+                class_names=plan.class_names,
+                steps_per_epoch=steps_per_epoch(plan.summaries["trn"], args.batch_size, False))
 
 
 # ------------------------------------------------------------------------------------------- model
@@ -224,10 +395,16 @@ def build_optimizer(args, steps_per_epoch: int):
 def build_or_resume(args, data: Data, paths: RunPaths, seed: int):
     """A fresh compiled model, or the last checkpoint (weights, optimiser, running covariances)."""
     import model as cfn
+    from model.backbones import WeightsError
 
     if args.resume:
-        state = json.loads(paths.state.read_text())
-        net = cfn.load_model(paths.last)
+        from eval import load_checkpoint
+
+        state = read_state(paths.state)
+        net = load_checkpoint(paths.last)
+        if not getattr(net, "compiled", False) or getattr(net, "optimizer", None) is None:
+            raise UsageError(f"{paths.last}: saved without an optimiser (not compiled); expected "
+                             "the last.keras train_cnn.py writes")
         net.jit_compile = args.jit
         log.info("resuming %s after epoch %d", paths.last, state["epoch"])
         return net, state
@@ -237,6 +414,8 @@ def build_or_resume(args, data: Data, paths: RunPaths, seed: int):
             backbone=args.backbone, method=args.method, shared=args.shared, weights=args.weights,
             hidden=args.hidden, reduction=args.reduction, lambda1=args.lambda1,
             lambda2=args.lambda2, corr_norm=args.corr_norm, seed=seed)
+    except WeightsError as e:
+        raise UsageError(f"{e.path}: --weights: {e.reason}") from None
     except ValueError as e:
         raise UsageError(f"--backbone {args.backbone}: {e}") from None
     net.compile(optimizer=build_optimizer(args, data.steps_per_epoch), jit_compile=args.jit)
@@ -287,7 +466,7 @@ def train_one_run(args, data: Data, k: int, strategy, device_info: dict) -> dict
     with strategy.scope():
         net, state = build_or_resume(args, data, paths, seed)
     run_info = {"run": k, "seed": seed}
-    paths.root.mkdir(parents=True, exist_ok=True)
+    make_run_dirs(args, paths)
     atomic_write_json(paths.root / "args.json", {
         "args": vars(args), "run": k, "seed": seed, "devices": device_info, "versions": versions(),
         "data": {s: v.to_dict() for s, v in data.summaries.items()},
@@ -306,6 +485,14 @@ def train_one_run(args, data: Data, k: int, strategy, device_info: dict) -> dict
     return evaluate_run(args, data, paths, net)
 
 
+def make_run_dirs(args, paths: RunPaths) -> None:
+    """The run directory and, before anything is written into it, checkpoints/ (compare.py takes a
+    run directory with checkpoints/ but no last checkpoint for its own, started run)."""
+    paths.root.mkdir(parents=True, exist_ok=True)
+    if args.save_model:
+        paths.ckpt_dir.mkdir(parents=True, exist_ok=True)
+
+
 def set_loader_epoch(data: Data, epoch: int) -> None:
     """Resume with the shuffle order the uninterrupted run would have used at this epoch."""
     setter = getattr(data.trn, "set_epoch", None)
@@ -322,10 +509,9 @@ def evaluate_run(args, data: Data, paths: RunPaths, net) -> dict:
     if data.tst is None:
         log.info("no test split given: skipping the final evaluation")
         return {}
-    import model as cfn
-    from eval import evaluate_split, format_table, write_outputs
+    from eval import evaluate_split, format_table, load_checkpoint, write_outputs
 
-    best = cfn.load_model(paths.best) if args.save_model and paths.best.is_file() else net
+    best = load_checkpoint(paths.best) if args.save_model and paths.best.is_file() else net
     metrics, preds = evaluate_split(best, args.tst_dir, batch_size=args.batch_size,
                                     threshold=0.5, class_names=data.class_names,
                                     image_size=args.image_size)
@@ -354,7 +540,7 @@ def summarize_runs(args, results: list[dict]) -> dict:
         if vals:
             summary[key] = {"mean": float(np.mean(vals)), "std": float(np.std(vals)),
                             "runs": vals}
-    out = Path(args.result_path or workdir_of(args) / "results")
+    out = summary_dir(args)
     rows = ["metric,mean,std," + ",".join(f"run{k}" for k in range(len(results)))]
     rows += [f"{k},{v['mean']:.6f},{v['std']:.6f}," + ",".join(f"{x:.6f}" for x in v["runs"])
              for k, v in summary.items()]
@@ -370,12 +556,13 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     configure_logging()
     select_devices(args.gpu)
-    if args.demo:
-        args.data_dir = str(ensure_demo_data())
     resolve_splits(args)
-    for k in range(args.runs):
-        check_run_dir(args, run_paths(args, k))
-    data = load_data(args)
+    check_outputs(args)  # nothing a user made is replaced; every output directory can be made
+    if args.demo:
+        ensure_demo_data()
+    plan = check_data(args)  # NumPy only: a data error is one line, before TensorFlow starts
+    check_model_inputs(args, plan)
+    data = load_data(args, plan)
     from utils.devices import make_strategy, setup_backend
 
     device_info = setup_backend(args.mixed_precision)

@@ -21,8 +21,8 @@ import keras
 import numpy as np
 from keras import ops
 
-__all__ = ["BACKBONES", "BackboneSpec", "ImagenetInputMapping", "build_backbone", "check_input_size",
-           "has_batch_statistics", "scale_inputs"]
+__all__ = ["BACKBONES", "BackboneSpec", "ImagenetInputMapping", "WeightsError", "build_backbone",
+           "check_input_size", "has_batch_statistics", "scale_inputs"]
 
 _CAFFE_MEAN_BGR = (103.939, 116.779, 123.68)
 _TORCH_MEAN = (0.485, 0.456, 0.406)
@@ -141,16 +141,43 @@ def check_input_size(name, image_size, channels, weights=None):
         )
 
 
+class WeightsError(ValueError):
+    """A weights file that cannot be used: ``path`` and ``reason``; the message names the file."""
+
+    def __init__(self, path, reason):
+        super().__init__(f"weights file {path}: {reason}")
+        self.path, self.reason = str(path), reason
+
+
+WEIGHTS_SUFFIXES = (".weights.h5", ".h5", ".hdf5", ".keras")
+
+
 def _check_weights(name, weights):
     if weights is None or weights == "imagenet":
         if weights == "imagenet" and name == "small":
             raise ValueError("Backbone 'small' has no 'imagenet' weights; use weights=None or a file path.")
         return
-    if not isinstance(weights, (str, os.PathLike)) or not os.path.isfile(weights):
-        raise ValueError(
-            f"weights must be None, 'imagenet' or the path of an existing weights file; "
-            f"received weights={weights!r}."
+    if not isinstance(weights, (str, os.PathLike)):
+        raise ValueError(f"weights must be None, 'imagenet' or a file path; received weights={weights!r}.")
+    if not os.path.isfile(weights):
+        raise WeightsError(
+            weights, "no such file; weights must be None, 'imagenet' or the path of an existing weights file"
         )
+    if not str(weights).lower().endswith(WEIGHTS_SUFFIXES):
+        raise WeightsError(
+            weights, f"not a Keras weights file; expected a name ending in {', '.join(WEIGHTS_SUFFIXES)}"
+        )
+
+
+def _load_weights_file(model, weights):
+    """``model.load_weights`` with every failure turned into a one-line WeightsError."""
+    try:
+        model.load_weights(str(weights))
+    except Exception as e:  # noqa: BLE001 - any failure to read means "not usable weights"
+        first = (str(e).strip().splitlines() or [""])[0][:200]
+        raise WeightsError(
+            weights, f"cannot load it into backbone {model.name!r} ({type(e).__name__}: {first})"
+        ) from None
 
 
 def _application(fn, default_name):
@@ -201,4 +228,8 @@ def build_backbone(name, image_size, channels=3, weights=None, model_name=None, 
     check_input_size(name, image_size, channels, weights)
     _check_weights(name, weights)
     shape = (int(image_size[0]), int(image_size[1]), int(channels))
-    return BACKBONES[name].build(shape, weights=weights, name=model_name, seed=seed)
+    if weights is None or weights == "imagenet":
+        return BACKBONES[name].build(shape, weights=weights, name=model_name, seed=seed)
+    model = BACKBONES[name].build(shape, weights=None, name=model_name, seed=seed)
+    _load_weights_file(model, weights)
+    return model

@@ -9,6 +9,7 @@ from data.shards import scale_images
 from model.backbones import (
     BACKBONES,
     ImagenetInputMapping,
+    WeightsError,
     build_backbone,
     has_batch_statistics,
     scale_inputs,
@@ -41,6 +42,21 @@ def test_weights_argument_checked():
         build_backbone("small", (16, 16), 3, weights="/nonexistent/w.weights.h5")
     with pytest.raises(ValueError, match="need 3 channels; received channels=4"):
         build_backbone("vgg16", (32, 32), 4, weights="imagenet")
+
+
+@pytest.mark.parametrize("name", ["small", "vgg16"])
+@pytest.mark.parametrize("file,content,match", [
+    ("afile", b"not weights\n", "not a Keras weights file"),
+    ("junk.weights.h5", b"not hdf5\n", "cannot load it into backbone"),
+])
+def test_unusable_weights_file_is_a_weights_error_naming_the_file(tmp_path, name, file, content,
+                                                                  match):
+    path = tmp_path / file
+    path.write_bytes(content)
+    with pytest.raises(WeightsError, match=match) as exc:
+        build_backbone(name, (32, 32), 3, weights=str(path))
+    assert exc.value.path == str(path) and str(path) in str(exc.value)
+    assert len(str(exc.value).splitlines()) == 1
 
 
 def test_small_backbone_weights_file(tmp_path):

@@ -149,9 +149,8 @@ def test_bad_data_exits_2_with_one_line(tmp_path):
                            "--workdir", str(tmp_path / "w"), "--backbone", "small"],
                           cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2, proc.stderr
-    lines = [ln for ln in proc.stderr.splitlines() if ln.startswith("error:")]
-    assert len(lines) == 1 and "a.npz" in lines[0]
-    assert "Traceback" not in proc.stderr
+    lines = [ln for ln in proc.stderr.splitlines() if ln.strip()]  # no TensorFlow start-up lines
+    assert len(lines) == 1 and lines[0].startswith("error:") and "a.npz" in lines[0], lines
     assert not (tmp_path / "w").exists()
 
 
@@ -232,3 +231,166 @@ def test_a_split_of_another_image_size_is_named(demo_data, tmp_path, capsys):
     err = capsys.readouterr().err.strip().splitlines()[-1]
     assert err.startswith(f"error: {other / 'tst'}: image shape (24, 24, 3)")
     assert "--image_size" in err and not workdir.exists()
+
+
+# ------------------------------------------------------------------ bad input: nothing replaced
+def snapshot(root):
+    """Every file under root with its bytes, and every directory (to compare before/after)."""
+    root = Path(root)
+    return {str(p.relative_to(root)): (p.read_bytes() if p.is_file() else None)
+            for p in sorted(root.rglob("*"))}
+
+
+def one_error_line(capsys):
+    err = [ln for ln in capsys.readouterr().err.splitlines() if ln.strip()]
+    assert len(err) == 1 and err[0].startswith("error: "), err
+    assert "Traceback" not in err[0]
+    return err[0]
+
+
+@pytest.mark.parametrize("where,flags,name", [
+    ("w", [], "args.json"),
+    ("w", [], "log.txt"),
+    ("w", [], "history.csv"),
+    ("logs", ["-lpath", "{logs}"], "history.csv"),
+    ("ckpt", ["-mpath", "{ckpt}"], "last_state.json"),
+    ("tb", ["-tbpath", "{tb}"], "val/events.out"),
+    ("w", [], "results/mine.txt"),
+])
+def test_a_users_files_where_a_run_writes_are_refused_and_kept(demo_data, tmp_path, capsys,
+                                                               where, flags, name):
+    user = tmp_path / where / name
+    user.parent.mkdir(parents=True)
+    user.write_bytes(b"mine\n")
+    before = snapshot(tmp_path)
+    flags = [f.format(logs=tmp_path / "logs", ckpt=tmp_path / "ckpt", tb=tmp_path / "tb")
+             for f in flags]
+    assert train(demo_data, tmp_path / "w", *flags, epochs=1) == 2
+    err = one_error_line(capsys)
+    assert str(user if "/" not in name else user.parent) in err
+    assert "--resume" in err or "--overwrite" in err
+    assert snapshot(tmp_path) == before
+
+
+def test_several_runs_refuse_a_users_summary_files(demo_data, tmp_path, capsys):
+    res = tmp_path / "userres"
+    res.mkdir()
+    (res / "summary.json").write_text('{"mine": 1}\n')
+    before = snapshot(tmp_path)
+    assert train(demo_data, tmp_path / "w", "--runs", "2", "-rpath", str(res), "-tb", "false",
+                 epochs=1) == 2
+    assert str(res / "summary.json") in one_error_line(capsys)
+    assert snapshot(tmp_path) == before
+
+
+@pytest.mark.parametrize("flag,value", [("--workdir", "afile"), ("-rpath", "afile/res"),
+                                        ("-lpath", "afile"), ("-mpath", "afile/ckpt"),
+                                        ("-tbpath", "afile/tb")])
+def test_output_paths_that_are_files_are_refused_before_any_work(demo_data, tmp_path, capsys,
+                                                                 flag, value):
+    (tmp_path / "afile").write_text("a user's file\n")
+    workdir = tmp_path / "afile" if flag == "--workdir" else tmp_path / "w"
+    extra = [] if flag == "--workdir" else [flag, str(tmp_path / value)]
+    before = snapshot(tmp_path)
+    assert train(demo_data, workdir, *extra, epochs=1) == 2
+    err = one_error_line(capsys)
+    assert str(tmp_path / "afile") in err
+    assert snapshot(tmp_path) == before
+
+
+def test_overwrite_replaces_only_when_asked(demo_data, tmp_path, capsys):
+    workdir = tmp_path / "w"
+    workdir.mkdir()
+    (workdir / "log.txt").write_text("mine\n")
+    assert train(demo_data, workdir, "--overwrite", "-tb", "false", epochs=1) == 0
+    assert (workdir / "log.txt").read_text().startswith("epoch 1/1")
+
+
+@pytest.fixture
+def resumable(trained, tmp_path):
+    """A copy of the trained run (2 epochs) to break."""
+    import shutil
+
+    run = tmp_path / "run"
+    shutil.copytree(trained, run)
+    return run
+
+
+def other_data(tmp_path, **kw):
+    from data import synthetic
+
+    root = tmp_path / "other"
+    synthetic.generate(root, **{"pairs": 60, "size": 32, "classes": 6, "seed": 1, **kw})
+    return root
+
+
+@pytest.mark.parametrize("epochs", [3, 2])  # 2: already trained that far
+def test_resume_with_a_checkpoint_for_other_data_writes_nothing(resumable, tmp_path, capsys,
+                                                                 epochs):
+    data6 = other_data(tmp_path)
+    before = snapshot(resumable)
+    assert train(data6, resumable, "--resume", epochs=epochs) == 2
+    err = one_error_line(capsys)
+    assert str(resumable / "checkpoints" / "last.keras") in err and "6 classes" in err
+    assert snapshot(resumable) == before
+
+
+def test_resume_with_another_image_size_writes_nothing(resumable, demo_data, capsys):
+    before = snapshot(resumable)
+    assert train(demo_data, resumable, "--resume", "--image_size", "40,40", epochs=3) == 2
+    err = one_error_line(capsys)
+    assert str(resumable / "checkpoints" / "last.keras") in err and "40x40x3" in err
+    assert snapshot(resumable) == before
+
+
+def break_last_uncompiled(run):
+    import model as cfn
+
+    last = run / "checkpoints" / "last.keras"
+    cfn.load_model(last, compile=False).save(last)
+
+
+@pytest.mark.parametrize("file,breaker,match", [
+    ("last.keras", lambda p: p.write_bytes(b"junk\n"), "not a Keras .keras archive"),
+    ("last_state.json", lambda p: p.write_text('{"epoch": 1,'), "unreadable (JSONDecodeError"),
+    ("last_state.json", lambda p: p.write_text('{"epoch": "two"}'), "epoch: 'two'"),
+    ("last_state.json", lambda p: p.write_text('{"epoch": 1, "best_score": "x"}'), "best_score"),
+    ("last.keras", lambda p: break_last_uncompiled(p.parents[1]), "without an optimiser"),
+    ("best.keras", lambda p: p.write_bytes(b"junk\n"), "not a Keras .keras archive"),
+])
+def test_bad_resume_files_are_one_line_errors(resumable, demo_data, capsys, file, breaker, match):
+    path = resumable / "checkpoints" / file
+    breaker(path)
+    before = snapshot(resumable)
+    assert train(demo_data, resumable, "--resume", epochs=3) == 2
+    err = one_error_line(capsys)
+    assert err.startswith(f"error: {path}: ") and match in err
+    assert snapshot(resumable) == before
+
+
+def test_resume_truncated_last_checkpoint_is_one_line(resumable, demo_data, capsys):
+    """A zip with config.json whose weights are missing: caught when loading, before writing."""
+    import zipfile
+
+    last = resumable / "checkpoints" / "last.keras"
+    with zipfile.ZipFile(last) as zf:
+        keep = {n: zf.read(n) for n in zf.namelist() if not n.endswith(".h5")}
+    with zipfile.ZipFile(last, "w") as zf:
+        for n, b in keep.items():
+            zf.writestr(n, b)
+    before = snapshot(resumable)
+    assert train(demo_data, resumable, "--resume", epochs=3) == 2
+    err = one_error_line(capsys)
+    assert err.startswith(f"error: {last}: not a readable Keras checkpoint")
+    assert snapshot(resumable) == before
+
+
+def test_weights_file_that_is_not_weights_names_the_flag_and_file(demo_data, tmp_path, capsys):
+    afile = tmp_path / "afile"
+    afile.write_text("not weights\n")
+    assert train(demo_data, tmp_path / "w", "--weights", str(afile), epochs=1) == 2
+    err = one_error_line(capsys)
+    assert err.startswith(f"error: {afile}: --weights: ") and "--backbone" not in err
+    assert not (tmp_path / "w").exists()
+    assert train(demo_data, tmp_path / "w", "--weights", str(tmp_path / "nope.weights.h5")) == 2
+    assert one_error_line(capsys).startswith(f"error: {tmp_path / 'nope.weights.h5'}: --weights")
