@@ -113,16 +113,33 @@ def result_file(run_dir: Path) -> Path:
 
 
 def check_settings(args) -> None:
-    """An existing comparison directory is continued only with the same settings."""
+    """The work directory must be new, empty, or a comparison compare.py started (its compare.json);
+    an existing comparison is continued only with the same settings."""
+    from utils.rundir import check_can_create_dir, is_nonempty_dir
+
     settings = {"data": [args.trn_dir, args.val_dir, args.tst_dir], "backbone": args.backbone,
                 "seed": args.seed, "forward": args.forward, "bovw_words": args.bovw_words,
                 "bovw_patch": args.bovw_patch}
-    path = Path(args.workdir) / "compare.json"
-    if path.is_file():
-        old = json.loads(path.read_text()).get("settings")
+    workdir = Path(args.workdir)
+    check_can_create_dir(workdir)
+    path = workdir / "compare.json"
+    if path.exists() or path.is_symlink():
+        try:
+            doc = json.loads(path.read_text())
+        except (OSError, ValueError) as e:
+            first = (str(e).strip().splitlines() or [""])[0]
+            raise UsageError(f"{path}: unreadable ({type(e).__name__}: {first}); not a comparison "
+                             "compare.py can continue: use another --workdir") from None
+        if not isinstance(doc, dict) or not isinstance(doc.get("settings"), dict):
+            raise UsageError(f"{path}: settings: missing; not a comparison compare.py can "
+                             "continue: use another --workdir")
+        old = doc["settings"]
         if old != settings:
             raise UsageError(f"{path}: this comparison was started with other settings ({old}); "
                              "use another --workdir")
+    elif is_nonempty_dir(workdir):
+        raise UsageError(f"{workdir}: work directory is not empty and holds no compare.json (not "
+                         "a comparison started by compare.py); use a new --workdir")
     args.settings = settings
 
 

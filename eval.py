@@ -20,6 +20,7 @@ import io
 import json
 import logging
 import sys
+import warnings
 from pathlib import Path
 
 from parser import eval_parser
@@ -109,16 +110,36 @@ def read_checkpoint_config(path) -> dict:
 
     try:
         with zipfile.ZipFile(path) as zf:
-            names = zf.namelist()
-            if "config.json" not in names:
-                raise UsageError(f"{path}: config.json: missing; expected a Keras 3 .keras archive")
-            return json.loads(zf.read("config.json"))
+            raw = zf.read("config.json") if "config.json" in zf.namelist() else None
     except (zipfile.BadZipFile, OSError) as e:
         raise UsageError(f"{path}: not a Keras .keras archive ({type(e).__name__}: {e})") from None
-    except ValueError as e:
+    if raw is None:
+        raise UsageError(f"{path}: config.json: missing; expected a Keras 3 .keras archive")
+    try:
+        config = json.loads(raw)
+    except ValueError as e:  # JSONDecodeError, UnicodeDecodeError
         raise UsageError(
             f"{path}: config.json: unreadable ({e}); expected a Keras 3 .keras archive"
         ) from None
+    if not isinstance(config, dict):
+        raise UsageError(
+            f"{path}: config.json: not a JSON object; expected a Keras 3 .keras archive"
+        )
+    return config
+
+
+def check_two_date_model(config: dict, path) -> None:
+    """Refuse, from config.json alone, a Keras model that cannot be a two-date classifier: a
+    Sequential model (one input), or a functional one without prob_t1 / prob_t2 outputs."""
+    kind = config.get("class_name")
+    inner = config.get("config")
+    outputs = inner.get("output_layers") if isinstance(inner, dict) else None
+    two_date = isinstance(outputs, dict) and {"prob_t1", "prob_t2"} <= set(outputs)
+    if kind == "Sequential" or (kind == "Functional" and not two_date):
+        raise UsageError(
+            f"{path}: config.json: a Keras {kind} model without the two-date outputs prob_t1, "
+            "prob_t2; expected a CorrFusionNet checkpoint (train_cnn.py's checkpoints/best.keras)"
+        )
 
 
 def config_signature(config: dict) -> tuple[tuple | None, int | None]:
@@ -230,12 +251,17 @@ def evaluate_split(net, split_dir, batch_size=32, threshold=0.5, class_names=Non
     )
     labels = read_labels(split_dir, num_classes=k)
     log.info("%s: predicting %d pairs", split_dir, summary.n_pairs)
-    out = net.predict(dataset, verbose=0)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        out = net.predict(dataset, verbose=0)
     if not isinstance(out, dict) or "prob_t1" not in out or "prob_t2" not in out:
+        # Keras' warnings about the input structure only repeat this error at length
         got = sorted(out) if isinstance(out, dict) else type(out).__name__
         raise UsageError(
             f"{split_dir}: model output: expected a dict with prob_t1, prob_t2; got {got}"
         )
+    for w in caught:
+        warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
     p1 = np.asarray(out["prob_t1"], dtype=np.float32)
     p2 = np.asarray(out["prob_t2"], dtype=np.float32)
     n = labels["label_t1"].shape[0]
@@ -344,8 +370,31 @@ def _array_dict(preds) -> dict:
     return out
 
 
+def map_problem(metrics, preds) -> str | None:
+    """Why the tiles' row/col cannot be drawn as maps (a grid far too large: row/col that are map
+    coordinates rather than tile grid indices), else None. Prefixed with the split directory."""
+    from utils import plots
+
+    if "row" not in preds:
+        return None
+    problem = plots.grid_problem(preds["row"], preds["col"])
+    if problem is None:
+        return None
+    return f"{metrics.get('split_dir') or 'predictions'}: {problem}"
+
+
+def figure_names(metrics, preds) -> list[str]:
+    """Names of the PNGs ``write_figures`` writes for these results."""
+    maps = "row" in preds and map_problem(metrics, preds) is None
+    return [*FIGURE_FILES, *(MAP_FILES if maps else ())]
+
+
 def write_figures(out_dir, metrics, preds) -> list[Path]:
-    """The PNGs of one split: confusion matrices, transitions, PR curve, and maps when row/col exist."""
+    """The PNGs of one split: confusion matrices, transitions, PR curve, and maps when row/col exist.
+
+    Row/col spanning a grid of more than ``utils.plots.MAX_GRID_CELLS`` cells (map coordinates
+    rather than tile grid indices) skip the maps with a warning; everything else is written.
+    """
     from utils import plots
 
     out_dir = Path(out_dir)
@@ -381,7 +430,10 @@ def write_figures(out_dir, metrics, preds) -> list[Path]:
             title=f"Change detection{tag}",
         ),
     ]
-    if "row" in preds:
+    problem = map_problem(metrics, preds)
+    if problem:
+        log.warning("%s; class and change maps skipped", problem)
+    elif "row" in preds:
         paths.append(
             plots.plot_class_maps(
                 preds["row"],
@@ -547,7 +599,9 @@ def check_before_loading(ckpt, splits, image_size, out_dir, overwrite) -> None:
     from utils.rundir import check_writable_dir
 
     check_writable_dir(out_dir, overwrite, "result directory")
-    signature = config_signature(read_checkpoint_config(ckpt))
+    config = read_checkpoint_config(ckpt)
+    check_two_date_model(config, ckpt)
+    signature = config_signature(config)
     for split_dir in splits.values():
         check_compatible(
             signature, inspect_split(split_dir), image_size, split_dir, f"checkpoint {ckpt}"

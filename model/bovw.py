@@ -632,9 +632,7 @@ def write_results(out_dir, metrics, predictions, args=None):
 
     Refuses (BoVWError) a non-empty existing ``out_dir``; files are written atomically.
     """
-    out = pathlib.Path(out_dir)
-    if out.exists() and (not out.is_dir() or any(out.iterdir())):
-        raise BoVWError(f"{out}: directory: expected a new or empty result directory")
+    out = _check_out_dir(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     payload = dict(metrics)
     if args is not None:
@@ -645,6 +643,21 @@ def write_results(out_dir, metrics, predictions, args=None):
     tmp = out / "predictions.tmp.npz"
     np.savez_compressed(tmp, **predictions)
     os.replace(tmp, out / "predictions.npz")
+    return out
+
+
+def _check_out_dir(out_dir) -> pathlib.Path:
+    """Refuse (BoVWError) a result directory that exists and is not empty, is a file, or cannot be
+    created because a parent is a file."""
+    from utils.rundir import RunDirError, check_can_create_dir
+
+    out = pathlib.Path(out_dir)
+    try:
+        check_can_create_dir(out)
+    except RunDirError as e:
+        raise BoVWError(str(e)) from None
+    if out.is_dir() and any(out.iterdir()):
+        raise BoVWError(f"{out}: directory: expected a new or empty result directory")
     return out
 
 
@@ -719,9 +732,7 @@ def _resolve(args):
         raise BoVWError("--stride: value: expected a positive integer")
     if args.C <= 0 or args.ksfa_reg <= 0:
         raise BoVWError("--C/--ksfa_reg: value: expected a positive number")
-    out = pathlib.Path(args.out)
-    if out.exists() and (not out.is_dir() or any(out.iterdir())):
-        raise BoVWError(f"{out}: directory: expected a new or empty result directory")
+    _check_out_dir(args.out)
     return pick(args.trn, "trn", True), pick(args.val, "val", False), pick(args.tst, "tst", True)
 
 

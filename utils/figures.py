@@ -1,18 +1,21 @@
 """Regenerate the figures the repository shows (figures/ and the README).
 
-    python -m utils.figures                          # the two diagrams only (no run needed)
-    python -m utils.figures --run runs/demo-...      # + curves, matrices, PR curve, change maps
+    python -m utils.figures --overwrite                      # the two diagrams only (no run needed)
+    python -m utils.figures --run runs/demo-... --overwrite  # + curves, matrices, PR curve, maps
 
 The diagrams (network, CorrFusion module; DESIGN.md §2, §2.1) are drawn by the project with
 matplotlib boxes and arrows. With ``--run`` the run's ``history.csv`` gives the training curves and
 its evaluation result directory (``results/eval/tst``, else ``results/tst``, else the first result
 directory under ``results/`` holding ``results.json`` and ``predictions.npz``; or ``--result DIR``)
 gives the confusion matrices, the transition matrices, the PR curve and the change maps.
+Every input is read and checked before the first figure is drawn; a PNG of the same name already in
+``--out`` (figures/ holds the committed ones) is replaced only with ``--overwrite``.
 """
 
 from __future__ import annotations
 
 import argparse
+import csv
 import json
 import logging
 import sys
@@ -303,44 +306,132 @@ def find_result_dir(run: Path) -> Path | None:
     return found[0] if found else None
 
 
+#: results.json metrics and predictions.npz arrays that write_figures draws from
+_METRIC_KEYS = (
+    "class_names",
+    "OA_t1",
+    "OA_t2",
+    "confusion_t1",
+    "confusion_t2",
+    "transition_true",
+    "transition_pred",
+    "threshold",
+    "change_recall",
+    "change_precision",
+)
+_PRED_KEYS = ("changed_true", "p_change")
+_MAP_KEYS = (
+    "row",
+    "col",
+    "label_t1",
+    "label_t2",
+    "pred_t1",
+    "pred_t2",
+    "changed_pred",
+    "changed_pred_threshold",
+)
+
+
 def load_result_dir(result_dir) -> tuple[dict, dict]:
-    """(metrics, predictions) from a directory written by eval.write_outputs."""
+    """(metrics, predictions) from a directory written by eval.write_outputs.
+
+    Raises UsageError (one line naming the file) when results.json or predictions.npz is missing,
+    unreadable, or lacks what the figures are drawn from.
+    """
+    import zipfile
+
     import numpy as np
 
+    from utils.cli import UsageError
+
     result_dir = Path(result_dir)
-    doc = json.loads((result_dir / "results.json").read_text())
-    metrics = doc["metrics"] if "metrics" in doc else doc
-    with np.load(result_dir / "predictions.npz", allow_pickle=False) as z:
-        preds = {k: z[k] for k in z.files}
+    path = result_dir / "results.json"
+    try:
+        doc = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise UsageError(f"{path}: missing; expected eval.py's results.json") from None
+    except (OSError, ValueError) as e:
+        raise UsageError(f"{path}: unreadable ({type(e).__name__}: {e})") from None
+    metrics = doc.get("metrics", doc) if isinstance(doc, dict) else None
+    missing = (
+        [k for k in _METRIC_KEYS if k not in metrics] if isinstance(metrics, dict) else ["metrics"]
+    )
+    if missing:
+        raise UsageError(f"{path}: {', '.join(missing)}: missing; expected eval.py's results.json")
+    path = result_dir / "predictions.npz"
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            preds = {k: z[k] for k in z.files}
+    except FileNotFoundError:
+        raise UsageError(f"{path}: missing; expected eval.py's predictions.npz") from None
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as e:
+        raise UsageError(f"{path}: unreadable ({type(e).__name__}: {e})") from None
+    missing = [k for k in (*_PRED_KEYS, *(_MAP_KEYS if "row" in preds else ())) if k not in preds]
+    if missing:
+        raise UsageError(
+            f"{path}: {', '.join(missing)}: missing; expected eval.py's predictions.npz"
+        )
     preds["class_names"] = [str(c) for c in preds.get("class_names", metrics["class_names"])]
     return metrics, preds
 
 
-def draw_run(run, out, result_dir=None) -> list[Path]:
-    """Training curves and evaluation figures of a run into out/."""
-    from utils import plots
+def read_run(run, result_dir=None) -> dict:
+    """Everything the run figures are drawn from, read and checked before anything is drawn.
 
-    run, out = Path(run), Path(out)
-    written = []
+    Returns {"history": dict or None, "result_dir": Path or None, "metrics", "preds"}.
+    """
+    from utils import plots
+    from utils.cli import UsageError
+
+    run = Path(run)
+    out = {"history": None, "result_dir": None, "metrics": None, "preds": None}
     history = run / "history.csv"
     if history.is_file():
-        written.append(
-            plots.plot_history(
-                history, out / "training_curves.png", title=f"Training curves ({run.name})"
-            )
-        )
+        try:
+            out["history"] = plots.read_history(history)
+        except (OSError, ValueError, csv.Error) as e:
+            raise UsageError(f"{history}: unreadable ({type(e).__name__}: {e})") from None
     else:
         log.warning("%s: no history.csv, no training curves", run)
     result_dir = Path(result_dir) if result_dir else find_result_dir(run)
     if result_dir is None:
         log.warning("%s: no evaluation result directory (results.json + predictions.npz)", run)
+        return out
+    out["result_dir"] = result_dir
+    out["metrics"], out["preds"] = load_result_dir(result_dir)
+    return out
+
+
+def run_figure_names(data: dict) -> list[str]:
+    """Names of the PNGs draw_run writes from read_run's data."""
+    from eval import figure_names
+
+    names = ["training_curves.png"] if data["history"] is not None else []
+    if data["result_dir"] is not None:
+        names += figure_names(data["metrics"], data["preds"])
+    return names
+
+
+def draw_run(run, out, result_dir=None, data=None) -> list[Path]:
+    """Training curves and evaluation figures of a run into out/ (``data``: from read_run)."""
+    from utils import plots
+
+    run, out = Path(run), Path(out)
+    data = data or read_run(run, result_dir)
+    written = []
+    if data["history"] is not None:
+        written.append(
+            plots.plot_history(
+                data["history"], out / "training_curves.png", title=f"Training curves ({run.name})"
+            )
+        )
+    if data["result_dir"] is None:
         return written
     from eval import write_figures  # the same figures eval.py writes, one code path
 
-    metrics, preds = load_result_dir(result_dir)
-    written += write_figures(out, metrics, preds)
-    if "row" not in preds:
-        log.warning("%s: predictions have no row/col, no change maps", result_dir)
+    written += write_figures(out, data["metrics"], data["preds"])
+    if "row" not in data["preds"]:
+        log.warning("%s: predictions have no row/col, no change maps", data["result_dir"])
     return written
 
 
@@ -368,28 +459,49 @@ def build_parser() -> argparse.ArgumentParser:
     out.add_argument(
         "--no-diagrams", dest="diagrams", action="store_false", help="skip the two diagrams"
     )
+    out.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace PNGs of the same names already in OUT (without it they are refused)",
+    )
     return p
 
 
 def main(argv=None) -> int:
     from utils.cli import UsageError, configure_logging
+    from utils.rundir import RunDirError, check_can_create_dir
 
     args = build_parser().parse_args(argv)
     configure_logging()
     if args.run and not Path(args.run).is_dir():
         raise UsageError(f"{args.run}: --run: no such run directory")
-    if args.result and not (Path(args.result) / "results.json").is_file():
+    if args.result and not Path(args.result).is_dir():
         raise UsageError(
             f"{args.result}: --result: expected a directory with results.json and predictions.npz"
         )
+    # every input read and checked, and the output checked, before the first figure is drawn
+    source = args.run or args.result
+    data = read_run(source, args.result) if source else None
     out = Path(args.out)
+    check_can_create_dir(out)
+    names = [*(DIAGRAMS if args.diagrams else ()), *(run_figure_names(data) if data else ())]
+    existing = [n for n in names if (out / n).exists() or (out / n).is_symlink()]
+    odd = [n for n in existing if not (out / n).is_file()]
+    if odd:
+        raise RunDirError(
+            f"{out / odd[0]}: exists and is not a file; move it or choose another --out"
+        )
+    if existing and not args.overwrite:
+        shown = ", ".join(existing[:3]) + (
+            f" and {len(existing) - 3} more" if len(existing) > 3 else ""
+        )
+        verb = "exists" if len(existing) == 1 else "exist"
+        raise RunDirError(f"{out}: {shown} already {verb}; pass --overwrite to replace")
     written = []
     if args.diagrams:
         written += [draw_network(out / DIAGRAMS[0]), draw_corrfusion(out / DIAGRAMS[1])]
-    if args.run:
-        written += draw_run(args.run, out, args.result)
-    elif args.result:
-        written += draw_run(Path(args.result), out, args.result)
+    if data:
+        written += draw_run(source, out, args.result, data)
     for p in written:
         log.info("wrote %s", p)
     return 0

@@ -24,6 +24,8 @@ __all__ = [
     "plot_transition_matrices",
     "plot_pr_curve",
     "grid_from_rowcol",
+    "grid_problem",
+    "MAX_GRID_CELLS",
     "plot_class_maps",
     "plot_change_map",
     "read_history",
@@ -184,11 +186,43 @@ def plot_pr_curve(
     return _save(fig, path)
 
 
-def grid_from_rowcol(row, col, values, fill=-1):
+#: Largest (row, col) grid the tile maps are drawn on (2048 x 2048 cells; a few hundred MB to draw).
+MAX_GRID_CELLS = 2048 * 2048
+
+
+def grid_problem(row, col, max_cells=MAX_GRID_CELLS) -> str | None:
+    """Why the tiles' (row, col) cannot be drawn as a map, or None when they can.
+
+    The map is the grid spanned by the tiles (max - min + 1 cells per axis); a grid over
+    ``max_cells`` is refused, with a hint when it is mostly empty (row/col that are map coordinates,
+    e.g. metres, rather than tile grid indices).
+    """
+    row = np.asarray(row)
+    col = np.asarray(col)
+    if row.size == 0:
+        return None
+    r0, r1, c0, c1 = int(row.min()), int(row.max()), int(col.min()), int(col.max())
+    h, w = r1 - r0 + 1, c1 - c0 + 1  # Python ints: no overflow
+    if h * w <= max_cells:
+        return None
+    msg = (
+        f"row/col: the {row.size} tiles span a {h} x {w} grid (row {r0}..{r1}, col {c0}..{c1}), "
+        f"more than {max_cells} cells"
+    )
+    if h * w > 16 * row.size:
+        msg += (
+            "; row/col must be tile grid indices (0, 1, 2, ... one step per tile), "
+            "not map coordinates such as metres"
+        )
+    return msg
+
+
+def grid_from_rowcol(row, col, values, fill=-1, max_cells=MAX_GRID_CELLS):
     """Scatter per-pair values onto the (row, col) grid spanned by the tiles; empty cells = fill.
 
     Returns (grid, (row0, col0)) with grid[r - row0, c - col0] = value; a later pair at the same
-    position overwrites an earlier one.
+    position overwrites an earlier one. A grid of more than ``max_cells`` cells raises ValueError
+    (see ``grid_problem``) instead of allocating it.
     """
     row = np.asarray(row, dtype=np.int64)
     col = np.asarray(col, dtype=np.int64)
@@ -197,6 +231,9 @@ def grid_from_rowcol(row, col, values, fill=-1):
         raise ValueError(
             f"row, col, values: expected equal lengths, got {row.shape}, {col.shape}, {values.shape}"
         )
+    problem = grid_problem(row, col, max_cells)
+    if problem:
+        raise ValueError(problem)
     r0, c0 = int(row.min()), int(col.min())
     grid = np.full((int(row.max()) - r0 + 1, int(col.max()) - c0 + 1), fill, dtype=np.int64)
     grid[row - r0, col - c0] = values

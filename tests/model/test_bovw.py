@@ -97,3 +97,18 @@ def test_cli_bad_input_exit_2(tmp_path, capsys):
     assert bovw.main(["--data_dir", str(tmp_path / "bad"), "--words", "0",
                       "--out", str(out)]) == 2
     assert not out.exists()
+
+
+def test_cli_out_that_is_or_lies_under_a_file(demo_data, tmp_path, capsys, monkeypatch):
+    """Refused before any fitting: one line naming the path, the file untouched."""
+    afile = tmp_path / "afile"
+    afile.write_text("user file\n")
+    monkeypatch.setattr(bovw, "run_bovw", lambda *a, **k: pytest.fail("fitted before the check"))
+    for out in (afile, afile / "x"):
+        assert bovw.main(["--data_dir", str(demo_data), "--words", "8", "--out", str(out)]) == 2
+        captured = capsys.readouterr()
+        err = captured.err.strip().splitlines()
+        assert len(err) == 1 and err[0].startswith("error: ") and str(out) in err[0], captured.err
+        assert "Traceback" not in captured.err
+    assert afile.read_text() == "user file\n"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["afile"]

@@ -96,3 +96,62 @@ def test_bad_options_are_usage_errors(extra, tmp_path):
     with pytest.raises(SystemExit) as exc:
         compare.parse_args(["--data_dir", str(tmp_path), *extra])
     assert exc.value.code == 2
+
+
+def snapshot(root):
+    """{relative path: bytes} of every file under root (a file root: {"": bytes})."""
+    if root.is_file():
+        return {"": root.read_bytes()}
+    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def assert_refused(capsys, rc, *fragments):
+    assert rc == 2
+    captured = capsys.readouterr()
+    err = captured.err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: "), captured.err
+    assert "Traceback" not in captured.err
+    for f in fragments:
+        assert f in err[0], err[0]
+
+
+def test_corrupt_compare_json_is_one_line(demo_data, tmp_path, capsys):
+    workdir = tmp_path / "cmp"
+    workdir.mkdir()
+    for text in ("{broken", "[1]", '{"methods": []}'):
+        (workdir / "compare.json").write_text(text)
+        rc = run_main(compare.main, argv(demo_data, workdir))
+        assert_refused(capsys, rc, str(workdir / "compare.json"), "another --workdir")
+        assert snapshot(workdir) == {"compare.json": text.encode()}
+
+
+def test_foreign_nonempty_workdir_is_refused_untouched(demo_data, tmp_path, capsys):
+    """A directory compare.py did not start (no compare.json) is never resumed or overwritten."""
+    workdir = tmp_path / "mine"
+    (workdir / "baseline" / "0" / "checkpoints").mkdir(parents=True)
+    (workdir / "baseline" / "0" / "checkpoints" / "best.keras").write_bytes(b"my model")
+    (workdir / "comparison.md").write_text("my table\n")
+    before = snapshot(workdir)
+    rc = run_main(compare.main, argv(demo_data, workdir))
+    assert_refused(capsys, rc, str(workdir), "compare.json", "new --workdir")
+    assert snapshot(workdir) == before
+
+
+def test_workdir_that_is_or_lies_under_a_file(demo_data, tmp_path, capsys):
+    afile = tmp_path / "afile"
+    afile.write_text("user file\n")
+    for workdir in (afile, afile / "cmp"):
+        rc = run_main(compare.main, argv(demo_data, workdir))
+        assert_refused(capsys, rc, str(workdir), "file")
+        assert afile.read_text() == "user file\n"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["afile"]
+
+
+def test_empty_workdir_is_used(demo_data, tmp_path):
+    """An empty existing directory is a fresh comparison (settings written; checks pass)."""
+    workdir = tmp_path / "empty"
+    workdir.mkdir()
+    args = compare.parse_args(argv(demo_data, workdir))
+    compare.check_settings(args)
+    compare.write_settings(args)
+    compare.check_settings(compare.parse_args(argv(demo_data, workdir)))  # now compare's own

@@ -304,3 +304,94 @@ def test_split_without_rowcol_or_names(run_dir, tmp_path):
     assert (tmp_path / "out" / "pr_curve.png").is_file()
     with np.load(tmp_path / "out" / "predictions.npz") as z:
         assert "row" not in z.files and "fusion_weight" in z.files
+
+
+def test_bad_checkpoints_give_one_clean_line(run_dir, demo_data, tmp_path):
+    """No config.json: the message once, not wrapped in itself; a plain Keras model: refused from
+    its config.json, without Keras' warning block; -rpath under a file: refused, file untouched."""
+    import keras
+
+    with zipfile.ZipFile(tmp_path / "noconfig.keras", "w") as zf:
+        zf.writestr("foo.txt", "x")
+    plain = keras.Sequential(
+        [
+            keras.Input((32, 32, 3)),
+            keras.layers.Flatten(),
+            keras.layers.Dense(4, activation="softmax"),
+        ]
+    )
+    plain.save(tmp_path / "plain.keras")
+    afile = tmp_path / "afile"
+    afile.write_text("user file\n")
+    tst = demo_data / "tst"
+    out = tmp_path / "out"
+    proc = run_eval("-m", tmp_path / "noconfig.keras", "-tst", tst, "-rpath", out, timeout=120)
+    assert_one_line_error(proc, "config.json: missing")
+    assert proc.stderr.count("noconfig.keras") == 1 and "unreadable" not in proc.stderr
+    proc = run_eval("-m", tmp_path / "plain.keras", "-tst", tst, "-rpath", out, timeout=120)
+    assert_one_line_error(proc, "plain.keras", "Sequential", "prob_t1")
+    assert "Warning" not in proc.stderr and "warn" not in proc.stderr
+    assert not out.exists()
+    best = run_dir / "checkpoints" / "best.keras"
+    proc = run_eval("-m", best, "-tst", tst, "-rpath", afile / "out", timeout=120)
+    assert_one_line_error(proc, str(afile / "out"), "is a file")
+    assert afile.read_text() == "user file\n"
+
+
+def test_model_without_two_date_outputs_warns_nothing(demo_data):
+    """A single-input model reaching evaluate_split: the UsageError alone, no Keras input warning."""
+    import warnings
+
+    import keras
+
+    import eval as E
+    from utils.cli import UsageError
+
+    plain = keras.Sequential(
+        [
+            keras.Input((32, 32, 3)),
+            keras.layers.Flatten(),
+            keras.layers.Dense(4, activation="softmax"),
+        ]
+    )
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        with pytest.raises(UsageError, match="prob_t1"):
+            E.evaluate_split(plain, demo_data / "tst", batch_size=8)
+    assert not [w for w in caught if issubclass(w.category, UserWarning)], caught
+
+
+def test_map_coordinates_skip_the_maps_and_write_the_rest(run_dir, demo_data, tmp_path, caplog):
+    """row/col far apart (a tile at 200000, 200000): no 298 GiB grid; every other file is written
+    and a warning names the split and explains row/col (train_cnn's end-of-run path as well)."""
+    import eval as E
+    import model as cfn
+    from data.shards import write_shard
+
+    with np.load(next((demo_data / "tst").glob("*.npz"))) as z:
+        a = {k: z[k] for k in z.files}
+    row, col = a["row"].astype(np.int64), a["col"].astype(np.int64)
+    row[-1] = col[-1] = 200_000
+    split = tmp_path / "far_rowcol"
+    split.mkdir()
+    write_shard(
+        split / "a.npz",
+        a["image_t1"],
+        a["image_t2"],
+        a["label_t1"],
+        a["label_t2"],
+        row=row,
+        col=col,
+        class_names=a["class_names"],
+    )
+    net = cfn.load_model(run_dir / "checkpoints" / "best.keras")
+    metrics, preds = E.evaluate_split(net, split, batch_size=8)
+    E.write_outputs(tmp_path / "out", metrics, preds)
+    written = {p.name for p in (tmp_path / "out").iterdir()}
+    assert written == set(SPLIT_FILES) - set(E.MAP_FILES)
+    warned = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert any(
+        f"{split}: row/col" in m and "tile grid indices" in m and "skipped" in m for m in warned
+    ), warned
+    with np.load(tmp_path / "out" / "predictions.npz") as z:
+        np.testing.assert_array_equal(z["row"], row)

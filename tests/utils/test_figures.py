@@ -65,3 +65,88 @@ def test_bad_run_dir(tmp_path):
 
     with pytest.raises(UsageError, match="no such run directory"):
         F.main(["--run", str(tmp_path / "nope"), "--out", str(tmp_path)])
+
+
+def run_cli(argv, capsys):
+    from utils.cli import run_main
+
+    capsys.readouterr()
+    rc = run_main(F.main, [str(a) for a in argv])
+    return rc, capsys.readouterr().err
+
+
+def assert_one_line_error(rc, err, *fragments):
+    assert rc == 2, err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), err
+    for f in fragments:
+        assert f in lines[0], lines[0]
+
+
+def test_existing_figures_need_overwrite(fake_run, tmp_path, capsys):
+    out = tmp_path / "myfigs"
+    out.mkdir()
+    (out / "network.png").write_bytes(b"mine")
+    (out / "notes.txt").write_text("kept\n")
+    rc, err = run_cli(["--run", fake_run, "--out", out], capsys)
+    assert_one_line_error(rc, err, str(out), "network.png", "--overwrite")
+    assert sorted(p.name for p in out.iterdir()) == ["network.png", "notes.txt"]
+    assert (out / "network.png").read_bytes() == b"mine"
+    # files of other names are no obstacle; --overwrite replaces
+    assert F.main(["--run", str(fake_run), "--out", str(out), "--no-diagrams"]) == 0
+    rc, err = run_cli(["--run", fake_run, "--out", out, "--no-diagrams"], capsys)
+    assert_one_line_error(rc, err, "training_curves.png", "more", "--overwrite")
+    assert F.main(["--run", str(fake_run), "--out", str(out), "--overwrite"]) == 0
+    assert_png(out / "network.png", 30_000)
+    assert (out / "notes.txt").read_text() == "kept\n"
+
+
+def test_out_that_is_or_lies_under_a_file(tmp_path, capsys):
+    afile = tmp_path / "afile"
+    afile.write_text("user file\n")
+    for out in (afile, afile / "figs"):
+        rc, err = run_cli(["--out", out], capsys)
+        assert_one_line_error(rc, err, str(out), "file")
+    assert afile.read_text() == "user file\n"
+
+
+@pytest.mark.parametrize(
+    "name, content, fragment",
+    [
+        ("results.json", b"{bad", "unreadable"),
+        ("results.json", b'{"metrics": {"OA_t1": 1.0}}', "class_names"),
+        ("predictions.npz", b"not a zip", "unreadable"),
+        ("history.csv", b"", "unreadable"),
+    ],
+)
+def test_bad_run_files_are_refused_before_drawing(
+    fake_run, tmp_path, capsys, name, content, fragment
+):
+    path = fake_run / name if name == "history.csv" else fake_run / "results" / "tst" / name
+    path.write_bytes(content)
+    out = tmp_path / "figs"
+    rc, err = run_cli(["--run", fake_run, "--out", out], capsys)
+    assert_one_line_error(rc, err, str(path), fragment)
+    assert not out.exists()
+
+
+def test_map_coordinates_skip_the_maps(fake_run, tmp_path, caplog):
+    """row/col far apart (map coordinates): every figure but the maps, and a warning saying why."""
+    import json
+
+    import eval as E
+
+    res = fake_run / "results" / "tst"
+    metrics = json.loads((res / "results.json").read_text())["metrics"]
+    with np.load(res / "predictions.npz") as z:
+        preds = {k: z[k] for k in z.files}
+    preds["row"] = preds["row"] * 150 + 3_400_000
+    preds["col"] = preds["col"] * 150 + 500_000
+    preds["row"][0] = 0
+    metrics["split_dir"] = "data/tst"
+    E.write_outputs(res, metrics, preds, overwrite=True)
+    out = tmp_path / "figs"
+    assert F.main(["--run", str(fake_run), "--out", str(out), "--no-diagrams"]) == 0
+    assert sorted(p.name for p in out.iterdir()) == sorted({"training_curves.png", *E.FIGURE_FILES})
+    warned = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert any("data/tst: row/col" in m and "tile grid indices" in m for m in warned), warned

@@ -90,6 +90,20 @@ def test_grid_from_rowcol():
         P.grid_from_rowcol([1, 2], [1], [1, 2])
 
 
+def test_grid_of_map_coordinates_is_refused_not_allocated():
+    """row/col in metres (one tile at 200000, 200000) would make a 298 GiB grid: a ValueError."""
+    row = col = np.array([0, 1, 200_000])
+    problem = P.grid_problem(row, col)
+    assert "200001 x 200001" in problem and "tile grid indices" in problem
+    with pytest.raises(ValueError, match="tile grid indices"):
+        P.grid_from_rowcol(row, col, [0, 1, 2])
+    assert P.grid_problem(*np.divmod(np.arange(36), 6)) is None
+    # a dense grid past the bound: refused without the map-coordinates hint
+    r, c = np.divmod(np.arange(50), 10)
+    assert "tile grid indices" not in P.grid_problem(r, c, max_cells=20)
+    assert P.grid_problem(r, c, max_cells=50) is None
+
+
 def test_history(tmp_path):
     csv_path = tmp_path / "history.csv"
     lines = ["epoch,loss,val_loss,oa_t1,val_oa_t1,oa_t2,val_oa_t2,corr_loss,lr,note"]
