@@ -200,7 +200,7 @@ def train_parser() -> argparse.ArgumentParser:
     out.add_argument("-log", "--save_log", type=str2bool, default=True, help="write log.txt and history.csv")
     out.add_argument("--resume", action="store_true", help="continue from the last checkpoint")
     out.add_argument("--overwrite", action="store_true",
-                     help="allow training into a run directory that already holds checkpoints")
+                     help="replace the files of an existing run (checkpoints, args.json, logs, TensorBoard, results)")
 
     dev = p.add_argument_group("devices")
     _add_device_args(dev)
