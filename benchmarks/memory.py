@@ -298,7 +298,7 @@ def run_child_mode(a) -> dict:
         targs, net = child_model(a, 1)
         if a.child.startswith("whole"):  # the loader as it was for every shard: decode it whole
             loader.load_shard = functools.partial(loader.load_shard, per_batch=False)
-        data = train_cnn.load_data(targs)
+        data = train_cnn.load_data(targs, train_cnn.check_data(targs))
         batches = iter(data.trn)
     elif a.child.startswith("rows"):
         targs, net = child_model(a, 1)

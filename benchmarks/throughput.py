@@ -102,7 +102,7 @@ def build_training(a, data_dir: Path, workdir: Path):
         "--data_dir", str(data_dir), "--backbone", a.backbone, "-b", str(a.batch),
         "--hidden", str(a.hidden), "-e", "1", "--workdir", str(workdir), "--overwrite"])
     train_cnn.resolve_splits(targs)
-    data = train_cnn.load_data(targs)
+    data = train_cnn.load_data(targs, train_cnn.check_data(targs))
     info = setup_backend(targs.mixed_precision)
     strategy = make_strategy(info)
     paths = train_cnn.run_paths(targs, 0)

@@ -71,6 +71,15 @@ def test_cancorr_cost_runs_tiny_and_both_formulas_agree(tmp_path):
     assert network.canonical_correlation is canonical_correlation  # the A/B patch is undone
 
 
+def test_memory_runs_tiny_through_train_cnns_loader(tmp_path):
+    out = tmp_path / "mem.json"
+    memory.main(["--pairs", "12", "--size", "16", "--batch", "4", "--train_steps", "1", "--hidden", "8",
+                 "--modes", "stream-1", "--tmp", str(tmp_path), "--json", str(out)])
+    res = json.loads(out.read_text())["results"]["stream-1"]
+    assert "error" not in res, res
+    assert res["pairs_seen"] == 12 and res["peak_mib"] > 0
+
+
 def test_torch_reference_trains_a_step_on_cpu():
     pytest.importorskip("torch")
     a = gpu_bench.parse_args(["--device", "cpu", "--size", "32", "--batch", "2", "--steps", "1",
