@@ -211,7 +211,8 @@ def check_compatible(signature, summary, image_size, where, what="the checkpoint
 
 
 # ---------------------------------------------------------------------------------------- evaluate
-def evaluate_split(net, split_dir, batch_size=32, threshold=0.5, class_names=None, image_size=None):
+def evaluate_split(net, split_dir, batch_size=32, threshold=0.5, class_names=None, image_size=None,
+                   check_values=True):
     """Predict one split in its fixed order and compute every metric of DESIGN.md §3.
 
     Args:
@@ -222,6 +223,10 @@ def evaluate_split(net, split_dir, batch_size=32, threshold=0.5, class_names=Non
         threshold: p_change threshold of the second change rule.
         class_names: names of the K classes; default the shards' names, else "class 1".."class K".
         image_size: (H, W) to resize the images to, as in training; default the shards' size.
+        check_values: read the image data through before predicting (float values, CRC-32 of
+            compressed members: ``data.shards.inspect_split``). False when the caller has checked
+            the split in full already (eval.py's ``check_before_loading``, train_cnn.py's
+            ``check_data``); the shards' headers and labels are checked either way.
 
     Returns:
         ``(metrics, predictions)``: ``utils.metrics.compute_metrics`` dict (plus ``split_dir``) and a
@@ -240,7 +245,7 @@ def evaluate_split(net, split_dir, batch_size=32, threshold=0.5, class_names=Non
     from data.shards import inspect_split, read_labels
     from utils.metrics import compute_metrics
 
-    summary = inspect_split(split_dir)
+    summary = inspect_split(split_dir, check_values=check_values)
     k = check_compatible(model_signature(net), summary, image_size, split_dir)
     names = list(class_names or summary.class_names or [f"class {i + 1}" for i in range(k)])
     if len(names) != k:
@@ -562,7 +567,8 @@ def main(argv=None) -> int:
     results, preds = {}, {}
     for split, split_dir in splits.items():  # everything computed before anything is written
         results[split], preds[split] = evaluate_split(
-            net, split_dir, args.batch_size, args.threshold, saved.get("class_names"), image_size
+            net, split_dir, args.batch_size, args.threshold, saved.get("class_names"), image_size,
+            check_values=False,  # check_before_loading read every split in full
         )
     info = {
         "checkpoint": str(ckpt),

@@ -514,7 +514,8 @@ def evaluate_run(args, data: Data, paths: RunPaths, net) -> dict:
     best = load_checkpoint(paths.best) if args.save_model and paths.best.is_file() else net
     metrics, preds = evaluate_split(best, args.tst_dir, batch_size=args.batch_size,
                                     threshold=0.5, class_names=data.class_names,
-                                    image_size=args.image_size)
+                                    image_size=args.image_size,
+                                    check_values=False)  # check_data read it in full
     write_outputs(paths.result_dir / "tst", metrics, preds, data.class_names, overwrite=True)
     log.info("test metrics of %s:\n%s", paths.best if best is not net else "the final weights",
              format_table(metrics))

@@ -234,6 +234,27 @@ def test_unloadable_weights_write_nothing(run_dir, demo_data, tmp_path, capsys):
     assert not out.exists()
 
 
+def test_a_compressed_split_is_read_through_once_before_predicting(run_dir, tmp_path, capsys,
+                                                                  monkeypatch):
+    """check_before_loading reads every image member (CRC-32); evaluate_split does not again."""
+    from data import shards
+
+    rng = np.random.default_rng(0)
+    split = tmp_path / "zipped"
+    split.mkdir()
+    images = rng.integers(0, 256, (2, 6, 32, 32, 3), dtype=np.uint8)
+    shards.write_shard(split / "a.npz", images[0], images[1], [1, 2, 3, 4, 1, 2],
+                       [1, 2, 4, 4, 1, 3], compress=True)
+    reads = []
+    verify = shards.verify_member
+    monkeypatch.setattr(shards, "verify_member", lambda path, key: (reads.append(key),
+                                                                    verify(path, key))[1])
+    best = run_dir / "checkpoints" / "best.keras"
+    proc = run_in_process(["-m", best, "-tst", split, "-rpath", tmp_path / "out", "-b", 4], capsys)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert sorted(reads) == ["image_t1", "image_t2"]
+
+
 def test_overwrite_and_threshold(run_dir, demo_data, tmp_path, capsys):
     out = tmp_path / "o"
     shutil.copytree(run_dir / "checkpoints", tmp_path / "ck")
