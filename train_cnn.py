@@ -258,15 +258,20 @@ class Data:
     steps_per_epoch: int
 
 
-def check_data(args) -> DataPlan:
-    """Validate every split (DESIGN.md §4), the class count and the image shapes."""
+def check_data(args, checked_splits=()) -> DataPlan:
+    """Validate every split (DESIGN.md §4), the class count and the image shapes.
+
+    checked_splits: split directories the caller has read through with ``inspect_split`` already
+    (compare.py, once for all its runs): their headers and labels are checked, their image data
+    is not read again.
+    """
     from data.shards import ShardError, inspect_split
 
     splits = {s: d for s, d in (("trn", args.trn_dir), ("val", args.val_dir), ("tst", args.tst_dir))
               if d}
     summaries = {}
     for split, split_dir in splits.items():
-        summaries[split] = inspect_split(split_dir)
+        summaries[split] = inspect_split(split_dir, check_values=split_dir not in checked_splits)
         if summaries[split].n_pairs == 0:
             raise ShardError(f"{split_dir}: label_t1/label_t2: no usable pairs; expected at least "
                              "one pair with labels > 0 on both dates")
@@ -553,7 +558,8 @@ def summarize_runs(args, results: list[dict]) -> dict:
 
 
 # -------------------------------------------------------------------------------------------- main
-def main(argv=None) -> int:
+def main(argv=None, checked_splits=()) -> int:
+    """checked_splits: see ``check_data`` (compare.py's runs of splits it has checked)."""
     args = parse_args(argv)
     configure_logging()
     select_devices(args.gpu)
@@ -561,7 +567,8 @@ def main(argv=None) -> int:
     check_outputs(args)  # nothing a user made is replaced; every output directory can be made
     if args.demo:
         ensure_demo_data()
-    plan = check_data(args)  # NumPy only: a data error is one line, before TensorFlow starts
+    # NumPy only: a data error is one line, before TensorFlow starts
+    plan = check_data(args, checked_splits)
     check_model_inputs(args, plan)
     data = load_data(args, plan)
     from utils.devices import make_strategy, setup_backend

@@ -130,9 +130,12 @@ def _load_shard(path):
     return out
 
 
-def inspect(split_dir):
-    """Validate a split with data.shards.inspect_split: (n_pairs, num_classes, names)."""
-    s = shards.inspect_split(split_dir)
+def inspect(split_dir, check_values=True):
+    """Validate a split with data.shards.inspect_split: (n_pairs, num_classes, names).
+
+    check_values=False: headers and labels only, for a split read through already (compare.py).
+    """
+    s = shards.inspect_split(split_dir, check_values=check_values)
     return s.n_pairs, s.num_classes, s.class_names
 
 
@@ -550,7 +553,7 @@ def evaluate(y1, y2, p1, p2, class_names=None):
 
 def run_bovw(trn_dir, tst_dir, method="hik", val_dir=None, words=1000, patch=10, stride=None,
              descriptor="meanstd_grad", orient_bins=8, max_samples=200_000, max_train=8000,
-             C=10.0, seed=0, ksfa_options=None):
+             C=10.0, seed=0, ksfa_options=None, check_values=True):
     """Train a BoVW baseline on ``trn_dir`` and evaluate it on ``tst_dir``.
 
     Args:
@@ -563,6 +566,8 @@ def run_bovw(trn_dir, tst_dir, method="hik", val_dir=None, words=1000, patch=10,
         max_train, C: HIK-SVM settings (:class:`HIKSVM`).
         seed: seed of every random choice (sample, k-means, subset, calibration).
         ksfa_options: dict of keyword arguments for :func:`model.ksfa.ksfa_fusion`.
+        check_values: read the splits' image data through in the up-front check (see
+            :func:`inspect`); False when the caller has done so already.
 
     Returns:
         ``(metrics, predictions)``: metrics a JSON-able dict (utils.metrics.compute_metrics of the
@@ -574,10 +579,10 @@ def run_bovw(trn_dir, tst_dir, method="hik", val_dir=None, words=1000, patch=10,
     if method not in METHODS:
         raise ValueError(f"method: expected one of {sorted(METHODS)}, got {method!r}")
     t0 = time.time()
-    n_trn, k, names = inspect(trn_dir)  # validate every split before any work
-    _, k_tst, tst_names = inspect(tst_dir)
+    n_trn, k, names = inspect(trn_dir, check_values)  # validate every split before any work
+    _, k_tst, tst_names = inspect(tst_dir, check_values)
     if method == "ksfa" and val_dir is not None:
-        inspect(val_dir)
+        inspect(val_dir, check_values)
     if n_trn == 0:
         raise BoVWError(f"{trn_dir}: label_t1/label_t2: expected at least one usable pair")
     k, names = max(k, k_tst), names or tst_names
