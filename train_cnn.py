@@ -246,15 +246,12 @@ class DataPlan:
 
 
 @dataclass
-class Data:
+class Data(DataPlan):
+    """The checked splits with their streaming loaders (load_data)."""
+
     trn: object
     val: object
     tst: object | None
-    summaries: dict
-    num_classes: int
-    image_size: tuple
-    channels: int
-    class_names: list | None
     steps_per_epoch: int
 
 
@@ -374,10 +371,8 @@ def load_data(args, plan: DataPlan) -> Data:
                              raw_integers=True)  # the model scales uint8/uint16 on the device
         return ds
 
-    return Data(trn=loader("trn", True), val=loader("val", False),
-                tst=loader("tst", False) if args.tst_dir else None, summaries=plan.summaries,
-                num_classes=plan.num_classes, image_size=plan.image_size, channels=plan.channels,
-                class_names=plan.class_names,
+    return Data(**vars(plan), trn=loader("trn", True), val=loader("val", False),
+                tst=loader("tst", False) if args.tst_dir else None,
                 steps_per_epoch=steps_per_epoch(plan.summaries["trn"], args.batch_size, False))
 
 
