@@ -412,12 +412,11 @@ def run_figure_names(data: dict) -> list[str]:
     return names
 
 
-def draw_run(run, out, result_dir=None, data=None) -> list[Path]:
-    """Training curves and evaluation figures of a run into out/ (``data``: from read_run)."""
+def draw_run(run, out, data) -> list[Path]:
+    """Training curves and evaluation figures of a run into out/, from read_run's ``data``."""
     from utils import plots
 
     run, out = Path(run), Path(out)
-    data = data or read_run(run, result_dir)
     written = []
     if data["history"] is not None:
         written.append(
@@ -501,7 +500,7 @@ def main(argv=None) -> int:
     if args.diagrams:
         written += [draw_network(out / DIAGRAMS[0]), draw_corrfusion(out / DIAGRAMS[1])]
     if data:
-        written += draw_run(source, out, args.result, data)
+        written += draw_run(source, out, data)
     for p in written:
         log.info("wrote %s", p)
     return 0
