@@ -100,6 +100,15 @@ def timed_windows(step, sync, warmup, steps, reps) -> list[float]:
     return out
 
 
+def first_call_then_rate(step, sync, warmup, a) -> tuple[float, dict]:
+    """Seconds of the first call (compilation included), then the rate of the timed windows."""
+    t = time.perf_counter()
+    step()
+    sync()
+    first = time.perf_counter() - t
+    return first, rate(a.batch, a.steps, timed_windows(step, sync, warmup, a.steps, a.reps))
+
+
 def rate(batch, steps, seconds) -> dict:
     vals = [batch * steps / s for s in seconds]
     return {"pairs_per_s": statistics.median(vals), "min": min(vals), "max": max(vals),
@@ -153,12 +162,8 @@ def child_keras_jax(a, one_pass=True) -> dict:
         it["i"] += 1
         net.train_on_batch(x, y)
 
-    t = time.perf_counter()
-    train_step()
-    sync()
-    res["train_compile_s"] = time.perf_counter() - t
-    res["train_on_batch_device"] = rate(a.batch, a.steps, timed_windows(
-        train_step, sync, a.warmup, a.steps, a.reps))
+    res["train_compile_s"], res["train_on_batch_device"] = first_call_then_rate(
+        train_step, sync, a.warmup, a)
 
     # fit on NumPy arrays (host -> device copy per step): uint8 (the loader's batches now) and
     # float32 scaled on the host (the loader before; four times the bytes per step)
@@ -186,11 +191,8 @@ def child_keras_jax(a, one_pass=True) -> dict:
         out = net.predict_on_batch(x)
         infer_step.last = out
 
-    t = time.perf_counter()
-    infer_step()
-    res["infer_compile_s"] = time.perf_counter() - t
-    res["predict_on_batch_device"] = rate(a.batch, a.steps, timed_windows(
-        infer_step, lambda: None, a.warmup, a.steps, a.reps))  # predict_on_batch returns NumPy
+    res["infer_compile_s"], res["predict_on_batch_device"] = first_call_then_rate(
+        infer_step, lambda: None, a.warmup, a)  # predict_on_batch returns NumPy: no sync needed
     net.predict(reps_x, batch_size=a.batch, verbose=0)
     secs = []
     for _ in range(a.reps):
@@ -319,12 +321,7 @@ def child_torch(a, compiled: bool) -> dict:
     res = {"torch": torch.__version__, "compiled": compiled,
            "device_name": torch.cuda.get_device_name(0) if device.type == "cuda" else "cpu"}
     net.train()
-    t = time.perf_counter()
-    train_step()
-    sync()
-    res["train_compile_s"] = time.perf_counter() - t
-    res["train_device"] = rate(a.batch, a.steps, timed_windows(train_step, sync, warmup,
-                                                               a.steps, a.reps))
+    res["train_compile_s"], res["train_device"] = first_call_then_rate(train_step, sync, warmup, a)
     net.eval()
 
     def infer_step():
@@ -334,12 +331,7 @@ def child_torch(a, compiled: bool) -> dict:
             l1, l2, *_ = fwd(x1, x2)
             infer_step.last = (l1.softmax(-1), l2.softmax(-1))
 
-    t = time.perf_counter()
-    infer_step()
-    sync()
-    res["infer_compile_s"] = time.perf_counter() - t
-    res["infer_device"] = rate(a.batch, a.steps, timed_windows(infer_step, sync, warmup,
-                                                               a.steps, a.reps))
+    res["infer_compile_s"], res["infer_device"] = first_call_then_rate(infer_step, sync, warmup, a)
     if compiled:
         from torch._dynamo.utils import counters
 

@@ -153,24 +153,18 @@ def run_parent(a) -> dict:
         "shard_images_mib": shard_mib, "seed_float32_mib": 4 * shard_mib,
         "versions": versions(), "load_average_end": load_average(), "target": TARGET,
         "results": results}
-    if "stream-1" in results and "seed-1" in results:
-        r = results["stream-1"]["peak_mib"] / results["seed-1"]["peak_mib"]
-        out["ratio_stream1_vs_seed1"] = {"value": r, "pass": r <= TARGET}
-        if "model" in results:
-            floor = results["model"]["peak_mib"]
-            out["data_part_mib"] = {m: results[m]["peak_mib"] - floor for m in results}
-    if "whole-1" in results and "seed-1" in results:
-        r = results["whole-1"]["peak_mib"] / results["seed-1"]["peak_mib"]
-        out["ratio_whole1_vs_seed1"] = {"value": r, "pass": r <= TARGET}
-    if "whole-1" in results and "stream-1" in results:
-        out["ratio_stream1_vs_whole1"] = (results["stream-1"]["peak_mib"]
-                                          / results["whole-1"]["peak_mib"])
-    if "rows-1" in results and "seed-1" in results:
-        r = results["rows-1"]["peak_mib"] / results["seed-1"]["peak_mib"]
-        out["ratio_rows1_vs_seed1"] = {"value": r, "pass": r <= TARGET}
-    if "stream-1" in results and "stream-4" in results:
-        out["ratio_stream4_vs_stream1"] = (results["stream-4"]["peak_mib"]
-                                           / results["stream-1"]["peak_mib"])
+    peak = {m: r["peak_mib"] for m, r in results.items()}
+    # (key, numerator, denominator, against the target?)
+    for key, num, den, judged in (("ratio_stream1_vs_seed1", "stream-1", "seed-1", True),
+                                  ("ratio_whole1_vs_seed1", "whole-1", "seed-1", True),
+                                  ("ratio_stream1_vs_whole1", "stream-1", "whole-1", False),
+                                  ("ratio_rows1_vs_seed1", "rows-1", "seed-1", True),
+                                  ("ratio_stream4_vs_stream1", "stream-4", "stream-1", False)):
+        if num in peak and den in peak:
+            r = peak[num] / peak[den]
+            out[key] = {"value": r, "pass": r <= TARGET} if judged else r
+    if "stream-1" in peak and "seed-1" in peak and "model" in peak:
+        out["data_part_mib"] = {m: v - peak["model"] for m, v in peak.items()}
     return out
 
 
