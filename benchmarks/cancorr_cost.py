@@ -1,6 +1,6 @@
 """What the canonical-correlation metric costs per training step: the n x n Gram-space formula of
 ``model.cca.canonical_correlation`` against forming T with two d x d eigen-decompositions (the
-formula it replaced, ``cca_matrices``), on the active Keras backend.
+formula it replaced, ``eigh_formula`` below), on the active Keras backend.
 
     python -m benchmarks.cancorr_cost --json benchmarks/results/cancorr_cost_tf.json
     KERAS_BACKEND=jax python -m benchmarks.cancorr_cost --json benchmarks/results/cancorr_cost_jax.json
@@ -38,10 +38,25 @@ def eigh_formula(h1, h2, r=1e-4, eps=1e-12):
     """The replaced metric: T = S11^-1/2 S12 S22^-1/2 from two d x d eigen-decompositions."""
     from keras import ops
 
-    from model.cca import cca_matrices, finite_views
+    from model.cca import finite_views
+
+    def inverse_sqrt(s):
+        e, v = ops.eigh(s)
+        keep = ops.greater(e, eps)
+        inv = ops.where(keep, ops.reciprocal(ops.sqrt(ops.where(keep, e, ops.ones_like(e)))), 0.0)
+        return ops.matmul(v * inv[None, :], ops.transpose(v))
 
     h1, h2, ok = finite_views(ops.cast(h1, "float32"), ops.cast(h2, "float32"))
-    t = cca_matrices(h1, h2, r, eps)[0]
+    nm1 = ops.maximum(ops.cast(ops.shape(h1)[0], "float32") - 1.0, 1.0)
+    h1c = h1 - ops.mean(h1, axis=0, keepdims=True)
+    h2c = h2 - ops.mean(h2, axis=0, keepdims=True)
+
+    def cov(a, b):
+        return ops.matmul(ops.transpose(a), b) / nm1
+
+    k11 = inverse_sqrt(cov(h1c, h1c) + r * ops.eye(h1.shape[-1], dtype="float32"))
+    k22 = inverse_sqrt(cov(h2c, h2c) + r * ops.eye(h2.shape[-1], dtype="float32"))
+    t = ops.matmul(ops.matmul(k11, cov(h1c, h2c)), k22)
     return ops.where(ok, ops.sqrt(ops.sum(ops.square(t)) + eps), float("nan"))
 
 

@@ -8,8 +8,10 @@ With centred views H̄1, H̄2 and ridge ``r``::
     S11 = H̄1ᵀH̄1/(n−1) + rI,  S22 = H̄2ᵀH̄2/(n−1) + rI,  S12 = H̄1ᵀH̄2/(n−1)
     T   = S11^{-1/2} S12 S22^{-1/2}
 
-The inverse square roots come from an eigen-decomposition in which eigenvalues ``<= eps`` are
-dropped (a pseudo-inverse square root), as in the original code.
+Neither function forms a d × d matrix. In the training regime n − 1 < d (a batch of 32 pairs, views
+512–1024 wide) S11 and S22 have d − n + 1 null directions whose float32 round-off ``S^{-1/2}``
+amplifies by 1/√r; forming T in d-space (as the original did, by eigen-decomposition) turns each into
+a spurious ≈1e-3 canonical correlation. Both functions work in the n-sized bases instead.
 
 ``canonical_correlation`` (a metric, logged every training step) does not form T: with the ridge
 ``r > 0`` every eigenvalue of S11, S22 is at least r, so nothing is dropped and
@@ -28,7 +30,9 @@ too.
 
 from keras import ops
 
-__all__ = ["canonical_correlation", "dcca_loss", "inverse_sqrt", "cca_matrices", "finite_views"]
+__all__ = ["canonical_correlation", "dcca_loss", "finite_views"]
+
+_EPS32 = 1.1920929e-07  # float32 machine epsilon
 
 
 def _check_views(h1, h2):
@@ -43,14 +47,6 @@ def _check_views(h1, h2):
         )
 
 
-def inverse_sqrt(s, eps=1e-12):
-    """Pseudo inverse square root of a symmetric PSD matrix, eigenvalues ``<= eps`` dropped."""
-    e, v = ops.eigh(s)
-    keep = ops.greater(e, eps)
-    inv = ops.where(keep, ops.reciprocal(ops.sqrt(ops.where(keep, e, ops.ones_like(e)))), 0.0)
-    return ops.matmul(v * inv[None, :], ops.transpose(v))
-
-
 def finite_views(h1, h2):
     """``(h1, h2, ok)`` with non-finite entries zeroed and ``ok`` true when there were none.
 
@@ -60,22 +56,6 @@ def finite_views(h1, h2):
     """
     ok = ops.logical_and(ops.all(ops.isfinite(h1)), ops.all(ops.isfinite(h2)))
     return ops.where(ok, h1, 0.0), ops.where(ok, h2, 0.0), ok
-
-
-def cca_matrices(h1, h2, r=1e-4, eps=1e-12):
-    """Return ``(T, K11, K22, h1c, h2c, n)`` for float32 views (see module docstring)."""
-    n = ops.shape(h1)[0]
-    nm1 = ops.maximum(ops.cast(n, "float32") - 1.0, 1.0)
-    h1c = h1 - ops.mean(h1, axis=0, keepdims=True)
-    h2c = h2 - ops.mean(h2, axis=0, keepdims=True)
-    d1, d2 = h1.shape[-1], h2.shape[-1]
-    s11 = ops.matmul(ops.transpose(h1c), h1c) / nm1 + r * ops.eye(d1, dtype="float32")
-    s22 = ops.matmul(ops.transpose(h2c), h2c) / nm1 + r * ops.eye(d2, dtype="float32")
-    s12 = ops.matmul(ops.transpose(h1c), h2c) / nm1
-    k11 = inverse_sqrt(s11, eps)
-    k22 = inverse_sqrt(s22, eps)
-    t = ops.matmul(ops.matmul(k11, s12), k22)
-    return t, k11, k22, h1c, h2c, nm1
 
 
 def canonical_correlation(h1, h2, r=1e-4, eps=1e-12):
@@ -125,13 +105,49 @@ def canonical_correlation(h1, h2, r=1e-4, eps=1e-12):
     return ops.where(ok, ops.sqrt(ops.maximum(trace, 0.0) + eps), float("nan"))
 
 
+def _truncated_basis(h, nm1, r):
+    """Thin SVD of one centred view ``H̄/√(n−1) = U Σ Vᵀ`` with numerically-zero directions removed.
+
+    Returns ``(U, D, E, C, Vᵀ)`` with ``D = Σ/√(Σ² + r)``, ``E = 1/√(Σ² + r)`` and ``C = 1 − D²
+    = r·E²`` (computed without cancellation). Directions whose singular value is below
+    ``max(n, d) · ε_float32 · σ_max`` (NumPy's rank rule) get ``D = E = 0`` and ``C = 1``: the
+    centring direction, and any direction in which the view is rank deficient. Those are where
+    float32 round-off lives; with ``E ≈ 1/√r`` they would otherwise be amplified into spurious
+    canonical correlations.
+    """
+    hc = (h - ops.mean(h, axis=0, keepdims=True)) / ops.sqrt(nm1)
+    u, s, vh = ops.svd(hc, full_matrices=False)
+    size = ops.cast(ops.maximum(ops.shape(h)[0], h.shape[-1]), "float32")
+    keep = ops.greater(s, ops.max(s) * size * _EPS32)
+    e = ops.where(keep, ops.reciprocal(ops.sqrt(ops.square(s) + r)), 0.0)
+    return u, s * e, e, ops.where(keep, r * ops.square(e), 1.0), vh
+
+
+def _complement(u, c, p):
+    """``(I − U D² Uᵀ) P`` for ``P`` in the centred n-space, without cancellation.
+
+    ``I − U D² Uᵀ = (I − U Uᵀ) + U C Uᵀ``. When ``U`` is square (n <= d: the thin SVD spans the
+    whole n-space) the first term is exactly 0 and is not formed: computing it as ``P − U Uᵀ P``
+    would leave float32 round-off of the size of the whole answer once every canonical correlation
+    is close to 1 (C ≈ r/σ² ~ 1e-7).
+    """
+    kept = ops.matmul(u, c[:, None] * ops.matmul(ops.transpose(u), p))
+    n, k = ops.shape(u)[0], ops.shape(u)[1]
+    if isinstance(n, int) and isinstance(k, int) and n == k:
+        return kept
+    outside = p - ops.matmul(u, ops.matmul(ops.transpose(u), p))
+    return kept + ops.where(ops.equal(n, k), 0.0, outside)
+
+
 def _dcca_core(r, eps):
     @ops.custom_gradient
     def core(h1, h2):
-        t, k11, k22, h1c, h2c, nm1 = cca_matrices(h1, h2, r, eps)
-        u, s, vh = ops.svd(t, full_matrices=False)
-        # singular values whose square is <= eps are dropped (as the eigenvalues of T Tᵀ were
-        # thresholded in the original); the gradient uses the same set.
+        nm1 = ops.maximum(ops.cast(ops.shape(h1)[0], "float32") - 1.0, 1.0)
+        u1, d1, e1, c1, v1h = _truncated_basis(h1, nm1, r)
+        u2, d2, e2, c2, v2h = _truncated_basis(h2, nm1, r)
+        # T = V1 A V2ᵀ with A = D1 U1ᵀ U2 D2: the same non-zero singular values, k1 x k2 <= n x n.
+        a = d1[:, None] * ops.matmul(ops.transpose(u1), u2) * d2[None, :]
+        ua, s, vah = ops.svd(a, full_matrices=False)
         keep = ops.cast(ops.greater(ops.square(s), eps), "float32")
         loss = -ops.sum(s * keep)
 
@@ -140,16 +156,25 @@ def _dcca_core(r, eps):
             if upstream is None:
                 (upstream,) = args
             upstream = ops.cast(upstream, "float32")
-            m1 = ops.matmul(k11, u)
-            m2 = ops.matmul(k22, ops.transpose(vh))
-            delta12 = ops.matmul(m1 * keep[None, :], ops.transpose(m2))
-            delta11 = -0.5 * ops.matmul(m1 * (s * keep)[None, :], ops.transpose(m1))
-            delta22 = -0.5 * ops.matmul(m2 * (s * keep)[None, :], ops.transpose(m2))
-            # gradient of the *correlation* w.r.t. the views ...
-            g1 = (2.0 * ops.matmul(h1c, delta11) + ops.matmul(h2c, ops.transpose(delta12))) / nm1
-            g2 = (ops.matmul(h1c, delta12) + 2.0 * ops.matmul(h2c, delta22)) / nm1
+            # DESIGN §2.2's closed form with T's singular vectors V1·Ua, V2·Va: the gradient of the
+            # correlation w.r.t. the centred views is (P2 − P1 S) Uaᵀ E1 V1ᵀ / √(n−1) and
+            # (P1 − P2 S) Vaᵀ E2 V2ᵀ / √(n−1), with P1 = U1 D1 Ua, P2 = U2 D2 Va. Since
+            # A Va = Ua S, P1 S = U1 D1² U1ᵀ P2 (and P2 S = U2 D2² U2ᵀ P1): the differences are
+            # formed as (I − U D² Uᵀ) P, which does not cancel when the correlations approach 1.
+            ua_k = ua * keep[None, :]
+            va_k = ops.transpose(vah) * keep[None, :]
+            p1 = ops.matmul(u1, d1[:, None] * ua_k)
+            p2 = ops.matmul(u2, d2[:, None] * va_k)
+            g1 = ops.matmul(ops.matmul(_complement(u1, c1, p2), ops.transpose(ua_k) * e1[None, :]), v1h)
+            g2 = ops.matmul(ops.matmul(_complement(u2, c2, p1), ops.transpose(va_k) * e2[None, :]), v2h)
+
+            def to_views(g):
+                # the views are centred inside: project on the centred space, then scale
+                g = g - ops.mean(g, axis=0, keepdims=True)
+                return -upstream * g / ops.sqrt(nm1)
+
             # ... and the loss is minus the correlation, scaled by the upstream gradient.
-            return -upstream * g1, -upstream * g2
+            return to_views(g1), to_views(g2)
 
         return loss, grad
 
@@ -159,18 +184,23 @@ def _dcca_core(r, eps):
 def dcca_loss(h1, h2, r=1e-4, eps=1e-12):
     """DCCA loss ``-Σ σ_k(T)`` (minus the total canonical correlation, §2.2), a float32 scalar.
 
-    The gradient is the closed form of Andrew et al. (2013), implemented with
-    ``keras.ops.custom_gradient``: it is the gradient of the *loss* (the negated correlation
-    gradient) and it is multiplied by the upstream gradient.
+    Computed without any d × d matrix: each centred view is reduced to its thin SVD
+    ``H̄i/√(n−1) = Ui Σi Viᵀ`` (numerically-zero directions dropped), and ``T`` has the same
+    non-zero singular values as the small ``A = D1 U1ᵀ U2 D2`` with ``Di = Σi/√(Σi² + r)``. In the
+    training regime n − 1 < d (batch 32, views 1024 wide) T has at most n − 1 non-zero singular
+    values, so the loss is >= −(n − 1); forming T in d-space in float32 instead adds one spurious
+    ≈1e-3 singular value per null direction (about d − n of them) and drowns the gradient in noise.
+
+    The gradient is the closed form of Andrew et al. (2013), written in the same reduced bases and
+    implemented with ``keras.ops.custom_gradient``: it is the gradient of the *loss* (the negated
+    correlation gradient) and it is multiplied by the upstream gradient.
 
     Args:
         h1: (n, d1) first view (any float dtype; computed in float32).
         h2: (n, d2) second view.
         r: ridge added to the diagonal of the covariance matrices.
-        eps: eigenvalues ``<= eps`` are dropped in the inverse square roots, and singular values
-            with ``σ² <= eps`` are left out of the sum.
+        eps: singular values of T with ``σ² <= eps`` are left out of the sum and the gradient.
     """
     _check_views(h1, h2)
     h1, h2, ok = finite_views(ops.cast(h1, "float32"), ops.cast(h2, "float32"))
     return ops.where(ok, _dcca_core(float(r), float(eps))(h1, h2), float("nan"))
-

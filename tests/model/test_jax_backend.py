@@ -16,6 +16,8 @@ SELECTED = [
     "tests/model/test_network.py::test_active_backend_is_the_requested_one",
     "tests/model/test_cca.py::test_dcca_gradient_matches_finite_differences",
     "tests/model/test_cca.py::test_dcca_loss_matches_numpy",
+    "tests/model/test_cca.py::test_dcca_loss_and_gradient_match_float64_reference",
+    "tests/model/test_cca.py::test_dcca_in_the_training_regime_under_mixed_precision",
     "tests/model/test_cca.py::test_canonical_correlation_matches_numpy",
     "tests/model/test_corrfusion.py::test_covariance_updates_inside_fit",
     # corrfusion (running covariance state) and dcca (custom_gradient inside a model)
