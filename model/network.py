@@ -55,14 +55,6 @@ class MethodSpec:
     def __init__(self, info: MethodInfo):
         self.info = info
 
-    @property
-    def losses(self):
-        return self.info.losses
-
-    @property
-    def has_views(self):
-        return self.info.has_views
-
     def build(self, model):
         """Create the method's layers as attributes of ``model``."""
 
@@ -221,27 +213,14 @@ class CorrFusionNet(keras.Model):
         self.softmax = keras.layers.Activation("softmax", dtype="float32", name="softmax")
         self.spec.build(self)
         self._trackers = {}
-        names = ["ce_t1", "ce_t2", *self.spec.losses, "l2", "oa_t1", "oa_t2", "oa_bi", "oa_tr"]
-        if self.spec.has_views:
+        names = ["ce_t1", "ce_t2", *self.spec.info.losses, "l2", "oa_t1", "oa_t2", "oa_bi", "oa_tr"]
+        if self.spec.info.has_views:
             names.append("cancorr")
         for n in names:
             tracker = keras.metrics.Mean(name=n)
             setattr(self, f"tracker_{n}", tracker)
             self._trackers[n] = tracker
         self.build(((None, *input_shape), (None, *input_shape)))
-
-    # the config's fields the checks and callers read most
-    @property
-    def num_classes(self):
-        return self.config.num_classes
-
-    @property
-    def image_size(self):
-        return self.config.image_size
-
-    @property
-    def channels(self):
-        return self.config.channels
 
     def _initializer(self, offset):
         seed = self.config.seed
@@ -356,7 +335,7 @@ class CorrFusionNet(keras.Model):
             ops.cast(ops.equal(ops.not_equal(p1, p2), ops.not_equal(y1, y2)), "float32")
         )
         self._trackers["oa_tr"].update_state(ops.cast(ops.logical_and(ok1, ok2), "float32"))
-        if self.spec.has_views:
+        if self.spec.info.has_views:
             self._trackers["cancorr"].update_state(
                 canonical_correlation(ops.stop_gradient(y_pred["view_t1"]), ops.stop_gradient(y_pred["view_t2"]))
             )

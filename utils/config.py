@@ -69,22 +69,12 @@ class TrainConfig:
     def from_args(cls, args) -> TrainConfig:
         return from_namespace(cls, args, model=from_namespace(ModelConfig, args))
 
-    # the model fields the command line sets and the run reads
-    @property
-    def backbone(self):
-        return self.model.backbone
-
-    @property
-    def method(self):
-        return self.model.method
-
-    @property
-    def num_classes(self):
-        return self.model.num_classes
-
-    @property
-    def image_size(self):
-        return self.model.image_size
+    def __getattr__(self, name):
+        """The model's fields the command line sets (``config.method``, ``config.image_size``,
+        ...) read through ``model``; the config's own fields (``seed``) come first."""
+        if name == "model" or name.startswith("__"):
+            raise AttributeError(name)
+        return getattr(self.model, name)
 
     def replace(self, **changes) -> TrainConfig:
         """A copy with ``changes``; ``ModelConfig`` field names go into ``model``."""

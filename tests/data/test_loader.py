@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from data import loader, shards
-from tests.data.helpers import make_split
+from tests.data._helpers import make_split
 
 SIZES = (7, 5, 6)
 UNDEFINED = (2, 9, 16)

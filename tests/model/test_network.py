@@ -74,6 +74,7 @@ def test_small_backbone_every_method_forward_and_train_step(method):
     assert all(moved), [w.path for w, m in zip(model.trainable_weights, moved, strict=False) if not m]
 
 
+@pytest.mark.slow  # end to end: many seconds on a CPU
 @pytest.mark.parametrize(
     "backbone,size",
     [("vgg16", 32), ("vgg19", 32), ("resnet50", 32), ("inceptionv3", 75), ("densenet121", 32)],
@@ -149,6 +150,7 @@ def test_bad_arguments():
         model.compute_loss(None, np.zeros(4), model(_data(n=4)[0]))
 
 
+@pytest.mark.slow  # end to end: many seconds on a CPU
 def test_small_model_loss_goes_down():
     x, y = _data(n=16, seed=3)
     model = _small("corrfusion")
@@ -195,6 +197,7 @@ def test_evaluate_matches_numpy_and_metrics_reset(method):
     np.testing.assert_allclose(logs["loss"], total, rtol=1e-4, atol=1e-5)
 
 
+@pytest.mark.slow  # end to end: many seconds on a CPU
 @pytest.mark.parametrize("method", ["corrfusion", "sdcca"])
 def test_save_load_identical_predictions_and_state(tmp_path, method):
     x, y = _data(n=8, seed=6)
