@@ -55,7 +55,11 @@ import time
 
 import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
+from sklearn import metrics as skm
 from sklearn.cluster import MiniBatchKMeans
+from sklearn.linear_model import LogisticRegression
+from sklearn.metrics import roc_auc_score
+from sklearn.model_selection import StratifiedKFold
 from sklearn.preprocessing import StandardScaler
 from sklearn.svm import SVC
 
@@ -404,9 +408,6 @@ class HIKSVM:
 
     def fit(self, h, y, num_classes=None):
         """Fit on (n, D) histograms and 0-based labels ``y``; ``num_classes`` K (default max + 1)."""
-        from sklearn.linear_model import LogisticRegression
-        from sklearn.model_selection import StratifiedKFold
-
         h = np.asarray(h, np.float32)
         y = np.asarray(y)
         if len(h) > self.max_train:
@@ -472,8 +473,6 @@ class HIKSVM:
 
 def basic_metrics(y1, y2, pred1, pred2):
     """Fallback metrics with scikit-learn: OA_t1, OA_t2, OA_bi, OA_tr, change precision/recall/F1."""
-    from sklearn import metrics as skm
-
     y1, y2, pred1, pred2 = map(np.asarray, (y1, y2, pred1, pred2))
     ct, cp = y1 != y2, pred1 != pred2
     prec, rec, f1, _ = skm.precision_recall_fscore_support(
@@ -558,8 +557,6 @@ def run_bovw(trn_dir, tst_dir, method="hik", val_dir=None, words=1000, patch=10,
         extra["ksfa"]["fused_change_metrics"] = basic_metrics(tst.y1, tst.y2, pred1, pred2)
         truth = tst.y1 != tst.y2
         if 0 < truth.sum() < len(truth):  # ROC-AUC of the fused joint p_change (predictions.npz)
-            from sklearn.metrics import roc_auc_score
-
             extra["ksfa"]["fused_p_change_roc_auc"] = float(roc_auc_score(truth, p_change))
     else:
         p_change = np.clip(1.0 - np.sum(p1 * p2, axis=1), 0.0, 1.0)
