@@ -3,8 +3,10 @@
     python compare.py --data_dir DATA --methods baseline,corrfusion,dcca,sdcca,bovw \\
         --backbone vgg16 --runs 3 --workdir runs/compare -- -e 100 -b 32
 
-Every CNN run goes through train_cnn.main (training, best checkpoint, test evaluation with
-eval.evaluate_split); the BoVW baselines through model.bovw.run_bovw and eval.write_outputs. Run k
+Every CNN run goes through ``utils.training.train`` with train_cnn.py's config (training, best
+checkpoint, test evaluation with ``utils.evaluation``); the BoVW baselines through
+``model.bovw.run_bovw`` and ``utils.evaluation.write_bovw_outputs``; the table is
+``utils.comparison``'s. Run k
 of every method uses seed SEED + k. Each run lives in WORKDIR/METHOD/k/ with the usual run-directory
 layout; a run whose results/tst/results.json exists is not redone, and a CNN run that stopped
 half-way resumes from its last checkpoint, so an interrupted comparison is continued by running the
@@ -19,20 +21,37 @@ import logging
 import sys
 from pathlib import Path
 
-from parser import BACKBONE_NAMES, METHOD_NAMES, positive_int, train_parser
+from data.shards import inspect_split
+from data.splits import resolve_split_dirs
+from model import bovw
+from parser import (
+    BACKBONE_NAMES,
+    METHOD_NAMES,
+    check_train_args,
+    option_strings,
+    positive_int,
+    train_parser,
+)
 from utils.cli import UsageError, configure_logging, run_main
+from utils.comparison import bar_chart, csv_table, markdown_table, summarize
+from utils.config import TrainConfig
 from utils.devices import select_devices
+from utils.evaluation import write_bovw_outputs
+from utils.rundir import (
+    atomic_write_bytes,
+    atomic_write_json,
+    check_can_create_dir,
+    is_nonempty_dir,
+)
+from utils.training import train
 
 log = logging.getLogger("corrfusion.compare")
 
 BOVW_METHODS = {"bovw": "hik", "bovw_hik": "hik", "bovw_ksfa": "ksfa"}
 ALL_METHODS = (*METHOD_NAMES, *BOVW_METHODS)
-#: the table's columns: (key in results.json metrics, header)
-COLUMNS = (("OA_t1", "OA_t1"), ("OA_t2", "OA_t2"), ("OA_bi", "OA_bi"), ("OA_tr", "OA_tr"),
-           ("change_f1", "change F1"))
-#: train_cnn options that compare sets itself
-RESERVED = {"--method", "--runs", "--workdir", "--seed", "--resume", "--overwrite", "--backbone",
-            "--data_dir", "-trn", "--trn_dir", "-val", "--val_dir", "-tst", "--tst_dir", "--demo"}
+#: train_cnn.py options (their dest) that compare sets itself; refused after `--`
+RESERVED = ("method", "runs", "workdir", "seed", "resume", "overwrite", "backbone", "data_dir",
+            "trn_dir", "val_dir", "tst_dir", "demo")
 
 
 # --------------------------------------------------------------------------------------- arguments
@@ -81,26 +100,20 @@ def parse_args(argv=None):
         forward = []
     args, unknown = parser.parse_known_args(argv)
     args.forward = unknown + forward
-    reserved = sorted({a.split("=")[0] for a in args.forward} & RESERVED)
+    tparser = train_parser()
+    reserved = sorted({a.split("=")[0] for a in args.forward} & option_strings(tparser, RESERVED))
     if reserved:
         parser.error(f"{', '.join(reserved)}: set by compare.py itself; use its own options")
     if not (args.data_dir or (args.trn_dir and args.tst_dir)):
         parser.error("give --data_dir (holding trn/ val/ tst/) or -trn, -val and -tst")
-    base = Path(args.data_dir) if args.data_dir else None
-    for split in ("trn", "val", "tst"):
-        if getattr(args, f"{split}_dir") is None and base is not None:
-            setattr(args, f"{split}_dir", str(base / split))
-    # The forwarded options must make a valid train_cnn command line: usage errors now, not later.
-    args.train_args = train_parser().parse_args(cnn_argv(args, "baseline", 0, Path(".")))
+    dirs = resolve_split_dirs(args.data_dir, {"trn": args.trn_dir, "val": args.val_dir,
+                                              "tst": args.tst_dir})
+    args.trn_dir, args.val_dir, args.tst_dir = dirs["trn"], dirs["val"], dirs["tst"]
+    # The forwarded options are train_cnn.py's: usage errors now, not in the first run.
+    targs = check_train_args(tparser, tparser.parse_args(["-trn", args.trn_dir] + args.forward))
+    args.train = TrainConfig.from_args(targs).replace(
+        backbone=args.backbone, trn_dir=args.trn_dir, val_dir=args.val_dir, tst_dir=args.tst_dir)
     return args
-
-
-def cnn_argv(args, method: str, k: int, run_dir: Path) -> list[str]:
-    argv = ["-trn", args.trn_dir, "-tst", args.tst_dir, "--method", method,
-            "--backbone", args.backbone, "--seed", str(args.seed + k), "--workdir", str(run_dir)]
-    if args.val_dir:
-        argv += ["-val", args.val_dir]
-    return argv + list(args.forward)
 
 
 # -------------------------------------------------------------------------------------------- runs
@@ -115,8 +128,6 @@ def result_file(run_dir: Path) -> Path:
 def check_settings(args) -> None:
     """The work directory must be new, empty, or a comparison compare.py started (its compare.json);
     an existing comparison is continued only with the same settings."""
-    from utils.rundir import check_can_create_dir, is_nonempty_dir
-
     settings = {"data": [args.trn_dir, args.val_dir, args.tst_dir], "backbone": args.backbone,
                 "seed": args.seed, "forward": args.forward, "bovw_words": args.bovw_words,
                 "bovw_patch": args.bovw_patch}
@@ -144,54 +155,39 @@ def check_settings(args) -> None:
 
 
 def write_settings(args) -> None:
-    from utils.rundir import atomic_write_json
-
     atomic_write_json(Path(args.workdir) / "compare.json",
                       {"settings": args.settings, "methods": args.methods, "runs": args.runs,
                        "command": sys.argv})
 
 
 def run_cnn(args, method: str, k: int, run_dir: Path) -> int:
-    """One CNN run through train_cnn.main: fresh, or resumed from its last checkpoint."""
-    import train_cnn
-
-    argv = cnn_argv(args, method, k, run_dir)
-    if (run_dir / "checkpoints" / "last_state.json").is_file():
-        argv.append("--resume")
+    """One CNN run through ``utils.training.train``: fresh, or resumed from its last checkpoint."""
+    resume = (run_dir / "checkpoints" / "last_state.json").is_file()
+    if resume:
         log.info("%s run %d: resuming in %s", method, k, run_dir)
-    elif (run_dir / "checkpoints").is_dir():
-        argv.append("--overwrite")  # compare's own run that stopped before its first epoch ended
-    return train_cnn.main(argv, checked_splits=args.checked_splits)
+    config = args.train.replace(
+        method=method, seed=args.seed + k, workdir=str(run_dir), resume=resume,
+        # compare's own run that stopped before its first epoch ended
+        overwrite=not resume and (run_dir / "checkpoints").is_dir())
+    return train(config, checked_splits=args.checked_splits)
 
 
 def run_bovw(args, method: str, k: int, run_dir: Path) -> int:
-    """One BoVW run: model.bovw for the classifier, eval.write_outputs for the same output files."""
-    from eval import make_predictions, write_outputs
-    from model import bovw
-    from utils.rundir import atomic_write_json
-
+    """One BoVW run: model.bovw for the classifier, the same output files as a CNN run's."""
     metrics, preds = bovw.run_bovw(args.trn_dir, args.tst_dir, method=BOVW_METHODS[method],
                                    val_dir=args.val_dir, words=args.bovw_words,
                                    patch=args.bovw_patch, seed=args.seed + k,
                                    check_values=False)  # main read the splits through
-    names = metrics.get("class_names") or [f"class {i + 1}" for i in
-                                           range(preds["prob_t1"].shape[1])]
-    metrics.setdefault("class_names", names)
-    metrics.setdefault("threshold", 0.5)
-    extra = {key: preds[key] for key in ("row", "col", "intensity") if key in preds}
-    full = make_predictions(preds["label_t1"], preds["label_t2"], preds["prob_t1"],
-                            preds["prob_t2"], metrics["threshold"], names, extra,
-                            p_change=preds["p_change"])
     atomic_write_json(run_dir / "args.json", {"method": method, "seed": args.seed + k,
                                               "settings": args.settings})
-    write_outputs(run_dir / "results" / "tst", metrics, full, overwrite=True,
-                  info={"method": method, "run": k, "split_dir": args.tst_dir})
+    write_bovw_outputs(run_dir / "results" / "tst", metrics, preds,
+                       info={"method": method, "run": k, "split_dir": args.tst_dir})
     return 0
 
 
 def run_all(args) -> dict:
     """Every method x run not finished yet; returns {method: [metrics of each finished run]}."""
-    import keras
+    import keras  # TensorFlow starts with the first run, after every check
 
     results: dict[str, list] = {}
     failed = []
@@ -215,69 +211,7 @@ def run_all(args) -> dict:
     return results
 
 
-# ------------------------------------------------------------------------------------------- table
-def summarize(results: dict) -> list[dict]:
-    import numpy as np
-
-    rows = []
-    for method, runs in results.items():
-        row = {"method": method, "runs": len(runs)}
-        for key, _ in COLUMNS:
-            vals = [float(r[key]) for r in runs if r.get(key) is not None]
-            row[f"{key}_mean"] = float(np.mean(vals)) if vals else None
-            row[f"{key}_std"] = float(np.std(vals)) if vals else None
-        rows.append(row)
-    return rows
-
-
-def markdown_table(rows: list[dict]) -> str:
-    """Rows methods; columns OA_t1, OA_t2, OA_bi, OA_tr, change F1 in % as mean ± std."""
-    head = "| method | runs | " + " | ".join(h for _, h in COLUMNS) + " |"
-    lines = [head, "|---|---:|" + "---:|" * len(COLUMNS)]
-    for r in rows:
-        cells = [("—" if r[f"{k}_mean"] is None else
-                  f"{100 * r[f'{k}_mean']:.2f} ± {100 * r[f'{k}_std']:.2f}") for k, _ in COLUMNS]
-        lines.append(f"| {r['method']} | {r['runs']} | " + " | ".join(cells) + " |")
-    return "\n".join(lines) + "\n"
-
-
-def csv_table(rows: list[dict]) -> str:
-    cols = ["method", "runs"] + [f"{k}_{s}" for k, _ in COLUMNS for s in ("mean", "std")]
-    out = [",".join(cols)]
-    for r in rows:
-        out.append(",".join("" if r[c] is None else (f"{r[c]:.6f}" if isinstance(r[c], float)
-                                                       else str(r[c])) for c in cols))
-    return "\n".join(out) + "\n"
-
-
-def bar_chart(rows: list[dict], path: Path) -> None:
-    """Grouped bars: one group per metric, one bar per method, error bars = std over runs."""
-    import numpy as np
-    import seaborn as sns
-    from matplotlib.figure import Figure
-
-    fig = Figure(figsize=(3.6 + 1.6 * len(COLUMNS), 4.2), dpi=120)
-    ax = fig.add_subplot()
-    width = 0.8 / max(len(rows), 1)
-    colors = sns.color_palette("colorblind", len(rows))
-    x = np.arange(len(COLUMNS))
-    for i, (r, color) in enumerate(zip(rows, colors, strict=True)):
-        means = [100 * (r[f"{k}_mean"] or 0.0) for k, _ in COLUMNS]
-        stds = [100 * (r[f"{k}_std"] or 0.0) for k, _ in COLUMNS]
-        ax.bar(x + (i - (len(rows) - 1) / 2) * width, means, width, yerr=stds, capsize=2,
-               label=f"{r['method']} (n={r['runs']})", color=color)
-    ax.set_xticks(x, [h for _, h in COLUMNS])
-    ax.set_ylabel("%")
-    ax.set_ylim(0, 100)
-    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
-    ax.set_title("Method comparison (mean ± std over runs)")
-    fig.tight_layout()
-    fig.savefig(path)
-
-
 def write_table(args, rows: list[dict]) -> None:
-    from utils.rundir import atomic_write_bytes
-
     out = Path(args.workdir)
     table = markdown_table(rows)
     atomic_write_bytes(out / "comparison.md", table.encode())
@@ -291,10 +225,8 @@ def write_table(args, rows: list[dict]) -> None:
 def main(argv=None) -> int:
     args = parse_args(argv)
     configure_logging()
-    select_devices(args.train_args.gpu)  # before TensorFlow starts
+    select_devices(args.train.gpu)  # before TensorFlow starts
     check_settings(args)
-    from data.shards import inspect_split
-
     checked = [d for d in (args.trn_dir, args.val_dir, args.tst_dir) if d]
     for split in checked:
         inspect_split(split)  # bad data: one line, exit 2, before anything is written

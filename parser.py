@@ -1,7 +1,10 @@
-"""Command-line definitions shared by train_cnn.py and eval.py.
+"""Command-line definitions shared by train_cnn.py, eval.py and compare.py.
 
-Only the standard library is imported here, so `-h` and argument errors are answered before
-TensorFlow starts. The original CorrFusionNet flags keep their short and long names; the boolean
+Only the standard library (and ``model.config``, standard library only) is imported here, so `-h`
+and argument errors are answered before TensorFlow starts. The backbone and method choices are the
+keys of ``model.config.BACKBONES`` / ``METHODS``, and the model options' defaults are
+``ModelConfig``'s: one source each. Every ``dest`` is a field of ``utils.config.TrainConfig`` /
+``EvalConfig`` or ``ModelConfig`` (``from_namespace`` copies them by name). The original CorrFusionNet flags keep their short and long names; the boolean
 ones accept true/false/1/0/yes/no (the original's ``type=bool`` turned ``-tb False`` into True).
 """
 
@@ -9,8 +12,10 @@ from __future__ import annotations
 
 import argparse
 
-BACKBONE_NAMES = ("vgg16", "vgg19", "resnet50", "inceptionv3", "densenet121", "small")
-METHOD_NAMES = ("corrfusion", "baseline", "dcca", "sdcca")
+from model.config import BACKBONES, CORR_NORMS, METHODS, ModelConfig
+
+BACKBONE_NAMES = tuple(BACKBONES)
+METHOD_NAMES = tuple(METHODS)
 OPTIMIZER_NAMES = ("sgd", "adam", "adamw")
 
 _TRUE = {"true", "t", "1", "yes", "y", "on"}
@@ -156,18 +161,18 @@ def train_parser() -> argparse.ArgumentParser:
 
     model = p.add_argument_group("model")
     model.add_argument("--backbone", choices=BACKBONE_NAMES, default="vgg16", help="convolutional backbone")
-    model.add_argument("--method", choices=METHOD_NAMES, default="corrfusion", help="fusion method")
+    model.add_argument("--method", choices=METHOD_NAMES, default=ModelConfig.method, help="fusion method")
     model.add_argument("--shared", dest="shared", action="store_true", default=True,
                        help="one backbone for both dates (siamese)")
     model.add_argument("--no-shared", dest="shared", action="store_false",
                        help="a separate backbone per date")
     model.add_argument("--weights", type=weights_source, default=None,
                        help="backbone weights: none (random, default), imagenet, or a weights file path")
-    model.add_argument("--hidden", type=positive_int, default=1024, help="width of the FC layers (d)")
-    model.add_argument("--reduction", type=positive_int, default=2, help="CorrFusion reduction ratio r")
-    model.add_argument("--lambda1", type=non_negative_float, default=0.1, help="weight of the correlation loss")
-    model.add_argument("--lambda2", type=non_negative_float, default=1e-4, help="weight of the decorrelation loss")
-    model.add_argument("--corr_norm", choices=("batch", "unchanged"), default="batch",
+    model.add_argument("--hidden", type=positive_int, default=ModelConfig.hidden, help="width of the FC layers (d)")
+    model.add_argument("--reduction", type=positive_int, default=ModelConfig.reduction, help="CorrFusion reduction ratio r")
+    model.add_argument("--lambda1", type=non_negative_float, default=ModelConfig.lambda1, help="weight of the correlation loss")
+    model.add_argument("--lambda2", type=non_negative_float, default=ModelConfig.lambda2, help="weight of the decorrelation loss")
+    model.add_argument("--corr_norm", choices=CORR_NORMS, default=ModelConfig.corr_norm,
                        help="divide the correlation loss by the batch size (original) or by the "
                             "number of unchanged pairs")
 
@@ -207,6 +212,16 @@ def train_parser() -> argparse.ArgumentParser:
     return p
 
 
+def check_train_args(parser: argparse.ArgumentParser, args) -> argparse.Namespace:
+    """The rules between train_cnn.py's options (usage errors, exit 2); returns args."""
+    if args.resume and args.overwrite:
+        parser.error("--resume and --overwrite exclude each other")
+    if len(args.lr) != len(args.lr_boundaries) + 1 and len(args.lr) != 1:
+        parser.error(f"--lr has {len(args.lr)} values; it needs one more than --lr_boundaries "
+                     f"({len(args.lr_boundaries)}) or a single value")
+    return args
+
+
 def eval_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="eval.py",
@@ -227,3 +242,9 @@ def eval_parser() -> argparse.ArgumentParser:
     dev = p.add_argument_group("devices")
     _add_device_args(dev)
     return p
+
+
+def option_strings(parser: argparse.ArgumentParser, dests) -> set[str]:
+    """Every flag (short and long) of the parser's options whose ``dest`` is in ``dests``."""
+    return {flag for action in parser._actions if action.dest in set(dests)
+            for flag in action.option_strings}

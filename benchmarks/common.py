@@ -25,6 +25,16 @@ def ensure_repo_on_path() -> None:
         sys.path.insert(0, str(ROOT))
 
 
+def train_config(argv):
+    """train_cnn.py's ``TrainConfig`` for a command line, its splits resolved (no training)."""
+    from parser import check_train_args, train_parser
+    from utils.config import TrainConfig
+    from utils.training import resolve_splits
+
+    parser = train_parser()
+    return resolve_splits(TrainConfig.from_args(check_train_args(parser, parser.parse_args(argv))))
+
+
 def write_random_split(split_dir, pairs_per_shard, size, classes=4, seed=0, channels=3,
                        change_rate=0.05, reuse_images=False):
     """A split directory of uint8 §4 shards with random images (fast; content is irrelevant here).

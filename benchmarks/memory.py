@@ -170,13 +170,14 @@ def run_parent(a) -> dict:
 
 # ------------------------------------------------------------------------------------ child side
 def child_model(a, steps_per_epoch: int):
-    import train_cnn
+    from benchmarks.common import train_config
+    from utils.training import build_or_resume
 
-    targs = train_cnn.parse_args(["-trn", a.trn or a.val, "-val", a.val, "--backbone", "small",
-                                  "-b", str(a.batch), "--hidden", str(a.hidden)])
+    targs = train_config(["-trn", a.trn or a.val, "-val", a.val, "--backbone", "small",
+                          "-b", str(a.batch), "--hidden", str(a.hidden)])
     data = types.SimpleNamespace(num_classes=a.classes, image_size=(a.size, a.size), channels=3,
                                  steps_per_epoch=steps_per_epoch)
-    net, _ = train_cnn.build_or_resume(targs, data, None, seed=0)
+    net, _ = build_or_resume(targs, data, None, seed=0)
     return targs, net
 
 
@@ -286,13 +287,13 @@ def run_child_mode(a) -> dict:
     elif a.child.startswith(("stream", "whole")):
         import functools
 
-        import train_cnn
         from data import loader
+        from utils.training import check_data, load_data
 
         targs, net = child_model(a, 1)
         if a.child.startswith("whole"):  # the loader as it was for every shard: decode it whole
             loader.load_shard = functools.partial(loader.load_shard, per_batch=False)
-        data = train_cnn.load_data(targs, train_cnn.check_data(targs))
+        data = load_data(targs, check_data(targs))
         batches = iter(data.trn)
     elif a.child.startswith("rows"):
         targs, net = child_model(a, 1)

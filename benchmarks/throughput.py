@@ -18,7 +18,7 @@ What is timed, per repetition (the two sides alternate order from one repetition
   compiled train function, two ways: ``model.fit`` on the in-memory tensors (no callbacks; timed
   like the full path) and a ``model.train_on_batch`` loop. The ratio is taken against the faster
   of the two in each repetition.
-* full evaluation: ``eval.evaluate_split`` (shard checks, loader, predict, labels, every metric).
+* full evaluation: ``utils.evaluation.evaluate_split`` (shard checks, loader, predict, labels, every metric).
 * bare evaluation: ``model.predict`` on the split's images already scaled in memory (NumPy).
 * loader alone: iterating the training dataset without a model (the pipeline's own ceiling),
   with per-batch reads (uncompressed shards, the default) and with each shard decoded whole
@@ -95,25 +95,26 @@ def build_training(a, data_dir: Path, workdir: Path):
     """train_cnn.py's own steps: arguments, loaders, model, callbacks."""
     import keras
 
-    import train_cnn
+    from benchmarks.common import train_config
+    from utils import training
     from utils.devices import make_strategy, setup_backend
+    from utils.rundir import run_paths
 
-    targs = train_cnn.parse_args([
+    targs = train_config([
         "--data_dir", str(data_dir), "--backbone", a.backbone, "-b", str(a.batch),
         "--hidden", str(a.hidden), "-e", "1", "--workdir", str(workdir), "--overwrite"])
-    train_cnn.resolve_splits(targs)
-    data = train_cnn.load_data(targs, train_cnn.check_data(targs))
+    data = training.load_data(targs, training.check_data(targs))
     info = setup_backend(targs.mixed_precision)
     strategy = make_strategy(info)
-    paths = train_cnn.run_paths(targs, 0)
+    paths = run_paths(targs, 0)
     keras.utils.set_random_seed(targs.seed)
     with strategy.scope():
-        net, state = train_cnn.build_or_resume(targs, data, paths, targs.seed)
+        net, state = training.build_or_resume(targs, data, paths, targs.seed)
     paths.root.mkdir(parents=True, exist_ok=True)
 
     def callbacks():
         # fresh per fit call: the TensorBoard writers are closed at the end of each fit
-        return train_cnn.make_callbacks(targs, data, paths, state, {"run": 0, "seed": 0})
+        return training.make_callbacks(targs, data, paths, state, {"run": 0, "seed": 0})
 
     return targs, data, net, callbacks
 
@@ -193,7 +194,7 @@ def _run(a, tmp: Path) -> dict:
     data_dir = make_data(tmp / "data", a)
     log.info("data written in %.1f s: %s", time.perf_counter() - t, data_dir)
     targs, data, net, make_callbacks = build_training(a, data_dir, tmp / "run")
-    import eval as cfn_eval
+    from utils.evaluation import evaluate_split
 
     watch = stopwatch_callback()
 
@@ -254,7 +255,7 @@ def _run(a, tmp: Path) -> dict:
     n_eval = len(x1)
 
     def full_eval():
-        return timed(lambda: cfn_eval.evaluate_split(net, tst_dir, batch_size=a.batch), n_eval)
+        return timed(lambda: evaluate_split(net, tst_dir, batch_size=a.batch), n_eval)
 
     def bare_eval():
         return timed(lambda: net.predict((x1, x2), batch_size=a.batch, verbose=0), n_eval)

@@ -1,4 +1,4 @@
-"""Data layer: the npz shard format (DESIGN.md §4) and its tools.
+"""Data layer: the npz shard format (docs/DESIGN.md §4) and its tools.
 
 * :mod:`data.shards`      reading, validation (``ShardError``), ``inspect_split``, ``read_labels``,
   ``scale_images``, ``write_shard``

@@ -1,4 +1,4 @@
-"""Validate and summarise split directories of npz shards (DESIGN.md §4).
+"""Validate and summarise split directories of npz shards (docs/DESIGN.md §4).
 
 Command line::
 

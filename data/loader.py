@@ -1,4 +1,4 @@
-"""Streaming loader over a split directory of npz shards (DESIGN.md §2 scaling, §4 format).
+"""Streaming loader over a split directory of npz shards (docs/DESIGN.md §2 scaling, §4 format).
 
 Yields batches ``((x1, x2), (y1, y2))``: x float32 (B, H, W, C) scaled per §2, y int32 0-based;
 with ``raw_integers=True`` integer images stay in their stored dtype (uint8/uint16) and the model
@@ -32,7 +32,6 @@ from __future__ import annotations
 import itertools
 import logging
 import math
-import pathlib
 
 import keras
 import numpy as np
@@ -97,9 +96,6 @@ def batch_plan(pairs_per_file, batch_size, training, seed=0, epoch=0, drop_remai
     return plan
 
 
-_WHOLE_SHARD_LOGGED = set()  # split dirs already told that their shards are decoded whole
-
-
 def load_shard(path, summary, num_classes=None, per_batch=None) -> dict:
     """Open and check one shard: labels, ``defined`` (usable indices) and the way to its images.
 
@@ -119,22 +115,10 @@ def load_shard(path, summary, num_classes=None, per_batch=None) -> dict:
     shards.check_consistent(first, info)
     data = {"path": path, "label_t1": arrays["label_t1"], "label_t2": arrays["label_t2"]}
     data["defined"] = np.flatnonzero(shards.defined_mask(data["label_t1"], data["label_t2"]))
-    layouts = None
-    if per_batch is not False and shards.per_batch_reads_supported():
-        layouts = {key: shards.stored_layout(path, key) for key in shards.IMAGE_KEYS}
-        if any(v is None for v in layouts.values()):
-            layouts = None
+    layouts = per_batch_layouts(path) if per_batch is not False else None
     if layouts is not None:
         data["layouts"] = layouts
         return data
-    if per_batch is None and summary.split_dir not in _WHOLE_SHARD_LOGGED:
-        _WHOLE_SHARD_LOGGED.add(summary.split_dir)
-        mib = 2 * info.n * int(np.prod(info.image_shape)) * info.dtype.itemsize / 2**20
-        log.warning("%s: compressed (or Fortran-ordered) image arrays: each shard is decoded "
-                    "whole while it is read "
-                    "(%.0f MiB for %s); shards written uncompressed (the default of "
-                    "data.make_shards / data.synthetic / write_shard) are read per batch and "
-                    "never held", summary.split_dir, mib, pathlib.Path(path).name)
     images = shards.load_arrays(path, shards.IMAGE_KEYS)
     for key in shards.IMAGE_KEYS:
         shards.check_image_values(path, key, images[key])
@@ -210,6 +194,26 @@ def iter_batches(summary, batch_size, training, seed=0, epoch=0, drop_remainder=
 # ----------------------------------------------------------------------------- backends
 
 
+def per_batch_layouts(path):
+    """Byte layouts of the image members of one shard, or None when they must be decoded whole
+    (compressed or Fortran-ordered members, or no positioned reads on this platform)."""
+    if not shards.per_batch_reads_supported():
+        return None
+    layouts = {key: shards.stored_layout(path, key) for key in shards.IMAGE_KEYS}
+    return None if any(v is None for v in layouts.values()) else layouts
+
+
+def warn_if_decoded_whole(summary) -> None:
+    """One warning per dataset when the split's shards cannot be read per batch."""
+    if summary.files and per_batch_layouts(summary.files[0]) is None:
+        mib = 2 * max(summary.pairs_per_file) * int(np.prod(summary.image_shape)) * \
+            np.dtype(summary.dtype).itemsize / 2**20
+        log.warning("%s: compressed (or Fortran-ordered) image arrays: each shard is decoded "
+                    "whole while it is read (up to %.0f MiB); shards written uncompressed (the "
+                    "default of data.make_shards / data.synthetic / write_shard) are read per "
+                    "batch and never held", summary.split_dir, mib)
+
+
 def keeps_raw(summary, image_size, raw_integers) -> bool:
     """Whether batches leave the loader unscaled: integer images, raw requested, no resize."""
     return bool(raw_integers) and np.dtype(summary.dtype).kind == "u" and (
@@ -240,7 +244,7 @@ def _tf_dataset(summary, batch_size, training, seed, image_size, num_classes, dr
     def finish(x):
         if raw:
             return x
-        x = tf.cast(x, tf.float32) * scale - 0.5
+        x = tf.cast(x, tf.float32) * scale - shards.IMAGE_OFFSET
         if image_size is not None:
             x = tf.image.resize(x, image_size)
         return x
@@ -360,6 +364,7 @@ def make_dataset(split_dir, batch_size, training, seed=0, image_size=None, num_c
     log.info("%s: %d pairs in %d shard(s), %d undefined pair(s) skipped, %s %s", split_dir,
              summary.n_pairs, len(summary.files), summary.n_skipped, summary.image_shape,
              summary.dtype)
+    warn_if_decoded_whole(summary)
     if image_size is not None:
         image_size = (int(image_size[0]), int(image_size[1]))
     args = (summary, batch_size, training, seed, image_size, num_classes, drop_remainder,

@@ -370,7 +370,7 @@ def raster_pairs(t1, t2, labels1, labels2, tile, bands=None, mat_key=None, trans
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(prog="python -m data.make_shards",
-                                description="Build trn/val/tst npz shards (DESIGN.md §4) from your own data.")
+                                description="Build trn/val/tst npz shards (docs/DESIGN.md §4) from your own data.")
     sub = p.add_subparsers(dest="mode", required=True)
     fold = sub.add_parser("folders", help="two class-folder trees DATE_DIR/CLASS_NAME/<col>_<row>.png")
     g = fold.add_argument_group("input")

@@ -1,4 +1,4 @@
-"""The npz shard format of DESIGN.md §4: reading, validation, summary and writing.
+"""The npz shard format of docs/DESIGN.md §4: reading, validation, summary and writing.
 
 A split (``trn``, ``val``, ``tst``) is a directory of ``.npz`` files read in sorted name order.
 Each file holds ``image_t1``/``image_t2`` (N, H, W, C) uint8, uint16 or float32 (same shape and
@@ -33,6 +33,8 @@ import zlib
 
 import numpy as np
 
+from utils.cli import UsageError
+
 log = logging.getLogger(__name__)
 
 IMAGE_KEYS = ("image_t1", "image_t2")
@@ -45,8 +47,8 @@ VERIFY_CHUNK_BYTES = 16 * 2**20  # bytes per read when reading a member through 
 _READ_ERRORS = (OSError, ValueError, EOFError, zipfile.BadZipFile, zlib.error, KeyError)
 
 
-class ShardError(ValueError):
-    """A shard or split directory breaks the format of DESIGN.md §4 (message: file: key: expected)."""
+class ShardError(UsageError):
+    """A shard or split directory breaks the format of docs/DESIGN.md §4 (message: file: key: expected)."""
 
 
 def _err(path, key, expected) -> ShardError:
@@ -598,7 +600,7 @@ def read_labels(split_dir, num_classes=None) -> dict:
 
 
 def scale_factor(dtype) -> float:
-    """Multiplier of DESIGN.md §2: 1 / dtype max for integer images, 1 for float images."""
+    """Multiplier of docs/DESIGN.md §2: 1 / dtype max for integer images, 1 for float images."""
     dtype = np.dtype(dtype)
     if dtype.kind in "iu":
         return 1.0 / float(np.iinfo(dtype).max)
@@ -607,10 +609,20 @@ def scale_factor(dtype) -> float:
     raise ValueError(f"image dtype {dtype}: expected an integer or float dtype")
 
 
-def scale_images(x) -> np.ndarray:
-    """§2 input scaling: integer images / dtype max, float images as they are; then minus 0.5."""
+#: what is subtracted after the division (images in [-0.5, 0.5])
+IMAGE_OFFSET = 0.5
+
+
+def scale_images(x, unit=False) -> np.ndarray:
+    """§2 input scaling: integer images / dtype max, float images as they are; then minus 0.5.
+
+    The one definition of the scaling: ``model.backbones.scale_inputs`` (on the device) and the
+    loader's tf.data path apply ``scale_factor`` and ``IMAGE_OFFSET`` in the same order and
+    precision. ``unit=True`` stops before the shift (images in [0, 1], what BoVW describes).
+    """
     x = np.asarray(x)
-    return (x.astype(np.float32) * np.float32(scale_factor(x.dtype)) - np.float32(0.5)).astype(np.float32)
+    out = x.astype(np.float32) * np.float32(scale_factor(x.dtype))
+    return out if unit else (out - np.float32(IMAGE_OFFSET)).astype(np.float32)
 
 
 # ----------------------------------------------------------------------------- writing

@@ -1,4 +1,5 @@
-"""Shared steps of the shard writers: random trn/val/tst split and safe writing of split dirs.
+"""Splits: where a command finds trn/val/tst (``resolve_split_dirs``), and the shard writers' shared
+steps: random trn/val/tst split and safe writing of split dirs.
 
 Writers never replace anything a user made: an output split directory that exists and is not empty
 is refused before any work is done, and shards are written into a temporary directory inside the
@@ -23,6 +24,22 @@ log = logging.getLogger(__name__)
 
 SPLITS = ("trn", "val", "tst")
 DEFAULT_FRACTIONS = (0.7, 0.1, 0.2)
+
+
+def resolve_split_dirs(data_dir, given: dict, fill=SPLITS, optional=()) -> dict:
+    """The split directories a command reads: ``{"trn", "val", "tst"}`` -> path string or None.
+
+    The one rule for train_cnn.py, eval.py, compare.py and ``python -m model.bovw``: a split given
+    explicitly (``given[split]``) wins; otherwise ``DATA_DIR/split`` for the splits in ``fill``,
+    and for those in ``optional`` only where that directory exists.
+    """
+    out = {s: (str(given[s]) if given.get(s) else None) for s in SPLITS}
+    if data_dir:
+        for s in fill:
+            path = pathlib.Path(data_dir) / s
+            if out[s] is None and (s not in optional or path.is_dir()):
+                out[s] = str(path)
+    return out
 
 
 def parse_fractions(text) -> tuple[float, float, float]:

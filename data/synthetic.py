@@ -23,7 +23,11 @@ from __future__ import annotations
 import argparse
 import logging
 import math
+import os
+import shutil
 import sys
+import tempfile
+from pathlib import Path
 
 import numpy as np
 
@@ -315,6 +319,34 @@ def generate(out_dir, pairs=1000, size=64, classes=8, change_rate=0.05, seed=0, 
 
 
 # ----------------------------------------------------------------------------- command line
+
+
+# ----------------------------------------------------------------------------- train_cnn.py --demo
+#: the demo's data set (train_cnn.py --demo), generated once into the cache directory
+DEMO = {"pairs": 1200, "size": 48, "classes": 6, "change_rate": 0.05, "seed": 0}
+
+
+def demo_data_dir() -> Path:
+    """``$CORRFUSION_CACHE`` (default ``~/.cache/corrfusionnet``) / a name for ``DEMO``."""
+    base = Path(os.environ.get("CORRFUSION_CACHE", Path.home() / ".cache" / "corrfusionnet"))
+    return base / "demo-{pairs}p-{size}px-{classes}c-s{seed}".format(**DEMO)
+
+
+def ensure_demo_data() -> Path:
+    """Generate the demo shards once into the cache directory (atomically: temp dir, then rename)."""
+    target = demo_data_dir()
+    if (target / "tst").is_dir():
+        log.info("demo data: %s (cached)", target)
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=".demo-"))
+    try:
+        generate(tmp / "data", **DEMO)
+        (tmp / "data").rename(target)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    log.info("demo data generated: %s", target)
+    return target
 
 
 def parse_args(argv=None):

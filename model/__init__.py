@@ -1,4 +1,4 @@
-"""CorrFusionNet model package (DESIGN.md §2): backbones, CorrFusion, CCA/DCCA, losses, network.
+"""CorrFusionNet model package (docs/DESIGN.md §2): backbones, CorrFusion, CCA/DCCA, losses, network.
 
 The Keras parts are imported on first use, so that `python -m model.bovw` (NumPy/scikit-learn only)
 starts without loading TensorFlow.
@@ -12,6 +12,7 @@ _LAZY = {
     "CorrFusionNet": "model.network",
     "build_model": "model.network",
     "load_model": "model.network",
+    "ModelConfig": "model.config",
 }
 
 __all__ = list(_LAZY)

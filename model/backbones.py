@@ -1,10 +1,10 @@
-"""Backbones: a name → builder table (DESIGN.md §2).
+"""Backbones: a name → builder table (docs/DESIGN.md §2).
 
 ``BACKBONES[name](input_shape, weights=None, name=None, seed=None)`` returns a built Keras model
 mapping (N, H, W, C) images to a (N, h, w, F) feature map. The ``keras.applications`` networks
 are used with ``include_top=False``; ``small`` is a compact CNN for CPU runs and tests.
 
-Input scaling: the network receives images already scaled to [-0.5, 0.5] (DESIGN.md §2, input
+Input scaling: the network receives images already scaled to [-0.5, 0.5] (docs/DESIGN.md §2, input
 scaling); ``scale_inputs`` applies that scaling on the device to integer images (the model calls it,
 so loaders can feed uint8/uint16 batches, a quarter/half of the float32 bytes). With random weights that is used as is. With pretrained weights (``"imagenet"`` or a
 weights file, which is assumed to hold ImageNet-trained weights of the same architecture), an
@@ -15,11 +15,15 @@ needed on the caller's side.
 """
 
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import keras
 import numpy as np
 from keras import ops
+
+from data import shards
+from model import config
 
 __all__ = ["BACKBONES", "BackboneSpec", "ImagenetInputMapping", "WeightsError", "build_backbone",
            "check_input_size", "has_batch_statistics", "scale_inputs"]
@@ -84,7 +88,7 @@ class ImagenetInputMapping(keras.layers.Layer):
 
 
 def scale_inputs(x):
-    """DESIGN.md §2 input scaling of integer images, in the graph: ``x / dtype max − 0.5`` (float32).
+    """docs/DESIGN.md §2 input scaling of integer images, in the graph: ``x / dtype max − 0.5`` (float32).
 
     Integer images (uint8, uint16 as the shards store them) are cast to float32, multiplied by
     ``1 / max`` and shifted by 0.5 -- the same operations, in the same order and precision, as
@@ -97,9 +101,9 @@ def scale_inputs(x):
     if "int" not in dtype:
         return x
     if dtype not in ("uint8", "uint16"):
-        raise ValueError(f"integer images must be uint8 or uint16 (DESIGN.md §4); received dtype {dtype}.")
-    scale = np.float32(1.0 / float(np.iinfo(np.dtype(dtype)).max))
-    return ops.cast(x, "float32") * scale - np.float32(0.5)
+        raise ValueError(f"integer images must be uint8 or uint16 (docs/DESIGN.md §4); received dtype {dtype}.")
+    scale = np.float32(shards.scale_factor(dtype))
+    return ops.cast(x, "float32") * scale - np.float32(shards.IMAGE_OFFSET)
 
 
 def has_batch_statistics(backbone) -> bool:
@@ -116,7 +120,7 @@ def has_batch_statistics(backbone) -> bool:
 class BackboneSpec:
     """How to build one backbone: the builder, the smallest legal input side, the ImageNet mode."""
 
-    build: callable
+    build: Callable
     min_size: int
     mapping: str
 
@@ -180,14 +184,14 @@ def _load_weights_file(model, weights):
         ) from None
 
 
-def _application(fn, default_name):
+def _application(info):
     def build(input_shape, weights=None, name=None, seed=None):
         # keras.applications has no seed argument; use keras.utils.set_random_seed for that.
-        return fn(
+        return getattr(keras.applications, info.application)(
             include_top=False,
             weights=None if weights is None else str(weights),
             input_shape=tuple(input_shape),
-            name=name or default_name,
+            name=name or info.model_name,
         )
 
     return build
@@ -213,13 +217,11 @@ def _small_cnn(input_shape, weights=None, name=None, seed=None, filters=(32, 64,
     return model
 
 
+#: name -> BackboneSpec, one per row of ``model.config.BACKBONES`` (the names' one source)
 BACKBONES = {
-    "vgg16": BackboneSpec(_application(keras.applications.VGG16, "vgg16"), 32, "caffe"),
-    "vgg19": BackboneSpec(_application(keras.applications.VGG19, "vgg19"), 32, "caffe"),
-    "resnet50": BackboneSpec(_application(keras.applications.ResNet50, "resnet50"), 32, "caffe"),
-    "inceptionv3": BackboneSpec(_application(keras.applications.InceptionV3, "inception_v3"), 75, "tf"),
-    "densenet121": BackboneSpec(_application(keras.applications.DenseNet121, "densenet121"), 32, "torch"),
-    "small": BackboneSpec(_small_cnn, 8, "none"),
+    name: BackboneSpec(_application(info) if info.application else _small_cnn, info.min_size,
+                       info.mapping)
+    for name, info in config.BACKBONES.items()
 }
 
 

@@ -1,6 +1,6 @@
 """Bag-of-visual-words baselines of the paper's table: BoVW + HIK-SVM (and BoVW + KSFA, see model.ksfa).
 
-Pure NumPy / scikit-learn; nothing here imports Keras. Shards (DESIGN.md §4) are streamed one file
+Pure NumPy / scikit-learn; nothing here imports Keras. Shards (docs/DESIGN.md §4) are streamed one file
 at a time and, inside a file, in chunks of a few dozen images, so memory is bounded by one shard's
 images plus the per-image histograms (N x words float32), never by all patches of all images.
 
@@ -47,23 +47,29 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import logging
 import math
-import os
 import pathlib
 import sys
 import time
 
 import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
+from sklearn import metrics as skm
 from sklearn.cluster import MiniBatchKMeans
+from sklearn.linear_model import LogisticRegression
+from sklearn.metrics import roc_auc_score
+from sklearn.model_selection import StratifiedKFold
 from sklearn.preprocessing import StandardScaler
 from sklearn.svm import SVC
 
 from data import shards
 from data.shards import ShardError
+from data.splits import resolve_split_dirs
+from model.kernels import hik_gram
+from model.ksfa import ksfa_fusion
 from utils.metrics import compute_metrics
+from utils.rundir import RunDirError, atomic_write_json, atomic_write_npz, check_can_create_dir
 
 __all__ = [
     "DESCRIPTORS",
@@ -100,7 +106,6 @@ METHODS = {
 }
 
 _CHUNK_BYTES = 64 * 2**20  # working-set target of one descriptor chunk
-_GRAM_ELEMENTS = 2**24  # elements of the (rows, cols, words) block in hik_gram
 
 
 class BoVWError(ShardError):
@@ -119,7 +124,7 @@ def _load_shard(path):
     arrays = shards.load_arrays(path, [k for k in keys if k in present])
     for key in keys[:4]:
         if key not in arrays:
-            raise BoVWError(f"{path}: {key}: missing; expected DESIGN.md §4 keys")
+            raise BoVWError(f"{path}: {key}: missing; expected docs/DESIGN.md §4 keys")
     keep = (arrays["label_t1"] > 0) & (arrays["label_t2"] > 0)
     out = {k: (v[keep] if k in keys else v) for k, v in arrays.items()}
     for key in ("label_t1", "label_t2"):
@@ -165,10 +170,7 @@ def descriptor_dim(channels, descriptor="meanstd_grad", orient_bins=8):
 
 
 def _to_unit(images):
-    x = np.asarray(images)
-    if np.issubdtype(x.dtype, np.integer):
-        return x.astype(np.float32) / np.float32(np.iinfo(x.dtype).max)
-    return x.astype(np.float32, copy=False)
+    return shards.scale_images(images, unit=True)  # §2 scaling without the −0.5 shift
 
 
 def _window_means(maps, patch, stride):
@@ -376,60 +378,6 @@ def split_histograms(split_dir, codebook, class_names=None):
 # --------------------------------------------------------------------------------------------
 
 
-def hik_gram(a, b=None, max_elements=_GRAM_ELEMENTS):
-    """Histogram-intersection kernel K[i, j] = Σ_d min(a[i, d], b[j, d]), computed blockwise.
-
-    Two exact algorithms, picked by the sparsity of the inputs (word histograms of images with
-    fewer windows than words are mostly zeros):
-
-    * sparse (fraction of non-zeros below 1/4): per word d, only the rows where both a[:, d] and
-      b[:, d] are non-zero contribute, K[ia, ib] += min(a[ia, d], b[ib, d]); work Σ_d |ia_d|·|ib_d|;
-    * dense: blocks of rows x cols, np.minimum over a (rows, cols, D) temporary and a sum;
-      for b None only the upper block triangle is computed and mirrored.
-
-    Args:
-        a: (n, D) array; b: (m, D) array or None (``a`` against itself).
-        max_elements: bound on the elements of one temporary block.
-
-    Returns:
-        float64 array (n, m).
-    """
-    a = np.asarray(a, dtype=np.float32)
-    sym = b is None
-    b = a if sym else np.asarray(b, dtype=np.float32)
-    if a.ndim != 2 or b.ndim != 2 or a.shape[1] != b.shape[1]:
-        raise ValueError(f"hik_gram: expected (n, D) and (m, D) arrays, got {a.shape}, {b.shape}")
-    n, m, d = len(a), len(b), a.shape[1]
-    out = np.zeros((n, m), np.float64)
-    if n == 0 or m == 0 or d == 0:
-        return out
-    density = max(np.count_nonzero(a) / a.size, np.count_nonzero(b) / b.size)
-    if density < 0.25:
-        cols_a, rows_a = np.nonzero(a.T)  # sorted by word
-        cols_b, rows_b = (cols_a, rows_a) if sym else np.nonzero(b.T)
-        split_a = np.searchsorted(cols_a, np.arange(d + 1))
-        split_b = split_a if sym else np.searchsorted(cols_b, np.arange(d + 1))
-        for w in range(d):
-            ia = rows_a[split_a[w]:split_a[w + 1]]
-            ib = rows_b[split_b[w]:split_b[w + 1]]
-            if len(ia) == 0 or len(ib) == 0:
-                continue
-            va, vb = a[ia, w], b[ib, w]
-            step = max(1, max_elements // len(ib))
-            for s in range(0, len(ia), step):
-                out[np.ix_(ia[s:s + step], ib)] += np.minimum(va[s:s + step, None], vb[None, :])
-        return out
-    block = max(1, int(math.sqrt(max_elements / max(1, d))))
-    for i in range(0, n, block):
-        ai = a[i:i + block, None, :]
-        for j in range(i if sym else 0, m, block):
-            k = np.minimum(ai, b[None, j:j + block, :]).sum(axis=-1, dtype=np.float64)
-            out[i:i + block, j:j + block] = k
-            if sym and j != i:
-                out[j:j + block, i:i + block] = k.T
-    return out
-
-
 class HIKSVM:
     """SVC on a precomputed histogram-intersection kernel, with calibrated class probabilities.
 
@@ -460,9 +408,6 @@ class HIKSVM:
 
     def fit(self, h, y, num_classes=None):
         """Fit on (n, D) histograms and 0-based labels ``y``; ``num_classes`` K (default max + 1)."""
-        from sklearn.linear_model import LogisticRegression
-        from sklearn.model_selection import StratifiedKFold
-
         h = np.asarray(h, np.float32)
         y = np.asarray(y)
         if len(h) > self.max_train:
@@ -528,8 +473,6 @@ class HIKSVM:
 
 def basic_metrics(y1, y2, pred1, pred2):
     """Fallback metrics with scikit-learn: OA_t1, OA_t2, OA_bi, OA_tr, change precision/recall/F1."""
-    from sklearn import metrics as skm
-
     y1, y2, pred1, pred2 = map(np.asarray, (y1, y2, pred1, pred2))
     ct, cp = y1 != y2, pred1 != pred2
     prec, rec, f1, _ = skm.precision_recall_fscore_support(
@@ -547,7 +490,7 @@ def basic_metrics(y1, y2, pred1, pred2):
 
 
 def evaluate(y1, y2, p1, p2, class_names=None):
-    """Metrics of DESIGN.md §3 (utils.metrics.compute_metrics)."""
+    """Metrics of docs/DESIGN.md §3 (utils.metrics.compute_metrics)."""
     return compute_metrics(y1, y2, p1, p2, class_names=class_names)
 
 
@@ -557,7 +500,7 @@ def run_bovw(trn_dir, tst_dir, method="hik", val_dir=None, words=1000, patch=10,
     """Train a BoVW baseline on ``trn_dir`` and evaluate it on ``tst_dir``.
 
     Args:
-        trn_dir, tst_dir: split directories of npz shards (DESIGN.md §4).
+        trn_dir, tst_dir: split directories of npz shards (docs/DESIGN.md §4).
         method: ``"hik"`` or ``"ksfa"`` (:data:`METHODS`).
         val_dir: optional; KSFA calibrates its change probability on it (else on held-out
             training pairs); unused by ``"hik"``.
@@ -599,8 +542,6 @@ def run_bovw(trn_dir, tst_dir, method="hik", val_dir=None, words=1000, patch=10,
     extra = {}
     preds = {}
     if method == "ksfa":
-        from model.ksfa import ksfa_fusion
-
         val = split_histograms(val_dir, codebook, names) if val_dir is not None else None
         fused = ksfa_fusion(trn, tst, p1, p2, cal=val, seed=seed, **(ksfa_options or {}))
         preds.update(classifier_prob_t1=p1.astype(np.float32),
@@ -616,8 +557,6 @@ def run_bovw(trn_dir, tst_dir, method="hik", val_dir=None, words=1000, patch=10,
         extra["ksfa"]["fused_change_metrics"] = basic_metrics(tst.y1, tst.y2, pred1, pred2)
         truth = tst.y1 != tst.y2
         if 0 < truth.sum() < len(truth):  # ROC-AUC of the fused joint p_change (predictions.npz)
-            from sklearn.metrics import roc_auc_score
-
             extra["ksfa"]["fused_p_change_roc_auc"] = float(roc_auc_score(truth, p_change))
     else:
         p_change = np.clip(1.0 - np.sum(p1 * p2, axis=1), 0.0, 1.0)
@@ -638,24 +577,17 @@ def write_results(out_dir, metrics, predictions, args=None):
     Refuses (BoVWError) a non-empty existing ``out_dir``; files are written atomically.
     """
     out = _check_out_dir(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
     payload = dict(metrics)
     if args is not None:
         payload["args"] = args
-    tmp = out / "results.json.tmp"
-    tmp.write_text(json.dumps(payload, indent=2, sort_keys=True, default=_jsonable) + "\n")
-    os.replace(tmp, out / "results.json")
-    tmp = out / "predictions.tmp.npz"
-    np.savez_compressed(tmp, **predictions)
-    os.replace(tmp, out / "predictions.npz")
+    atomic_write_json(out / "results.json", payload)
+    atomic_write_npz(out / "predictions.npz", predictions)
     return out
 
 
 def _check_out_dir(out_dir) -> pathlib.Path:
     """Refuse (BoVWError) a result directory that exists and is not empty, is a file, or cannot be
     created because a parent is a file."""
-    from utils.rundir import RunDirError, check_can_create_dir
-
     out = pathlib.Path(out_dir)
     try:
         check_can_create_dir(out)
@@ -664,16 +596,6 @@ def _check_out_dir(out_dir) -> pathlib.Path:
     if out.is_dir() and any(out.iterdir()):
         raise BoVWError(f"{out}: directory: expected a new or empty result directory")
     return out
-
-
-def _jsonable(o):
-    if isinstance(o, np.generic):
-        return o.item()
-    if isinstance(o, np.ndarray):
-        return o.tolist()
-    if isinstance(o, pathlib.Path):
-        return str(o)
-    raise TypeError(f"not JSON serialisable: {type(o).__name__}")
 
 
 # --------------------------------------------------------------------------------------------
@@ -715,20 +637,14 @@ def build_parser():
 
 
 def _resolve(args):
-    def pick(explicit, name, required):
-        if explicit:
-            path = pathlib.Path(explicit)
-        elif args.data_dir:
-            path = pathlib.Path(args.data_dir) / name
-            if not required and not path.is_dir():
-                return None
-        elif required:
+    dirs = resolve_split_dirs(args.data_dir, {"trn": args.trn, "val": args.val, "tst": args.tst},
+                              optional=("val",))
+    for name in ("trn", "tst"):
+        if dirs[name] is None:
             raise BoVWError(f"--{name}: split: expected --data_dir or --{name}")
-        else:
-            return None
-        if not path.is_dir():
+    for path in dirs.values():
+        if path is not None and not pathlib.Path(path).is_dir():
             raise BoVWError(f"{path}: directory: expected a split directory of .npz shards")
-        return path
 
     for name in ("words", "patch", "max_samples", "max_train", "ksfa_basis"):
         if getattr(args, name) < 1:
@@ -738,7 +654,7 @@ def _resolve(args):
     if args.C <= 0 or args.ksfa_reg <= 0:
         raise BoVWError("--C/--ksfa_reg: value: expected a positive number")
     _check_out_dir(args.out)
-    return pick(args.trn, "trn", True), pick(args.val, "val", False), pick(args.tst, "tst", True)
+    return tuple(None if d is None else pathlib.Path(d) for d in dirs.values())
 
 
 def main(argv=None):

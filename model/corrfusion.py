@@ -1,9 +1,9 @@
-"""The CorrFusion module (DESIGN.md §2.1)."""
+"""The CorrFusion module (docs/DESIGN.md §2.1)."""
 
 import keras
 from keras import ops
 
-from model.losses import decorrelation_penalty, pair_distance, running_covariance
+from model.losses import SoftDecorrelation, pair_distance
 
 __all__ = ["CorrFusion", "clone_initializer"]
 
@@ -24,7 +24,7 @@ def clone_initializer(initializer, offset=0):
 
 @keras.saving.register_keras_serializable(package="corrfusion")
 class CorrFusion(keras.layers.Layer):
-    """Correlation based fusion of two feature vectors (DESIGN.md §2.1, steps 1–6).
+    """Correlation based fusion of two feature vectors (docs/DESIGN.md §2.1, steps 1–6).
 
     For a batch of n pairs X, Y ∈ R^{n×d}::
 
@@ -35,16 +35,18 @@ class CorrFusion(keras.layers.Layer):
         w    = 1 − tanh(dist)
         X_phi = X + w ⊙ Y_re,  Y_phi = Y + w ⊙ X_re
 
-    The layer also holds the running covariances ``cov_t1``, ``cov_t2`` (d/r × d/r, float32,
-    non-trainable, initialised to the identity) of the soft decorrelation loss. In training mode
-    each call performs ``C ← ρ·C + (1 − ρ)·X_bnᵀX_bn/(n − 1)`` per date (a real variable update,
-    unlike the original code) and adds ``λ2 · Σ_dates Σ_{j≠k} |C_jk|`` with ``add_loss``, the
-    gradient flowing only through the current batch term. Outside training the state is left
-    untouched; the loss is still computed (on ρ·C + (1 − ρ)·batch term) so evaluation reports it.
+    With ``lambda2 > 0`` the layer holds a ``model.losses.SoftDecorrelation`` sublayer
+    (``decorrelation``) on ``X_bn``, ``Y_bn``, whose running covariances ``cov_t1``, ``cov_t2``
+    (d/r × d/r, float32, non-trainable, identity at first) move in training mode by
+    ``C ← ρ·C + (1 − ρ)·X_bnᵀX_bn/(n − 1)`` (a real variable update, unlike the original code);
+    its loss ``λ2 · Σ_dates Σ_{j≠k} |C_jk|`` is added with ``add_loss``. Outside training the state
+    is left untouched; the loss is still computed so evaluation reports it. ``CorrFusionNet``
+    builds this layer with ``lambda2=0`` and applies its own ``SoftDecorrelation`` to the returned
+    views, so that it can log the term by name (one code path with the soft-DCCA method).
 
     Args:
         reduction: reduction ratio r of the squeeze layers (d/r units). ``d`` must be divisible.
-        lambda2: weight λ2 of the soft decorrelation loss (0 disables it).
+        lambda2: weight λ2 of the soft decorrelation loss (0: no decorrelation sublayer).
         rho: running-average factor ρ in [0, 1).
         epsilon: ε under the square root of the distance.
         return_views: also return the batch-normalised views ``X_bn``, ``Y_bn``.
@@ -134,14 +136,20 @@ class CorrFusion(keras.layers.Layer):
         self.bn_t2.build((sy[0], m))
         self.excite_t1.build((sx[0], m))
         self.excite_t2.build((sy[0], m))
-        self.cov_t1 = self.add_weight(
-            name="cov_t1", shape=(m, m), initializer="identity",
-            dtype="float32", trainable=False, aggregation="mean",
-        )
-        self.cov_t2 = self.add_weight(
-            name="cov_t2", shape=(m, m), initializer="identity",
-            dtype="float32", trainable=False, aggregation="mean",
-        )
+        if self.lambda2:
+            self.decorrelation = SoftDecorrelation(
+                lambda2=self.lambda2, rho=self.rho, name="decorrelation"
+            )
+            self.decorrelation.build([(sx[0], m), (sy[0], m)])
+
+    @property
+    def cov_t1(self):
+        """Running covariance of date 1 (the ``decorrelation`` sublayer's)."""
+        return self.decorrelation.cov_t1
+
+    @property
+    def cov_t2(self):
+        return self.decorrelation.cov_t2
 
     def call(self, inputs, training=None):
         x, y = inputs
@@ -153,14 +161,8 @@ class CorrFusion(keras.layers.Layer):
         w = ops.cast(1.0 - ops.tanh(dist), x_re.dtype)[:, None]
         x_phi = x + w * y_re
         y_phi = y + w * x_re
-
-        c1 = running_covariance(self.cov_t1, x_bn, self.rho)
-        c2 = running_covariance(self.cov_t2, y_bn, self.rho)
-        if training:
-            self.cov_t1.assign(ops.stop_gradient(c1))
-            self.cov_t2.assign(ops.stop_gradient(c2))
         if self.lambda2:
-            self.add_loss(self.lambda2 * (decorrelation_penalty(c1) + decorrelation_penalty(c2)))
+            self.add_loss(self.decorrelation([x_bn, y_bn], training=training))
         if self.return_views:
             return x_phi, y_phi, dist, x_bn, y_bn
         return x_phi, y_phi, dist

@@ -83,6 +83,8 @@ import numpy as np
 import scipy.linalg
 from sklearn.linear_model import LogisticRegression
 
+from model.kernels import hik_gram
+
 __all__ = ["KERNELS", "KSFA", "ChangeCalibrator", "joint_fusion", "ksfa_fusion", "rbf_kernel"]
 
 log = logging.getLogger(__name__)
@@ -102,8 +104,6 @@ def rbf_kernel(a, b, gamma):
 
 
 def _hik(a, b, gamma=None):
-    from model.bovw import hik_gram
-
     return hik_gram(a, b)
 
 

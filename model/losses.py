@@ -1,4 +1,4 @@
-"""Loss terms of CorrFusionNet (DESIGN.md §2.1, §2.2), as pure ``keras.ops`` functions plus the
+"""Loss terms of CorrFusionNet (docs/DESIGN.md §2.1, §2.2), as pure ``keras.ops`` functions plus the
 ``SoftDecorrelation`` layer that keeps the running covariances of the soft-DCCA variant.
 
 * ``cross_entropy(labels, probs)`` — mean sparse categorical cross-entropy from probabilities.
@@ -14,6 +14,7 @@ import keras
 from keras import ops
 
 from model.cca import dcca_loss
+from model.config import CORR_NORMS
 
 __all__ = [
     "CORR_NORMS",
@@ -26,7 +27,6 @@ __all__ = [
     "SoftDecorrelation",
 ]
 
-CORR_NORMS = ("batch", "unchanged")
 
 
 def cross_entropy(labels, probs):
@@ -86,11 +86,12 @@ def decorrelation_penalty(cov):
 class SoftDecorrelation(keras.layers.Layer):
     """Soft decorrelation loss (SDL, Chang et al. 2018) on two views, with running covariances.
 
-    Keeps one running covariance per view as a non-trainable float32 weight
-    (``cov_t1``, ``cov_t2``, initialised to the identity). In training mode each call updates
-    ``C ← ρ·C + (1 − ρ)·BᵀB/(n − 1)`` and adds ``λ2 · Σ_views Σ_{j≠k} |C_jk|`` with ``add_loss``
-    (gradients only through the current batch term). In inference the same value is computed
-    without touching the state.
+    The one home of the running covariances (``model.corrfusion.CorrFusion`` holds one of these
+    layers): one non-trainable float32 weight per view (``cov_t1``, ``cov_t2``, initialised to the
+    identity). In training mode each call updates ``C ← ρ·C + (1 − ρ)·BᵀB/(n − 1)`` and returns
+    ``λ2 · Σ_views Σ_{j≠k} |C_jk|`` (gradients only through the current batch term). In inference
+    the same value is computed without touching the state. The caller decides where the loss goes
+    (``CorrFusion`` adds it with ``add_loss``; ``CorrFusionNet`` logs it as ``decov_loss``).
 
     Args:
         lambda2: weight λ2 of the loss.
@@ -102,7 +103,7 @@ class SoftDecorrelation(keras.layers.Layer):
         training: bool; the running covariances move only when True.
 
     Returns:
-        The float32 scalar loss (shape ``()``), also added with ``add_loss``.
+        The float32 scalar loss (shape ``()``).
     """
 
     def __init__(self, lambda2=1e-4, rho=0.9, **kwargs):
@@ -136,9 +137,7 @@ class SoftDecorrelation(keras.layers.Layer):
         if training:
             self.cov_t1.assign(ops.stop_gradient(c1))
             self.cov_t2.assign(ops.stop_gradient(c2))
-        loss = self.lambda2 * (decorrelation_penalty(c1) + decorrelation_penalty(c2))
-        self.add_loss(loss)
-        return loss
+        return self.lambda2 * (decorrelation_penalty(c1) + decorrelation_penalty(c2))
 
     def compute_output_shape(self, input_shape):
         return ()

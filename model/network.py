@@ -1,8 +1,8 @@
-"""The two-branch CorrFusionNet model and the four method variants (DESIGN.md §2, §2.2).
+"""The two-branch CorrFusionNet model and the four method variants (docs/DESIGN.md §2, §2.2).
 
-``CorrFusionNet`` is a subclassed ``keras.Model`` whose constructor arguments are the
-``build_model`` arguments; ``get_config`` returns them, so a ``.keras`` file loads back with
-``safe_mode=True`` on every backend (``model.load_model``).
+``CorrFusionNet`` is a subclassed ``keras.Model`` built from one frozen ``model.config.ModelConfig``;
+``get_config`` returns it (``{"name", "trainable", "config": {...fields}}``), so a ``.keras`` file
+loads back with ``safe_mode=True`` on every backend (``model.load_model``).
 
 Forward pass (``model((x1, x2))`` / ``model.predict``) returns a dict:
 
@@ -11,10 +11,12 @@ Forward pass (``model((x1, x2))`` / ``model.predict``) returns a dict:
   ``dist`` is also returned by ``sdcca`` (distance of the two BN views);
 * ``view_t1``, ``view_t2`` — the two batch-normalised views that the canonical correlation
   metric (and the DCCA loss) read: (N, hidden/reduction) for corrfusion, (N, hidden) for
-  dcca/sdcca.
+  dcca/sdcca;
+* ``decov_loss`` — () the soft decorrelation loss (corrfusion, sdcca): returned by the call so that
+  ``compute_loss`` logs it by name, left out of ``predict``'s outputs.
 
 Training (``fit``/``evaluate``) takes labels ``(y1, y2)`` (int, 0-based); ``compute_loss`` returns
-``CE_t1 + CE_t2 + extras + Σ model.losses`` and logs every term.
+``CE_t1 + CE_t2 + the method's named losses + Σ model.losses`` and logs every term by name.
 """
 
 import keras
@@ -28,9 +30,10 @@ from model.backbones import (
     scale_inputs,
 )
 from model.cca import canonical_correlation
+from model.config import METHODS as METHOD_INFO
+from model.config import MethodInfo, ModelConfig
 from model.corrfusion import CorrFusion
 from model.losses import (
-    CORR_NORMS,
     SoftDecorrelation,
     correlation_loss,
     cross_entropy,
@@ -38,24 +41,19 @@ from model.losses import (
     pair_distance,
 )
 
-__all__ = ["CorrFusionNet", "METHODS", "MethodSpec", "build_model", "load_model"]
+__all__ = ["CorrFusionNet", "METHODS", "MethodSpec", "ModelConfig", "build_model", "load_model"]
 
-PUBLIC_OUTPUTS = ("prob_t1", "prob_t2", "dist", "fusion_weight", "view_t1", "view_t2")
+#: outputs that only feed the loss: returned by ``call`` (so ``compute_loss`` sees them by name),
+#: left out of ``predict``
+LOSS_OUTPUTS = ("decov_loss",)
 
 
 class MethodSpec:
-    """One row of the §2.2 table: the layers a method adds, its forward step and its losses.
+    """One row of the methods table (docs/DESIGN.md §2.2): the layers a method adds, its forward
+    step and its named losses. ``info`` is the row of ``model.config.METHODS``."""
 
-    Attributes:
-        added_loss: log name of the ``add_loss`` term of the method's layers (``"decov_loss"``)
-            or None.
-        extra_losses: log names of the label-dependent terms returned by ``loss_terms``.
-        has_views: whether the method has two BN views (``cancorr`` metric).
-    """
-
-    added_loss = None
-    extra_losses = ()
-    has_views = False
+    def __init__(self, info: MethodInfo):
+        self.info = info
 
     def build(self, model):
         """Create the method's layers as attributes of ``model``."""
@@ -65,24 +63,40 @@ class MethodSpec:
         return x, y, {}
 
     def loss_terms(self, model, y1, y2, y_pred):
-        """Return ``{name: scalar}`` of the label-dependent extra losses."""
+        """Return ``{name: scalar}`` of the method's losses (``info.losses``, in that order)."""
         return {}
+
+
+class _Decorrelated(MethodSpec):
+    """The soft decorrelation loss on the two views and the correlation loss on unchanged pairs
+    (corrfusion, sdcca): one ``SoftDecorrelation`` layer, its loss returned as ``decov_loss``."""
+
+    def build(self, model):
+        model.decorrelation = SoftDecorrelation(
+            lambda2=model.config.lambda2, rho=model.config.rho, name="decorrelation"
+        )
+
+    def decorrelate(self, model, out, training):
+        out["decov_loss"] = model.decorrelation([out["view_t1"], out["view_t2"]], training=training)
+        return out
+
+    def loss_terms(self, model, y1, y2, y_pred):
+        c = model.config
+        return {"corr_loss": correlation_loss(y_pred["dist"], y1, y2, c.lambda1, c.corr_norm),
+                "decov_loss": y_pred["decov_loss"]}
 
 
 class _Baseline(MethodSpec):
     pass
 
 
-class _CorrFusionMethod(MethodSpec):
-    added_loss = "decov_loss"
-    extra_losses = ("corr_loss",)
-    has_views = True
-
+class _CorrFusionMethod(_Decorrelated):
     def build(self, model):
+        super().build(model)
         model.corrfusion = CorrFusion(
-            reduction=model.reduction,
-            lambda2=model.lambda2,
-            rho=model.rho,
+            reduction=model.config.reduction,
+            lambda2=0.0,  # the decorrelation is applied on the returned views (_Decorrelated)
+            rho=model.config.rho,
             return_views=True,
             kernel_initializer=model._initializer(100),
             name="corrfusion",
@@ -91,188 +105,116 @@ class _CorrFusionMethod(MethodSpec):
     def forward(self, model, x, y, training):
         x_phi, y_phi, dist, vx, vy = model.corrfusion([x, y], training=training)
         out = {"dist": dist, "fusion_weight": 1.0 - ops.tanh(dist), "view_t1": vx, "view_t2": vy}
-        return x_phi, y_phi, out
-
-    def loss_terms(self, model, y1, y2, y_pred):
-        return {"corr_loss": correlation_loss(y_pred["dist"], y1, y2, model.lambda1, model.corr_norm)}
+        return x_phi, y_phi, self.decorrelate(model, out, training)
 
 
-class _BNViews(MethodSpec):
-    """BN(X), BN(Y): a plain BatchNormalization on each date's 1024-d feature (no projection)."""
+def _bn_views(model, x, y, training):
+    """BN(X), BN(Y): a plain BatchNormalization on each date's feature (no projection)."""
+    return {"view_t1": model.view_bn_t1(x, training=training),
+            "view_t2": model.view_bn_t2(y, training=training)}
 
-    has_views = True
 
+def _build_bn_views(model):
+    model.view_bn_t1 = keras.layers.BatchNormalization(name="view_bn_t1")
+    model.view_bn_t2 = keras.layers.BatchNormalization(name="view_bn_t2")
+
+
+class _DCCA(MethodSpec):
     def build(self, model):
-        model.view_bn_t1 = keras.layers.BatchNormalization(name="view_bn_t1")
-        model.view_bn_t2 = keras.layers.BatchNormalization(name="view_bn_t2")
+        _build_bn_views(model)
 
     def forward(self, model, x, y, training):
-        vx = model.view_bn_t1(x, training=training)
-        vy = model.view_bn_t2(y, training=training)
-        return x, y, {"view_t1": vx, "view_t2": vy}
-
-
-class _DCCA(_BNViews):
-    extra_losses = ("dcca_loss",)
+        return x, y, _bn_views(model, x, y, training)
 
     def loss_terms(self, model, y1, y2, y_pred):
         return {"dcca_loss": dcca_loss(y_pred["view_t1"], y_pred["view_t2"])}
 
 
-class _SoftDCCA(_BNViews):
-    added_loss = "decov_loss"
-    extra_losses = ("corr_loss",)
-
+class _SoftDCCA(_Decorrelated):
     def build(self, model):
+        _build_bn_views(model)
         super().build(model)
-        model.decorrelation = SoftDecorrelation(lambda2=model.lambda2, rho=model.rho, name="decorrelation")
 
     def forward(self, model, x, y, training):
-        x, y, out = super().forward(model, x, y, training)
-        model.decorrelation([out["view_t1"], out["view_t2"]], training=training)
+        out = _bn_views(model, x, y, training)
         out["dist"] = pair_distance(out["view_t1"], out["view_t2"], 1e-12)
-        return x, y, out
-
-    def loss_terms(self, model, y1, y2, y_pred):
-        return {"corr_loss": correlation_loss(y_pred["dist"], y1, y2, model.lambda1, model.corr_norm)}
+        return x, y, self.decorrelate(model, out, training)
 
 
-METHODS = {
-    "corrfusion": _CorrFusionMethod(),
-    "baseline": _Baseline(),
-    "dcca": _DCCA(),
-    "sdcca": _SoftDCCA(),
+_IMPLEMENTATIONS = {
+    "corrfusion": _CorrFusionMethod,
+    "baseline": _Baseline,
+    "dcca": _DCCA,
+    "sdcca": _SoftDCCA,
 }
+#: name -> MethodSpec, one per row of ``model.config.METHODS`` (the names' one source)
+METHODS = {name: _IMPLEMENTATIONS[name](info) for name, info in METHOD_INFO.items()}
 
 
 @keras.saving.register_keras_serializable(package="corrfusion")
 class CorrFusionNet(keras.Model):
-    """Two-date scene classifier with CorrFusion (or a §2.2 variant); see ``build_model``.
+    """Two-date scene classifier with CorrFusion (or a §2.2 variant).
 
     Args:
-        num_classes: number of scene classes K.
-        image_size: (H, W) of the inputs.
-        channels: number of bands C.
-        backbone: key of ``model.BACKBONES``.
-        method: key of ``model.METHODS``.
-        shared: one backbone for both dates (siamese) or one per date.
-        weights: backbone weights: None (random), ``"imagenet"`` or a weights file path. Only used
-            at construction; a model restored with ``from_config`` gets its weights from the file.
-        hidden: units d of the two per-date Dense layers.
-        reduction: CorrFusion reduction ratio r.
-        lambda1: weight of the correlation loss on unchanged pairs (corrfusion, sdcca).
-        lambda2: weight of the soft decorrelation loss (corrfusion, sdcca).
-        rho: running covariance factor ρ.
-        corr_norm: ``"batch"`` (÷ n, the original) or ``"unchanged"`` (÷ Σu).
-        l2: L2 factor on the per-date Dense kernels.
-        seed: seed of the head/fusion initializers and of the small CNN (keras.applications
-            networks: use ``keras.utils.set_random_seed``).
-        input_mapping: add ``ImagenetInputMapping`` before the backbone; None → when ``weights``
-            is not None.
-        **kwargs: ``name``, ``trainable``.
+        config: a ``model.config.ModelConfig`` (every hyperparameter; see its docstring), or a
+            dict of its fields.
+        **kwargs: ``name``, ``trainable``; or ``ModelConfig`` fields when ``config`` is None
+            (``CorrFusionNet(num_classes=6, backbone="small")``).
 
     Call arguments:
         inputs: ``(x1, x2)`` (N, H, W, C) images: float, scaled to [-0.5, 0.5]; or uint8/uint16
-            as stored, scaled in the graph (``model.backbones.scale_inputs``, DESIGN.md §2).
+            as stored, scaled in the graph (``model.backbones.scale_inputs``, docs/DESIGN.md §2).
         training: bool.
 
     Returns:
         dict, see the module docstring.
     """
 
-    def __init__(
-        self,
-        num_classes,
-        image_size=(64, 64),
-        channels=3,
-        backbone="small",
-        method="corrfusion",
-        shared=True,
-        weights=None,
-        hidden=1024,
-        reduction=2,
-        lambda1=0.1,
-        lambda2=1e-4,
-        rho=0.9,
-        corr_norm="batch",
-        l2=1e-4,
-        seed=None,
-        input_mapping=None,
-        **kwargs,
-    ):
-        kwargs.setdefault("name", f"corrfusionnet_{method}")
-        super().__init__(**kwargs)
-        if method not in METHODS:
-            raise ValueError(f"Unknown method {method!r}; choose one of {sorted(METHODS)}.")
-        if backbone not in BACKBONES:
-            raise ValueError(f"Unknown backbone {backbone!r}; choose one of {sorted(BACKBONES)}.")
-        if int(num_classes) < 2:
-            raise ValueError(f"num_classes must be >= 2; received num_classes={num_classes!r}.")
-        if len(tuple(image_size)) != 2:
-            raise ValueError(f"image_size must be (H, W); received image_size={image_size!r}.")
-        if int(hidden) < 1 or int(hidden) % int(reduction):
-            raise ValueError(
-                f"hidden must be a positive multiple of reduction; received hidden={hidden!r}, "
-                f"reduction={reduction!r}."
-            )
-        if corr_norm not in CORR_NORMS:
-            raise ValueError(f"corr_norm must be one of {CORR_NORMS}; received corr_norm={corr_norm!r}.")
-        for key, val in (("lambda1", lambda1), ("lambda2", lambda2), ("l2", l2)):
-            if float(val) < 0:
-                raise ValueError(f"{key} must be >= 0; received {key}={val!r}.")
-        self.num_classes = int(num_classes)
-        self.image_size = tuple(int(s) for s in image_size)
-        self.channels = int(channels)
-        self.backbone_name = backbone
-        self.method = method
-        self.shared = bool(shared)
-        self.weights_source = None if weights is None else str(weights)
-        self.hidden = int(hidden)
-        self.reduction = int(reduction)
-        self.lambda1 = float(lambda1)
-        self.lambda2 = float(lambda2)
-        self.rho = float(rho)
-        self.corr_norm = corr_norm
-        self.l2 = float(l2)
-        self.seed = None if seed is None else int(seed)
-        if input_mapping is None:
-            input_mapping = weights is not None and BACKBONES[backbone].mapping != "none"
-        self.input_mapping = bool(input_mapping)
-        self.spec = METHODS[method]
+    def __init__(self, config=None, **kwargs):
+        base = {k: kwargs.pop(k) for k in ("name", "trainable", "dtype") if k in kwargs}
+        if config is None:
+            config = ModelConfig(**kwargs)
+        elif isinstance(config, dict):
+            config = ModelConfig.from_dict(config)
+        elif kwargs:
+            raise ValueError(f"Give a ModelConfig or its fields, not both; received {sorted(kwargs)}.")
+        config = config.check()
+        base.setdefault("name", f"corrfusionnet_{config.method}")
+        super().__init__(**base)
+        self.config = config
+        self.spec = METHODS[config.method]
+        c = config
 
-        input_shape = (*self.image_size, self.channels)
-        if self.input_mapping:
-            self.mapping = ImagenetInputMapping(BACKBONES[backbone].mapping, name="input_mapping")
-        if self.shared:
-            self.backbone = build_backbone(backbone, self.image_size, self.channels, weights, "backbone", seed)
+        input_shape = (*c.image_size, c.channels)
+        if c.input_mapping:
+            self.mapping = ImagenetInputMapping(BACKBONES[c.backbone].mapping, name="input_mapping")
+        if c.shared:
+            self.backbone = build_backbone(c.backbone, c.image_size, c.channels, c.weights, "backbone", c.seed)
         else:
-            self.backbone_t1 = build_backbone(backbone, self.image_size, self.channels, weights, "backbone_t1", seed)
+            self.backbone_t1 = build_backbone(c.backbone, c.image_size, c.channels, c.weights, "backbone_t1", c.seed)
             self.backbone_t2 = build_backbone(
-                backbone, self.image_size, self.channels, weights, "backbone_t2",
-                None if seed is None else seed + 1000,
+                c.backbone, c.image_size, c.channels, c.weights, "backbone_t2",
+                None if c.seed is None else c.seed + 1000,
             )
         #: run both dates through the backbone as one batch (shared and no batch statistics)
-        self.one_pass = self.shared and not has_batch_statistics(self.backbone)
+        self.one_pass = c.shared and not has_batch_statistics(self.backbone)
         self.pool = keras.layers.GlobalAveragePooling2D(name="gap")
-        reg = keras.regularizers.L2(self.l2) if self.l2 else None
+        reg = keras.regularizers.L2(c.l2) if c.l2 else None
         for t, off in (("t1", 0), ("t2", 10)):
             for i in (1, 2):
                 setattr(self, f"fc{i}_{t}", keras.layers.Dense(
-                    self.hidden, activation="relu", kernel_regularizer=reg,
+                    c.hidden, activation="relu", kernel_regularizer=reg,
                     kernel_initializer=self._initializer(off + i), name=f"fc{i}_{t}",
                 ))
             setattr(self, f"head_{t}", keras.layers.Dense(
-                self.num_classes, use_bias=False, kernel_initializer=self._initializer(off + 5),
+                c.num_classes, use_bias=False, kernel_initializer=self._initializer(off + 5),
                 name=f"head_{t}",
             ))
         self.softmax = keras.layers.Activation("softmax", dtype="float32", name="softmax")
         self.spec.build(self)
         self._trackers = {}
-        names = ["ce_t1", "ce_t2", *self.spec.extra_losses]
-        if self.spec.added_loss:
-            names.append(self.spec.added_loss)
-        names += ["l2", "oa_t1", "oa_t2", "oa_bi", "oa_tr"]
-        if self.spec.has_views:
+        names = ["ce_t1", "ce_t2", *self.spec.info.losses, "l2", "oa_t1", "oa_t2", "oa_bi", "oa_tr"]
+        if self.spec.info.has_views:
             names.append("cancorr")
         for n in names:
             tracker = keras.metrics.Mean(name=n)
@@ -281,14 +223,15 @@ class CorrFusionNet(keras.Model):
         self.build(((None, *input_shape), (None, *input_shape)))
 
     def _initializer(self, offset):
-        return keras.initializers.GlorotNormal(seed=None if self.seed is None else self.seed + offset)
+        seed = self.config.seed
+        return keras.initializers.GlorotNormal(seed=None if seed is None else seed + offset)
 
     # ------------------------------------------------------------------ build / forward
     def build(self, input_shape):
         if self.built:
             return
         shapes = tuple(tuple(s) for s in input_shape)
-        want = (*self.image_size, self.channels)
+        want = (*self.config.image_size, self.config.channels)
         if len(shapes) != 2 or any(tuple(s[1:]) != want for s in shapes):
             raise ValueError(
                 f"CorrFusionNet expects two inputs of shape (N, {want[0]}, {want[1]}, {want[2]}); "
@@ -301,7 +244,7 @@ class CorrFusionNet(keras.Model):
         self.built = True
 
     def _pooled(self, x, backbone, training):
-        if self.input_mapping:
+        if self.config.input_mapping:
             x = self.mapping(x)
         return self.pool(backbone(x, training=training))
 
@@ -323,8 +266,8 @@ class CorrFusionNet(keras.Model):
             f1, f2 = ops.split(self._pooled(ops.concatenate([x1, x2], axis=0), self.backbone,
                                             training), 2, axis=0)
         else:
-            b1 = self.backbone if self.shared else self.backbone_t1
-            b2 = self.backbone if self.shared else self.backbone_t2
+            b1 = self.backbone if self.config.shared else self.backbone_t1
+            b2 = self.backbone if self.config.shared else self.backbone_t2
             f1, f2 = self._pooled(x1, b1, training), self._pooled(x2, b2, training)
         fx, fy = self._fc(f1, "t1"), self._fc(f2, "t2")
         h1, h2, out = self.spec.forward(self, fx, fy, training)
@@ -354,27 +297,32 @@ class CorrFusionNet(keras.Model):
         return ops.sum(ops.stack([ops.cast(t, "float32") for t in terms]))
 
     def compute_loss(self, x=None, y=None, y_pred=None, sample_weight=None, training=True):
-        """``CE_t1 + CE_t2 + method extras + Σ model.losses``; sample weights are not supported."""
+        """``CE_t1 + CE_t2 + the method's named losses + Σ model.losses``; every term is logged
+        by its name (``model.losses`` holds the weight regularizers, logged as ``l2``).
+        Sample weights are not supported."""
         y1, y2 = self._split_labels(y)
         terms = {
             "ce_t1": cross_entropy(y1, y_pred["prob_t1"]),
             "ce_t2": cross_entropy(y2, y_pred["prob_t2"]),
         }
         terms.update(self.spec.loss_terms(self, y1, y2, y_pred))
-        total = ops.sum(ops.stack(list(terms.values())))
-        losses = [ops.cast(v, "float32") for v in self.losses]
-        added = ops.sum(ops.stack(losses)) if losses else ops.zeros((), "float32")
-        total = total + added
-        l2 = self.regularization_loss()
-        terms["l2"] = l2
-        if self.spec.added_loss:
-            # model.losses = the decorrelation loss (add_loss) + the weight regularizers.
-            terms[self.spec.added_loss] = added - l2
+        total = ops.sum(ops.stack([ops.cast(v, "float32") for v in terms.values()]))
+        added = [ops.cast(v, "float32") for v in self.losses]
+        if added:
+            total = total + ops.sum(ops.stack(added))
+        terms["l2"] = self.regularization_loss()
         # batch-size weighted, like Keras' own "loss" tracker, so epoch values are per-pair means
         n = ops.cast(ops.shape(y1)[0], "float32")
         for name, value in terms.items():
             self._trackers[name].update_state(ops.stop_gradient(value), sample_weight=n)
         return total
+
+    def predict_step(self, *args):
+        """Keras' predict step without the loss-only outputs (``LOSS_OUTPUTS``)."""
+        result = super().predict_step(*args)
+        if isinstance(result, tuple):  # JAX: (outputs, state)
+            return (_public(result[0]), *result[1:])
+        return _public(result)
 
     def compute_metrics(self, x, y, y_pred, sample_weight=None):
         y1, y2 = self._split_labels(y)
@@ -387,7 +335,7 @@ class CorrFusionNet(keras.Model):
             ops.cast(ops.equal(ops.not_equal(p1, p2), ops.not_equal(y1, y2)), "float32")
         )
         self._trackers["oa_tr"].update_state(ops.cast(ops.logical_and(ok1, ok2), "float32"))
-        if self.spec.has_views:
+        if self.spec.info.has_views:
             self._trackers["cancorr"].update_state(
                 canonical_correlation(ops.stop_gradient(y_pred["view_t1"]), ops.stop_gradient(y_pred["view_t2"]))
             )
@@ -395,33 +343,14 @@ class CorrFusionNet(keras.Model):
 
     # ------------------------------------------------------------------ serialisation
     def get_config(self):
-        return {
-            "name": self.name,
-            "trainable": self.trainable,
-            "num_classes": self.num_classes,
-            "image_size": list(self.image_size),
-            "channels": self.channels,
-            "backbone": self.backbone_name,
-            "method": self.method,
-            "shared": self.shared,
-            "weights": self.weights_source,
-            "hidden": self.hidden,
-            "reduction": self.reduction,
-            "lambda1": self.lambda1,
-            "lambda2": self.lambda2,
-            "rho": self.rho,
-            "corr_norm": self.corr_norm,
-            "l2": self.l2,
-            "seed": self.seed,
-            "input_mapping": self.input_mapping,
-        }
+        return {"name": self.name, "trainable": self.trainable, "config": self.config.to_dict()}
 
     @classmethod
     def from_config(cls, config):
         config = dict(config)
         # Weights come from the saved file; never re-download or re-read the original source.
-        config["weights"] = None
-        return cls(**config)
+        model_config = ModelConfig.from_dict(dict(config.pop("config"), weights=None))
+        return cls(model_config, **config)
 
     def get_build_config(self):
         return None
@@ -430,41 +359,23 @@ class CorrFusionNet(keras.Model):
         return None
 
 
-def build_model(
-    num_classes,
-    image_size=(64, 64),
-    channels=3,
-    backbone="small",
-    method="corrfusion",
-    shared=True,
-    weights=None,
-    hidden=1024,
-    reduction=2,
-    lambda1=0.1,
-    lambda2=1e-4,
-    rho=0.9,
-    corr_norm="batch",
-    l2=1e-4,
-    seed=None,
-):
-    """Build an (uncompiled) ``CorrFusionNet``; see its docstring for the arguments."""
-    return CorrFusionNet(
-        num_classes=num_classes,
-        image_size=image_size,
-        channels=channels,
-        backbone=backbone,
-        method=method,
-        shared=shared,
-        weights=weights,
-        hidden=hidden,
-        reduction=reduction,
-        lambda1=lambda1,
-        lambda2=lambda2,
-        rho=rho,
-        corr_norm=corr_norm,
-        l2=l2,
-        seed=seed,
-    )
+def _public(outputs):
+    if isinstance(outputs, dict):
+        return {k: v for k, v in outputs.items() if k not in LOSS_OUTPUTS}
+    return outputs
+
+
+def build_model(config=None, **fields):
+    """Build an (uncompiled) ``CorrFusionNet``.
+
+    ``config``: a ``ModelConfig`` (``fields`` replace some of its values), or the number of
+    classes with the other ``ModelConfig`` fields as keywords: ``build_model(6, backbone="small")``.
+    """
+    if isinstance(config, ModelConfig):
+        return CorrFusionNet(config.replace(**fields))
+    if config is not None:
+        fields["num_classes"] = config
+    return CorrFusionNet(ModelConfig(**fields))
 
 
 def load_model(path, compile=True):

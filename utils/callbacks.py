@@ -18,7 +18,7 @@ from utils.rundir import atomic_save_model, atomic_write_json
 
 log = logging.getLogger("corrfusion.train")
 
-#: the four accuracy figures of DESIGN.md §3, as the model's metrics name them
+#: the four accuracy figures of docs/DESIGN.md §3, as the model's metrics name them
 OA_KEYS = ("oa_t1", "oa_t2", "oa_bi", "oa_tr")
 
 

@@ -10,7 +10,10 @@ log = logging.getLogger("corrfusion")
 
 
 class UsageError(ValueError):
-    """Bad input found after argument parsing (a file, a directory, a value that does not fit)."""
+    """Bad input found after argument parsing (a file, a directory, a value that does not fit).
+
+    The base of every "the user's input is wrong" error (``data.shards.ShardError``,
+    ``utils.rundir.RunDirError``): one line on stderr and exit status 2 through ``run_main``."""
 
 
 def configure_logging(verbose: bool = False) -> None:
@@ -25,19 +28,15 @@ def configure_logging(verbose: bool = False) -> None:
         logging.getLogger(noisy).setLevel(logging.WARNING)
 
 
-def bad_input_errors() -> tuple[type[BaseException], ...]:
-    """Exceptions that mean "the user's input is wrong": one line and exit status 2."""
-    from data.shards import ShardError
-    from utils.rundir import RunDirError
-
-    return (UsageError, RunDirError, FileNotFoundError, ShardError)
+#: exceptions that mean "the user's input is wrong": one line and exit status 2
+BAD_INPUT = (UsageError, FileNotFoundError)
 
 
 def run_main(main, argv=None) -> int:
     """Call main(argv); bad input -> 'error: ...' on stderr and exit status 2, no traceback."""
     try:
         rc = main(argv)
-    except bad_input_errors() as e:
+    except BAD_INPUT as e:
         msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         print(f"error: {msg}", file=sys.stderr)
         return 2

@@ -3,7 +3,7 @@
     python -m utils.figures --overwrite                      # the two diagrams only (no run needed)
     python -m utils.figures --run runs/demo-... --overwrite  # + curves, matrices, PR curve, maps
 
-The diagrams (network, CorrFusion module; DESIGN.md §2, §2.1) are drawn by the project with
+The diagrams (network, CorrFusion module; docs/DESIGN.md §2, §2.1) are drawn by the project with
 matplotlib boxes and arrows. With ``--run`` the run's ``history.csv`` gives the training curves and
 its evaluation result directory (``results/eval/tst``, else ``results/tst``, else the first result
 directory under ``results/`` holding ``results.json`` and ``predictions.npz``; or ``--result DIR``)
@@ -19,7 +19,17 @@ import csv
 import json
 import logging
 import sys
+import zipfile
 from pathlib import Path
+
+import numpy as np
+from matplotlib.figure import Figure
+from matplotlib.patches import FancyArrowPatch, FancyBboxPatch
+
+from utils import plots
+from utils.cli import UsageError, configure_logging, run_main
+from utils.evaluation import figure_names, write_figures
+from utils.rundir import RunDirError, check_can_create_dir
 
 log = logging.getLogger("corrfusion.figures")
 
@@ -52,8 +62,6 @@ def _box(
     ax, x, y, w, h, text, color, fontsize=9, style="round,pad=0.02,rounding_size=0.08", ls="-"
 ):
     """A labelled box centred at (x, y); returns its anchor points."""
-    from matplotlib.patches import FancyBboxPatch
-
     ax.add_patch(
         FancyBboxPatch(
             (x - w / 2, y - h / 2),
@@ -77,8 +85,6 @@ def _box(
 
 
 def _arrow(ax, p, q, color="#333333", ls="-", text=None, rad=0.0, fontsize=8, lw=1.1):
-    from matplotlib.patches import FancyArrowPatch
-
     ax.add_patch(
         FancyArrowPatch(
             p,
@@ -106,8 +112,6 @@ def _arrow(ax, p, q, color="#333333", ls="-", text=None, rad=0.0, fontsize=8, lw
 
 
 def _canvas(width, height, xlim, ylim):
-    from matplotlib.figure import Figure
-
     fig = Figure(figsize=(width, height))
     ax = fig.add_axes((0, 0, 1, 1))
     ax.set_xlim(*xlim)
@@ -118,7 +122,7 @@ def _canvas(width, height, xlim, ylim):
 
 
 def draw_network(path) -> Path:
-    """The two-branch network of DESIGN.md §2 with the CorrFusion module between FC features and heads."""
+    """The two-branch network of docs/DESIGN.md §2 with the CorrFusion module between FC features and heads."""
     fig, ax = _canvas(15, 5.2, (-0.3, 21.3), (-0.9, 6.6))
     ys = {"t1": 4.6, "t2": 1.4}
     out = {}
@@ -191,7 +195,7 @@ def draw_network(path) -> Path:
     ax.text(
         0.0,
         6.3,
-        "CorrFusionNet (DESIGN.md §2): scene class per date + change",
+        "CorrFusionNet (docs/DESIGN.md §2): scene class per date + change",
         fontsize=11,
         weight="bold",
         va="center",
@@ -200,7 +204,7 @@ def draw_network(path) -> Path:
 
 
 def draw_corrfusion(path) -> Path:
-    """The CorrFusion module of DESIGN.md §2.1: squeeze, BN, excite, distance, fusion weight, cross fusion."""
+    """The CorrFusion module of docs/DESIGN.md §2.1: squeeze, BN, excite, distance, fusion weight, cross fusion."""
     fig, ax = _canvas(15, 5.8, (-0.3, 22.3), (-0.9, 7.4))
     ys = {"X": 5.2, "Y": 0.8}
     nodes = {}
@@ -273,7 +277,7 @@ def draw_corrfusion(path) -> Path:
     ax.text(
         -0.2,
         7.05,
-        "CorrFusion module (DESIGN.md §2.1; d = 1024, r = 2)",
+        "CorrFusion module (docs/DESIGN.md §2.1; d = 1024, r = 2)",
         fontsize=11,
         weight="bold",
         va="center",
@@ -333,16 +337,12 @@ _MAP_KEYS = (
 
 
 def load_result_dir(result_dir) -> tuple[dict, dict]:
-    """(metrics, predictions) from a directory written by eval.write_outputs.
+    """(metrics, predictions) from a directory written by utils.evaluation.write_outputs.
 
     Raises UsageError (one line naming the file) when results.json or predictions.npz is missing,
     unreadable, or lacks what the figures are drawn from.
     """
-    import zipfile
 
-    import numpy as np
-
-    from utils.cli import UsageError
 
     result_dir = Path(result_dir)
     path = result_dir / "results.json"
@@ -380,9 +380,6 @@ def read_run(run, result_dir=None) -> dict:
 
     Returns {"history": dict or None, "result_dir": Path or None, "metrics", "preds"}.
     """
-    from utils import plots
-    from utils.cli import UsageError
-
     run = Path(run)
     out = {"history": None, "result_dir": None, "metrics": None, "preds": None}
     history = run / "history.csv"
@@ -404,8 +401,6 @@ def read_run(run, result_dir=None) -> dict:
 
 def run_figure_names(data: dict) -> list[str]:
     """Names of the PNGs draw_run writes from read_run's data."""
-    from eval import figure_names
-
     names = ["training_curves.png"] if data["history"] is not None else []
     if data["result_dir"] is not None:
         names += figure_names(data["metrics"], data["preds"])
@@ -414,8 +409,6 @@ def run_figure_names(data: dict) -> list[str]:
 
 def draw_run(run, out, data) -> list[Path]:
     """Training curves and evaluation figures of a run into out/, from read_run's ``data``."""
-    from utils import plots
-
     run, out = Path(run), Path(out)
     written = []
     if data["history"] is not None:
@@ -426,7 +419,6 @@ def draw_run(run, out, data) -> list[Path]:
         )
     if data["result_dir"] is None:
         return written
-    from eval import write_figures  # the same figures eval.py writes, one code path
 
     written += write_figures(out, data["metrics"], data["preds"])
     if "row" not in data["preds"]:
@@ -467,8 +459,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv=None) -> int:
-    from utils.cli import UsageError, configure_logging
-    from utils.rundir import RunDirError, check_can_create_dir
 
     args = build_parser().parse_args(argv)
     configure_logging()
@@ -507,6 +497,5 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    from utils.cli import run_main
 
     sys.exit(run_main(main))

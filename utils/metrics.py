@@ -1,4 +1,4 @@
-"""Metrics of DESIGN.md §3: scene classification per date, change detection, transitions.
+"""Metrics of docs/DESIGN.md §3: scene classification per date, change detection, transitions.
 
 Everything is computed with scikit-learn from four arrays per split:
 
@@ -200,7 +200,7 @@ def _check_inputs(y1, y2, p1, p2, class_names):
 
 
 def compute_metrics(y1, y2, p1, p2, threshold=0.5, class_names=None):
-    """All metrics of DESIGN.md §3 for one split.
+    """All metrics of docs/DESIGN.md §3 for one split.
 
     Args:
         y1, y2: true classes at t1 / t2, 0-based ints, shape (N,).

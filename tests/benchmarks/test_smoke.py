@@ -46,6 +46,7 @@ def test_entry_points_answer_help_without_heavy_imports():
         assert not {"tensorflow", "keras", "jax", "torch"} & set(heavy), (script, heavy)
 
 
+@pytest.mark.slow  # end to end: many seconds on a CPU
 def test_throughput_runs_tiny(tmp_path, capsys):
     out = tmp_path / "tp.json"
     throughput.main(["--size", "16", "--batch", "4", "--steps", "1", "--reps", "1", "--hidden", "8",
@@ -55,6 +56,7 @@ def test_throughput_runs_tiny(tmp_path, capsys):
     assert res["pairs_train"] == 4
 
 
+@pytest.mark.slow  # end to end: many seconds on a CPU
 def test_cancorr_cost_runs_tiny_and_both_formulas_agree(tmp_path):
     out = tmp_path / "cc.json"
     cancorr_cost.main(["--shapes", "8x64,40x6", "--calls", "1", "--reps", "1", "--methods", "sdcca",
@@ -71,6 +73,7 @@ def test_cancorr_cost_runs_tiny_and_both_formulas_agree(tmp_path):
     assert network.canonical_correlation is canonical_correlation  # the A/B patch is undone
 
 
+@pytest.mark.slow  # end to end: many seconds on a CPU
 def test_memory_runs_tiny_through_train_cnns_loader(tmp_path):
     out = tmp_path / "mem.json"
     memory.main(["--pairs", "12", "--size", "16", "--batch", "4", "--train_steps", "1", "--hidden", "8",
@@ -80,8 +83,22 @@ def test_memory_runs_tiny_through_train_cnns_loader(tmp_path):
     assert res["pairs_seen"] == 12 and res["peak_mib"] > 0
 
 
+def test_gpu_bench_timing_the_torch_variants_share_runs_without_torch():
+    """The torch-free half of the GPU benchmark (arguments, timing, rates), run in CI; the torch
+    network itself needs torch (next test, skipped where it is not installed)."""
+    a = gpu_bench.parse_args(["--device", "cpu", "--batch", "2", "--steps", "3", "--warmup", "1",
+                              "--reps", "2"])
+    calls = []
+    first, res = gpu_bench.first_call_then_rate(lambda: calls.append(1), lambda: None, a.warmup, a)
+    assert first >= 0 and len(calls) == 1 + a.warmup + a.steps * a.reps
+    assert res["windows"] == 2 and res["pairs_per_s"] > 0
+    assert gpu_bench.rate(2, 3, [1.0, 2.0])["max"] == pytest.approx(6.0)
+    assert {"torch-eager", "torch-compile"} <= set(gpu_bench.VARIANTS)
+
+
 def test_torch_reference_trains_a_step_on_cpu():
-    pytest.importorskip("torch")
+    pytest.importorskip("torch", reason="torch is not in requirements-dev.txt: the PyTorch "
+                                        "reference of gpu_bench runs where it is installed")
     a = gpu_bench.parse_args(["--device", "cpu", "--size", "32", "--batch", "2", "--steps", "1",
                               "--warmup", "0", "--reps", "1", "--pool", "1", "--hidden", "16"])
     res = gpu_bench.child_torch(a, compiled=False)

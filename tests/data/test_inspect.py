@@ -59,7 +59,7 @@ def _flip_bytes_in(path, key, n=40):
 
 def test_corrupt_bytes_in_uncompressed_shard(tmp_path, capsys):
     """data.inspect reads every image byte: a damaged one fails the CRC-32, named by file and key."""
-    from tests.data.helpers import make_split
+    from tests.data._helpers import make_split
 
     split = make_split(tmp_path / "trn", sizes=(5, 6), size=16)
     _flip_bytes_in(split / "shard_001.npz", "image_t1")
@@ -71,7 +71,7 @@ def test_corrupt_bytes_in_uncompressed_shard(tmp_path, capsys):
 
 
 def test_dangling_link_in_a_split(tmp_path, capsys):
-    from tests.data.helpers import make_split
+    from tests.data._helpers import make_split
 
     split = make_split(tmp_path / "trn", sizes=(5,))
     (split / "shard_005.npz").symlink_to(tmp_path / "gone.npz")

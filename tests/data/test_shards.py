@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from data import shards
-from tests.data.helpers import make_split, shard_arrays, write_npz
+from tests.data._helpers import make_split, shard_arrays, write_npz
 
 
 def test_inspect_split_summary(tmp_path):

@@ -14,7 +14,7 @@ from model.backbones import (
     has_batch_statistics,
     scale_inputs,
 )
-from tests.layer_test import run_layer_test
+from tests._helpers import run_layer_test
 
 
 def test_table():

@@ -8,7 +8,7 @@ import pytest
 from keras import ops
 
 from model.corrfusion import CorrFusion
-from tests.layer_test import run_layer_test
+from tests._helpers import run_layer_test
 
 BN_EPS = 1e-3  # keras BatchNormalization default
 

@@ -12,7 +12,7 @@ from model.losses import (
     pair_distance,
     running_covariance,
 )
-from tests.layer_test import run_layer_test
+from tests._helpers import run_layer_test
 from tests.model._helpers import value_and_grads
 
 

@@ -10,6 +10,8 @@ import pytest
 import compare
 from utils.cli import run_main
 
+pytestmark = pytest.mark.slow  # the comparison trains every method
+
 METHODS = ["baseline", "corrfusion", "bovw"]
 
 
@@ -88,14 +90,6 @@ def test_other_settings_in_the_same_workdir_are_refused(compared, demo_data, cap
     assert run_main(compare.main, bad) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "compare.json" in err[0] and "other settings" in err[0]
-
-
-@pytest.mark.parametrize("extra", [["--methods", "corrfusion,svm"], ["--", "--method", "dcca"],
-                                   ["--", "-e", "zero"]])
-def test_bad_options_are_usage_errors(extra, tmp_path):
-    with pytest.raises(SystemExit) as exc:
-        compare.parse_args(["--data_dir", str(tmp_path), *extra])
-    assert exc.value.code == 2
 
 
 def snapshot(root):

@@ -148,8 +148,9 @@ def test_every_output_exists_and_loads(evaluated):
 
 def test_in_process_api_matches_cli(run_dir, demo_data, evaluated, tmp_path):
     """evaluate_split / write_outputs (train_cnn.py's path) give the CLI's numbers."""
-    import eval as E
     import model as cfn
+    from utils import evaluation as E
+    from utils.metrics import format_table
 
     net = cfn.load_model(run_dir / "checkpoints" / "best.keras")
     metrics, preds = E.evaluate_split(net, demo_data / "tst", batch_size=5, threshold=0.5)
@@ -162,7 +163,7 @@ def test_in_process_api_matches_cli(run_dir, demo_data, evaluated, tmp_path):
     assert (tmp_path / "tst" / "change_map.png").is_file()
     with pytest.raises(ValueError, match="not empty"):
         E.write_outputs(tmp_path / "tst", metrics, preds, overwrite=False)
-    assert "OA_t1" in E.format_table(metrics)
+    assert "OA_t1" in format_table(metrics)
 
 
 def assert_one_line_error(proc, *fragments):
@@ -306,9 +307,9 @@ def test_reproduces_training_scripts_test_oa(demo_data, tmp_path, capsys):
 
 def test_split_without_rowcol_or_names(run_dir, tmp_path):
     """No row/col: no maps, no row/col keys; no class_names: "class k" names; label 0 skipped."""
-    import eval as E
     import model as cfn
     from data.shards import write_shard
+    from utils import evaluation as E
 
     rng = np.random.default_rng(0)
     split = tmp_path / "plain"
@@ -365,7 +366,7 @@ def test_model_without_two_date_outputs_warns_nothing(demo_data):
 
     import keras
 
-    import eval as E
+    from utils import evaluation as E
     from utils.cli import UsageError
 
     plain = keras.Sequential(
@@ -385,9 +386,9 @@ def test_model_without_two_date_outputs_warns_nothing(demo_data):
 def test_map_coordinates_skip_the_maps_and_write_the_rest(run_dir, demo_data, tmp_path, caplog):
     """row/col far apart (a tile at 200000, 200000): no 298 GiB grid; every other file is written
     and a warning names the split and explains row/col (train_cnn's end-of-run path as well)."""
-    import eval as E
     import model as cfn
     from data.shards import write_shard
+    from utils import evaluation as E
 
     with np.load(next((demo_data / "tst").glob("*.npz"))) as z:
         a = {k: z[k] for k in z.files}

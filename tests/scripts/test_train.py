@@ -14,6 +14,8 @@ import pytest
 import train_cnn
 from utils.cli import run_main
 
+pytestmark = pytest.mark.slow  # every test here trains, or needs a trained run
+
 ROOT = Path(__file__).resolve().parents[2]
 FAST = ["--backbone", "small", "--hidden", "32", "-b", "16", "--lr", "0.01", "--seed", "3"]
 
@@ -163,34 +165,6 @@ def test_help_is_fast_and_imports_no_tensorflow():
                           timeout=60)
     assert "--epoches" in proc.stdout and "--use_tfboard" in proc.stdout
     assert "HEAVY []" in proc.stdout
-
-
-@pytest.mark.parametrize("value,expected", [("False", False), ("0", False), ("no", False),
-                                            ("true", True), ("1", True), ("YES", True)])
-def test_boolean_flags_parse_like_a_user_means(value, expected):
-    args = train_cnn.parse_args(["--data_dir", "d", "-tb", value, "-sm", value, "-log", value])
-    assert args.use_tfboard is expected and args.save_model is expected
-    assert args.save_log is expected
-
-
-@pytest.mark.parametrize("value,expected", [("none", None), ("None", None), ("random", None),
-                                            ("imagenet", "imagenet"), ("w/vgg.weights.h5", "w/vgg.weights.h5")])
-def test_weights_none_means_random_initialisation(value, expected):
-    args = train_cnn.parse_args(["--data_dir", "d", "--weights", value])
-    assert args.weights == expected
-    assert train_cnn.parse_args(["--data_dir", "d"]).weights is None
-
-
-def test_bad_flag_values_are_usage_errors(capsys):
-    for argv in (["--data_dir", "d", "-tb", "maybe"], ["--data_dir", "d", "-b", "0"],
-                 ["--data_dir", "d", "--lr", "1e-3,1e-4"], ["--data_dir", "d", "-g", "gpu0"],
-                 ["--data_dir", "d", "--lambda1", "-1"], ["--data_dir", "d", "--image_size", "0"],
-                 ["--data_dir", "d", "--lr_boundaries", "60,30"], ["--resume", "--overwrite"],
-                 ["-e", "5"]):
-        with pytest.raises(SystemExit) as exc:
-            train_cnn.parse_args(argv)
-        assert exc.value.code == 2
-    assert "usage:" in capsys.readouterr().err
 
 
 def test_trains_and_evaluates_on_the_jax_backend(demo_data, tmp_path):

@@ -17,7 +17,7 @@ def assert_png(path, min_bytes=5_000):
 @pytest.fixture
 def fake_run(tmp_path):
     """A run directory as train_cnn.py + eval.py leave it, with made-up predictions (no TensorFlow)."""
-    import eval as E
+    from utils import evaluation as E
 
     rng = np.random.default_rng(0)
     n, k = 30, 3
@@ -134,7 +134,7 @@ def test_map_coordinates_skip_the_maps(fake_run, tmp_path, caplog):
     """row/col far apart (map coordinates): every figure but the maps, and a warning saying why."""
     import json
 
-    import eval as E
+    from utils import evaluation as E
 
     res = fake_run / "results" / "tst"
     metrics = json.loads((res / "results.json").read_text())["metrics"]

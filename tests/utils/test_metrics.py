@@ -1,4 +1,4 @@
-"""utils.metrics against small hand-computed cases (DESIGN.md §3)."""
+"""utils.metrics against small hand-computed cases (docs/DESIGN.md §3)."""
 
 import csv
 import io

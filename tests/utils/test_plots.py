@@ -1,5 +1,7 @@
-"""utils.plots: every figure is written as a real PNG of reasonable size."""
+"""utils.plots: every figure is written as a real PNG of reasonable size that shows something:
+its pixels vary and a fair part of it is not background (a blank figure fails)."""
 
+import matplotlib.image as mpimg
 import numpy as np
 import pytest
 
@@ -10,10 +12,25 @@ PNG = b"\x89PNG\r\n\x1a\n"
 NAMES = ["water", "farmland", "residential", "industrial"]
 
 
-def assert_png(path, min_bytes=3_000, max_bytes=3_000_000):
+def assert_png(path, min_bytes=3_000, max_bytes=3_000_000, min_drawn=0.02):
     data = path.read_bytes()
     assert data[:8] == PNG, path
     assert min_bytes < len(data) < max_bytes, (path, len(data))
+    pixels = mpimg.imread(path)[..., :3]
+    assert pixels.std() > 0.05, (path, "nearly uniform image")
+    drawn = (np.abs(pixels - pixels[0, 0]).sum(axis=-1) > 0.1).mean()  # not the background
+    assert drawn > min_drawn, (path, f"only {drawn:.1%} of the pixels drawn")
+
+
+def test_a_blank_figure_fails_the_check(tmp_path):
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(6, 4), dpi=100)
+    fig.add_subplot().set_axis_off()
+    fig.text(0.01, 0.01, ".", fontsize=1)
+    fig.savefig(tmp_path / "blank.png")
+    with pytest.raises(AssertionError):
+        assert_png(tmp_path / "blank.png", min_bytes=0)
 
 
 @pytest.fixture(scope="module")

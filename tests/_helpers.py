@@ -1,4 +1,4 @@
-"""Shared keras-hub style layer test helper (DESIGN.md §6).
+"""Shared keras-hub style layer test helper (docs/DESIGN.md §6).
 
 ``run_layer_test`` checks, for one layer class and one set of constructor arguments:
 

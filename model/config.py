@@ -1,0 +1,156 @@
+"""What a CorrFusionNet is made of, without Keras: the backbone and method tables and the frozen
+``ModelConfig`` (docs/DESIGN.md §2, §6).
+
+This module imports only the standard library, so that ``parser.py`` can offer the tables' names as
+``--backbone``/``--method`` choices and answer ``-h`` before TensorFlow starts. ``model.backbones``
+and ``model.network`` build their Keras tables from these: a backbone or method exists in one
+place, here, and the command line, the network and the checks follow.
+
+Adding a hyperparameter of the network: one field of ``ModelConfig`` (with its default and the
+check in ``ModelConfig.check``), one ``add_argument`` line in ``parser.py`` with the same ``dest``;
+``utils.config.from_namespace`` carries the parsed value into the config, ``CorrFusionNet`` reads it
+from ``self.config``, and ``get_config`` / ``.keras`` files carry it with the rest.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class BackboneInfo:
+    """One backbone: its ``keras.applications`` class name (None: the project's small CNN), the
+    smallest legal input side, and the ImageNet input mapping mode of its pretrained weights."""
+
+    application: str | None
+    model_name: str
+    min_size: int
+    mapping: str
+
+
+#: name -> backbone (``model.backbones.BACKBONES`` adds the builders)
+BACKBONES = {
+    "vgg16": BackboneInfo("VGG16", "vgg16", 32, "caffe"),
+    "vgg19": BackboneInfo("VGG19", "vgg19", 32, "caffe"),
+    "resnet50": BackboneInfo("ResNet50", "resnet50", 32, "caffe"),
+    "inceptionv3": BackboneInfo("InceptionV3", "inception_v3", 75, "tf"),
+    "densenet121": BackboneInfo("DenseNet121", "densenet121", 32, "torch"),
+    "small": BackboneInfo(None, "small_cnn", 8, "none"),
+}
+
+
+@dataclass(frozen=True)
+class MethodInfo:
+    """One row of the methods table (docs/DESIGN.md §2.2): whether the heads read the fused
+    features, the named loss terms the method adds (logged under these names), whether it has two
+    batch-normalised views (the ``cancorr`` metric)."""
+
+    fused_heads: bool
+    losses: tuple[str, ...]
+    has_views: bool
+
+
+#: name -> method (``model.network.METHODS`` adds the forward steps and losses)
+METHODS = {
+    "corrfusion": MethodInfo(True, ("corr_loss", "decov_loss"), True),
+    "baseline": MethodInfo(False, (), False),
+    "dcca": MethodInfo(False, ("dcca_loss",), True),
+    "sdcca": MethodInfo(False, ("corr_loss", "decov_loss"), True),
+}
+
+CORR_NORMS = ("batch", "unchanged")
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Every constructor argument of ``CorrFusionNet``; ``get_config`` stores it, ``from_config``
+    reads it back.
+
+    Attributes:
+        num_classes: scene classes K (None until the data say; ``check`` requires it).
+        image_size: (H, W) of the inputs (None: the data's size; ``check`` requires it).
+        channels: bands C.
+        backbone: key of ``BACKBONES``.
+        method: key of ``METHODS``.
+        shared: one backbone for both dates (siamese) or one per date.
+        weights: backbone weights at construction: None (random), ``"imagenet"`` or a file path;
+            a model restored from a file gets its weights from the file.
+        hidden: units d of the two per-date Dense layers.
+        reduction: CorrFusion reduction ratio r.
+        lambda1: weight of the correlation loss on unchanged pairs (corrfusion, sdcca).
+        lambda2: weight of the soft decorrelation loss (corrfusion, sdcca).
+        rho: running covariance factor ρ.
+        corr_norm: ``"batch"`` (÷ n, the original) or ``"unchanged"`` (÷ Σu).
+        l2: L2 factor on the per-date Dense kernels.
+        seed: seed of the head/fusion initialisers and of the small CNN.
+        input_mapping: map [-0.5, 0.5] to the pretrained network's input range; None → when
+            ``weights`` is given and the backbone has a mapping.
+    """
+
+    num_classes: int | None = None
+    image_size: tuple[int, int] | None = (64, 64)
+    channels: int = 3
+    backbone: str = "small"
+    method: str = "corrfusion"
+    shared: bool = True
+    weights: str | None = None
+    hidden: int = 1024
+    reduction: int = 2
+    lambda1: float = 0.1
+    lambda2: float = 1e-4
+    rho: float = 0.9
+    corr_norm: str = "batch"
+    l2: float = 1e-4
+    seed: int | None = None
+    input_mapping: bool | None = None
+
+    def __post_init__(self):
+        if self.image_size is not None:
+            object.__setattr__(self, "image_size", tuple(int(s) for s in self.image_size))
+        if self.weights is not None:
+            object.__setattr__(self, "weights", str(self.weights))
+
+    def replace(self, **changes) -> ModelConfig:
+        return dataclasses.replace(self, **changes)
+
+    def to_dict(self) -> dict:
+        out = dataclasses.asdict(self)
+        if out["image_size"] is not None:
+            out["image_size"] = list(out["image_size"])
+        return out
+
+    @classmethod
+    def from_dict(cls, values: dict) -> ModelConfig:
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(values) - names)
+        if unknown:
+            raise ValueError(f"unknown ModelConfig field(s) {unknown}; expected some of {sorted(names)}.")
+        return cls(**values)
+
+    def check(self) -> ModelConfig:
+        """Raise ValueError naming the offending value; returns self (with input_mapping set)."""
+        if self.method not in METHODS:
+            raise ValueError(f"Unknown method {self.method!r}; choose one of {sorted(METHODS)}.")
+        if self.backbone not in BACKBONES:
+            raise ValueError(f"Unknown backbone {self.backbone!r}; choose one of {sorted(BACKBONES)}.")
+        if self.num_classes is None or int(self.num_classes) < 2:
+            raise ValueError(f"num_classes must be >= 2; received num_classes={self.num_classes!r}.")
+        if self.image_size is None or len(self.image_size) != 2:
+            raise ValueError(f"image_size must be (H, W); received image_size={self.image_size!r}.")
+        if int(self.hidden) < 1 or int(self.hidden) % int(self.reduction):
+            raise ValueError(
+                f"hidden must be a positive multiple of reduction; received hidden={self.hidden!r}, "
+                f"reduction={self.reduction!r}."
+            )
+        if self.corr_norm not in CORR_NORMS:
+            raise ValueError(
+                f"corr_norm must be one of {CORR_NORMS}; received corr_norm={self.corr_norm!r}."
+            )
+        for key in ("lambda1", "lambda2", "l2"):
+            if float(getattr(self, key)) < 0:
+                raise ValueError(f"{key} must be >= 0; received {key}={getattr(self, key)!r}.")
+        if self.input_mapping is None:
+            mapping = self.weights is not None and BACKBONES[self.backbone].mapping != "none"
+            return self.replace(input_mapping=mapping)
+        return self

@@ -1,0 +1,89 @@
+"""The scripts' command lines without training: flags, usage errors, one config from the parsed
+arguments, parser choices from the model's tables, compare.py's reserved flags from parser.py."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+
+import pytest
+
+import compare
+import parser as cli
+import train_cnn
+from model.config import BACKBONES, METHODS, ModelConfig
+from utils.config import EvalConfig, TrainConfig
+
+
+@pytest.mark.parametrize("value,expected", [("False", False), ("0", False), ("no", False),
+                                            ("true", True), ("1", True), ("YES", True)])
+def test_boolean_flags_parse_like_a_user_means(value, expected):
+    args = train_cnn.parse_args(["--data_dir", "d", "-tb", value, "-sm", value, "-log", value])
+    assert args.use_tfboard is expected and args.save_model is expected
+    assert args.save_log is expected
+
+
+@pytest.mark.parametrize("value,expected", [("none", None), ("None", None), ("random", None),
+                                            ("imagenet", "imagenet"), ("w/vgg.weights.h5", "w/vgg.weights.h5")])
+def test_weights_none_means_random_initialisation(value, expected):
+    args = train_cnn.parse_args(["--data_dir", "d", "--weights", value])
+    assert args.weights == expected
+    assert train_cnn.parse_args(["--data_dir", "d"]).weights is None
+
+
+def test_bad_flag_values_are_usage_errors(capsys):
+    for argv in (["--data_dir", "d", "-tb", "maybe"], ["--data_dir", "d", "-b", "0"],
+                 ["--data_dir", "d", "--lr", "1e-3,1e-4"], ["--data_dir", "d", "-g", "gpu0"],
+                 ["--data_dir", "d", "--lambda1", "-1"], ["--data_dir", "d", "--image_size", "0"],
+                 ["--data_dir", "d", "--lr_boundaries", "60,30"], ["--resume", "--overwrite"],
+                 ["-e", "5"]):
+        with pytest.raises(SystemExit) as exc:
+            train_cnn.parse_args(argv)
+        assert exc.value.code == 2
+    assert "usage:" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("extra", [["--methods", "corrfusion,svm"], ["--", "--method", "dcca"],
+                                   ["--", "-e", "zero"]])
+def test_bad_options_are_usage_errors(extra, tmp_path):
+    with pytest.raises(SystemExit) as exc:
+        compare.parse_args(["--data_dir", str(tmp_path), *extra])
+    assert exc.value.code == 2
+
+
+def test_the_config_holds_every_parsed_argument():
+    args = train_cnn.parse_args(["--data_dir", "d", "--hidden", "64", "--lr", "0.1", "-e", "3",
+                                 "--image_size", "32", "-n", "5", "--method", "dcca"])
+    config = TrainConfig.from_args(args)
+    assert config.model.hidden == 64 and config.model.method == "dcca"
+    assert config.model.image_size == (32, 32) and config.num_classes == 5
+    assert config.lr == (0.1,) and config.epochs == 3 and config.data_dir == "d"
+    flat = config.to_args()
+    # args.json's "args": every parsed argument as it was (JSON has lists, not tuples)
+    assert json.loads(json.dumps(vars(args))) == {k: flat[k] for k in vars(args)}
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        config.epochs = 4
+    moved = config.replace(method="baseline", seed=9, workdir="w")
+    assert moved.model.method == "baseline" and moved.seed == 9 and moved.model.seed == config.seed
+
+
+def test_every_config_field_is_an_argument():
+    dests = {a.dest for a in cli.train_parser()._actions}
+    assert {f.name for f in dataclasses.fields(TrainConfig)} - {"model"} <= dests
+    dests = {a.dest for a in cli.eval_parser()._actions}
+    assert {f.name for f in dataclasses.fields(EvalConfig)} <= dests
+
+
+def test_parser_choices_and_defaults_come_from_the_model_tables():
+    actions = {a.dest: a for a in cli.train_parser()._actions}
+    assert tuple(actions["backbone"].choices) == tuple(BACKBONES)
+    assert tuple(actions["method"].choices) == tuple(METHODS)
+    for name in ("hidden", "reduction", "lambda1", "lambda2", "corr_norm", "method"):
+        assert actions[name].default == getattr(ModelConfig, name), name
+    assert set(compare.ALL_METHODS) >= set(METHODS)
+
+
+def test_compare_reserves_every_spelling_of_its_own_options():
+    reserved = cli.option_strings(cli.train_parser(), compare.RESERVED)
+    assert {"-trn", "--trn_dir", "--method", "--seed", "--demo", "--resume"} <= reserved
+    assert "-e" not in reserved

@@ -1,0 +1,187 @@
+"""Checkpoints: finding, reading and checking CorrFusionNet ``.keras`` files (docs/DESIGN.md §6).
+
+Everything but ``load_checkpoint`` reads the archive's ``config.json`` with the standard library, so
+the checks run before TensorFlow starts; every failure is a one-line ``UsageError`` naming the file
+and what was expected (exit status 2 through ``utils.cli.run_main``). train_cnn.py (resume),
+eval.py, compare.py and predict.py load checkpoints through this module.
+"""
+
+from __future__ import annotations
+
+import json
+import zipfile
+from pathlib import Path
+
+from utils.cli import UsageError
+
+BEST = Path("checkpoints") / "best.keras"
+EXPECTED = "expected a CorrFusionNet checkpoint (train_cnn.py's checkpoints/best.keras)"
+
+
+def resolve_checkpoint(path) -> tuple[Path, Path | None]:
+    """A ``.keras`` file, or a run directory (its ``checkpoints/best.keras``).
+
+    Returns ``(checkpoint, run_root)``: run_root is the run directory when the checkpoint sits in
+    the standard ``RUN/checkpoints/`` layout, else None.
+    """
+    p = Path(path)
+    if p.is_dir():
+        ckpt = p / BEST
+        if not ckpt.is_file():
+            runs = sorted(d.name for d in p.iterdir() if (d / BEST).is_file())
+            hint = f"; it holds runs {', '.join(runs)}: pass one of them" if runs else ""
+            raise UsageError(f"{p}: run directory has no {BEST}{hint}")
+        return ckpt, p
+    if not p.exists():
+        raise UsageError(f"{p}: no such checkpoint file or run directory")
+    if p.suffix != ".keras":
+        raise UsageError(f"{p}: checkpoint: expected a .keras file or a run directory")
+    root = p.parent.parent if p.parent.name == "checkpoints" else None
+    return p, root
+
+
+def read_checkpoint_config(path) -> dict:
+    """The model config stored in a .keras archive (``config.json``), read without TensorFlow."""
+    try:
+        with zipfile.ZipFile(path) as zf:
+            raw = zf.read("config.json") if "config.json" in zf.namelist() else None
+    except (zipfile.BadZipFile, OSError) as e:
+        raise UsageError(f"{path}: not a Keras .keras archive ({type(e).__name__}: {e})") from None
+    if raw is None:
+        raise UsageError(f"{path}: config.json: missing; expected a Keras 3 .keras archive")
+    try:
+        config = json.loads(raw)
+    except ValueError as e:  # JSONDecodeError, UnicodeDecodeError
+        raise UsageError(
+            f"{path}: config.json: unreadable ({e}); expected a Keras 3 .keras archive"
+        ) from None
+    if not isinstance(config, dict):
+        raise UsageError(
+            f"{path}: config.json: not a JSON object; expected a Keras 3 .keras archive"
+        )
+    return config
+
+
+def check_two_date_model(config: dict, path) -> None:
+    """Refuse, from config.json alone, a Keras model that cannot be a two-date classifier: a
+    Sequential model (one input), or a functional one without prob_t1 / prob_t2 outputs."""
+    kind = config.get("class_name")
+    inner = config.get("config")
+    outputs = inner.get("output_layers") if isinstance(inner, dict) else None
+    two_date = isinstance(outputs, dict) and {"prob_t1", "prob_t2"} <= set(outputs)
+    if kind == "Sequential" or (kind == "Functional" and not two_date):
+        raise UsageError(f"{path}: config.json: a Keras {kind} model without the two-date outputs "
+                         f"prob_t1, prob_t2; {EXPECTED}")
+
+
+def model_fields(config: dict) -> dict:
+    """The ``ModelConfig`` fields of a CorrFusionNet config.json (``{}`` for other models)."""
+    c = config.get("config", {}) if isinstance(config, dict) else {}
+    if isinstance(c, dict) and isinstance(c.get("config"), dict):
+        return c["config"]  # CorrFusionNet.get_config: {"name", "trainable", "config": {...}}
+    return c if isinstance(c, dict) else {}  # checkpoints written before the ModelConfig
+
+
+def config_signature(config: dict) -> tuple[tuple | None, int | None]:
+    """(input (H, W, C), K) from a CorrFusionNet config.json; None where the config does not say."""
+    c = model_fields(config)
+    size, channels, classes = c.get("image_size"), c.get("channels"), c.get("num_classes")
+    shape = (int(size[0]), int(size[1]), int(channels)) if size and channels else None
+    return shape, (int(classes) if classes else None)
+
+
+def checkpoint_signature(path, config: dict) -> tuple[tuple, int]:
+    """(input (H, W, C), K) of a CorrFusionNet checkpoint's config.json; UsageError if it does
+    not say."""
+    try:
+        signature = config_signature(config)
+    except (AttributeError, TypeError, ValueError, IndexError):
+        signature = (None, None)
+    if None in signature:
+        raise UsageError(f"{path}: config.json: no image_size/channels/num_classes; expected a "
+                         "CorrFusionNet checkpoint written by train_cnn.py")
+    return signature
+
+
+def is_compiled(config: dict) -> bool:
+    """Whether the archive was saved with its optimiser (train_cnn.py's last.keras)."""
+    compiled = config.get("compile_config")
+    return isinstance(compiled, dict) and bool(compiled.get("optimizer"))
+
+
+def load_checkpoint(path, require_optimizer=False):
+    """Load a ``.keras`` checkpoint (``model.load_model``, ``safe_mode=True``).
+
+    Every failure to read becomes one ``UsageError`` line naming the file; with
+    ``require_optimizer`` a checkpoint saved without its optimiser is refused too (``--resume``).
+    TensorFlow/Keras start here.
+    """
+    import model as cfn  # Keras: imported when a checkpoint is loaded, not when this is imported
+
+    try:
+        net = cfn.load_model(path)
+    except Exception as e:  # noqa: BLE001 - any failure to read means "not a usable checkpoint"
+        first = (str(e).strip().splitlines() or [""])[0][:200]
+        raise UsageError(
+            f"{path}: not a readable Keras checkpoint ({type(e).__name__}: {first})"
+        ) from None
+    if require_optimizer and (not getattr(net, "compiled", False)
+                              or getattr(net, "optimizer", None) is None):
+        raise UsageError(f"{path}: saved without an optimiser (not compiled); expected the "
+                         "last.keras train_cnn.py writes")
+    return net
+
+
+def model_signature(net) -> tuple[tuple | None, int | None]:
+    """(input (H, W, C), number of classes K) of a two-input model; None where it cannot be read."""
+    config = getattr(net, "config", None)
+    if all(getattr(config, a, None) is not None for a in ("image_size", "channels", "num_classes")):
+        return (*config.image_size, config.channels), config.num_classes  # CorrFusionNet
+    shape = k = None
+    try:
+        shape = tuple(net.inputs[0].shape[1:])
+    except (AttributeError, IndexError, TypeError, ValueError):
+        pass
+    try:
+        out = net.output
+        if isinstance(out, dict) and "prob_t1" in out:
+            k = int(out["prob_t1"].shape[-1])
+    except (AttributeError, TypeError, ValueError):
+        pass
+    return shape, k
+
+
+def check_compatible(signature, summary, image_size, where, what="the checkpoint") -> int:
+    """Raise UsageError when a model's (input shape, K) does not fit a split; returns K."""
+    shape, k = signature
+    if k is not None:
+        if summary.class_names is not None and len(summary.class_names) != k:
+            raise UsageError(
+                f"{where}: class_names: {len(summary.class_names)} classes; expected {k}, the number "
+                f"of classes of {what}"
+            )
+        if summary.num_classes > k:
+            raise UsageError(
+                f"{where}: label_t1/label_t2: labels go up to {summary.num_classes}; expected at most "
+                f"{k}, the number of classes of {what}"
+            )
+    if shape is not None and None not in shape:
+        data_shape = (*(image_size or summary.image_shape[:2]), summary.image_shape[-1])
+        if tuple(data_shape) != tuple(shape):
+            hint = "; pass --image_size H,W to resize" if data_shape[-1] == shape[-1] else ""
+            raise UsageError(
+                f"{where}: image_t1/image_t2: images of {data_shape[0]}x{data_shape[1]}x{data_shape[2]}; "
+                f"expected {shape[0]}x{shape[1]}x{shape[2]}, the input of {what}{hint}"
+            )
+    return k if k is not None else summary.num_classes
+
+
+def check_checkpoint(path, splits: dict, summaries: dict, image_size=None) -> tuple[tuple, int]:
+    """Before loading: ``path`` is a two-date CorrFusionNet archive whose input and class count fit
+    every split (``{name: dir}`` with their ``SplitSummary``s). Returns its signature."""
+    config = read_checkpoint_config(path)
+    check_two_date_model(config, path)
+    signature = config_signature(config)
+    for name, split_dir in splits.items():
+        check_compatible(signature, summaries[name], image_size, split_dir, f"checkpoint {path}")
+    return signature

@@ -1,0 +1,352 @@
+"""Training: ``train(TrainConfig)``, what train_cnn.py and compare.py run (docs/DESIGN.md §2.3, §5).
+
+Reads like a table of contents: splits -> output checks -> data checks -> loaders -> per run
+(model -> fit -> evaluate the best checkpoint) -> summary. Everything that can be checked without
+TensorFlow is checked before it starts and before anything is written: every output path
+(``utils.rundir``: nothing a user made is replaced without --resume or --overwrite), every split,
+and with --resume each run's last_state.json and checkpoints against the data
+(``utils.checkpoints``). TensorFlow starts in ``load_data``, after the devices are chosen.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from data.shards import ShardError, inspect_split
+from data.splits import resolve_split_dirs
+from data.synthetic import demo_data_dir, ensure_demo_data
+from utils.checkpoints import (
+    check_compatible,
+    checkpoint_signature,
+    is_compiled,
+    load_checkpoint,
+    read_checkpoint_config,
+)
+from utils.cli import UsageError
+from utils.config import TrainConfig
+from utils.devices import make_strategy, select_devices, setup_backend
+from utils.evaluation import evaluate_split, write_outputs
+from utils.metrics import format_table
+from utils.rundir import (
+    RunPaths,
+    atomic_write_bytes,
+    atomic_write_json,
+    check_outputs,
+    make_run_dirs,
+    read_state,
+    run_paths,
+    summary_dir,
+    versions,
+)
+
+log = logging.getLogger("corrfusion.train")
+
+
+class TrainingDiverged(RuntimeError):
+    """A non-finite loss stopped the run (the message names the epoch and step)."""
+
+
+def train(config: TrainConfig, checked_splits=()) -> int:
+    """Train ``config.runs`` runs and evaluate each; 0, or 1 when a run diverged.
+
+    checked_splits: split directories the caller has read through with ``inspect_split`` already
+    (compare.py, once for all its runs): their headers and labels are checked, their image data
+    is not read again. Bad input raises ``UsageError`` (or a subclass) before anything is written.
+    """
+    select_devices(config.gpu)  # before TensorFlow starts
+    config = resolve_splits(config)
+    check_outputs(config)  # nothing a user made is replaced; every output directory can be made
+    if config.demo:
+        ensure_demo_data()
+    plan = check_data(config, checked_splits)  # NumPy only: a data error is one line
+    check_model_inputs(config, plan)
+    data = load_data(config, plan)
+    device_info = setup_backend(config.mixed_precision)
+    strategy = make_strategy(device_info)
+    try:
+        results = [train_one_run(config, data, k, strategy, device_info)
+                   for k in range(config.runs)]
+    except TrainingDiverged as e:
+        log.error("%s", e)
+        return 1
+    summarize_runs(config, results)
+    return 0
+
+
+def resolve_splits(config: TrainConfig) -> TrainConfig:
+    """The config with its trn/val/tst directories (``--data_dir``, or the demo's cached data)."""
+    data_dir = str(demo_data_dir()) if config.demo else config.data_dir
+    given = {"trn": config.trn_dir, "val": config.val_dir, "tst": config.tst_dir}
+    dirs = resolve_split_dirs(data_dir, given)
+    if dirs["trn"] is None or dirs["val"] is None:
+        raise UsageError("need a training and a validation split: give --data_dir or -trn and -val")
+    return config.replace(data_dir=data_dir, **{f"{s}_dir": d for s, d in dirs.items()})
+
+
+# -------------------------------------------------------------------------------------------- data
+@dataclass
+class DataPlan:
+    """The checked splits (NumPy only, before TensorFlow starts): what loaders and model are built for."""
+    splits: dict
+    summaries: dict
+    num_classes: int
+    image_size: tuple
+    channels: int
+    class_names: list | None
+
+
+@dataclass
+class Data(DataPlan):
+    """The checked splits with their streaming loaders (load_data)."""
+
+    trn: object
+    val: object
+    tst: object | None
+    steps_per_epoch: int
+
+
+def check_data(config, checked_splits=()) -> DataPlan:
+    """Validate every split (docs/DESIGN.md §4), the class count and the image shapes.
+
+    checked_splits: split directories the caller has read through with ``inspect_split`` already
+    (compare.py, once for all its runs): their headers and labels are checked, their image data
+    is not read again.
+    """
+    splits = {s: d for s, d in (("trn", config.trn_dir), ("val", config.val_dir), ("tst", config.tst_dir))
+              if d}
+    summaries = {}
+    for split, split_dir in splits.items():
+        summaries[split] = inspect_split(split_dir, check_values=split_dir not in checked_splits)
+        if summaries[split].n_pairs == 0:
+            raise ShardError(f"{split_dir}: label_t1/label_t2: no usable pairs; expected at least "
+                             "one pair with labels > 0 on both dates")
+    k_data = max(s.num_classes for s in summaries.values())
+    num_classes = config.num_classes or k_data
+    if num_classes < k_data:
+        worst = max(summaries.items(), key=lambda kv: kv[1].num_classes)
+        raise UsageError(f"{splits[worst[0]]}: labels go up to {k_data} but -n/--num_classes is "
+                         f"{num_classes}")
+    trn_shape = tuple(summaries["trn"].image_shape)
+    for split, summary in summaries.items():
+        shape = tuple(summary.image_shape)
+        if shape[-1] != trn_shape[-1] or (config.image_size is None and shape != trn_shape):
+            hint = "" if shape[-1] != trn_shape[-1] else "; pass --image_size to resize"
+            raise UsageError(f"{splits[split]}: image shape {shape} differs from the training "
+                             f"split's {trn_shape}{hint}")
+    names = summaries["trn"].class_names
+    return DataPlan(splits, summaries, num_classes, tuple(config.image_size or trn_shape[:2]),
+                    trn_shape[-1], list(names) if names is not None else None)
+
+
+def check_model_inputs(config, plan: DataPlan) -> None:
+    """The --weights file, or with --resume every run's last checkpoint and state against the data."""
+    if config.resume:
+        for k in range(config.runs):
+            check_resumable(config, plan, run_paths(config, k), k)
+    elif config.model.weights not in (None, "imagenet") and not Path(config.model.weights).is_file():
+        raise UsageError(f"{config.model.weights}: --weights: no such file; expected none, imagenet or a "
+                         "weights file")
+
+
+def check_resumable(config, plan: DataPlan, paths: RunPaths, k: int) -> None:
+    """last_state.json readable; last.keras (and best.keras) CorrFusionNet archives for this data's
+    class count and input size, last.keras with its optimiser; read without TensorFlow."""
+    read_state(paths.state)
+    saved = read_checkpoint_config(paths.last)
+    check_checkpoint_fits(config, plan, paths.last, saved,
+                          adopt=not config.num_classes and k == 0)
+    if not is_compiled(saved):
+        raise UsageError(f"{paths.last}: saved without an optimiser (not compiled); expected the "
+                         "last.keras train_cnn.py writes")
+    if paths.best.is_file():
+        check_checkpoint_fits(config, plan, paths.best, read_checkpoint_config(paths.best))
+
+
+def check_checkpoint_fits(config, plan: DataPlan, ckpt: Path, saved: dict, adopt=False) -> None:
+    """The checkpoint's input (H, W, C) and class count K fit every split (``utils.checkpoints.check_compatible``).
+    adopt: a K above the data's largest label becomes the run's class count (trained with -n K)."""
+    signature = checkpoint_signature(ckpt, saved)
+    for split, summary in plan.summaries.items():
+        check_compatible(signature, summary, config.image_size, plan.splits[split],
+                         f"checkpoint {ckpt}")
+    if signature[1] != plan.num_classes:
+        if not adopt:
+            raise UsageError(f"{ckpt}: a checkpoint for {signature[1]} classes; expected "
+                             f"{plan.num_classes} (-n/--num_classes, or the other checkpoints')")
+        plan.num_classes = signature[1]
+
+
+def load_data(config, plan: DataPlan) -> Data:
+    """The streaming loaders of the checked splits (TensorFlow starts here)."""
+    from data.loader import make_dataset, steps_per_epoch  # Keras: the loader is the backend's
+
+    for s in plan.summaries.values():
+        log.info("%s", s.format())
+
+    def loader(split, training):
+        ds, _ = make_dataset(plan.splits[split], config.batch_size, training=training,
+                             seed=config.seed, image_size=config.image_size,
+                             num_classes=plan.num_classes,
+                             raw_integers=True)  # the model scales uint8/uint16 on the device
+        return ds
+
+    return Data(**vars(plan), trn=loader("trn", True), val=loader("val", False),
+                tst=loader("tst", False) if config.tst_dir else None,
+                steps_per_epoch=steps_per_epoch(plan.summaries["trn"], config.batch_size, False))
+
+
+# ------------------------------------------------------------------------------------------- model
+def build_optimizer(config, steps_per_epoch: int):
+    import keras
+
+    if len(config.lr) == 1:
+        lr = config.lr[0]
+    else:
+        boundaries = [b * steps_per_epoch for b in config.lr_boundaries]
+        lr = keras.optimizers.schedules.PiecewiseConstantDecay(boundaries, list(config.lr))
+    if config.optimizer == "sgd":
+        return keras.optimizers.SGD(learning_rate=lr, momentum=config.momentum, nesterov=True)
+    if config.optimizer == "adam":
+        return keras.optimizers.Adam(learning_rate=lr)
+    return keras.optimizers.AdamW(learning_rate=lr)
+
+
+def build_or_resume(config, data: Data, paths: RunPaths, seed: int):
+    """A fresh compiled model, or the last checkpoint (weights, optimiser, running covariances)."""
+    import model as cfn
+    from model.backbones import WeightsError
+
+    if config.resume:
+        state = read_state(paths.state)
+        net = load_checkpoint(paths.last, require_optimizer=True)
+        net.jit_compile = config.jit
+        log.info("resuming %s after epoch %d", paths.last, state["epoch"])
+        return net, state
+    try:
+        net = cfn.build_model(config.model.replace(
+            num_classes=data.num_classes, image_size=data.image_size, channels=data.channels,
+            seed=seed))
+    except WeightsError as e:
+        raise UsageError(f"{e.path}: --weights: {e.reason}") from None
+    except ValueError as e:
+        raise UsageError(f"--backbone {config.backbone}: {e}") from None
+    net.compile(optimizer=build_optimizer(config, data.steps_per_epoch), jit_compile=config.jit)
+    return net, {"epoch": 0, "best_score": -math.inf, "best_epoch": None}
+
+
+# --------------------------------------------------------------------------------------- callbacks
+def make_callbacks(config, data: Data, paths: RunPaths, state: dict, run_info: dict):
+    from data.loader import make_dataset
+    from utils.callbacks import (
+        Checkpoints,
+        EpochLog,
+        FiniteLossGuard,
+        SplitEvaluation,
+        TensorBoardLogger,
+    )
+
+    guard = FiniteLossGuard()
+    extra = {"tst": data.tst} if data.tst is not None else {}
+    if config.eval_trn:
+        extra["trn"], _ = make_dataset(config.trn_dir, config.batch_size, training=False,
+                                       image_size=config.image_size, num_classes=data.num_classes,
+                                       raw_integers=True)
+    cbs = [guard, SplitEvaluation(extra, guard)]
+    if config.save_model:
+        cbs.append(Checkpoints(paths.best, paths.last, paths.state, guard, state, run_info))
+    if config.save_log:
+        cbs.append(EpochLog(paths.log_dir / "log.txt", paths.log_dir / "history.csv",
+                            append=config.resume))
+    if config.use_tfboard:
+        tb = TensorBoardLogger.create(paths.tb_dir, sample=data.val)
+        if tb is not None:
+            cbs.append(tb)
+    return cbs, guard
+
+
+# -------------------------------------------------------------------------------------------- runs
+def train_one_run(config, data: Data, k: int, strategy, device_info: dict) -> dict:
+    import keras
+
+    paths = run_paths(config, k)
+    seed = config.seed + k
+    keras.backend.clear_session()
+    keras.utils.set_random_seed(seed)
+    with strategy.scope():
+        net, state = build_or_resume(config, data, paths, seed)
+    run_info = {"run": k, "seed": seed}
+    make_run_dirs(config, paths)
+    atomic_write_json(paths.root / "args.json", {
+        "args": config.to_args(), "run": k, "seed": seed, "devices": device_info, "versions": versions(),
+        "data": {s: v.to_dict() for s, v in data.summaries.items()},
+        "num_classes": data.num_classes, "class_names": data.class_names,
+        "image_size": list(data.image_size), "command": sys.argv})
+    callbacks, guard = make_callbacks(config, data, paths, state, run_info)
+    initial_epoch = int(state["epoch"])
+    if initial_epoch >= config.epochs:
+        log.info("run %d already trained for %d epochs", k, initial_epoch)
+    else:
+        set_loader_epoch(data, initial_epoch)
+        net.fit(data.trn, validation_data=data.val, epochs=config.epochs,
+                initial_epoch=initial_epoch, callbacks=callbacks, shuffle=False, verbose=2)
+    if guard.failure:
+        raise TrainingDiverged(guard.failure)
+    return evaluate_run(config, data, paths, net)
+
+
+def set_loader_epoch(data: Data, epoch: int) -> None:
+    """Resume with the shuffle order the uninterrupted run would have used at this epoch."""
+    setter = getattr(data.trn, "set_epoch", None)
+    if setter is not None:
+        setter(epoch)
+
+
+def evaluate_run(config, data: Data, paths: RunPaths, net) -> dict:
+    """The best checkpoint (or the final weights when checkpoints are off) on the test split."""
+    if data.tst is None:
+        log.info("no test split given: skipping the final evaluation")
+        return {}
+
+    best = load_checkpoint(paths.best) if config.save_model and paths.best.is_file() else net
+    metrics, preds = evaluate_split(best, config.tst_dir, batch_size=config.batch_size,
+                                    threshold=0.5, class_names=data.class_names,
+                                    image_size=config.image_size,
+                                    check_values=False)  # check_data read it in full
+    write_outputs(paths.result_dir / "tst", metrics, preds, data.class_names, overwrite=True)
+    log.info("test metrics of %s:\n%s", paths.best if best is not net else "the final weights",
+             format_table(metrics))
+    return metrics
+
+
+SUMMARY_KEYS = ("OA_t1", "OA_t2", "OA_bi", "OA_tr", "kappa_t1", "kappa_t2", "change_precision",
+                "change_recall", "change_f1", "change_kappa")
+
+
+def summarize_runs(config, results: list[dict]) -> dict:
+    """Mean ± std of each run's test metrics, written as JSON and CSV into the result path."""
+    results = [r for r in results if r]
+    if len(results) < 2:
+        return {}
+    summary = {}
+    for key in SUMMARY_KEYS:
+        vals = [float(r[key]) for r in results if r.get(key) is not None]
+        if vals:
+            summary[key] = {"mean": float(np.mean(vals)), "std": float(np.std(vals)),
+                            "runs": vals}
+    out = summary_dir(config)
+    rows = ["metric,mean,std," + ",".join(f"run{k}" for k in range(len(results)))]
+    rows += [f"{k},{v['mean']:.6f},{v['std']:.6f}," + ",".join(f"{x:.6f}" for x in v["runs"])
+             for k, v in summary.items()]
+    atomic_write_json(out / "summary.json", summary)
+    atomic_write_bytes(out / "summary.csv", ("\n".join(rows) + "\n").encode())
+    lines = [f"{k:>18s}  {v['mean']:.4f} ± {v['std']:.4f}" for k, v in summary.items()]
+    log.info("test metrics over %d run(s):\n%s", len(results), "\n".join(lines))
+    return summary
+
+
