@@ -79,8 +79,9 @@ def compare_parser() -> argparse.ArgumentParser:
                       default=["baseline", "corrfusion", "dcca", "sdcca", "bovw"],
                       help=f"comma-separated, from {', '.join(ALL_METHODS)} "
                            "(default baseline,corrfusion,dcca,sdcca,bovw)")
-    runs.add_argument("--backbone", choices=BACKBONE_NAMES, default="vgg16",
-                      help="backbone of every CNN method (default vgg16)")
+    runs.add_argument("--backbone", choices=BACKBONE_NAMES, default=None,
+                      help="backbone of every CNN method (default vgg16, or the forwarded "
+                           "--preset's: resnet50 for --preset original)")
     runs.add_argument("--runs", type=positive_int, default=3, help="runs per method (default 3)")
     runs.add_argument("--seed", type=int, default=0, help="seed of run 0; run k uses seed + k")
     runs.add_argument("--workdir", default="runs/compare", help="default runs/compare")
@@ -110,9 +111,13 @@ def parse_args(argv=None):
                                               "tst": args.tst_dir})
     args.trn_dir, args.val_dir, args.tst_dir = dirs["trn"], dirs["val"], dirs["tst"]
     # The forwarded options are train_cnn.py's: usage errors now, not in the first run.
-    targs = check_train_args(tparser, tparser.parse_args(["-trn", args.trn_dir] + args.forward))
+    targv = ["-trn", args.trn_dir] + args.forward
+    targs = check_train_args(tparser, tparser.parse_args(targv), targv)
+    if args.backbone is not None:
+        targs.backbone = args.backbone
+    args.backbone = targs.backbone
     args.train = TrainConfig.from_args(targs).replace(
-        backbone=args.backbone, trn_dir=args.trn_dir, val_dir=args.val_dir, tst_dir=args.tst_dir)
+        trn_dir=args.trn_dir, val_dir=args.val_dir, tst_dir=args.tst_dir)
     return args
 
 

@@ -12,11 +12,34 @@ from __future__ import annotations
 
 import argparse
 
-from model.config import BACKBONES, CORR_NORMS, METHODS, ModelConfig
+from model.config import (
+    BACKBONES,
+    BN_MODES,
+    CORR_NORMS,
+    DECOV_INITS,
+    DECOV_PENALTIES,
+    FUSION_INITS,
+    METHODS,
+    POOLINGS,
+    ModelConfig,
+)
 
 BACKBONE_NAMES = tuple(BACKBONES)
 METHOD_NAMES = tuple(METHODS)
 OPTIMIZER_NAMES = ("sgd", "adam", "adamw")
+
+#: ``--preset NAME`` -> {dest: value}, applied to every option not given on the command line.
+#: ``original``: what the original code that trained CorrFusion ran (rulixiang/CorrFusionNet at
+#: 611d99b / 7a4fe70 / fd37a24; README "Differences from the original code").
+PRESETS = {
+    "original": {
+        "backbone": "resnet50", "shared": False, "pooling": "flatten", "bn": "frozen",
+        "l2": 1e-4, "decov_init": "orthogonal", "decov_penalty": "original",
+        "fusion_init": "glorot_uniform", "hidden": 1024, "reduction": 2, "lambda1": 0.1,
+        "lambda2": 1e-4, "corr_norm": "batch", "optimizer": "sgd", "lr": [1e-3],
+        "lr_boundaries": [], "momentum": 0.9, "nesterov": True, "batch_size": 32, "epochs": 100,
+    },
+}
 
 _TRUE = {"true", "t", "1", "yes", "y", "on"}
 _FALSE = {"false", "f", "0", "no", "n", "off"}
@@ -175,17 +198,42 @@ def train_parser() -> argparse.ArgumentParser:
     model.add_argument("--corr_norm", choices=CORR_NORMS, default=ModelConfig.corr_norm,
                        help="divide the correlation loss by the batch size (original) or by the "
                             "number of unchanged pairs")
+    model.add_argument("--l2", type=non_negative_float, default=ModelConfig.l2,
+                       help="L2 factor of the per-date Dense kernels, in the original's convention: "
+                            "the loss is l2 * sum(w^2) / 2 (tf.contrib.layers.l2_regularizer), "
+                            "i.e. keras.regularizers.L2(l2 / 2)")
+    model.add_argument("--bn", choices=BN_MODES, default=ModelConfig.bn,
+                       help="batch: BatchNormalization with batch statistics in training; frozen: "
+                            "every BN (backbone, CorrFusion, views) always in inference mode with "
+                            "moving mean 0 / variance 1, a trainable affine map (the original's TF1 graph)")
+    model.add_argument("--pooling", choices=POOLINGS, default=ModelConfig.pooling,
+                       help="pooling of the backbone's last feature map (avg: global average; "
+                            "flatten: the original's)")
+    model.add_argument("--decov_init", choices=DECOV_INITS, default=ModelConfig.decov_init,
+                       help="start of the soft-decorrelation running covariances (the original: orthogonal)")
+    model.add_argument("--decov_penalty", choices=DECOV_PENALTIES, default=ModelConfig.decov_penalty,
+                       help="offdiag: sum_{j!=k} |C_jk|; original: sum |C| - sum diag(C)")
+    model.add_argument("--fusion_init", choices=FUSION_INITS, default=ModelConfig.fusion_init,
+                       help="initialiser of CorrFusion's squeeze/excite kernels (the original: glorot_uniform)")
 
     opt = p.add_argument_group("optimisation")
     opt.add_argument("-e", "--epoches", "--epochs", dest="epochs", type=positive_int, default=100,
                      help="number of epochs")
+    opt.add_argument("--preset", choices=tuple(PRESETS), default=None,
+                     help="original: every setting of the original CorrFusion training code at once "
+                          "(ResNet50 per date, flatten, frozen BN, constant 1e-3 Nesterov SGD, ...); "
+                          "options given explicitly override it")
     opt.add_argument("--optimizer", choices=OPTIMIZER_NAMES, default="sgd",
-                     help="sgd = SGD with Nesterov momentum 0.9 (original)")
-    opt.add_argument("--lr", type=float_list, default=[5e-3, 1e-3, 1e-4, 1e-5],
-                     help="learning rates of the piecewise-constant schedule (one value = constant)")
-    opt.add_argument("--lr_boundaries", type=int_list, default=[30, 60, 90],
-                     help="epochs at which the learning rate steps to the next value")
+                     help="sgd = SGD with momentum (Nesterov unless --no-nesterov), as the original")
+    opt.add_argument("--lr", type=float_list, default=[1e-3],
+                     help="learning rate: one value = constant (the original: 1e-3), several = a "
+                          "piecewise-constant schedule with --lr_boundaries, e.g. 5e-3,1e-3,1e-4,1e-5 "
+                          "(the schedule the original's HEAD only wrote to TensorBoard)")
+    opt.add_argument("--lr_boundaries", type=int_list, default=[],
+                     help="epochs at which the learning rate steps to the next value, e.g. 30,60,90")
     opt.add_argument("--momentum", type=non_negative_float, default=0.9, help="SGD momentum")
+    opt.add_argument("--nesterov", action=argparse.BooleanOptionalAction, default=True,
+                     help="Nesterov momentum for sgd (the original's)")
     opt.add_argument("--seed", type=int, default=0, help="seed of run 0 (run k uses seed + k)")
     opt.add_argument("--runs", type=positive_int, default=1,
                      help="independent runs (the original trained 3), each in WORKDIR/k/")
@@ -212,8 +260,32 @@ def train_parser() -> argparse.ArgumentParser:
     return p
 
 
-def check_train_args(parser: argparse.ArgumentParser, args) -> argparse.Namespace:
-    """The rules between train_cnn.py's options (usage errors, exit 2); returns args."""
+def given_dests(parser: argparse.ArgumentParser, argv) -> set[str]:
+    """The ``dest`` of every option given on the command line ``argv`` (abbreviations and
+    ``--flag=value`` included): the parser run again with every default suppressed."""
+    saved = [(action, action.default) for action in parser._actions]
+    try:
+        for action, _ in saved:
+            action.default = argparse.SUPPRESS
+        return set(vars(parser.parse_args(argv)))
+    finally:
+        for action, default in saved:
+            action.default = default
+
+
+def apply_defaults(parser: argparse.ArgumentParser, args, argv, values: dict) -> None:
+    """Set ``values`` ({dest: value}) on ``args`` where the option was not given in ``argv``."""
+    given = given_dests(parser, argv)
+    for dest, value in values.items():
+        if dest not in given:
+            setattr(args, dest, list(value) if isinstance(value, list) else value)
+
+
+def check_train_args(parser: argparse.ArgumentParser, args, argv=None) -> argparse.Namespace:
+    """The preset (``--preset``; options given in ``argv`` win) and the rules between
+    train_cnn.py's options (usage errors, exit 2); returns args."""
+    if args.preset:
+        apply_defaults(parser, args, argv, PRESETS[args.preset])
     if args.resume and args.overwrite:
         parser.error("--resume and --overwrite exclude each other")
     if len(args.lr) != len(args.lr_boundaries) + 1 and len(args.lr) != 1:
@@ -229,8 +301,9 @@ def eval_parser() -> argparse.ArgumentParser:
                     "transition metrics, figures, predictions and change maps.",
         formatter_class=_HelpFormatter,
     )
-    p.add_argument("-m", "--model", required=True,
-                   help="a .keras checkpoint, or a run directory (its checkpoints/best.keras)")
+    p.add_argument("-m", "--model", "--model_dir", dest="model", required=True,
+                   help="a .keras checkpoint, or a run directory (its checkpoints/best.keras); "
+                        "--model_dir is the original evaluate_model.py's name")
     data = p.add_argument_group("data")
     _add_data_args(data)
     data.add_argument("--threshold", type=probability, default=0.5,

@@ -14,7 +14,7 @@ import sys
 import time
 from pathlib import Path
 
-from parser import check_train_args, option_strings, train_parser
+from parser import PRESETS, apply_defaults, check_train_args, train_parser
 from utils.cli import configure_logging, run_main
 from utils.config import TrainConfig
 
@@ -26,9 +26,10 @@ DEMO_TRAIN = {"backbone": "small", "method": "corrfusion", "epochs": 12, "batch_
 
 def parse_args(argv=None):
     parser = train_parser()
-    args = check_train_args(parser, parser.parse_args(argv))
+    argv = sys.argv[1:] if argv is None else list(argv)
+    args = check_train_args(parser, parser.parse_args(argv), argv)
     if args.demo:
-        apply_demo_defaults(parser, args, sys.argv[1:] if argv is None else argv)
+        apply_demo_defaults(parser, args, argv)
     elif not (args.data_dir or args.trn_dir):
         parser.error("give --data_dir (holding trn/ val/ tst/) or -trn/-val/-tst, or use --demo")
     return args
@@ -36,10 +37,8 @@ def parse_args(argv=None):
 
 def apply_demo_defaults(parser, args, argv) -> None:
     """--demo: small backbone, few epochs, cached demo data; flags given explicitly still win."""
-    given = {a.split("=")[0] for a in argv if a.startswith("-")}
-    for key, value in DEMO_TRAIN.items():
-        if not given & option_strings(parser, [key]):
-            setattr(args, key, value)
+    preset = PRESETS.get(args.preset, {})  # a --preset's values stay (it was asked for)
+    apply_defaults(parser, args, argv, {k: v for k, v in DEMO_TRAIN.items() if k not in preset})
     if args.workdir is None:
         args.workdir = str(Path("runs") / time.strftime("demo-%Y%m%d-%H%M%S"))
 

@@ -32,7 +32,7 @@ def train_config(argv):
     from utils.training import resolve_splits
 
     parser = train_parser()
-    return resolve_splits(TrainConfig.from_args(check_train_args(parser, parser.parse_args(argv))))
+    return resolve_splits(TrainConfig.from_args(check_train_args(parser, parser.parse_args(argv), argv)))
 
 
 def write_random_split(split_dir, pairs_per_shard, size, classes=4, seed=0, channels=3,

@@ -1,4 +1,4 @@
-"""Canonical correlation (DESIGN.md §2.1) and the DCCA loss with its closed-form gradient (§2.2).
+"""Canonical correlation (docs/DESIGN.md §2.1) and the DCCA loss with its closed-form gradient (§2.2).
 
 Both functions take two views ``h1`` (n, d1) and ``h2`` (n, d2), compute in float32 whatever the
 input dtype (mixed precision safe) and use only ``keras.ops``, so they run on every backend.
@@ -156,7 +156,7 @@ def _dcca_core(r, eps):
             if upstream is None:
                 (upstream,) = args
             upstream = ops.cast(upstream, "float32")
-            # DESIGN §2.2's closed form with T's singular vectors V1·Ua, V2·Va: the gradient of the
+            # docs/DESIGN.md §2.2's closed form with T's singular vectors V1·Ua, V2·Va: the gradient of the
             # correlation w.r.t. the centred views is (P2 − P1 S) Uaᵀ E1 V1ᵀ / √(n−1) and
             # (P1 − P2 S) Vaᵀ E2 V2ᵀ / √(n−1), with P1 = U1 D1 Ua, P2 = U2 D2 Va. Since
             # A Va = Ua S, P1 S = U1 D1² U1ᵀ P2 (and P2 S = U2 D2² U2ᵀ P1): the differences are

@@ -60,6 +60,26 @@ METHODS = {
 }
 
 CORR_NORMS = ("batch", "unchanged")
+#: ``bn``: batch statistics in training (this project), or ``frozen``: every BatchNormalization
+#: (backbone, CorrFusion, the BN views) always in inference mode with its moving mean 0 and
+#: variance 1, i.e. a trainable per-feature affine map γ·x/√(1 + ε) + β: what the original's TF1
+#: graph ran (``training`` left at False, update ops never run)
+BN_MODES = ("batch", "frozen")
+#: ``pooling`` of the backbone's last feature map: global average (this project) or flatten (original)
+POOLINGS = ("avg", "flatten")
+#: ``decov_init``: the running covariances start as the identity (this project) or as a random
+#: orthogonal matrix (the original's ``tf.orthogonal_initializer()``)
+DECOV_INITS = ("identity", "orthogonal")
+#: ``decov_penalty``: Σ_{j≠k}|C_jk| (this project) or the original's Σ|C| − Σ diag(C); the two
+#: agree while the diagonal is non-negative (identity start), not from an orthogonal start
+DECOV_PENALTIES = ("offdiag", "original")
+#: ``fusion_init``: initialiser of CorrFusion's squeeze/excite kernels (the original left
+#: ``tf.layers.dense``'s Glorot-uniform default there)
+FUSION_INITS = ("glorot_normal", "glorot_uniform")
+
+#: the ModelConfig fields with a fixed set of values (parser.py offers them as choices)
+CHOICES = {"corr_norm": CORR_NORMS, "bn": BN_MODES, "pooling": POOLINGS,
+           "decov_init": DECOV_INITS, "decov_penalty": DECOV_PENALTIES, "fusion_init": FUSION_INITS}
 
 
 @dataclass(frozen=True)
@@ -82,7 +102,14 @@ class ModelConfig:
         lambda2: weight of the soft decorrelation loss (corrfusion, sdcca).
         rho: running covariance factor ρ.
         corr_norm: ``"batch"`` (÷ n, the original) or ``"unchanged"`` (÷ Σu).
-        l2: L2 factor on the per-date Dense kernels.
+        l2: L2 factor on the per-date Dense kernels in the original's convention
+            (``tf.contrib.layers.l2_regularizer``): the loss is l2·Σw²/2, i.e. Keras'
+            ``L2(l2 / 2)``.
+        bn: ``BN_MODES``: batch statistics in training, or frozen (the original's TF1 graph).
+        pooling: ``POOLINGS``: global average pooling or flatten of the backbone's feature map.
+        decov_init: ``DECOV_INITS``: start of the soft-decorrelation running covariances.
+        decov_penalty: ``DECOV_PENALTIES``: the soft-decorrelation penalty's form.
+        fusion_init: ``FUSION_INITS``: initialiser of CorrFusion's squeeze/excite kernels.
         seed: seed of the head/fusion initialisers and of the small CNN.
         input_mapping: map [-0.5, 0.5] to the pretrained network's input range; None → when
             ``weights`` is given and the backbone has a mapping.
@@ -102,6 +129,11 @@ class ModelConfig:
     rho: float = 0.9
     corr_norm: str = "batch"
     l2: float = 1e-4
+    bn: str = "batch"
+    pooling: str = "avg"
+    decov_init: str = "identity"
+    decov_penalty: str = "offdiag"
+    fusion_init: str = "glorot_normal"
     seed: int | None = None
     input_mapping: bool | None = None
 
@@ -143,10 +175,11 @@ class ModelConfig:
                 f"hidden must be a positive multiple of reduction; received hidden={self.hidden!r}, "
                 f"reduction={self.reduction!r}."
             )
-        if self.corr_norm not in CORR_NORMS:
-            raise ValueError(
-                f"corr_norm must be one of {CORR_NORMS}; received corr_norm={self.corr_norm!r}."
-            )
+        for key, choices in CHOICES.items():
+            if getattr(self, key) not in choices:
+                raise ValueError(
+                    f"{key} must be one of {choices}; received {key}={getattr(self, key)!r}."
+                )
         for key in ("lambda1", "lambda2", "l2"):
             if float(getattr(self, key)) < 0:
                 raise ValueError(f"{key} must be >= 0; received {key}={getattr(self, key)!r}.")

@@ -50,6 +50,8 @@ class CorrFusion(keras.layers.Layer):
         rho: running-average factor ρ in [0, 1).
         epsilon: ε under the square root of the distance.
         return_views: also return the batch-normalised views ``X_bn``, ``Y_bn``.
+        frozen_bn: run BN1, BN2 in inference mode always (moving mean 0, variance 1 for ever: a
+            trainable affine map γ·x/√(1 + ε) + β), as the original's TF1 graph did.
         kernel_initializer: initializer of the four Dense kernels.
         bias_initializer: initializer of the four Dense biases.
         kernel_regularizer: optional regularizer of the four Dense kernels.
@@ -71,6 +73,7 @@ class CorrFusion(keras.layers.Layer):
         rho=0.9,
         epsilon=1e-12,
         return_views=False,
+        frozen_bn=False,
         kernel_initializer="glorot_normal",
         bias_initializer="zeros",
         kernel_regularizer=None,
@@ -90,6 +93,7 @@ class CorrFusion(keras.layers.Layer):
         self.rho = float(rho)
         self.epsilon = float(epsilon)
         self.return_views = bool(return_views)
+        self.frozen_bn = bool(frozen_bn)
         self.kernel_initializer = keras.initializers.get(kernel_initializer)
         self.bias_initializer = keras.initializers.get(bias_initializer)
         self.kernel_regularizer = keras.regularizers.get(kernel_regularizer)
@@ -153,8 +157,9 @@ class CorrFusion(keras.layers.Layer):
 
     def call(self, inputs, training=None):
         x, y = inputs
-        x_bn = self.bn_t1(self.squeeze_t1(x), training=training)
-        y_bn = self.bn_t2(self.squeeze_t2(y), training=training)
+        bn_training = False if self.frozen_bn else training
+        x_bn = self.bn_t1(self.squeeze_t1(x), training=bn_training)
+        y_bn = self.bn_t2(self.squeeze_t2(y), training=bn_training)
         x_re = self.excite_t1(x_bn)
         y_re = self.excite_t2(y_bn)
         dist = pair_distance(x_bn, y_bn, self.epsilon)
@@ -197,6 +202,7 @@ class CorrFusion(keras.layers.Layer):
                 "rho": self.rho,
                 "epsilon": self.epsilon,
                 "return_views": self.return_views,
+                "frozen_bn": self.frozen_bn,
                 "kernel_initializer": keras.initializers.serialize(self.kernel_initializer),
                 "bias_initializer": keras.initializers.serialize(self.bias_initializer),
                 "kernel_regularizer": keras.regularizers.serialize(self.kernel_regularizer),

@@ -5,7 +5,7 @@
 * ``pair_distance(a, b, eps)`` — ``sqrt(Σ_j (a_ij − b_ij)² + eps)`` per row.
 * ``correlation_loss(dist, y1, y2, lambda1, corr_norm)`` — λ1 · Σ dist_i u_i / n (or / Σu).
 * ``running_covariance(cov, b, rho)`` — ρ·C + (1 − ρ)·BᵀB/(n − 1), gradient only through B.
-* ``decorrelation_penalty(cov)`` — Σ_{j≠k} |C_jk|.
+* ``decorrelation_penalty(cov, form)`` — Σ_{j≠k} |C_jk| (or the original's Σ|C| − Σ diag C).
 * ``dcca_loss`` — re-exported from ``model.cca``.
 * ``SoftDecorrelation`` — layer holding one running covariance per date (SDL, soft DCCA).
 """
@@ -14,7 +14,7 @@ import keras
 from keras import ops
 
 from model.cca import dcca_loss
-from model.config import CORR_NORMS
+from model.config import CORR_NORMS, DECOV_INITS, DECOV_PENALTIES
 
 __all__ = [
     "CORR_NORMS",
@@ -76,10 +76,14 @@ def running_covariance(cov, b, rho=0.9):
     return rho * ops.stop_gradient(ops.cast(cov, "float32")) + (1.0 - rho) * batch_cov
 
 
-def decorrelation_penalty(cov):
-    """``Σ_{j≠k} |C_jk|`` of a square matrix (float32 scalar)."""
+def decorrelation_penalty(cov, form="offdiag"):
+    """``Σ_{j≠k} |C_jk|`` of a square matrix (float32 scalar); ``form="original"``: the original
+    code's ``Σ|C| − Σ diag(C)``, which adds 2·|C_jj| for every negative diagonal entry."""
+    if form not in DECOV_PENALTIES:
+        raise ValueError(f"form must be one of {DECOV_PENALTIES}; received form={form!r}.")
     cov = ops.cast(cov, "float32")
-    return ops.sum(ops.abs(cov)) - ops.sum(ops.abs(ops.diagonal(cov)))
+    diagonal = ops.diagonal(cov)
+    return ops.sum(ops.abs(cov)) - ops.sum(ops.abs(diagonal) if form == "offdiag" else diagonal)
 
 
 @keras.saving.register_keras_serializable(package="corrfusion")
@@ -88,14 +92,20 @@ class SoftDecorrelation(keras.layers.Layer):
 
     The one home of the running covariances (``model.corrfusion.CorrFusion`` holds one of these
     layers): one non-trainable float32 weight per view (``cov_t1``, ``cov_t2``, initialised to the
-    identity). In training mode each call updates ``C ← ρ·C + (1 − ρ)·BᵀB/(n − 1)`` and returns
-    ``λ2 · Σ_views Σ_{j≠k} |C_jk|`` (gradients only through the current batch term). In inference
+    identity, or to a random orthogonal matrix as the original did). In training mode each call
+    updates ``C ← ρ·C + (1 − ρ)·BᵀB/(n − 1)`` and returns ``λ2 · Σ_views Σ_{j≠k} |C_jk|`` (or the
+    original's ``Σ|C| − Σ diag C``; gradients only through the current batch term). In inference
     the same value is computed without touching the state. The caller decides where the loss goes
     (``CorrFusion`` adds it with ``add_loss``; ``CorrFusionNet`` logs it as ``decov_loss``).
 
     Args:
         lambda2: weight λ2 of the loss.
         rho: running-average factor ρ in [0, 1).
+        init: ``"identity"`` or ``"orthogonal"`` (``model.config.DECOV_INITS``): the covariances'
+            start.
+        penalty: ``"offdiag"`` or ``"original"`` (``model.config.DECOV_PENALTIES``), see
+            ``decorrelation_penalty``.
+        seed: seed of the orthogonal start (date 2 uses seed + 1).
         **kwargs: base layer arguments (``name``, ``dtype``, ...).
 
     Call arguments:
@@ -106,14 +116,27 @@ class SoftDecorrelation(keras.layers.Layer):
         The float32 scalar loss (shape ``()``).
     """
 
-    def __init__(self, lambda2=1e-4, rho=0.9, **kwargs):
+    def __init__(self, lambda2=1e-4, rho=0.9, init="identity", penalty="offdiag", seed=None,
+                 **kwargs):
         super().__init__(**kwargs)
         if not 0.0 <= float(rho) < 1.0:
             raise ValueError(f"rho must be in [0, 1); received rho={rho!r}.")
         if float(lambda2) < 0:
             raise ValueError(f"lambda2 must be >= 0; received lambda2={lambda2!r}.")
+        if init not in DECOV_INITS:
+            raise ValueError(f"init must be one of {DECOV_INITS}; received init={init!r}.")
+        if penalty not in DECOV_PENALTIES:
+            raise ValueError(f"penalty must be one of {DECOV_PENALTIES}; received penalty={penalty!r}.")
         self.lambda2 = float(lambda2)
         self.rho = float(rho)
+        self.init = init
+        self.penalty = penalty
+        self.seed = None if seed is None else int(seed)
+
+    def _initializer(self, offset):
+        if self.init == "identity":
+            return "identity"
+        return keras.initializers.Orthogonal(seed=None if self.seed is None else self.seed + offset)
 
     def build(self, input_shape):
         if not isinstance(input_shape, (list, tuple)) or len(input_shape) != 2:
@@ -122,11 +145,11 @@ class SoftDecorrelation(keras.layers.Layer):
             )
         s1, s2 = input_shape
         self.cov_t1 = self.add_weight(
-            name="cov_t1", shape=(s1[-1], s1[-1]), initializer="identity",
+            name="cov_t1", shape=(s1[-1], s1[-1]), initializer=self._initializer(0),
             dtype="float32", trainable=False, aggregation="mean",
         )
         self.cov_t2 = self.add_weight(
-            name="cov_t2", shape=(s2[-1], s2[-1]), initializer="identity",
+            name="cov_t2", shape=(s2[-1], s2[-1]), initializer=self._initializer(1),
             dtype="float32", trainable=False, aggregation="mean",
         )
 
@@ -137,7 +160,8 @@ class SoftDecorrelation(keras.layers.Layer):
         if training:
             self.cov_t1.assign(ops.stop_gradient(c1))
             self.cov_t2.assign(ops.stop_gradient(c2))
-        return self.lambda2 * (decorrelation_penalty(c1) + decorrelation_penalty(c2))
+        return self.lambda2 * (decorrelation_penalty(c1, self.penalty)
+                               + decorrelation_penalty(c2, self.penalty))
 
     def compute_output_shape(self, input_shape):
         return ()
@@ -147,5 +171,6 @@ class SoftDecorrelation(keras.layers.Layer):
 
     def get_config(self):
         config = super().get_config()
-        config.update({"lambda2": self.lambda2, "rho": self.rho})
+        config.update({"lambda2": self.lambda2, "rho": self.rho, "init": self.init,
+                       "penalty": self.penalty, "seed": self.seed})
         return config

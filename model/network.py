@@ -72,8 +72,10 @@ class _Decorrelated(MethodSpec):
     (corrfusion, sdcca): one ``SoftDecorrelation`` layer, its loss returned as ``decov_loss``."""
 
     def build(self, model):
+        c = model.config
         model.decorrelation = SoftDecorrelation(
-            lambda2=model.config.lambda2, rho=model.config.rho, name="decorrelation"
+            lambda2=c.lambda2, rho=c.rho, init=c.decov_init, penalty=c.decov_penalty,
+            seed=None if c.seed is None else c.seed + 200, name="decorrelation",
         )
 
     def decorrelate(self, model, out, training):
@@ -98,7 +100,8 @@ class _CorrFusionMethod(_Decorrelated):
             lambda2=0.0,  # the decorrelation is applied on the returned views (_Decorrelated)
             rho=model.config.rho,
             return_views=True,
-            kernel_initializer=model._initializer(100),
+            frozen_bn=model.config.bn == "frozen",
+            kernel_initializer=model._initializer(100, model.config.fusion_init),
             name="corrfusion",
         )
 
@@ -110,6 +113,7 @@ class _CorrFusionMethod(_Decorrelated):
 
 def _bn_views(model, x, y, training):
     """BN(X), BN(Y): a plain BatchNormalization on each date's feature (no projection)."""
+    training = model.bn_training(training)
     return {"view_t1": model.view_bn_t1(x, training=training),
             "view_t2": model.view_bn_t2(y, training=training)}
 
@@ -197,9 +201,13 @@ class CorrFusionNet(keras.Model):
                 None if c.seed is None else c.seed + 1000,
             )
         #: run both dates through the backbone as one batch (shared and no batch statistics)
-        self.one_pass = c.shared and not has_batch_statistics(self.backbone)
-        self.pool = keras.layers.GlobalAveragePooling2D(name="gap")
-        reg = keras.regularizers.L2(c.l2) if c.l2 else None
+        self.one_pass = c.shared and (c.bn == "frozen" or not has_batch_statistics(self.backbone))
+        if c.pooling == "flatten":
+            self.pool = keras.layers.Flatten(name="flatten")
+        else:
+            self.pool = keras.layers.GlobalAveragePooling2D(name="gap")
+        # the original's convention (tf.contrib.layers.l2_regularizer): l2·Σw²/2
+        reg = keras.regularizers.L2(c.l2 / 2) if c.l2 else None
         for t, off in (("t1", 0), ("t2", 10)):
             for i in (1, 2):
                 setattr(self, f"fc{i}_{t}", keras.layers.Dense(
@@ -222,9 +230,15 @@ class CorrFusionNet(keras.Model):
             self._trackers[n] = tracker
         self.build(((None, *input_shape), (None, *input_shape)))
 
-    def _initializer(self, offset):
+    def _initializer(self, offset, kind="glorot_normal"):
         seed = self.config.seed
-        return keras.initializers.GlorotNormal(seed=None if seed is None else seed + offset)
+        cls = keras.initializers.GlorotUniform if kind == "glorot_uniform" else keras.initializers.GlorotNormal
+        return cls(seed=None if seed is None else seed + offset)
+
+    def bn_training(self, training):
+        """The ``training`` flag the BatchNormalization layers get: always False with
+        ``bn="frozen"`` (the original's TF1 graph: moving mean 0 and variance 1 for ever)."""
+        return False if self.config.bn == "frozen" else training
 
     # ------------------------------------------------------------------ build / forward
     def build(self, input_shape):
@@ -246,7 +260,7 @@ class CorrFusionNet(keras.Model):
     def _pooled(self, x, backbone, training):
         if self.config.input_mapping:
             x = self.mapping(x)
-        return self.pool(backbone(x, training=training))
+        return self.pool(backbone(x, training=self.bn_training(training)))
 
     def _fc(self, f, t):
         return getattr(self, f"fc2_{t}")(getattr(self, f"fc1_{t}")(f))

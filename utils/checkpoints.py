@@ -25,6 +25,7 @@ def resolve_checkpoint(path) -> tuple[Path, Path | None]:
     the standard ``RUN/checkpoints/`` layout, else None.
     """
     p = Path(path)
+    check_not_tf1(p)
     if p.is_dir():
         ckpt = p / BEST
         if not ckpt.is_file():
@@ -38,6 +39,25 @@ def resolve_checkpoint(path) -> tuple[Path, Path | None]:
         raise UsageError(f"{p}: checkpoint: expected a .keras file or a run directory")
     root = p.parent.parent if p.parent.name == "checkpoints" else None
     return p, root
+
+
+TF1_SUFFIXES = (".meta", ".index")
+
+
+def check_not_tf1(p: Path) -> None:
+    """Refuse a TensorFlow 1 checkpoint (the original code's ``model.ckpt.meta/.index/.data-*``,
+    or a directory holding one) with one line saying what it is."""
+    if p.is_dir():
+        found = sorted(q.name for q in p.glob("*.ckpt*.index")) or sorted(p.glob("*.meta"))
+        if not found or (p / BEST).is_file():
+            return
+    elif not ((p.is_file() and (p.suffix in TF1_SUFFIXES or ".data-" in p.name))
+              or Path(f"{p}.index").is_file()):  # the checkpoint prefix, e.g. model/model.ckpt
+        return
+    raise UsageError(
+        f"{p}: a TensorFlow 1 checkpoint (model.ckpt.meta/.index/.data-*, as the original "
+        "CorrFusionNet code saved); it holds a TF1 graph that Keras 3 cannot load: train a model "
+        "with train_cnn.py and pass its run directory or .keras file")
 
 
 def read_checkpoint_config(path) -> dict:

@@ -46,6 +46,8 @@ class TrainConfig:
     lr: tuple
     lr_boundaries: tuple
     momentum: float
+    nesterov: bool
+    preset: str | None
     seed: int
     runs: int
     eval_trn: bool

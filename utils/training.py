@@ -211,7 +211,8 @@ def build_optimizer(config, steps_per_epoch: int):
         boundaries = [b * steps_per_epoch for b in config.lr_boundaries]
         lr = keras.optimizers.schedules.PiecewiseConstantDecay(boundaries, list(config.lr))
     if config.optimizer == "sgd":
-        return keras.optimizers.SGD(learning_rate=lr, momentum=config.momentum, nesterov=True)
+        return keras.optimizers.SGD(learning_rate=lr, momentum=config.momentum,
+                                    nesterov=config.nesterov)
     if config.optimizer == "adam":
         return keras.optimizers.Adam(learning_rate=lr)
     return keras.optimizers.AdamW(learning_rate=lr)

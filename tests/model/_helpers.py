@@ -49,7 +49,7 @@ def np_cca(h1, h2, r=1e-4, eps=1e-12):
 
 def np_dcca_grad(h1, h2, r=1e-4):
     """Float64 reference of the DCCA loss and the closed-form gradient of the *loss* (§2.2), formed
-    in d-space as DESIGN.md writes it: returns (loss, dloss/dh1, dloss/dh2).
+    in d-space as docs/DESIGN.md §2.2 writes it: returns (loss, dloss/dh1, dloss/dh2).
 
     T has rank <= min(n − 1, d1, d2) in exact arithmetic; the singular values beyond that are
     float64 round-off (~1e-12 each, up to d of them) and are left out, so that the loss is smooth

@@ -87,3 +87,37 @@ def test_soft_decorrelation_layer():
     np.testing.assert_allclose(_np(layer.cov_t1), c1, rtol=1e-5, atol=1e-6)
     with pytest.raises(ValueError, match="rho=1.0"):
         SoftDecorrelation(rho=1.0)
+
+
+def test_the_original_decorrelation_start_and_penalty():
+    """--decov_init orthogonal / --decov_penalty original: the original's tf.orthogonal_initializer
+    start and Σ|C| − Σ diag(C), which differs from Σ_{j≠k}|C_jk| only where the diagonal is
+    negative (possible from an orthogonal start, never from the identity)."""
+    rng = np.random.default_rng(4)
+    c = rng.normal(size=(5, 5))
+    np.testing.assert_allclose(_np(decorrelation_penalty(c, "original")),
+                               np.abs(c).sum() - np.trace(c), rtol=1e-5)
+    psd = c @ c.T
+    np.testing.assert_allclose(_np(decorrelation_penalty(psd, "original")),
+                               _np(decorrelation_penalty(psd)), rtol=1e-5)
+    with pytest.raises(ValueError, match="form='l1'"):
+        decorrelation_penalty(c, "l1")
+
+    a = rng.normal(size=(10, 4)).astype("float32")
+    b = rng.normal(size=(10, 3)).astype("float32")
+    kwargs = {"lambda2": 1e-2, "rho": 0.5, "init": "orthogonal", "penalty": "original", "seed": 7}
+    run_layer_test(SoftDecorrelation, kwargs, [a, b], (),
+                   expected_num_trainable_weights=0, expected_num_non_trainable_weights=2)
+    layer = SoftDecorrelation(**kwargs)
+    layer.build([a.shape, b.shape])
+    c1, c2 = _np(layer.cov_t1), _np(layer.cov_t2)
+    np.testing.assert_allclose(c1 @ c1.T, np.eye(4), atol=1e-5)
+    np.testing.assert_allclose(c2 @ c2.T, np.eye(3), atol=1e-5)
+    np.testing.assert_array_equal(_np(SoftDecorrelation(**kwargs)([a, b])), _np(layer([a, b])))  # seeded
+    loss = layer([a, b], training=True)
+    r1 = 0.5 * c1 + 0.5 * a.T.astype(np.float64) @ a / 9
+    r2 = 0.5 * c2 + 0.5 * b.T.astype(np.float64) @ b / 9
+    ref = 1e-2 * sum(np.abs(r).sum() - np.trace(r) for r in (r1, r2))
+    np.testing.assert_allclose(_np(loss), ref, rtol=1e-5)
+    with pytest.raises(ValueError, match="init='eye'"):
+        SoftDecorrelation(init="eye")

@@ -180,8 +180,8 @@ def test_evaluate_matches_numpy_and_metrics_reset(method):
     np.testing.assert_allclose(logs["ce_t1"], ce1, rtol=1e-4)
     _, cancorr, dcca = np_cca(out["view_t1"], out["view_t2"])
     np.testing.assert_allclose(logs["cancorr"], cancorr, rtol=1e-3)
-    l2 = sum(
-        1e-4 * float(np.sum(ops.convert_to_numpy(getattr(model, f"fc{i}_{t}").kernel) ** 2))
+    l2 = sum(  # the original's convention: l2·Σw²/2
+        0.5 * 1e-4 * float(np.sum(ops.convert_to_numpy(getattr(model, f"fc{i}_{t}").kernel) ** 2))
         for i in (1, 2) for t in ("t1", "t2")
     )
     np.testing.assert_allclose(logs["l2"], l2, rtol=1e-4)
@@ -262,3 +262,83 @@ def test_imagenet_input_mapping_inside_the_model():
         rtol=1e-4, atol=1e-4,
     )
     assert CorrFusionNet.from_config(model.get_config()).config.input_mapping
+
+
+def _bn_layers(model):
+    """Every BatchNormalization layer of the model (backbones, CorrFusion, views)."""
+    out = []
+    stack = [model]
+    while stack:
+        layer = stack.pop()
+        if isinstance(layer, keras.layers.BatchNormalization):
+            out.append(layer)
+        stack.extend(getattr(layer, "_layers", []) or [])
+        if hasattr(layer, "layers") and layer is not model:
+            stack.extend(layer.layers)
+    return list({id(b): b for b in out}.values())
+
+
+@pytest.mark.parametrize("method", ["corrfusion", "sdcca"])
+def test_the_original_codes_options(method):
+    """--preset original's model options: two backbones, flatten, frozen BN (moving statistics stay
+    0 / 1, γ and β still train), orthogonal covariance start with the original's penalty,
+    Glorot-uniform squeeze/excite kernels, L2 as l2·Σw²/2."""
+    x, y = _data()
+    model = _small(method, shared=False, bn="frozen", pooling="flatten", decov_init="orthogonal",
+                   decov_penalty="original", fusion_init="glorot_uniform")
+    assert isinstance(model.pool, keras.layers.Flatten)
+    assert model.backbone_t1 is not model.backbone_t2
+    bns = _bn_layers(model)
+    assert len(bns) >= 4  # 2 x small backbone's BNs and CorrFusion's (or the views')
+    cov0 = ops.convert_to_numpy(model.decorrelation.cov_t1)
+    np.testing.assert_allclose(cov0 @ cov0.T, np.eye(len(cov0)), atol=1e-5)  # orthogonal start
+    assert not np.allclose(cov0, np.eye(len(cov0)))
+    if method == "corrfusion":
+        assert isinstance(model.corrfusion.squeeze_t1.kernel_initializer, keras.initializers.GlorotUniform)
+        assert model.corrfusion.frozen_bn
+    gammas = [ops.convert_to_numpy(b.gamma).copy() for b in bns]
+    model.compile(optimizer=keras.optimizers.SGD(0.1))
+    logs = model.fit(x, y, batch_size=8, epochs=1, verbose=0).history
+    for b, g in zip(bns, gammas, strict=True):
+        np.testing.assert_array_equal(ops.convert_to_numpy(b.moving_mean), 0.0)
+        np.testing.assert_array_equal(ops.convert_to_numpy(b.moving_variance), 1.0)
+        assert not np.allclose(ops.convert_to_numpy(b.gamma), g)  # still trained
+    assert not np.allclose(ops.convert_to_numpy(model.decorrelation.cov_t1), cov0)  # really moves
+    # frozen BN in training mode is the affine map γ·x/√(1 + ε) + β
+    bn = bns[0]
+    z = np.random.default_rng(0).normal(size=(4, bn.gamma.shape[0])).astype("float32")
+    want = ops.convert_to_numpy(bn.gamma) * z / np.sqrt(1 + bn.epsilon) + ops.convert_to_numpy(bn.beta)
+    layer_out = model.bn_training(True)
+    assert layer_out is False
+    np.testing.assert_allclose(ops.convert_to_numpy(bn(z, training=False)), want, rtol=1e-5, atol=1e-6)
+    l2 = sum(0.5 * 1e-4 * float(np.sum(ops.convert_to_numpy(getattr(model, f"fc{i}_{t}").kernel) ** 2))
+             for i in (1, 2) for t in ("t1", "t2"))
+    np.testing.assert_allclose(float(ops.convert_to_numpy(model.regularization_loss())), l2, rtol=1e-4)
+    assert np.isfinite(logs["loss"][0])
+
+
+def test_frozen_bn_runs_a_shared_backbone_once_for_both_dates():
+    """Frozen BN has no batch statistics: a shared backbone runs both dates as one batch."""
+    assert not _small().one_pass  # the small CNN has BN layers
+    model = _small(bn="frozen")
+    assert model.one_pass
+    x, _ = _data()
+    out = model(x, training=True)
+    single = _small(bn="frozen")
+    single.one_pass = False
+    single.set_weights(model.get_weights())
+    np.testing.assert_allclose(ops.convert_to_numpy(out["prob_t1"]),
+                               ops.convert_to_numpy(single(x, training=True)["prob_t1"]), atol=1e-5)
+
+
+def test_original_options_survive_save_and_load(tmp_path):
+    model = _small(shared=False, bn="frozen", pooling="flatten", decov_init="orthogonal",
+                   decov_penalty="original", fusion_init="glorot_uniform")
+    model.save(tmp_path / "m.keras")
+    back = load_model(tmp_path / "m.keras")
+    assert back.config == model.config
+    x, _ = _data()
+    np.testing.assert_allclose(ops.convert_to_numpy(back(x)["prob_t1"]),
+                               ops.convert_to_numpy(model(x)["prob_t1"]), atol=1e-6)
+    np.testing.assert_allclose(ops.convert_to_numpy(back.decorrelation.cov_t1),
+                               ops.convert_to_numpy(model.decorrelation.cov_t1))

@@ -87,3 +87,51 @@ def test_compare_reserves_every_spelling_of_its_own_options():
     reserved = cli.option_strings(cli.train_parser(), compare.RESERVED)
     assert {"-trn", "--trn_dir", "--method", "--seed", "--demo", "--resume"} <= reserved
     assert "-e" not in reserved
+
+
+def test_the_original_preset_and_explicit_flags_over_it():
+    args = train_cnn.parse_args(["--data_dir", "d", "--preset", "original"])
+    config = TrainConfig.from_args(args)
+    m = config.model
+    assert (m.backbone, m.shared, m.bn, m.pooling) == ("resnet50", False, "frozen", "flatten")
+    assert (m.decov_init, m.decov_penalty, m.fusion_init, m.l2) == ("orthogonal", "original",
+                                                                     "glorot_uniform", 1e-4)
+    assert (config.optimizer, config.lr, config.lr_boundaries, config.momentum, config.nesterov) == (
+        "sgd", (1e-3,), (), 0.9, True)
+    assert config.preset == "original" and config.to_args()["preset"] == "original"
+    # explicit flags win, in any spelling argparse accepts (abbreviations, --flag=value)
+    args = train_cnn.parse_args(["--data_dir", "d", "--preset", "original", "--backbone", "small",
+                                 "--hid", "64", "--pooling=avg", "--no-nesterov", "--shared"])
+    c = TrainConfig.from_args(args)
+    assert (c.model.backbone, c.model.hidden, c.model.pooling, c.nesterov, c.model.shared) == (
+        "small", 64, "avg", False, True)
+    assert c.model.bn == "frozen" and c.lr == (1e-3,)
+    # the preset's values stay under --demo (which only fills what neither set)
+    demo = TrainConfig.from_args(train_cnn.parse_args(["--demo", "--preset", "original", "-e", "1"]))
+    assert demo.optimizer == "sgd" and demo.model.backbone == "resnet50" and demo.epochs == 1
+
+
+def test_the_defaults_follow_the_original_optimiser():
+    """DESIGN §2.3 / issue 11: constant 1e-3, SGD with Nesterov momentum 0.9; the piecewise
+    schedule is an option."""
+    c = TrainConfig.from_args(train_cnn.parse_args(["--data_dir", "d"]))
+    assert (c.optimizer, c.lr, c.lr_boundaries, c.momentum, c.nesterov) == ("sgd", (1e-3,), (), 0.9, True)
+    assert c.preset is None and c.model.l2 == 1e-4 and c.model.bn == "batch" and c.model.shared
+    c = TrainConfig.from_args(train_cnn.parse_args(
+        ["--data_dir", "d", "--lr", "5e-3,1e-3,1e-4,1e-5", "--lr_boundaries", "30,60,90"]))
+    assert c.lr == (5e-3, 1e-3, 1e-4, 1e-5) and c.lr_boundaries == (30, 60, 90)
+
+
+def test_compare_takes_the_backbone_of_a_forwarded_preset(tmp_path):
+    args = compare.parse_args(["--data_dir", str(tmp_path), "--", "--preset", "original"])
+    assert args.backbone == "resnet50" and args.train.model.bn == "frozen"
+    args = compare.parse_args(["--data_dir", str(tmp_path), "--backbone", "small", "--",
+                               "--preset", "original"])
+    assert args.backbone == "small" and args.train.model.backbone == "small"
+    assert compare.parse_args(["--data_dir", str(tmp_path)]).backbone == "vgg16"
+
+
+def test_eval_takes_the_original_model_dir_flag():
+    for flag in ("-m", "--model", "--model_dir"):
+        args = cli.eval_parser().parse_args([flag, "run", "-val", "v", "-tst", "t"])
+        assert args.model == "run" and (args.val_dir, args.tst_dir) == ("v", "t")

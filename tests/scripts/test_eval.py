@@ -417,3 +417,32 @@ def test_map_coordinates_skip_the_maps_and_write_the_rest(run_dir, demo_data, tm
     ), warned
     with np.load(tmp_path / "out" / "predictions.npz") as z:
         np.testing.assert_array_equal(z["row"], row)
+
+
+def test_a_tensorflow1_checkpoint_is_named_and_refused(demo_data, tmp_path, capsys):
+    """The original's evaluate_model.py took -m/--model_dir holding model.ckpt.meta/.index/.data:
+    the same flag here, and one line saying what such a checkpoint is and that it cannot load."""
+    model_dir = tmp_path / "model"
+    model_dir.mkdir()
+    for name in ("checkpoint", "model.ckpt.meta", "model.ckpt.index", "model.ckpt.data-00000-of-00001"):
+        (model_dir / name).write_bytes(b"\x00tf1")
+    out = tmp_path / "out"
+    for target in (model_dir, model_dir / "model.ckpt", model_dir / "model.ckpt.meta"):
+        proc = run_in_process(["--model_dir", target, "-val", demo_data / "val",
+                               "-tst", demo_data / "tst", "-rpath", out], capsys)
+        assert_one_line_error(proc, str(target), "TensorFlow 1 checkpoint", "cannot load")
+        assert not out.exists()
+
+
+def test_model_dir_evaluates_val_and_tst(run_dir, demo_data, tmp_path, capsys):
+    """`eval.py --model_dir RUN -val V -tst T` (the original's flags) reports both splits' OA_t1,
+    OA_t2, OA_bi and OA_tr."""
+    out = tmp_path / "both"
+    proc = run_in_process(["--model_dir", run_dir, "-val", demo_data / "val", "-tst", demo_data / "tst",
+                           "-rpath", out], capsys)
+    assert proc.returncode == 0, proc.stderr
+    results = json.loads((out / "results.json").read_text())
+    for split in ("val", "tst"):
+        assert {"OA_t1", "OA_t2", "OA_bi", "OA_tr"} <= set(results["splits"][split])
+    table = proc.out if hasattr(proc, "out") else proc.stdout
+    assert "val" in table and "tst" in table and "OA_tr" in table

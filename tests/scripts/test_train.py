@@ -368,3 +368,34 @@ def test_weights_file_that_is_not_weights_names_the_flag_and_file(demo_data, tmp
     assert not (tmp_path / "w").exists()
     assert train(demo_data, tmp_path / "w", "--weights", str(tmp_path / "nope.weights.h5")) == 2
     assert one_error_line(capsys).startswith(f"error: {tmp_path / 'nope.weights.h5'}: --weights")
+
+
+def test_the_original_preset_trains_resnet50_per_date(demo_data, tmp_path):
+    """issue 11: --preset original builds the original's network (ResNet50 per date, flatten,
+    frozen BN, Glorot-uniform CorrFusion kernels, orthogonal SDL start) and trains a few steps
+    with constant 1e-3 Nesterov SGD; args.json records the preset and every resolved value."""
+    import zipfile
+
+    workdir = tmp_path / "orig"
+    argv = ["--data_dir", str(demo_data), "--workdir", str(workdir), "--preset", "original",
+            "-e", "1", "-b", "16", "--hidden", "64", "-tb", "false"]
+    assert run_main(train_cnn.main, argv) == 0
+    saved = json.loads((workdir / "args.json").read_text())["args"]
+    assert saved["preset"] == "original" and saved["backbone"] == "resnet50"
+    assert (saved["optimizer"], saved["lr"], saved["lr_boundaries"]) == ("sgd", [0.001], [])
+    assert (saved["momentum"], saved["nesterov"]) == (0.9, True)
+    assert (saved["shared"], saved["bn"], saved["pooling"], saved["l2"]) == (False, "frozen", "flatten", 1e-4)
+    assert (saved["decov_init"], saved["decov_penalty"], saved["fusion_init"]) == (
+        "orthogonal", "original", "glorot_uniform")
+    assert saved["hidden"] == 64 and saved["batch_size"] == 16  # given explicitly: kept
+    with zipfile.ZipFile(workdir / "checkpoints" / "last.keras") as zf:
+        compiled = json.loads(zf.read("config.json"))["compile_config"]["optimizer"]["config"]
+    assert compiled["nesterov"] is True and compiled["momentum"] == 0.9
+    assert compiled["learning_rate"] == pytest.approx(1e-3)  # a constant rate, not a schedule
+    history = read_history(workdir / "history.csv")
+    assert len(history) == 1 and np.isfinite(float(history[0]["loss"]))
+    import model as cfn
+
+    net = cfn.load_model(workdir / "checkpoints" / "best.keras")
+    assert net.backbone_t1.name != net.backbone_t2.name and net.pool.name == "flatten"
+    assert any(layer.name.startswith("conv5") for layer in net.backbone_t1.layers)  # ResNet50
