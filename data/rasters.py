@@ -108,7 +108,7 @@ def tile_transform(transform, grid: TileGrid):
     """The affine transform of a raster with one cell per tile (``grid.tile_resolution``)."""
     from affine import Affine
 
-    return transform * Affine.scale(grid.stride)
+    return transform @ Affine.scale(grid.stride)
 
 
 # ----------------------------------------------------------------------------- alignment
@@ -130,8 +130,8 @@ def grid_offset(transform1, transform2, width, height) -> float:
     inv = ~transform1
     worst = 0.0
     for col, row in ((0, 0), (width, 0), (0, height), (width, height)):
-        x, y = transform2 * (col, row)
-        c1, r1 = inv * (x, y)
+        x, y = transform2 @ (col, row)
+        c1, r1 = inv @ (x, y)
         worst = max(worst, abs(c1 - col), abs(r1 - row))
     return worst
 
@@ -364,13 +364,17 @@ def cut_tiles(strip, mask, grid: TileGrid, min_valid):
     t, s = grid.tile, grid.stride
     h, w = strip.shape[:2]
     pad_h, pad_w = t - h, grid.padded_width - w
-    if pad_h or pad_w:
-        strip = np.pad(strip, ((0, pad_h), (0, pad_w), (0, 0)), mode="symmetric")
+    if pad_h or pad_w:  # below: the tiles' own rows mirrored; right: zeros, mirrored per tile below
+        strip = np.pad(strip, ((0, pad_h), (0, 0), (0, 0)), mode="symmetric")
+        strip = np.pad(strip, ((0, 0), (0, pad_w), (0, 0)))
     tiles = np.lib.stride_tricks.sliding_window_view(strip, (t, t), axis=(0, 1))[0, ::s]
     tiles = np.ascontiguousarray(np.moveaxis(tiles, 1, -1))  # (cols, t, t, C)
     cols = grid.cols
     starts = np.arange(cols) * s
     widths = np.minimum(starts + t, w) - starts  # in-raster columns of each tile
+    for c in np.flatnonzero(widths < t):  # a tile past the right edge sees only its own pixels
+        tiles[c] = np.pad(tiles[c][:, :widths[c]], ((0, 0), (0, t - widths[c]), (0, 0)),
+                          mode="symmetric")
     csum = np.concatenate([[0], np.cumsum(mask.sum(axis=0))])  # data pixels per column prefix
     counts = csum[starts + widths] - csum[starts]
     valid = counts >= np.maximum(1, min_valid * widths * h)
