@@ -359,6 +359,15 @@ def read_strip(src, path, bands, grid: TileGrid, r, dtype):
     return image, mask
 
 
+def pad_tile(x, tile) -> np.ndarray:
+    """A (h, w, C) piece of a tile cut at the raster's right or bottom edge, mirrored to tile x tile
+    (its own pixels only, as :func:`cut_tiles` pads)."""
+    h, w = x.shape[:2]
+    if (h, w) == (tile, tile):
+        return x
+    return np.pad(x, ((0, tile - h), (0, tile - w), (0, 0)), mode="symmetric")
+
+
 def cut_tiles(strip, mask, grid: TileGrid, min_valid):
     """(cols, tile, tile, C) tiles of a strip (mirrored past the edges) and their (cols,) validity."""
     t, s = grid.tile, grid.stride
