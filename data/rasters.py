@@ -399,6 +399,18 @@ def read_tile_row(pair: RasterPair, grid: TileGrid, r, min_valid=0.5) -> TileRow
     return TileRow(r, x1, x2, v1, v2, m1, m2)
 
 
+def block_cache_mb(pair: RasterPair, grid: TileGrid) -> int:
+    """A GDAL block cache (MB) that holds what one row of tiles touches at both dates, the next
+    row read ahead, and the output blocks being written, and no more: GDAL's default (5 % of the
+    RAM) would otherwise keep every block read until it fills, so memory grew with the scene."""
+    total = 0
+    for src in (pair.src1, pair.src2):
+        block_h = max(h for h, _ in src.block_shapes)
+        rows = 2 * grid.tile + 2 * block_h  # two strips, each possibly straddling block rows
+        total += rows * grid.width * len(pair.bands) * np.dtype(pair.dtype).itemsize
+    return int(total / 2**20) + 64
+
+
 def iter_tile_rows(pair: RasterPair, grid: TileGrid, min_valid=0.5):
     """Every row of tiles, top to bottom (one strip per date in memory at a time)."""
     for r in range(grid.rows):

@@ -16,8 +16,9 @@ The library behind ``predict.py``; the steps, each a function or a small class:
 * :func:`write_quicklook`: a PNG of the change map over the date-2 image (decimated reads).
 * :func:`map_scene`: all of it for an open :class:`data.rasters.RasterPair`.
 
-Memory is bounded by one row of tiles (two strips of ``tile`` pixel rows and their tiles), the
-rolling buffer and one block of output rows, whatever the scene size.
+Memory is bounded by two rows of tiles (the one being predicted and the next, read in a
+background thread; each two strips of ``tile`` pixel rows and their tiles), the rolling buffer
+and one block of output rows, whatever the scene size.
 """
 
 from __future__ import annotations
@@ -33,7 +34,7 @@ import time
 
 import numpy as np
 
-from data.rasters import RasterPair, TileGrid, iter_tile_rows, tile_transform
+from data.rasters import RasterPair, TileGrid, read_tile_row, tile_transform
 from utils.cli import UsageError
 
 log = logging.getLogger(__name__)
@@ -458,7 +459,7 @@ def write_quicklook(path, pair: RasterPair, change_path, cell, size=QUICKLOOK_SI
     canvas = Image.new("RGB", (qw, qh + 18), (255, 255, 255))
     canvas.paste(img, (0, 0))
     canvas.paste(legend, (0, qh))
-    canvas.save(path)
+    canvas.save(path, compress_level=3)
     return pathlib.Path(path)
 
 
@@ -533,9 +534,18 @@ def map_scene(net, config: MapConfig, pair: RasterPair, names, image_size=None) 
     Everything is written into a staging directory renamed to ``config.out`` at the end; on any
     error it is removed and the error raised (nothing written).
     """
-    from utils.rundir import atomic_write_json
+    import rasterio
+
+    from data.rasters import block_cache_mb
 
     grid = pair.grid(config.tile, config.stride)
+    with rasterio.Env(GDAL_CACHEMAX=block_cache_mb(pair, grid)):
+        return _map_scene(net, config, pair, names, image_size, grid)
+
+
+def _map_scene(net, config, pair, names, image_size, grid) -> dict:
+    from utils.rundir import atomic_write_json
+
     k = len(names)
     acc = (TileRows if grid.tile_resolution else PixelRows)(grid, k)
     transform = tile_transform(pair.transform, grid) if grid.tile_resolution else pair.transform
@@ -564,19 +574,31 @@ def map_scene(net, config: MapConfig, pair: RasterPair, names, image_size=None) 
 
 
 def stream(pair, grid, acc, predictor, writer, config) -> tuple[int, int]:
-    """Read, predict and write every row of tiles; returns (pairs predicted, tiles without data)."""
+    """Read, predict and write every row of tiles; returns (pairs predicted, tiles without data).
+
+    The next row of tiles is read in a background thread while the model predicts the current one
+    (the model releases the GIL), so at most two rows of tiles are in memory.
+    """
+    import concurrent.futures
+
     import keras
 
     bar = keras.utils.Progbar(grid.n_tiles, unit_name="tile",
                               verbose=(1 if sys.stdout.isatty() else 2) if config.progress else 0)
     pairs = nodata = done = 0
-    for row in iter_tile_rows(pair, grid, config.min_valid):
-        idx = np.flatnonzero(row.valid1 | row.valid2)
-        p1, p2 = predictor(row.x1[idx], row.x2[idx]) if idx.size else (None, None)
-        for block in acc.add(row, idx, p1, p2):
-            writer.write(block)
-        pairs += int((row.valid1 & row.valid2).sum())
-        nodata += int(grid.cols - idx.size)
-        done += grid.cols
-        bar.update(done)
+    with concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="read-tiles") as pool:
+        ahead = pool.submit(read_tile_row, pair, grid, 0, config.min_valid)
+        for r in range(grid.rows):
+            row = ahead.result()
+            if r + 1 < grid.rows:
+                ahead = pool.submit(read_tile_row, pair, grid, r + 1, config.min_valid)
+            idx = np.flatnonzero(row.valid1 | row.valid2)
+            p1, p2 = predictor(row.x1[idx], row.x2[idx]) if idx.size else (None, None)
+            for block in acc.add(row, idx, p1, p2):
+                writer.write(block)
+            pairs += int((row.valid1 & row.valid2).sum())
+            nodata += int(grid.cols - idx.size)
+            done += grid.cols
+            bar.update(done)
+            del row
     return pairs, nodata
