@@ -135,6 +135,8 @@ def parse_args(argv=None):
     g.add_argument("--batch", type=int, default=32)
     g.add_argument("--bare_tiles", type=int, default=4096,
                    help="tiles of each scene held in memory for bare predict")
+    g.add_argument("--reps", type=int, default=1,
+                   help="bare/map child pairs per size, alternating which goes first")
     g.add_argument("--json", default=None, help="write the results here")
     g.add_argument("--workdir", default=None, help="scenes and maps (default a temporary dir)")
     c = p.add_argument_group("child process (internal)")
@@ -170,20 +172,25 @@ def main(argv=None):
             write_scene(scene / "t1.tif", size, args.tile, 1)
             write_scene(scene / "t2.tif", size, args.tile, 2)
             log.info("%d px scene written in %.0f s", size, time.perf_counter() - start)
-            for mode in ("bare", "map"):
-                r = run_child(mode, size, scene, model_path, args, scene / "maps")
-                log.info("%s", json.dumps(r))
-                results.append(r)
+            for rep in range(args.reps):
+                for mode in (("bare", "map") if rep % 2 == 0 else ("map", "bare")):
+                    r = run_child(mode, size, scene, model_path, args, scene / f"maps{rep}")
+                    r["rep"] = rep
+                    log.info("%s", json.dumps(r))
+                    results.append(r)
             for f in scene.glob("*.tif"):
                 f.unlink()
     report = {"config": vars(args), "versions": common.versions(), "results": results,
               "date": time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime())}
     for size in sizes:
-        m = next(r for r in results if r["size"] == size and r["mode"] == "map")
-        b = next(r for r in results if r["size"] == size and r["mode"] == "bare")
-        log.info("%6d px: %6d tiles, map %.1f tiles/s vs bare %.1f (%.3fx), map peak %.0f MiB",
-                 size, m["tiles"], m["tiles_per_s"], b["tiles_per_s"],
-                 m["tiles_per_s"] / b["tiles_per_s"], m["ru_maxrss_mib"])
+        m = [r for r in results if r["size"] == size and r["mode"] == "map"]
+        b = [r for r in results if r["size"] == size and r["mode"] == "bare"]
+        ms = float(np.median([r["tiles_per_s"] for r in m]))
+        bs = float(np.median([r["tiles_per_s"] for r in b]))
+        ratios = [x["tiles_per_s"] / y["tiles_per_s"] for x, y in zip(m, b, strict=True)]
+        log.info("%6d px: %6d tiles, map %.1f tiles/s vs bare %.1f (medians; per-rep ratios %s), "
+                 "map peak %.0f MiB", size, m[0]["tiles"], ms, bs,
+                 " ".join(f"{x:.3f}" for x in ratios), max(r["ru_maxrss_mib"] for r in m))
     if args.json:
         common.write_json(args.json, report)
     return 0
