@@ -224,3 +224,24 @@ def test_a_trained_model_finds_the_changed_block(tmp_path):
     assert change[truth].mean() >= 0.9  # the block is found ...
     assert change[~truth].mean() <= 0.05  # ... and little else
     assert (tif(out / "class_t1.tif")[0] == y1).mean() >= 0.9
+
+
+def test_run_directory_gives_checkpoint_input_and_class_names(tmp_path, model_200):
+    """-m RUN: its checkpoints/best.keras, the model's input and K from config.json (no
+    TensorFlow), the class names from the run's args.json; --class_names overrides them."""
+    import shutil
+
+    import predict
+
+    run_dir = tmp_path / "run"
+    (run_dir / "checkpoints").mkdir(parents=True)
+    shutil.copy(model_200, run_dir / "checkpoints" / "best.keras")
+    (run_dir / "args.json").write_text(json.dumps({"class_names": ["water", "crops", "town"]}))
+    ckpt, shape, k, saved = predict.read_model_card(run_dir)
+    assert ckpt == run_dir / "checkpoints" / "best.keras" and shape == (200, 200, 3) and k == 3
+    assert predict.class_names(None, saved, k, ckpt) == ["water", "crops", "town"]
+    assert predict.class_names("a,b,c", saved, k, ckpt) == ["a", "b", "c"]
+    assert predict.class_names(None, None, k, ckpt) == ["class 1", "class 2", "class 3"]
+    args = predict.parse_args(["-m", str(run_dir), "--t1", "a.tif", "--t2", "b.tif", "--out", "o"])
+    config = predict.make_config(args, ckpt, shape)
+    assert (config.tile, config.stride, config.threshold) == (200, 200, None)
