@@ -111,7 +111,7 @@ def load_shard(path, summary, num_classes=None, per_batch=None) -> dict:
     info, arrays = shards.check_shard(path, summary.num_classes if num_classes is None
                                       else num_classes)
     first = shards.ShardInfo(summary.files[0], 0, summary.image_shape, summary.dtype,
-                             summary.class_names, summary.has_rowcol, 0)
+                             summary.class_names, summary.has_rowcol, 0, summary.geo)
     shards.check_consistent(first, info)
     data = {"path": path, "label_t1": arrays["label_t1"], "label_t2": arrays["label_t2"]}
     data["defined"] = np.flatnonzero(shards.defined_mask(data["label_t1"], data["label_t2"]))

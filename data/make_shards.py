@@ -6,11 +6,16 @@ Two inputs are understood::
     python -m data.make_shards folders --t1 DATE1_DIR --t2 DATE2_DIR --out DIR [options]
 
     # (b) two co-registered images plus, per date, a label grid (one class per tile) or raster
-    python -m data.make_shards raster --t1 IMG1 --t2 IMG2 --labels1 L1 --labels2 L2 \\
+    #     (no labels: unlabelled shards, every label 0, for predicting only)
+    python -m data.make_shards raster --t1 IMG1 --t2 IMG2 [--labels1 L1 --labels2 L2] \\
         --tile 150 --out DIR [--bands 1,2,3] [--mat_key KEY] [options]
 
-Common options: ``--split 0.7,0.1,0.2 --seed 0 --shard_size 5000 --class_names a,b,c|FILE
---compress``.
+Common options: ``--split 0.7,0.1,0.2 --split_mode {random,block} --block_size 4 --seed 0
+--shard_size 5000 --class_names a,b,c|FILE --compress``.
+
+Rasters: the two dates must share CRS, transform (within half a pixel) and size (the check of
+``data.rasters``, as in predict.py); georeferenced ones give the shards ``crs``, ``transform``
+(of the tile grid) and ``tile_size``. Edge tiles are padded (mirrored), not dropped.
 
 Shards are written uncompressed by default (``--compress`` to zip them): the loader reads the
 pairs of each batch straight from an uncompressed shard at their byte offsets and never holds a
@@ -37,6 +42,8 @@ import pathlib
 import re
 import sys
 import warnings
+from collections.abc import Callable
+from typing import NamedTuple
 
 import numpy as np
 
@@ -49,6 +56,17 @@ PILLOW_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif"}
 RASTER_SUFFIXES = {".tif", ".tiff", ".img", ".vrt", ".jp2"}
 IMAGE_SUFFIXES = PILLOW_SUFFIXES | RASTER_SUFFIXES
 GRID_STEM = re.compile(r"^(-?\d+)_(-?\d+)$")  # <col>_<row>
+
+
+class Pairs(NamedTuple):
+    """What the writer needs: n pairs, ``get_pairs(indices) -> arrays``, the class names and,
+    when known, each pair's tile grid row and column (for ``--split_mode block``)."""
+
+    n: int
+    get_pairs: Callable
+    class_names: list | None
+    row: np.ndarray | None = None
+    col: np.ndarray | None = None
 
 
 def _err(path, key, expected):
@@ -249,7 +267,9 @@ def folder_pairs(t1, t2, class_names=None, skip_unpaired=False):
             out.update(row=col_row[idx, 1], col=col_row[idx, 0])
         return out
 
-    return len(stems), get_pairs, names
+    if grid:
+        return Pairs(len(stems), get_pairs, names, col_row[:, 1], col_row[:, 0])
+    return Pairs(len(stems), get_pairs, names)
 
 
 # ----------------------------------------------------------------------------- (b) rasters
@@ -300,19 +320,62 @@ def load_label_array(path, mat_key=None) -> np.ndarray:
 
 
 def tile_labels(path, labels, grid, image_hw, tile, transpose=False) -> np.ndarray:
-    """Labels per tile: the grid itself, or the majority class of each tile of a full-size raster."""
+    """Labels per tile: the grid itself, or the majority class of the in-image pixels of each
+    tile of a full-size label raster (tiles past the right and bottom edges included)."""
     if transpose:
         labels = labels.T
     if labels.shape == grid:
         return labels
     if labels.shape == tuple(image_hw):
         rows, cols = grid
-        blocks = labels[:rows * tile, :cols * tile].reshape(rows, tile, cols, tile)
-        values = np.unique(blocks)
+        h, w = image_hw
+        padded = np.full((rows * tile, cols * tile), -1, np.int64)  # -1: outside the image
+        padded[:min(h, rows * tile), :min(w, cols * tile)] = labels[:rows * tile, :cols * tile]
+        blocks = padded.reshape(rows, tile, cols, tile)
+        values = np.unique(labels)
         counts = np.stack([(blocks == v).sum(axis=(1, 3)) for v in values])
         return values[np.argmax(counts, axis=0)]
     raise _err(path, "labels", f"shape {labels.shape}; expected the tile grid {grid} (rows, cols) or "
                                f"the image size {tuple(image_hw)} (--transpose_labels flips a grid)")
+
+
+def choose_grid(image_hw, tile, label_arrays, transpose=False) -> tuple[int, int]:
+    """(rows, cols) of tiles: every pixel covered, the last row and column of tiles padded past
+    the edge; a label grid given for the whole tiles only (the shape of earlier versions) keeps
+    that grid and leaves the edge pixels out, with a warning."""
+    h, w = image_hw
+    full = (h // tile, w // tile)
+    padded = (-(-h // tile), -(-w // tile))
+    shapes = [(a.T if transpose else a).shape for a in label_arrays]
+    if full != padded and full in shapes and padded not in shapes:
+        log.warning("image %dx%d (width x height) is not a multiple of --tile %d and the label "
+                    "grid has %dx%d tiles (cols x rows): the last %d column(s) and %d row(s) of "
+                    "pixels are left out (a %dx%d grid would keep them, padded)", w, h, tile,
+                    full[1], full[0], w % tile, h % tile, padded[1], padded[0])
+        return full
+    return padded
+
+
+def georeference(t1, t2, tile) -> dict:
+    """Shard keys ``crs`` (WKT), ``transform`` (of the tile grid) and ``tile_size`` for rasters
+    read with rasterio, after checking that the two dates share one grid (as predict.py does);
+    only ``tile_size`` for images without a CRS (PNG/JPEG, plain TIFF)."""
+    from affine import Affine
+
+    from data import rasters
+
+    keys = {"tile_size": np.asarray(tile, np.int64)}
+    if pathlib.Path(t1).suffix.lower() in PILLOW_SUFFIXES \
+            or pathlib.Path(t2).suffix.lower() in PILLOW_SUFFIXES:
+        return keys
+    _check_file(t1, "an image")
+    _check_file(t2, "an image")
+    with rasters.open_raster(t1) as a, rasters.open_raster(t2) as b:
+        rasters.check_aligned(a, b, t1, t2)
+        if a.crs:
+            keys["crs"] = np.asarray(a.crs.to_wkt())
+            keys["transform"] = np.asarray(list(a.transform @ Affine.scale(tile))[:6], np.float64)
+    return keys
 
 
 def check_label_names(path, labels, class_names) -> None:
@@ -327,42 +390,54 @@ def check_label_names(path, labels, class_names) -> None:
 
 def raster_pairs(t1, t2, labels1, labels2, tile, bands=None, mat_key=None, transpose=False,
                  class_names=None):
-    """Everything the writer needs for (b): (n, get_pairs, None).
+    """Everything the writer needs for (b): a :class:`Pairs`.
 
-    ``class_names``: the ``--class_names`` given; a tile label above their number is an error
-    naming the label file.
+    ``labels1``/``labels2``: label files, or both None for unlabelled shards (every label 0, for
+    predicting only). ``class_names``: the ``--class_names`` given; a tile label above their
+    number is an error naming the label file. Tiles past the right and bottom edges are padded
+    (each mirrors its own pixels, as predict.py's tiles do) rather than dropped.
     """
+    from data import rasters
+
     if tile < 1:
         raise ValueError(f"--tile {tile}: expected >= 1")
+    if (labels1 is None) != (labels2 is None):
+        given = "--labels1" if labels1 is not None else "--labels2"
+        raise ValueError(f"{given} without {'--labels2' if labels1 is not None else '--labels1'}: "
+                         "expected labels for both dates, or neither (unlabelled shards)")
     x1, x2 = read_image(t1, bands), read_image(t2, bands)
+    georef = georeference(t1, t2, tile)
     if x1.shape != x2.shape or x1.dtype != x2.dtype:
         raise _err(t2, "image", f"{x2.shape} {x2.dtype}; expected {x1.shape} {x1.dtype} as {t1} "
                                 "(co-registered images)")
     h, w = x1.shape[:2]
-    grid = (h // tile, w // tile)
-    if min(grid) < 1:
-        raise _err(t1, "--tile", f"{tile}; expected at most the image size {h}x{w}")
-    if (h % tile) or (w % tile):
-        log.warning("image %dx%d is not a multiple of --tile %d: the last %d row(s) and %d "
-                    "column(s) of pixels are left out", h, w, tile, h % tile, w % tile)
-    y1 = tile_labels(labels1, load_label_array(labels1, mat_key), grid, (h, w), tile, transpose)
-    y2 = tile_labels(labels2, load_label_array(labels2, mat_key), grid, (h, w), tile, transpose)
-    check_label_names(labels1, y1, class_names)
-    check_label_names(labels2, y2, class_names)
+    raw = [] if labels1 is None else [load_label_array(labels1, mat_key),
+                                      load_label_array(labels2, mat_key)]
+    grid = choose_grid((h, w), tile, raw, transpose)
     rows, cols = grid
-
-    def tiles(x):
-        return x[:rows * tile, :cols * tile].reshape(rows, tile, cols, tile, -1).swapaxes(1, 2)
-
-    v1, v2 = tiles(x1), tiles(x2)
+    if raw:
+        y1 = tile_labels(labels1, raw[0], grid, (h, w), tile, transpose)
+        y2 = tile_labels(labels2, raw[1], grid, (h, w), tile, transpose)
+        check_label_names(labels1, y1, class_names)
+        check_label_names(labels2, y2, class_names)
+    else:
+        y1 = y2 = np.zeros(grid, np.int32)
+        log.info("no --labels1/--labels2: unlabelled shards (every label 0), for predicting only")
     row, col = np.divmod(np.arange(rows * cols), cols)
+
+    def cut(x, r, c):
+        return rasters.pad_tile(x[r * tile:(r + 1) * tile, c * tile:(c + 1) * tile], tile)
 
     def get_pairs(idx):
         r, c = row[idx], col[idx]
-        return {"image_t1": v1[r, c], "image_t2": v2[r, c], "label_t1": y1[r, c].astype(np.int32),
-                "label_t2": y2[r, c].astype(np.int32), "row": r, "col": c}
+        out = {"image_t1": np.stack([cut(x1, a, b) for a, b in zip(r, c, strict=True)]),
+               "image_t2": np.stack([cut(x2, a, b) for a, b in zip(r, c, strict=True)]),
+               "label_t1": y1[r, c].astype(np.int32), "label_t2": y2[r, c].astype(np.int32),
+               "row": r, "col": c}
+        out.update(georef)
+        return out
 
-    return rows * cols, get_pairs, None
+    return Pairs(rows * cols, get_pairs, class_names, row, col)
 
 
 # ----------------------------------------------------------------------------- command line
@@ -382,9 +457,11 @@ def parse_args(argv=None):
     g = ras.add_argument_group("input")
     g.add_argument("--t1", required=True, help="image of date 1 (GeoTIFF or PNG/JPEG)")
     g.add_argument("--t2", required=True, help="image of date 2, co-registered with --t1")
-    g.add_argument("--labels1", required=True,
-                   help="labels of date 1: tile grid (.npy, .mat) or full-size label raster")
-    g.add_argument("--labels2", required=True, help="labels of date 2, as --labels1")
+    g.add_argument("--labels1", default=None,
+                   help="labels of date 1: tile grid (.npy, .mat) or full-size label raster "
+                        "(leave out both --labels1 and --labels2 for unlabelled shards: every "
+                        "label 0, for predicting only)")
+    g.add_argument("--labels2", default=None, help="labels of date 2, as --labels1")
     g.add_argument("--tile", type=int, required=True, help="tile size in pixels (e.g. 150)")
     g.add_argument("--bands", default=None, help="1-based bands to keep, e.g. 1,2,3 (default all)")
     g.add_argument("--mat_key", default=None,
@@ -402,6 +479,12 @@ def parse_args(argv=None):
                        help="the default (kept so that older command lines still work)")
         g = sp.add_argument_group("split and classes")
         g.add_argument("--split", default="0.7,0.1,0.2", help="trn,val,tst fractions (default 0.7,0.1,0.2)")
+        g.add_argument("--split_mode", choices=splits.SPLIT_MODES, default="random",
+                       help="random: pairs drawn one by one (default); block: spatial blocks of "
+                            "--block_size x --block_size tiles go to one split, so that "
+                            "neighbouring tiles do not leak between trn and tst")
+        g.add_argument("--block_size", type=int, default=4,
+                       help="tiles per side of a block of --split_mode block (default 4)")
         g.add_argument("--seed", type=int, default=0, help="seed of the random split (default 0)")
         g.add_argument("--class_names", default=None,
                        help="names of classes 1..K: comma-separated or a file with one per line "
@@ -409,27 +492,38 @@ def parse_args(argv=None):
     return p.parse_args(argv)
 
 
-def load_pairs(args):
-    """Step 1: the pairs of the chosen input mode as (n, get_pairs, class_names)."""
+def load_pairs(args) -> Pairs:
+    """Step 1: the pairs of the chosen input mode."""
     names = parse_class_names(args.class_names)
     if args.mode == "folders":
         return folder_pairs(args.t1, args.t2, names, args.skip_unpaired)
-    n, get_pairs, _ = raster_pairs(args.t1, args.t2, args.labels1, args.labels2, args.tile,
-                                   parse_bands(args.bands), args.mat_key, args.transpose_labels,
-                                   names)
-    return n, get_pairs, names
+    return raster_pairs(args.t1, args.t2, args.labels1, args.labels2, args.tile,
+                        parse_bands(args.bands), args.mat_key, args.transpose_labels, names)
+
+
+def split_pairs(args, pairs: Pairs) -> dict:
+    """Step 2: trn/val/tst index arrays, random or by spatial blocks."""
+    fractions = splits.parse_fractions(args.split)
+    if args.split_mode == "random":
+        return splits.split_indices(pairs.n, fractions, args.seed)
+    if pairs.row is None:
+        raise ValueError(f"{args.t1}: --split_mode block: the tiles have no grid position "
+                         "(name them <col>_<row>); expected tiles on a grid")
+    return splits.split_blocks(pairs.row, pairs.col, args.block_size, fractions, args.seed)
 
 
 def build(args) -> dict:
     """Check the output, read the pairs, split them and write the shards."""
     if args.shard_size < 1:
         raise ValueError(f"--shard_size {args.shard_size}: expected >= 1")
-    fractions = splits.parse_fractions(args.split)
+    splits.parse_fractions(args.split)
+    if args.block_size < 1:
+        raise ValueError(f"--block_size {args.block_size}: expected >= 1")
     splits.check_output_dir(args.out)
-    n, get_pairs, names = load_pairs(args)
-    parts = splits.split_indices(n, fractions, args.seed)
-    return splits.write_splits(args.out, parts, get_pairs, args.shard_size, names,
-                               compress=args.compress and not args.no_compress)
+    pairs = load_pairs(args)
+    parts = split_pairs(args, pairs)
+    return splits.write_splits(args.out, parts, pairs.get_pairs, args.shard_size,
+                               pairs.class_names, compress=args.compress and not args.no_compress)
 
 
 class _Held(logging.Handler):

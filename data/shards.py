@@ -3,7 +3,9 @@
 A split (``trn``, ``val``, ``tst``) is a directory of ``.npz`` files read in sorted name order.
 Each file holds ``image_t1``/``image_t2`` (N, H, W, C) uint8, uint16 or float32 (same shape and
 dtype), ``label_t1``/``label_t2`` (N,) integer class ids 1..K (0 = undefined), optionally
-``row``/``col`` (N,) integer grid positions and ``class_names`` (K,) str.
+``row``/``col`` (N,) integer grid positions and ``class_names`` (K,) str, and (``make_shards
+raster`` on georeferenced images) ``crs`` () str (WKT), ``transform`` (6,) float (the affine
+transform of the tile grid: map x, y of tile corner (col, row)) and ``tile_size`` () integer.
 
 Files are opened with ``allow_pickle=False``. Every rule broken raises :class:`ShardError` with one
 line ``<file>: <key>: <what was expected>``.
@@ -40,6 +42,7 @@ log = logging.getLogger(__name__)
 IMAGE_KEYS = ("image_t1", "image_t2")
 LABEL_KEYS = ("label_t1", "label_t2")
 GRID_KEYS = ("row", "col")
+GEO_KEYS = ("crs", "transform", "tile_size")  # optional georeferencing of the tile grid
 REQUIRED_KEYS = IMAGE_KEYS + LABEL_KEYS
 IMAGE_DTYPES = (np.dtype(np.uint8), np.dtype(np.uint16), np.dtype(np.float32))
 CHUNK_BYTES = 64 * 2**20  # decoded bytes per chunk when checking float image values
@@ -140,6 +143,7 @@ class ShardInfo:
     class_names: list | None
     has_rowcol: bool
     max_label: int
+    geo: dict | None = None
 
 
 def check_header(path, headers: dict) -> tuple[int, tuple, np.dtype]:
@@ -173,7 +177,45 @@ def check_header(path, headers: dict) -> tuple[int, tuple, np.dtype]:
         shape, dtype = headers["class_names"]
         if len(shape) != 1 or dtype.kind not in "US":
             raise _err(path, "class_names", f"shape {shape} dtype {dtype}; expected a 1-D str array")
+    check_geo_header(path, headers)
     return n, tuple(s1[1:]), d1
+
+
+def check_geo_header(path, headers: dict) -> None:
+    """Optional georeferencing keys: crs () str, transform (6,) float, tile_size () integer; a
+    transform needs row/col (it maps grid positions to map coordinates)."""
+    expected = {"crs": ((), "US", "a str scalar (WKT)"),
+                "transform": ((6,), "f", "6 floats (a, b, c, d, e, f of the tile grid's affine "
+                                         "transform)"),
+                "tile_size": ((), "iu", "an integer scalar")}
+    for key, (shape_ok, kinds, what) in expected.items():
+        if key in headers:
+            shape, dtype = headers[key]
+            if shape != shape_ok or dtype.kind not in kinds:
+                raise _err(path, key, f"shape {shape} dtype {dtype}; expected {what}")
+    if "transform" in headers and "row" not in headers:
+        raise _err(path, "transform", "present without row/col; expected row and col with it")
+
+
+def check_geo_values(path, arrays: dict) -> dict | None:
+    """The georeferencing of a shard as ``{"crs", "transform", "tile_size"}`` (None where absent),
+    values checked; None when the shard has none of the keys."""
+    if not any(k in arrays for k in GEO_KEYS):
+        return None
+    geo = {"crs": str(arrays["crs"]) if "crs" in arrays else None,
+           "transform": None, "tile_size": None}
+    if "transform" in arrays:
+        t = np.asarray(arrays["transform"], np.float64)
+        if not np.isfinite(t).all() or t[0] * t[4] - t[1] * t[3] == 0:
+            raise _err(path, "transform", f"{t.tolist()}; expected a finite, invertible affine "
+                                          "transform")
+        geo["transform"] = tuple(float(v) for v in t)
+    if "tile_size" in arrays:
+        size = int(arrays["tile_size"])
+        if size < 1:
+            raise _err(path, "tile_size", f"{size}; expected >= 1")
+        geo["tile_size"] = size
+    return geo
 
 
 def check_labels(path, labels: dict, num_classes: int | None) -> int:
@@ -429,14 +471,15 @@ def check_shard(path, num_classes=None) -> tuple[ShardInfo, dict]:
     path = pathlib.Path(path)
     headers = read_headers(path)
     n, image_shape, dtype = check_header(path, headers)
-    keys = [k for k in LABEL_KEYS + GRID_KEYS + ("class_names",) if k in headers]
+    keys = [k for k in LABEL_KEYS + GRID_KEYS + ("class_names",) + GEO_KEYS if k in headers]
     arrays = load_arrays(path, keys)
+    geo = check_geo_values(path, arrays)
     names = [str(s) if not isinstance(s, bytes) else s.decode() for s in arrays["class_names"]] \
         if "class_names" in arrays else None
     if num_classes is None and names is not None:
         num_classes = len(names)
     top = check_labels(path, arrays, num_classes)
-    info = ShardInfo(path, n, image_shape, dtype, names, "row" in headers, top)
+    info = ShardInfo(path, n, image_shape, dtype, names, "row" in headers, top, geo)
     return info, arrays
 
 
@@ -455,6 +498,12 @@ def check_consistent(first: ShardInfo, info: ShardInfo) -> None:
             and info.class_names != first.class_names:
         raise _err(info.path, "class_names", f"{info.class_names}; expected {first.class_names} "
                    f"as in {first.path.name}")
+    for key in GEO_KEYS:
+        a, b = ((g or {}).get(key) for g in (first.geo, info.geo))
+        if a != b:
+            what = "present" if b is not None else "absent"
+            raise _err(info.path, key, f"{what if (a is None) != (b is None) else 'differs'}; "
+                       f"expected the {key} of {first.path.name} (all shards of a split on one grid)")
 
 
 def defined_mask(label_t1, label_t2) -> np.ndarray:
@@ -482,6 +531,7 @@ class SplitSummary:
     n_changed: int
     has_rowcol: bool
     pairs_per_file: list  # usable pairs per file (undefined ones skipped)
+    geo: dict | None = None  # crs (WKT), transform (6 floats), tile_size; None: not georeferenced
 
     def to_dict(self) -> dict:
         """JSON-able form."""
@@ -493,6 +543,10 @@ class SplitSummary:
             "hist_t1": self.hist_t1.tolist(), "hist_t2": self.hist_t2.tolist(),
             "n_changed": self.n_changed, "has_rowcol": self.has_rowcol,
             "pairs_per_file": list(self.pairs_per_file),
+            "georeferencing": None if self.geo is None else {
+                "crs": self.geo["crs"], "crs_name": crs_name(self.geo["crs"]),
+                "transform": None if self.geo["transform"] is None else list(self.geo["transform"]),
+                "tile_size": self.geo["tile_size"]},
         }
 
     def format(self) -> str:
@@ -502,6 +556,7 @@ class SplitSummary:
             f"{self.split_dir}: {len(self.files)} shard(s), {self.n_pairs} pairs "
             f"({self.n_skipped} undefined pairs skipped)",
             f"  images: {h}x{w}x{c} {self.dtype}; row/col: {'yes' if self.has_rowcol else 'no'}",
+            f"  georeferenced: {self.format_geo()}",
             f"  changed pairs: {self.n_changed} "
             f"({100.0 * self.n_changed / max(1, self.n_pairs):.1f} %)",
             f"  {'id':>3}  {'class':<24} {'t1':>8} {'t2':>8}",
@@ -511,7 +566,28 @@ class SplitSummary:
             lines.append(f"  {k + 1:>3}  {names[k]:<24} {self.hist_t1[k]:>8} {self.hist_t2[k]:>8}")
         return "\n".join(lines)
 
+    def format_geo(self) -> str:
+        g = self.geo
+        if g is None:
+            return "no"
+        parts = [crs_name(g["crs"]) or "no CRS"]
+        if g["tile_size"] is not None:
+            parts.append(f"tiles of {g['tile_size']} px")
+        if g["transform"] is not None:
+            a, b, c, d, e, f = g["transform"]
+            parts.append(f"tile grid origin ({c:.10g}, {f:.10g}), cell {a:g} x {e:g} map units")
+        return "; ".join(parts)
+
     __str__ = format
+
+
+def crs_name(wkt) -> str | None:
+    """The name of a WKT CRS (its first quoted string, e.g. 'WGS 84 / UTM zone 50N')."""
+    if not wkt:
+        return None
+    start = wkt.find('"')
+    end = wkt.find('"', start + 1)
+    return wkt[start + 1:end] if 0 <= start < end else wkt[:60]
 
 
 def _scan_split(split_dir, num_classes):
@@ -571,7 +647,8 @@ def inspect_split(split_dir, num_classes=None, check_values=True, check_stored=F
     if n_skipped:
         log.info("%s: skipping %d undefined pair(s) (label 0 on a date)", split_dir, n_skipped)
     return SplitSummary(split_dir, files, n_pairs, n_skipped, infos[0].image_shape, infos[0].dtype,
-                        k, names, hist1, hist2, n_changed, infos[0].has_rowcol, per_file)
+                        k, names, hist1, hist2, n_changed, infos[0].has_rowcol, per_file,
+                        infos[0].geo)
 
 
 def read_labels(split_dir, num_classes=None) -> dict:
@@ -629,7 +706,8 @@ def scale_images(x, unit=False) -> np.ndarray:
 
 
 def write_shard(path, image_t1, image_t2, label_t1, label_t2, row=None, col=None,
-                class_names=None, compress=False) -> pathlib.Path:
+                class_names=None, compress=False, crs=None, transform=None,
+                tile_size=None) -> pathlib.Path:
     """Write one §4 shard atomically (temporary file, then rename). Labels are 1-based, 0 = undefined.
 
     ``compress=False`` (the default of every writer here) stores the arrays uncompressed: the
@@ -644,7 +722,14 @@ def write_shard(path, image_t1, image_t2, label_t1, label_t2, row=None, col=None
         arrays["row"], arrays["col"] = np.asarray(row), np.asarray(col)
     if class_names is not None:
         arrays["class_names"] = np.asarray([str(s) for s in class_names], dtype=str)
+    if crs is not None:
+        arrays["crs"] = np.asarray(str(crs))
+    if transform is not None:
+        arrays["transform"] = np.asarray(transform, np.float64)
+    if tile_size is not None:
+        arrays["tile_size"] = np.asarray(int(tile_size), np.int64)
     check_header(path, {k: (v.shape, v.dtype) for k, v in arrays.items()})
+    check_geo_values(path, arrays)
     check_labels(path, arrays, None if class_names is None else len(class_names))
     for key in IMAGE_KEYS:
         check_image_values(path, key, arrays[key])

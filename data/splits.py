@@ -24,6 +24,7 @@ log = logging.getLogger(__name__)
 
 SPLITS = ("trn", "val", "tst")
 DEFAULT_FRACTIONS = (0.7, 0.1, 0.2)
+SPLIT_MODES = ("random", "block")
 
 
 def resolve_split_dirs(data_dir, given: dict, fill=SPLITS, optional=()) -> dict:
@@ -72,6 +73,37 @@ def split_indices(n, fractions=DEFAULT_FRACTIONS, seed=0) -> dict:
         raise ValueError(f"{n} pairs are too few for the split fractions {fractions}")
     parts = (perm[:n_trn], perm[n_trn:n_trn + n_val], perm[n_trn + n_val:])
     return {name: np.sort(p) for name, p in zip(SPLITS, parts, strict=True)}
+
+
+def split_blocks(row, col, block_size, fractions=DEFAULT_FRACTIONS, seed=0) -> dict:
+    """Spatial split: the tiles of each block of ``block_size`` x ``block_size`` grid cells go to
+    one split, so that neighbouring tiles do not leak between trn and tst.
+
+    Blocks are shuffled from ``seed`` and handed out in that order: a block goes to the split in
+    whose share of the pairs (trn, then val, then tst) its middle pair falls, so each split gets
+    close to its fraction of the pairs. Returns ``{"trn", "val", "tst"}`` sorted index arrays.
+    """
+    if block_size < 1:
+        raise ValueError(f"--block_size {block_size}: expected >= 1")
+    row, col = np.asarray(row, np.int64), np.asarray(col, np.int64)
+    keys = np.stack([row // block_size, col // block_size], axis=1)
+    blocks, which = np.unique(keys, axis=0, return_inverse=True)
+    which = which.reshape(-1)
+    sizes = np.bincount(which, minlength=len(blocks))
+    order = np.random.default_rng(seed).permutation(len(blocks))
+    middle = np.cumsum(sizes[order]) - sizes[order] / 2.0
+    bounds = np.cumsum(fractions) * len(row)
+    part = np.empty(len(blocks), np.int64)
+    part[order] = np.minimum(np.searchsorted(bounds, middle, side="right"), 2)
+    for i, f in enumerate(fractions):  # a split asked for gets at least one block when possible
+        if f > 0 and not (part == i).any() and len(blocks) >= 3:
+            donor = np.bincount(part, minlength=3).argmax()
+            part[order[np.flatnonzero(part[order] == donor)[-1]]] = i
+    if fractions[0] > 0 and not (part == 0).any():
+        raise ValueError(f"{len(blocks)} block(s) of {block_size}x{block_size} tiles are too few "
+                         f"for the split fractions {tuple(fractions)}; use a smaller --block_size")
+    pair_part = part[which]
+    return {name: np.flatnonzero(pair_part == i) for i, name in enumerate(SPLITS)}
 
 
 def check_output_dir(out_dir, splits=SPLITS) -> pathlib.Path:

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import csv
 import io
-import json
 import logging
 import sys
 import warnings
@@ -40,7 +39,13 @@ from utils.cli import UsageError
 from utils.config import EvalConfig
 from utils.devices import select_devices, setup_backend
 from utils.metrics import change_probability, compute_metrics, format_table, per_class_csv
-from utils.rundir import atomic_write_bytes, atomic_write_json, atomic_write_npz, check_writable_dir
+from utils.rundir import (
+    atomic_write_bytes,
+    atomic_write_json,
+    atomic_write_npz,
+    check_writable_dir,
+    run_args,
+)
 
 log = logging.getLogger("corrfusion.eval")
 
@@ -361,17 +366,6 @@ def write_bovw_outputs(out_dir, metrics, preds, info) -> Path:
 
 
 # -------------------------------------------------------------------------------------------- eval.py
-def run_args(run_root: Path | None) -> dict:
-    """The training run's resolved arguments (args.json), {} when there is none."""
-    if run_root is None or not (run_root / "args.json").is_file():
-        return {}
-    try:
-        return json.loads((run_root / "args.json").read_text())
-    except (OSError, ValueError):
-        log.warning("%s: unreadable, ignored", run_root / "args.json")
-        return {}
-
-
 def eval_splits(config: EvalConfig, saved: dict) -> dict[str, str]:
     """Splits to evaluate: -trn/-val/-tst as given; --data_dir adds its val/ and tst/; with neither,
     the run's own validation and test splits from args.json."""

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import io
 import json
+import logging
 import os
 import platform
 import sys
@@ -20,6 +21,8 @@ from pathlib import Path
 import numpy as np
 
 from utils.cli import UsageError
+
+log = logging.getLogger("corrfusion.rundir")
 
 
 class RunDirError(UsageError):
@@ -262,3 +265,14 @@ def make_run_dirs(config, paths: RunPaths) -> None:
     paths.root.mkdir(parents=True, exist_ok=True)
     if config.save_model:
         paths.ckpt_dir.mkdir(parents=True, exist_ok=True)
+
+
+def run_args(run_root: Path | None) -> dict:
+    """The training run's resolved arguments (args.json), {} when there is none."""
+    if run_root is None or not (run_root / "args.json").is_file():
+        return {}
+    try:
+        return json.loads((run_root / "args.json").read_text())
+    except (OSError, ValueError):
+        log.warning("%s: unreadable, ignored", run_root / "args.json")
+        return {}

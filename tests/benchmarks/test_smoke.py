@@ -109,3 +109,28 @@ def test_scripts_are_importable_as_files():
     for mod in (throughput, memory, startup, gpu_bench, cancorr_cost):
         assert mod.__doc__ and "python" in mod.__doc__
     assert sys.modules["benchmarks.common"] is common
+
+
+def test_scene_map_benchmark_at_a_tiny_size(tmp_path):
+    """The synthetic scene is a georeferenced uint8 RGB raster; the map child runs and reports."""
+    import types
+
+    import rasterio
+
+    import model as cfn
+    from benchmarks import scene_map
+
+    for name, seed in (("t1.tif", 1), ("t2.tif", 2)):
+        scene_map.write_scene(tmp_path / name, 96, 32, seed)
+    with rasterio.open(tmp_path / "t1.tif") as src:
+        assert (src.width, src.height, src.count, src.dtypes[0]) == (96, 96, 3, "uint8")
+        assert src.crs.to_epsg() == 32650
+    cfn.build_model(scene_map.CLASSES, image_size=(32, 32), backbone="small",
+                    hidden=8, seed=0).save(tmp_path / "m.keras")
+    args = types.SimpleNamespace(model=tmp_path / "m.keras", scene=tmp_path, tile=32, batch=4,
+                                 child="map", size=96, out=tmp_path / "maps", bare_tiles=8)
+    r = scene_map.child(args)
+    assert r["tiles"] == 9 and r["tiles_per_s"] > 0 and r["ru_maxrss_mib"] > 0
+    assert (tmp_path / "maps" / "change.tif").is_file()
+    args.child = "bare"
+    assert scene_map.child(args)["tiles_measured"] == 8

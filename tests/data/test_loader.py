@@ -337,3 +337,18 @@ def test_other_backend_gets_pydataset(split):
     name_line, labels_line = proc.stdout.strip().splitlines()[-2:]
     assert name_line == f"ShardPyDataset {loader.steps_per_epoch(shards.inspect_split(split), 4)}"
     assert [int(v) for v in labels_line.split()] == shards.read_labels(split)["label_t1"].tolist()
+
+
+def test_georeferenced_shards_load(tmp_path):
+    """Shards with the optional crs/transform/tile_size keys (make_shards raster) are read."""
+    from data.loader import make_dataset
+    from tests.data._helpers import shard_arrays, write_npz
+
+    for i in range(2):
+        write_npz(tmp_path / "split" / f"s{i}.npz", **shard_arrays(seed=i),
+                  crs=np.asarray('PROJCS["WGS 84 / UTM zone 50N"]'),
+                  transform=np.array([80.0, 0, 5e5, 0, -80.0, 3.4e6]),
+                  tile_size=np.asarray(4, np.int64))
+    ds, summary = make_dataset(tmp_path / "split", 4, training=True)
+    assert summary.geo["tile_size"] == 4
+    assert sum(len(y1) for _, (y1, _) in ds) == 12

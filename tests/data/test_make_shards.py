@@ -335,3 +335,151 @@ def test_command_line_prints_exactly_one_line(folders, case):
     assert proc.stderr.count("\n") == 1 and proc.stderr.startswith("error: "), proc.stderr
     assert bad in proc.stderr and proc.stdout == ""
     assert not (root / "deep").exists()
+
+
+# ----------------------------------------------------------------------------- georeferencing, edges,
+# unlabelled shards, block split (issue 12)
+
+
+def _scene(tmp_path, height=5 * T, width=6 * T, tf2=None, crs2="EPSG:32650"):
+    from tests.data import _scenes as scenes
+
+    y = scenes.class_grid(-(-height // T), -(-width // T))
+    x1 = scenes.render(y, T, height=height, width=width, seed=1)
+    x2 = scenes.render(y, T, height=height, width=width, seed=2)
+    t1 = scenes.write_tif(tmp_path / "t1.tif", x1)
+    t2 = scenes.write_tif(tmp_path / "t2.tif", x2, crs=crs2, tf=tf2)
+    return t1, t2, x1, x2, y
+
+
+def test_raster_shards_carry_crs_tile_transform_and_tile_size(tmp_path, capsys):
+    from data import inspect
+    from tests.data import _scenes as scenes
+
+    t1, t2, *_ = _scene(tmp_path)
+    np.save(tmp_path / "y.npy", scenes.class_grid(5, 6))
+    out = tmp_path / "o"
+    assert make_shards.main(["raster", "--t1", str(t1), "--t2", str(t2), "--labels1",
+                             str(tmp_path / "y.npy"), "--labels2", str(tmp_path / "y.npy"),
+                             "--tile", str(T), "--out", str(out)]) == 0
+    with np.load(next((out / "trn").glob("*.npz"))) as z:
+        assert rasterio.crs.CRS.from_wkt(str(z["crs"])).to_epsg() == 32650
+        tf = rasterio.Affine(*z["transform"])
+        assert tf == scenes.transform() @ rasterio.Affine.scale(T)
+        assert int(z["tile_size"]) == T
+        # the transform maps a tile's (col, row) to its upper-left corner on the map
+        r, c = int(z["row"][0]), int(z["col"][0])
+        assert tf @ (c, r) == scenes.transform() @ (c * T, r * T)
+    summary = shards.inspect_split(out / "trn")
+    assert summary.geo["tile_size"] == T and summary.to_dict()["georeferencing"]["crs_name"] == \
+        "WGS 84 / UTM zone 50N"
+    assert inspect.main([str(out / "trn")]) == 0
+    assert f"georeferenced: WGS 84 / UTM zone 50N; tiles of {T} px; tile grid origin " \
+           "(500000, 3400000), cell 80 x -80 map units" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("case, words", [
+    ("shifted", ["transform: origin", "shifted by (5000, 0) map units"]),
+    ("crs", ["CRS EPSG:32650 vs EPSG:32651"]),
+])
+def test_raster_dates_are_checked_against_each_other(tmp_path, capsys, case, words):
+    from tests.data import _scenes as scenes
+
+    kw = {"tf2": scenes.transform((scenes.ORIGIN[0] + 5000, scenes.ORIGIN[1]))} \
+        if case == "shifted" else {"crs2": "EPSG:32651"}
+    t1, t2, *_ = _scene(tmp_path, **kw)
+    assert make_shards.main(["raster", "--t1", str(t1), "--t2", str(t2), "--tile", str(T),
+                             "--out", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith(f"error: {t1}, {t2}: "), err
+    for w in words:
+        assert w in err
+    assert not (tmp_path / "o").exists()
+
+
+def test_unlabelled_raster_shards_pad_the_edges(tmp_path):
+    t1, t2, x1, x2, _ = _scene(tmp_path, height=5 * T - 3, width=6 * T + 2)
+    out = tmp_path / "o"
+    assert make_shards.main(["raster", "--t1", str(t1), "--t2", str(t2), "--tile", str(T),
+                             "--out", str(out)]) == 0
+    pairs = _all_pairs(out)
+    assert sorted(pairs) == [(r, c) for r in range(5) for c in range(7)]  # edges kept
+    assert {(l1, l2) for *_, l1, l2 in pairs.values()} == {(0, 0)}  # unlabelled
+    edge = pairs[(4, 6)][0]  # 5 rows x 2 columns of image, mirrored to T x T
+    np.testing.assert_array_equal(edge[:5, :2], x1[4 * T:, 6 * T:])
+    np.testing.assert_array_equal(edge[:5, 2:4], x1[4 * T:, 6 * T:][:, ::-1])
+    np.testing.assert_array_equal(edge[5:8, :2], x1[4 * T:, 6 * T:][::-1][:3])
+    np.testing.assert_array_equal(pairs[(1, 2)][1], x2[T:2 * T, 2 * T:3 * T])
+    summary = shards.inspect_split(out / "trn")  # readable; every pair undefined for training
+    assert summary.n_pairs == 0 and summary.n_skipped == sum(
+        len(np.load(p)["row"]) for p in shards.list_shards(out / "trn"))
+
+
+def test_one_label_file_without_the_other_is_refused(tmp_path, capsys):
+    t1, t2, *_ = _scene(tmp_path)
+    np.save(tmp_path / "y.npy", np.ones((5, 6), np.int64))
+    assert make_shards.main(["raster", "--t1", str(t1), "--t2", str(t2), "--tile", str(T),
+                             "--labels1", str(tmp_path / "y.npy"), "--out",
+                             str(tmp_path / "o")]) == 2
+    assert "--labels1 without --labels2" in capsys.readouterr().err
+    assert not (tmp_path / "o").exists()
+
+
+def test_full_size_label_raster_on_padded_edges(tmp_path):
+    """Majority of the in-image pixels of an edge tile; a grid of the padded shape works too."""
+    t1, t2, *_ = _scene(tmp_path, height=2 * T + 3, width=3 * T)
+    labels = np.ones((2 * T + 3, 3 * T), np.uint8)
+    labels[2 * T:, :T] = 2  # the 3 in-image rows of edge tile (2, 0)
+    Image.fromarray(labels).save(tmp_path / "l.png")
+    out = tmp_path / "o"
+    assert make_shards.main(["raster", "--t1", str(t1), "--t2", str(t2), "--tile", str(T),
+                             "--labels1", str(tmp_path / "l.png"), "--labels2",
+                             str(tmp_path / "l.png"), "--out", str(out)]) == 0
+    pairs = _all_pairs(out)
+    assert len(pairs) == 9 and pairs[(2, 0)][2] == 2 and pairs[(2, 1)][2] == 1
+
+
+def test_choose_grid_keeps_an_old_style_grid_and_says_width_x_height(caplog):
+    with caplog.at_level("WARNING"):
+        assert make_shards.choose_grid((855, 1141), 150, [np.zeros((5, 7))]) == (5, 7)
+    assert "image 1141x855 (width x height) is not a multiple of --tile 150" in caplog.text
+    assert "the last 91 column(s) and 105 row(s) of pixels are left out" in caplog.text
+    assert make_shards.choose_grid((855, 1141), 150, []) == (6, 8)
+
+
+def test_block_split_keeps_blocks_together():
+    row, col = np.divmod(np.arange(20 * 30), 30)
+    parts = splits.split_blocks(row, col, 5, (0.6, 0.2, 0.2), seed=3)
+    assert sorted(np.concatenate(list(parts.values())).tolist()) == list(range(600))
+    home = {}
+    for name, idx in parts.items():
+        for i in idx:
+            assert home.setdefault((row[i] // 5, col[i] // 5), name) == name
+    sizes = {k: len(v) for k, v in parts.items()}
+    assert abs(sizes["trn"] - 360) <= 25 and sizes["val"] > 0 and sizes["tst"] > 0
+
+
+def test_block_split_mode_on_the_command_line(tmp_path):
+    t1, t2, *_ = _scene(tmp_path, height=8 * T, width=8 * T)
+    out = tmp_path / "o"
+    assert make_shards.main(["raster", "--t1", str(t1), "--t2", str(t2), "--tile", str(T),
+                             "--out", str(out), "--split_mode", "block", "--block_size", "2",
+                             "--split", "0.5,0.25,0.25"]) == 0
+    where = {}
+    for split in ("trn", "val", "tst"):
+        for path in shards.list_shards(out / split):
+            with np.load(path) as z:
+                for r, c in zip(z["row"], z["col"], strict=True):
+                    assert where.setdefault((r // 2, c // 2), split) == split
+    assert len(where) == 16
+
+
+def test_block_split_needs_grid_positions(tmp_path, capsys):
+    root = tmp_path
+    for d in ("d1", "d2"):
+        (root / d / "a").mkdir(parents=True)
+        for name in ("x", "y", "z"):
+            Image.fromarray(np.zeros((T, T, 3), np.uint8)).save(root / d / "a" / f"{name}.png")
+    assert make_shards.main(["folders", "--t1", str(root / "d1"), "--t2", str(root / "d2"),
+                             "--out", str(root / "o"), "--split_mode", "block"]) == 2
+    assert "--split_mode block: the tiles have no grid position" in capsys.readouterr().err

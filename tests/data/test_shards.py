@@ -319,3 +319,46 @@ def test_float_value_error_is_not_called_corruption(tmp_path, case):
     message = str(info.value)
     assert message.startswith(f"{path}: {words}"), message
     assert "unreadable" not in message and "corrupt" not in message and message.count(str(path)) == 1
+
+
+# ----------------------------------------------------------------------------- georeferencing keys
+
+
+def _geo_shard(tmp_path, name="s.npz", **extra):
+    from tests.data._helpers import shard_arrays, write_npz
+
+    arrays = {**shard_arrays(), "crs": np.asarray('PROJCS["WGS 84 / UTM zone 50N"]'),
+              "transform": np.array([80.0, 0, 5e5, 0, -80.0, 3.4e6]),
+              "tile_size": np.asarray(8, np.int64), **extra}
+    return write_npz(tmp_path / "split" / name, **{k: v for k, v in arrays.items()
+                                                  if v is not None})
+
+
+def test_georeferencing_keys_are_summarised(tmp_path):
+    _geo_shard(tmp_path)
+    s = shards.inspect_split(tmp_path / "split")
+    assert s.geo == {"crs": 'PROJCS["WGS 84 / UTM zone 50N"]',
+                     "transform": (80.0, 0.0, 5e5, 0.0, -80.0, 3.4e6), "tile_size": 8}
+    assert "georeferenced: WGS 84 / UTM zone 50N; tiles of 8 px" in s.format()
+
+
+@pytest.mark.parametrize("extra, words", [
+    ({"crs": np.array([1, 2])}, "crs: shape (2,) dtype int64; expected a str scalar (WKT)"),
+    ({"transform": np.zeros(4)}, "transform: shape (4,) dtype float64; expected 6 floats"),
+    ({"transform": np.zeros(6)}, "expected a finite, invertible affine transform"),
+    ({"tile_size": np.asarray(0)}, "tile_size: 0; expected >= 1"),
+    ({"tile_size": np.asarray(1.5)}, "tile_size: shape () dtype float64; expected an integer"),
+    ({"row": None, "col": None}, "transform: present without row/col"),
+])
+def test_bad_georeferencing_keys(tmp_path, extra, words):
+    _geo_shard(tmp_path, **extra)
+    with pytest.raises(shards.ShardError, match=re.escape(words)):
+        shards.inspect_split(tmp_path / "split")
+
+
+def test_shards_of_a_split_share_one_grid(tmp_path):
+    _geo_shard(tmp_path, "a.npz")
+    _geo_shard(tmp_path, "b.npz", transform=np.array([80.0, 0, 6e5, 0, -80.0, 3.4e6]))
+    with pytest.raises(shards.ShardError, match="b.npz: transform: differs; expected the "
+                                                "transform of a.npz"):
+        shards.inspect_split(tmp_path / "split")
