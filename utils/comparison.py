@@ -1,4 +1,5 @@
-"""compare.py's table: rows methods, columns the paper's figures as mean ± std over runs.
+"""compare.py's table: rows methods, columns the paper's figures as mean ± std over runs (the
+sample standard deviation, ddof = 1: ``utils.metrics.mean_std``).
 
 ``summarize`` the runs' test metrics, then ``markdown_table``, ``csv_table`` and ``bar_chart``.
 """
@@ -11,6 +12,8 @@ import numpy as np
 import seaborn as sns
 from matplotlib.figure import Figure
 
+from utils.metrics import mean_std
+
 #: the table's columns: (key in results.json metrics, header)
 COLUMNS = (("OA_t1", "OA_t1"), ("OA_t2", "OA_t2"), ("OA_bi", "OA_bi"), ("OA_tr", "OA_tr"),
            ("change_f1", "change F1"))
@@ -21,11 +24,16 @@ def summarize(results: dict) -> list[dict]:
     for method, runs in results.items():
         row = {"method": method, "runs": len(runs)}
         for key, _ in COLUMNS:
-            vals = [float(r[key]) for r in runs if r.get(key) is not None]
-            row[f"{key}_mean"] = float(np.mean(vals)) if vals else None
-            row[f"{key}_std"] = float(np.std(vals)) if vals else None
+            row[f"{key}_mean"], row[f"{key}_std"] = mean_std(
+                r[key] for r in runs if r.get(key) is not None)
         rows.append(row)
     return rows
+
+
+def _cell(mean, std) -> str:
+    if mean is None:
+        return "—"
+    return f"{100 * mean:.2f}" + ("" if std is None else f" ± {100 * std:.2f}")
 
 
 def markdown_table(rows: list[dict]) -> str:
@@ -33,8 +41,7 @@ def markdown_table(rows: list[dict]) -> str:
     head = "| method | runs | " + " | ".join(h for _, h in COLUMNS) + " |"
     lines = [head, "|---|---:|" + "---:|" * len(COLUMNS)]
     for r in rows:
-        cells = [("—" if r[f"{k}_mean"] is None else
-                  f"{100 * r[f'{k}_mean']:.2f} ± {100 * r[f'{k}_std']:.2f}") for k, _ in COLUMNS]
+        cells = [_cell(r[f"{k}_mean"], r[f"{k}_std"]) for k, _ in COLUMNS]
         lines.append(f"| {r['method']} | {r['runs']} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 

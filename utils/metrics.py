@@ -39,6 +39,7 @@ import numpy as np
 from sklearn import metrics as skm
 
 __all__ = [
+    "mean_std",
     "change_probability",
     "cohen_kappa",
     "binary_change_metrics",
@@ -78,6 +79,15 @@ PER_CLASS_FIELDS = (
     "f1",
     "support",
 )
+
+
+def mean_std(values):
+    """``(mean, std)`` over runs, the std the sample standard deviation (ddof = 1, as the paper's
+    ± over independent runs); ``std`` is None for fewer than two values, both None for none."""
+    vals = np.asarray([float(v) for v in values], dtype=np.float64)
+    if not len(vals):
+        return None, None
+    return float(vals.mean()), (float(vals.std(ddof=1)) if len(vals) > 1 else None)
 
 
 def change_probability(p1, p2):

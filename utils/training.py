@@ -16,8 +16,6 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
-
 from data.shards import ShardError, inspect_split
 from data.splits import resolve_split_dirs
 from data.synthetic import demo_data_dir, ensure_demo_data
@@ -32,7 +30,7 @@ from utils.cli import UsageError
 from utils.config import TrainConfig
 from utils.devices import make_strategy, select_devices, setup_backend
 from utils.evaluation import evaluate_split, write_outputs
-from utils.metrics import format_table
+from utils.metrics import format_table, mean_std
 from utils.rundir import (
     RunPaths,
     atomic_write_bytes,
@@ -330,16 +328,17 @@ SUMMARY_KEYS = ("OA_t1", "OA_t2", "OA_bi", "OA_tr", "kappa_t1", "kappa_t2", "cha
 
 
 def summarize_runs(config, results: list[dict]) -> dict:
-    """Mean ± std of each run's test metrics, written as JSON and CSV into the result path."""
+    """Mean ± std (sample standard deviation, ddof = 1) of each run's test metrics, written as
+    JSON and CSV into the result path."""
     results = [r for r in results if r]
     if len(results) < 2:
         return {}
     summary = {}
     for key in SUMMARY_KEYS:
         vals = [float(r[key]) for r in results if r.get(key) is not None]
-        if vals:
-            summary[key] = {"mean": float(np.mean(vals)), "std": float(np.std(vals)),
-                            "runs": vals}
+        if len(vals) > 1:
+            mean, std = mean_std(vals)
+            summary[key] = {"mean": mean, "std": std, "runs": vals}
     out = summary_dir(config)
     rows = ["metric,mean,std," + ",".join(f"run{k}" for k in range(len(results)))]
     rows += [f"{k},{v['mean']:.6f},{v['std']:.6f}," + ",".join(f"{x:.6f}" for x in v["runs"])

@@ -43,7 +43,7 @@ def test_table_has_one_row_per_method_matching_the_runs(compared):
         for key in ("OA_t1", "OA_t2", "OA_bi", "OA_tr", "change_f1"):
             vals = [r[key] for r in runs]
             mean = sum(vals) / 2
-            std = abs(vals[0] - vals[1]) / 2
+            std = abs(vals[0] - vals[1]) / 2**0.5  # the sample standard deviation (ddof = 1)
             assert float(rows[method][f"{key}_mean"]) == pytest.approx(mean, abs=1e-6)
             assert float(rows[method][f"{key}_std"]) == pytest.approx(std, abs=1e-6)
     md = (compared / "comparison.md").read_text().splitlines()

@@ -187,3 +187,12 @@ def test_table_and_per_class_csv():
     )
     h = M.headline(m)
     assert h["OA_t1"] == 0.75 and "thr_change_f1" in h
+
+
+def test_mean_std_over_runs_is_the_sample_standard_deviation():
+    from utils.metrics import mean_std
+
+    mean, std = mean_std([0.9, 0.92, 0.97])
+    assert mean == pytest.approx(np.mean([0.9, 0.92, 0.97]))
+    assert std == pytest.approx(np.std([0.9, 0.92, 0.97], ddof=1))
+    assert mean_std([0.9]) == (0.9, None) and mean_std([]) == (None, None)
