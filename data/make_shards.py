@@ -47,7 +47,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from data import shards, splits
+from data import rasters, shards, splits
 from utils.cli import configure_logging
 
 log = logging.getLogger(__name__)
@@ -74,19 +74,6 @@ def _err(path, key, expected):
 
 
 # ----------------------------------------------------------------------------- reading images
-
-
-def parse_bands(text):
-    """``"1,2,3"`` -> [1, 2, 3] (1-based, like rasterio); None stays None."""
-    if text in (None, ""):
-        return None
-    try:
-        bands = [int(b) for b in str(text).split(",")]
-    except ValueError:
-        raise ValueError(f"--bands {text!r}: expected 1-based band numbers like 1,2,3") from None
-    if min(bands) < 1:
-        raise ValueError(f"--bands {text!r}: expected 1-based band numbers (>= 1)")
-    return bands
 
 
 def as_shard_dtype(path, image):
@@ -362,7 +349,6 @@ def georeference(t1, t2, tile) -> dict:
     only ``tile_size`` for images without a CRS (PNG/JPEG, plain TIFF)."""
     from affine import Affine
 
-    from data import rasters
 
     keys = {"tile_size": np.asarray(tile, np.int64)}
     if pathlib.Path(t1).suffix.lower() in PILLOW_SUFFIXES \
@@ -397,7 +383,6 @@ def raster_pairs(t1, t2, labels1, labels2, tile, bands=None, mat_key=None, trans
     number is an error naming the label file. Tiles past the right and bottom edges are padded
     (each mirrors its own pixels, as predict.py's tiles do) rather than dropped.
     """
-    from data import rasters
 
     if tile < 1:
         raise ValueError(f"--tile {tile}: expected >= 1")
@@ -498,7 +483,7 @@ def load_pairs(args) -> Pairs:
     if args.mode == "folders":
         return folder_pairs(args.t1, args.t2, names, args.skip_unpaired)
     return raster_pairs(args.t1, args.t2, args.labels1, args.labels2, args.tile,
-                        parse_bands(args.bands), args.mat_key, args.transpose_labels, names)
+                        rasters.parse_bands(args.bands), args.mat_key, args.transpose_labels, names)
 
 
 def split_pairs(args, pairs: Pairs) -> dict:
