@@ -532,6 +532,7 @@ class SplitSummary:
     has_rowcol: bool
     pairs_per_file: list  # usable pairs per file (undefined ones skipped)
     geo: dict | None = None  # crs (WKT), transform (6 floats), tile_size; None: not georeferenced
+    labelled: bool = True  # False: label 0 everywhere (make_shards raster without labels)
 
     def to_dict(self) -> dict:
         """JSON-able form."""
@@ -648,7 +649,16 @@ def inspect_split(split_dir, num_classes=None, check_values=True, check_stored=F
         log.info("%s: skipping %d undefined pair(s) (label 0 on a date)", split_dir, n_skipped)
     return SplitSummary(split_dir, files, n_pairs, n_skipped, infos[0].image_shape, infos[0].dtype,
                         k, names, hist1, hist2, n_changed, infos[0].has_rowcol, per_file,
-                        infos[0].geo)
+                        infos[0].geo, any(i.max_label > 0 for i in infos))
+
+
+def require_labels(summary: SplitSummary, split: str, use: str) -> None:
+    """Refuse a split whose shards carry no labels at all (label 0 everywhere, as ``make_shards
+    raster`` writes without --labels1/--labels2) for ``use`` (training, evaluation)."""
+    if not summary.labelled:
+        raise ShardError(f"{summary.split_dir}: {split} split: label_t1/label_t2 are 0 everywhere: "
+                         f"the shards have no labels (usable by predict.py only); expected "
+                         f"labelled shards for {use}")
 
 
 def read_labels(split_dir, num_classes=None) -> dict:

@@ -25,9 +25,9 @@ from pathlib import Path
 import numpy as np
 import scipy.io
 
-from data.shards import inspect_split, read_labels
+from data.shards import inspect_split, read_labels, require_labels
 from data.splits import SPLITS, resolve_split_dirs
-from utils import plots
+from utils import plots, scene_map
 from utils.checkpoints import (
     check_checkpoint,
     check_compatible,
@@ -298,11 +298,34 @@ def write_figures(out_dir, metrics, preds) -> list[Path]:
     return paths
 
 
-def write_outputs(out_dir, metrics, preds, class_names=None, overwrite=False, info=None) -> Path:
+def geotiff_names(metrics, preds, geo) -> list[str]:
+    """The GeoTIFFs (and their legend) ``write_geotiffs`` writes: the shards carry a CRS and a tile
+    grid transform, and their row/col can be drawn as maps."""
+    if not geo or not geo.get("crs") or geo.get("transform") is None:
+        return []
+    if "row" not in preds or map_problem(metrics, preds) is not None:
+        return []
+    return [*scene_map.MAP_FILES, "from_to.json"]
+
+
+def write_geotiffs(out_dir, metrics, preds, geo) -> list[Path]:
+    """class_t1.tif, class_t2.tif, p_change.tif, change.tif (argmax t1 ≠ argmax t2), from_to.tif
+    and from_to.json of one split, one cell per tile on the shards' grid (``geo``: the split's
+    ``SplitSummary.geo``: crs WKT, transform); nothing without a CRS and transform."""
+    if not geotiff_names(metrics, preds, geo):
+        return []
+    return scene_map.write_grid_maps(
+        out_dir, geo["crs"], geo["transform"], preds["row"], preds["col"], preds["prob_t1"],
+        preds["prob_t2"], metrics["class_names"])
+
+
+def write_outputs(out_dir, metrics, preds, class_names=None, overwrite=False, info=None,
+                  geo=None) -> Path:
     """Write one split's results into out_dir.
 
     Files: ``results.json`` ({"info", "metrics"}), ``metrics.txt`` (the table), ``per_class.csv``,
-    ``predictions.npz`` / ``.mat`` / ``.csv``, the PNGs of ``write_figures``.
+    ``predictions.npz`` / ``.mat`` / ``.csv``, the PNGs of ``write_figures``, and with ``geo`` (the
+    split's georeferencing, ``SplitSummary.geo``) the GeoTIFFs of ``write_geotiffs``.
 
     Args:
         out_dir: result directory (created); an existing non-empty one needs ``overwrite``.
@@ -311,6 +334,7 @@ def write_outputs(out_dir, metrics, preds, class_names=None, overwrite=False, in
             callers can pass what they have.
         overwrite: replace files in an existing non-empty directory.
         info: extra JSON-able facts for results.json (checkpoint, split directory, ...).
+        geo: ``{"crs", "transform", ...}`` of georeferenced shards, or None.
     """
     out_dir = Path(out_dir)
     check_writable_dir(out_dir, overwrite, "result directory")
@@ -338,6 +362,7 @@ def write_outputs(out_dir, metrics, preds, class_names=None, overwrite=False, in
     atomic_write_bytes(out_dir / "predictions.mat", buf.getvalue())
     atomic_write_bytes(out_dir / "predictions.csv", _predictions_csv(preds).encode())
     write_figures(out_dir, metrics, preds)
+    write_geotiffs(out_dir, metrics, preds, geo)
     log.info("results written to %s", out_dir)
     return out_dir
 
@@ -407,7 +432,10 @@ def evaluate_checkpoint(config: EvalConfig, command=None) -> dict:
     size = config.image_size or saved.get("args", {}).get("image_size")
     image_size = tuple(size) if size else None
     check_writable_dir(out_dir, config.overwrite, "result directory")
-    check_checkpoint(ckpt, splits, {s: inspect_split(d) for s, d in splits.items()}, image_size)
+    summaries = {s: inspect_split(d) for s, d in splits.items()}
+    for split, summary in summaries.items():
+        require_labels(summary, split, "evaluation")
+    check_checkpoint(ckpt, splits, summaries, image_size)
 
     device_info = setup_backend(config.mixed_precision)
     net = load_checkpoint(ckpt)
@@ -424,7 +452,8 @@ def evaluate_checkpoint(config: EvalConfig, command=None) -> dict:
             "devices": device_info, "command": list(sys.argv if command is None else command)}
     for split in splits:
         write_outputs(out_dir / split, results[split], preds[split], overwrite=True,
-                      info={**info, "split": split, "split_dir": splits[split]})
+                      info={**info, "split": split, "split_dir": splits[split]},
+                      geo=summaries[split].geo)
     write_summary(out_dir, results, info)
     sys.stdout.write(f"{ckpt}\n{format_table(results)}\n")
     log.info("results: %s", out_dir)

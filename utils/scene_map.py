@@ -12,7 +12,8 @@ The library behind ``predict.py``; the steps, each a function or a small class:
   tile: one output cell per pixel, class probabilities of overlapping tiles averaged; a rolling
   buffer of ``tile`` pixel rows) turn predicted rows into finished :class:`Block` s of output rows.
 * :class:`MapWriter`: the GeoTIFFs (class_t1, class_t2, p_change, change, from_to), written in
-  blocks of whole output rows, plus the counts for summary.json.
+  blocks of whole output rows, plus the counts for summary.json; :func:`write_grid_maps` writes
+  them for predictions at tile grid positions (eval.py on georeferenced shards).
 * :func:`write_quicklook`: a PNG of the change map over the date-2 image (decimated reads).
 * :func:`map_scene`: all of it for an open :class:`data.rasters.RasterPair`.
 
@@ -410,6 +411,50 @@ class MapWriter:
             d.close()
 
 
+def write_from_to_legend(out_dir, names) -> pathlib.Path:
+    """from_to.json: the legend of from_to.tif's codes."""
+    from utils.rundir import atomic_write_json
+
+    path = pathlib.Path(out_dir) / "from_to.json"
+    atomic_write_json(path, {"code": f"(from - 1) * {len(names)} + to; 0 = nodata",
+                             "legend": from_to_legend(names)})
+    return path
+
+
+def write_grid_maps(out_dir, crs, transform, row, col, p1, p2, names,
+                    threshold=None) -> list[pathlib.Path]:
+    """The GeoTIFFs of :class:`MapWriter` (and from_to.json) for tile pairs predicted at tile grid
+    positions ``row``, ``col`` (eval.py on georeferenced shards): one cell per tile, the grid's
+    rows 0..max(row) and columns 0..max(col), so that ``transform`` (the shards' tile grid
+    transform, 6 floats or an ``Affine``) is the files' transform; cells without a pair are nodata.
+    ``p1``, ``p2``: (N, K) class probabilities. Written in blocks of rows (bounded memory).
+    """
+    from affine import Affine
+
+    row, col = np.asarray(row, np.int64), np.asarray(col, np.int64)
+    p1, p2 = np.asarray(p1, np.float32), np.asarray(p2, np.float32)
+    shape = (int(row.max()) + 1, int(col.max()) + 1) if row.size else (1, 1)
+    k = p1.shape[1]
+    order = np.argsort(row, kind="stable")
+    row, col, p1, p2 = row[order], col[order], p1[order], p2[order]
+    out_dir = pathlib.Path(out_dir)
+    writer = MapWriter(out_dir, crs, Affine(*list(transform)[:6]), shape, names, threshold)
+    try:
+        for top in range(0, shape[0], BLOCK):
+            h = min(BLOCK, shape[0] - top)
+            a, b = np.searchsorted(row, (top, top + h))
+            q1 = np.zeros((h, shape[1], k), np.float32)
+            q2 = np.zeros((h, shape[1], k), np.float32)
+            valid = np.zeros((h, shape[1]), bool)
+            q1[row[a:b] - top, col[a:b]] = p1[a:b]
+            q2[row[a:b] - top, col[a:b]] = p2[a:b]
+            valid[row[a:b] - top, col[a:b]] = True
+            writer.write(Block(top, q1, q2, valid, valid))
+    finally:
+        writer.close()
+    return [*(out_dir / name for name in MAP_FILES), write_from_to_legend(out_dir, names)]
+
+
 # ----------------------------------------------------------------------------- quick-look
 
 
@@ -560,9 +605,7 @@ def _map_scene(net, config, pair, names, image_size, grid) -> dict:
             writer.close()
         write_quicklook(staging / "quicklook.png", pair, staging / "change.tif",
                         grid.tile if grid.tile_resolution else 1, config.quicklook_size)
-        atomic_write_json(staging / "from_to.json",
-                          {"code": f"(from - 1) * {k} + to; 0 = nodata",
-                           "legend": from_to_legend(names)})
+        write_from_to_legend(staging, names)
         summary = make_summary(config, pair, grid, writer, transform, predictor,
                                time.perf_counter() - start, pairs, nodata)
         atomic_write_json(staging / "summary.json", summary)

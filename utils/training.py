@@ -16,7 +16,7 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from data.shards import ShardError, inspect_split
+from data.shards import ShardError, inspect_split, require_labels
 from data.splits import resolve_split_dirs
 from data.synthetic import demo_data_dir, ensure_demo_data
 from utils.checkpoints import (
@@ -121,6 +121,7 @@ def check_data(config, checked_splits=()) -> DataPlan:
     summaries = {}
     for split, split_dir in splits.items():
         summaries[split] = inspect_split(split_dir, check_values=split_dir not in checked_splits)
+        require_labels(summaries[split], split, "training")
         if summaries[split].n_pairs == 0:
             raise ShardError(f"{split_dir}: label_t1/label_t2: no usable pairs; expected at least "
                              "one pair with labels > 0 on both dates")
@@ -317,7 +318,8 @@ def evaluate_run(config, data: Data, paths: RunPaths, net) -> dict:
                                     threshold=0.5, class_names=data.class_names,
                                     image_size=config.image_size,
                                     check_values=False)  # check_data read it in full
-    write_outputs(paths.result_dir / "tst", metrics, preds, data.class_names, overwrite=True)
+    write_outputs(paths.result_dir / "tst", metrics, preds, data.class_names, overwrite=True,
+                  geo=data.summaries["tst"].geo)
     log.info("test metrics of %s:\n%s", paths.best if best is not net else "the final weights",
              format_table(metrics))
     return metrics
