@@ -27,6 +27,8 @@ from model.config import (
 BACKBONE_NAMES = tuple(BACKBONES)
 METHOD_NAMES = tuple(METHODS)
 OPTIMIZER_NAMES = ("sgd", "adam", "adamw")
+#: ``--class_weight``: ``utils.training.CLASS_WEIGHTS`` has one builder per name
+CLASS_WEIGHTS = ("none", "balanced")
 
 #: ``--preset NAME`` -> {dest: value}, applied to every option not given on the command line.
 #: ``original``: what the original code that trained CorrFusion ran (rulixiang/CorrFusionNet at
@@ -237,6 +239,10 @@ def train_parser() -> argparse.ArgumentParser:
     opt.add_argument("--seed", type=int, default=0, help="seed of run 0 (run k uses seed + k)")
     opt.add_argument("--runs", type=positive_int, default=1,
                      help="independent runs (the original trained 3), each in WORKDIR/k/")
+    opt.add_argument("--class_weight", choices=CLASS_WEIGHTS, default="none",
+                     help="balanced: weight each date's cross-entropy by n / (K * count_k) of the "
+                          "trn split's class histogram at that date (classes absent from trn: 0); "
+                          "in training only, val/tst losses stay plain means")
     opt.add_argument("--eval_trn", type=str2bool, nargs="?", const=True, default=False,
                      help="also evaluate the whole training split after each epoch (slow; the original did)")
 

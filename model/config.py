@@ -15,6 +15,7 @@ from ``self.config``, and ``get_config`` / ``.keras`` files carry it with the re
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass
 
 
@@ -110,6 +111,13 @@ class ModelConfig:
         decov_init: ``DECOV_INITS``: start of the soft-decorrelation running covariances.
         decov_penalty: ``DECOV_PENALTIES``: the soft-decorrelation penalty's form.
         fusion_init: ``FUSION_INITS``: initialiser of CorrFusion's squeeze/excite kernels.
+        ce_weights: per-date class weights of the two cross-entropies, ``((w_1..w_K) of t1,
+            (w_1..w_K) of t2)``, or None (plain means). In training CE_t is the weighted mean
+            Σ_i w_{y_i}·CE_i / Σ_i w_{y_i} with date t's weights; evaluation (``training`` False:
+            val/tst, ``evaluate``) logs the plain means, comparable across runs with and without
+            weights. Set by ``train_cnn.py --class_weight balanced`` from the trn split's class
+            histograms (``utils.training.balanced_class_weights``); kept in ``.keras`` files, so
+            ``--resume`` continues with them.
         seed: seed of the head/fusion initialisers and of the small CNN.
         input_mapping: map [-0.5, 0.5] to the pretrained network's input range; None → when
             ``weights`` is given and the backbone has a mapping.
@@ -134,6 +142,7 @@ class ModelConfig:
     decov_init: str = "identity"
     decov_penalty: str = "offdiag"
     fusion_init: str = "glorot_normal"
+    ce_weights: tuple[tuple[float, ...], tuple[float, ...]] | None = None
     seed: int | None = None
     input_mapping: bool | None = None
 
@@ -142,6 +151,9 @@ class ModelConfig:
             object.__setattr__(self, "image_size", tuple(int(s) for s in self.image_size))
         if self.weights is not None:
             object.__setattr__(self, "weights", str(self.weights))
+        if self.ce_weights is not None:  # lists from JSON (args.json, .keras config) -> tuples
+            object.__setattr__(self, "ce_weights",
+                               tuple(tuple(float(v) for v in w) for w in self.ce_weights))
 
     def replace(self, **changes) -> ModelConfig:
         return dataclasses.replace(self, **changes)
@@ -183,6 +195,16 @@ class ModelConfig:
         for key in ("lambda1", "lambda2", "l2"):
             if float(getattr(self, key)) < 0:
                 raise ValueError(f"{key} must be >= 0; received {key}={getattr(self, key)!r}.")
+        if self.ce_weights is not None:
+            k = int(self.num_classes)
+            ok = len(self.ce_weights) == 2 and all(
+                len(w) == k and all(math.isfinite(v) and v >= 0 for v in w) and sum(w) > 0
+                for w in self.ce_weights)
+            if not ok:
+                raise ValueError(
+                    f"ce_weights must be two sequences of {k} finite non-negative floats (t1, t2), "
+                    f"each with a positive sum; received ce_weights={self.ce_weights!r}."
+                )
         if self.input_mapping is None:
             mapping = self.weights is not None and BACKBONES[self.backbone].mapping != "none"
             return self.replace(input_mapping=mapping)

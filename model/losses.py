@@ -1,7 +1,8 @@
 """Loss terms of CorrFusionNet (docs/DESIGN.md §2.1, §2.2), as pure ``keras.ops`` functions plus the
 ``SoftDecorrelation`` layer that keeps the running covariances of the soft-DCCA variant.
 
-* ``cross_entropy(labels, probs)`` — mean sparse categorical cross-entropy from probabilities.
+* ``cross_entropy(labels, probs, class_weights)`` — mean sparse categorical cross-entropy from
+  probabilities, or its class-weighted mean.
 * ``pair_distance(a, b, eps)`` — ``sqrt(Σ_j (a_ij − b_ij)² + eps)`` per row.
 * ``correlation_loss(dist, y1, y2, lambda1, corr_norm)`` — λ1 · Σ dist_i u_i / n (or / Σu).
 * ``running_covariance(cov, b, rho)`` — ρ·C + (1 − ρ)·BᵀB/(n − 1), gradient only through B.
@@ -29,11 +30,19 @@ __all__ = [
 
 
 
-def cross_entropy(labels, probs):
-    """Mean sparse categorical cross-entropy; ``labels`` (n,) int 0-based, ``probs`` (n, K)."""
+def cross_entropy(labels, probs, class_weights=None):
+    """Mean sparse categorical cross-entropy; ``labels`` (n,) int 0-based, ``probs`` (n, K).
+
+    ``class_weights`` (K,) floats: the weighted mean ``Σ_i w_{y_i}·CE_i / Σ_i w_{y_i}`` instead (0
+    when every pair of the batch has weight 0).
+    """
     probs = ops.cast(probs, "float32")
     labels = ops.cast(labels, "int32")
-    return ops.mean(ops.sparse_categorical_crossentropy(labels, probs, from_logits=False))
+    ce = ops.sparse_categorical_crossentropy(labels, probs, from_logits=False)
+    if class_weights is None:
+        return ops.mean(ce)
+    w = ops.take(ops.convert_to_tensor(class_weights, "float32"), labels, axis=0)
+    return ops.sum(w * ce) / ops.maximum(ops.sum(w), 1e-12)
 
 
 def pair_distance(a, b, eps=1e-12):

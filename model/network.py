@@ -313,11 +313,13 @@ class CorrFusionNet(keras.Model):
     def compute_loss(self, x=None, y=None, y_pred=None, sample_weight=None, training=True):
         """``CE_t1 + CE_t2 + the method's named losses + Σ model.losses``; every term is logged
         by its name (``model.losses`` holds the weight regularizers, logged as ``l2``).
-        Sample weights are not supported."""
+        With ``config.ce_weights`` the cross-entropies are class-weighted means in training only;
+        evaluation (``training=False``) logs the plain means. Sample weights are not supported."""
         y1, y2 = self._split_labels(y)
+        w1, w2 = self.config.ce_weights if training and self.config.ce_weights else (None, None)
         terms = {
-            "ce_t1": cross_entropy(y1, y_pred["prob_t1"]),
-            "ce_t2": cross_entropy(y2, y_pred["prob_t2"]),
+            "ce_t1": cross_entropy(y1, y_pred["prob_t1"], w1),
+            "ce_t2": cross_entropy(y2, y_pred["prob_t2"], w2),
         }
         terms.update(self.spec.loss_terms(self, y1, y2, y_pred))
         total = ops.sum(ops.stack([ops.cast(v, "float32") for v in terms.values()]))

@@ -51,6 +51,7 @@ class TrainConfig:
     seed: int
     runs: int
     eval_trn: bool
+    class_weight: str  # none | balanced: ModelConfig.ce_weights from the trn histograms
     # output
     workdir: str | None
     log_path: str | None

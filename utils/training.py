@@ -16,6 +16,8 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
+
 from data.shards import ShardError, inspect_split, require_labels
 from data.splits import resolve_split_dirs
 from data.synthetic import demo_data_dir, ensure_demo_data
@@ -64,6 +66,7 @@ def train(config: TrainConfig, checked_splits=()) -> int:
         ensure_demo_data()
     plan = check_data(config, checked_splits)  # NumPy only: a data error is one line
     check_model_inputs(config, plan)
+    config = config.replace(ce_weights=class_weights(config.class_weight, plan))
     data = load_data(config, plan)
     device_info = setup_backend(config.mixed_precision)
     strategy = make_strategy(device_info)
@@ -141,6 +144,42 @@ def check_data(config, checked_splits=()) -> DataPlan:
     names = summaries["trn"].class_names
     return DataPlan(splits, summaries, num_classes, tuple(config.image_size or trn_shape[:2]),
                     trn_shape[-1], list(names) if names is not None else None)
+
+
+def balanced_class_weights(hist) -> tuple[tuple[float, ...], list[int]]:
+    """scikit-learn's "balanced" weights n / (K · count_k) of one date's class histogram, K the
+    number of classes present; a class with no pair gets 0. Returns (weights, absent class ids
+    0-based)."""
+    hist = np.asarray(hist, np.float64)
+    present = hist > 0
+    weights = np.zeros_like(hist)
+    weights[present] = hist.sum() / (present.sum() * hist[present])
+    return tuple(float(w) for w in weights), [int(k) for k in np.flatnonzero(~present)]
+
+
+#: --class_weight name -> builder of one date's weights from its trn histogram (None: no weights)
+CLASS_WEIGHTS = {"none": None, "balanced": balanced_class_weights}
+
+
+def class_weights(name: str, plan: DataPlan):
+    """``ModelConfig.ce_weights`` for ``--class_weight name``: per date, from the trn split's
+    class histogram (padded to the run's class count); None for ``none``."""
+    builder = CLASS_WEIGHTS[name]
+    if builder is None:
+        return None
+    trn = plan.summaries["trn"]
+    names = plan.class_names or [f"class {k + 1}" for k in range(plan.num_classes)]
+    out = []
+    for date, hist in (("t1", trn.hist_t1), ("t2", trn.hist_t2)):
+        hist = np.pad(np.asarray(hist, np.int64), (0, plan.num_classes - len(hist)))
+        weights, absent = builder(hist)
+        if absent:
+            log.warning("--class_weight %s: %s at %s absent from the training split: weight 0",
+                        name, ", ".join(names[k] for k in absent), date)
+        log.info("--class_weight %s, %s: %s", name, date,
+                 ", ".join(f"{names[k]} {w:.3g}" for k, w in enumerate(weights)))
+        out.append(weights)
+    return tuple(out)
 
 
 def check_model_inputs(config, plan: DataPlan) -> None:

@@ -121,3 +121,16 @@ def test_the_original_decorrelation_start_and_penalty():
     np.testing.assert_allclose(_np(loss), ref, rtol=1e-5)
     with pytest.raises(ValueError, match="init='eye'"):
         SoftDecorrelation(init="eye")
+
+
+def test_class_weighted_cross_entropy_matches_numpy():
+    rng = np.random.default_rng(3)
+    p = rng.dirichlet(np.ones(4), size=9).astype("float32")
+    y = rng.integers(0, 4, 9)
+    w = np.array([0.5, 2.0, 0.0, 1.25], "float32")
+    ce = -np.log(p[np.arange(9), y].astype(np.float64))
+    ref = (w[y] * ce).sum() / w[y].sum()
+    np.testing.assert_allclose(_np(cross_entropy(y, p, w)), ref, rtol=1e-5)
+    # equal weights: the plain mean; a batch of weight-0 classes only: 0, not NaN
+    np.testing.assert_allclose(_np(cross_entropy(y, p, np.full(4, 3.0))), ce.mean(), rtol=1e-5)
+    assert _np(cross_entropy(np.array([2, 2]), p[:2], w)) == 0.0

@@ -399,3 +399,24 @@ def test_the_original_preset_trains_resnet50_per_date(demo_data, tmp_path):
     net = cfn.load_model(workdir / "checkpoints" / "best.keras")
     assert net.backbone_t1.name != net.backbone_t2.name and net.pool.name == "flatten"
     assert any(layer.name.startswith("conv5") for layer in net.backbone_t1.layers)  # ResNet50
+
+
+def test_class_weight_balanced_trains_and_is_recorded(trained, demo_data, tmp_path):
+    import model as cfn
+    from utils.training import balanced_class_weights
+
+    plain = json.loads((trained / "args.json").read_text())["args"]
+    assert plain["class_weight"] == "none" and plain["ce_weights"] is None
+    workdir = tmp_path / "w"
+    assert train(demo_data, workdir, "--class_weight", "balanced", "-tb", "false", epochs=1) == 0
+    saved = json.loads((workdir / "args.json").read_text())
+    assert saved["args"]["class_weight"] == "balanced"
+    trn = saved["data"]["trn"]
+    want = [list(balanced_class_weights(trn[f"hist_{t}"])[0]) for t in ("t1", "t2")]
+    np.testing.assert_allclose(saved["args"]["ce_weights"], want)
+    assert cfn.load_model(workdir / "checkpoints" / "best.keras").config.ce_weights == \
+        tuple(map(tuple, saved["args"]["ce_weights"]))
+    rows = read_history(workdir / "history.csv")
+    for key in ("ce_t1", "ce_t2", "val_ce_t1", "val_ce_t2"):
+        assert np.isfinite(float(rows[0][key])), key
+    assert (workdir / "results" / "tst" / "results.json").is_file()
