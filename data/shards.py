@@ -657,8 +657,8 @@ def require_labels(summary: SplitSummary, split: str, use: str) -> None:
     raster`` writes without --labels1/--labels2) for ``use`` (training, evaluation)."""
     if not summary.labelled:
         raise ShardError(f"{summary.split_dir}: {split} split: label_t1/label_t2 are 0 everywhere: "
-                         f"the shards have no labels (usable by predict.py only); expected "
-                         f"labelled shards for {use}")
+                         f"the shards have no labels (make_shards raster without --labels1/--labels2; "
+                         f"to map unlabelled rasters use predict.py); expected labelled shards for {use}")
 
 
 def read_labels(split_dir, num_classes=None) -> dict:

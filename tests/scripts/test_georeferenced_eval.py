@@ -61,7 +61,7 @@ def test_training_on_unlabelled_shards_is_refused(scene_shards, tmp_path, capsys
     assert rc == 2
     err = one_error_line(capsys)
     assert err.startswith(f"error: {data / 'trn'}: trn split: ")
-    assert "the shards have no labels (usable by predict.py only)" in err and "training" in err
+    assert "the shards have no labels (make_shards raster without --labels1/--labels2" in err and "training" in err
     assert not work.exists()
 
 
@@ -72,7 +72,7 @@ def test_eval_on_an_unlabelled_split_is_refused(scene_shards, checkpoint, tmp_pa
     assert run_main(E.main, ["-m", str(checkpoint), "-tst", str(tst), "-rpath", str(out)]) == 2
     err = one_error_line(capsys)
     assert err.startswith(f"error: {tst}: tst split: ")
-    assert "the shards have no labels (usable by predict.py only)" in err and "evaluation" in err
+    assert "the shards have no labels (make_shards raster without --labels1/--labels2" in err and "evaluation" in err
     assert not out.exists()
 
 
