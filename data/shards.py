@@ -45,6 +45,9 @@ GRID_KEYS = ("row", "col")
 GEO_KEYS = ("crs", "transform", "tile_size")  # optional georeferencing of the tile grid
 REQUIRED_KEYS = IMAGE_KEYS + LABEL_KEYS
 IMAGE_DTYPES = (np.dtype(np.uint8), np.dtype(np.uint16), np.dtype(np.float32))
+#: the largest class id accepted without ``class_names``/``num_classes`` (a per-class histogram and
+#: the model's heads are sized by it: a stray 10⁹ would allocate gigabytes)
+MAX_CLASSES = 10_000
 CHUNK_BYTES = 64 * 2**20  # decoded bytes per chunk when checking float image values
 VERIFY_CHUNK_BYTES = 16 * 2**20  # bytes per read when reading a member through for its CRC-32
 _READ_ERRORS = (OSError, ValueError, EOFError, zipfile.BadZipFile, zlib.error, KeyError)
@@ -229,6 +232,9 @@ def check_labels(path, labels: dict, num_classes: int | None) -> int:
             top = max(top, int(y.max()))
         if num_classes is not None and y.size and y.max() > num_classes:
             raise _err(path, key, f"label {int(y.max())} > {num_classes}; expected class ids 1..{num_classes}")
+        if num_classes is None and top > MAX_CLASSES:
+            raise _err(path, key, f"label {top}; expected class ids 1..K with K <= {MAX_CLASSES} "
+                                  "(a shard with class_names may name more)")
     return top
 
 

@@ -362,3 +362,26 @@ def test_shards_of_a_split_share_one_grid(tmp_path):
     with pytest.raises(shards.ShardError, match="b.npz: transform: differs; expected the "
                                                 "transform of a.npz"):
         shards.inspect_split(tmp_path / "split")
+
+
+def test_a_huge_label_without_class_names_is_one_error_not_a_huge_histogram(tmp_path):
+    """issue 15 item 6: one label of 10⁹ in shards without class_names grew the process to 22 GB (a
+    histogram of that size); now a one-line error naming the file and key, before any allocation."""
+    import subprocess
+    import sys
+
+    arrays = shard_arrays(classes=5)
+    del arrays["class_names"]
+    arrays["label_t2"] = arrays["label_t2"].astype(np.int64)
+    arrays["label_t2"][3] = 10**9
+    write_npz(tmp_path / "s" / "a.npz", **arrays)
+    with pytest.raises(shards.ShardError, match=r"a\.npz: label_t2: label 1000000000; expected class ids 1\.\.K with K <= 10000"):
+        shards.inspect_split(tmp_path / "s")
+    proc = subprocess.run([sys.executable, "-m", "data.inspect", str(tmp_path / "s")],
+                          capture_output=True, text=True, timeout=120,
+                          cwd=os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
+    assert proc.returncode == 2 and proc.stderr.count("\n") == 1 and "label 1000000000" in proc.stderr
+    # with names (or a num_classes) the bound is theirs
+    arrays["label_t2"][3] = 5
+    write_npz(tmp_path / "ok" / "a.npz", **arrays)
+    assert shards.inspect_split(tmp_path / "ok").num_classes == 5
