@@ -49,6 +49,7 @@ def setup_backend(mixed_precision: bool = False) -> dict:
         gpus = info["gpus"]
     else:
         info["gpus"] = []
+    warn_missing_gpus(info["gpus"], info["backend"])
     if mixed_precision:
         policy = "mixed_float16" if gpus and _wants_float16(gpus) else "mixed_bfloat16"
         keras.mixed_precision.set_global_policy(policy)
@@ -57,6 +58,17 @@ def setup_backend(mixed_precision: bool = False) -> dict:
         keras.mixed_precision.set_global_policy("float32")
         info["precision"] = "float32"
     return info
+
+
+def warn_missing_gpus(gpus, backend: str) -> None:
+    """Say so when ``-g`` (CUDA_VISIBLE_DEVICES) asked for more GPUs than the backend sees: the
+    backends fall back to the CPU silently (issue 15 item 10)."""
+    wanted = [i.strip() for i in os.environ.get("CUDA_VISIBLE_DEVICES", "").split(",")
+              if i.strip() and i.strip() != "-1"]
+    if len(gpus) < len(wanted):
+        log.warning("GPU %s requested (-g / CUDA_VISIBLE_DEVICES) but %s sees %s: running on %s",
+                    ",".join(wanted), backend, f"{len(gpus)} GPU(s)" if gpus else "no GPU",
+                    ", ".join(map(str, gpus)) if gpus else "the CPU")
 
 
 def _wants_float16(gpus) -> bool:

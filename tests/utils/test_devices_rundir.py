@@ -83,3 +83,18 @@ def test_a_directory_under_a_file_is_refused_before_any_work(tmp_path):
         rundir.check_can_create_dir(tmp_path / "file" / "x")
     rundir.check_can_create_dir(tmp_path / "new" / "deep")  # nothing in the way: fine
     assert not (tmp_path / "new").exists() and (tmp_path / "file").read_text() == "x"
+
+
+@pytest.mark.parametrize("visible", ["0", "0,1", "7"])
+def test_requested_gpus_that_are_not_there_are_said(monkeypatch, caplog, visible):
+    """issue 15 item 10: -g 0 / 0,1 / 7 on a machine without those GPUs used to train on the CPU
+    without a word."""
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", visible)
+    with caplog.at_level("WARNING", logger=devices.log.name):
+        devices.setup_backend()
+    assert f"GPU {visible} requested" in caplog.text and "running on the CPU" in caplog.text
+    caplog.clear()
+    devices.warn_missing_gpus(["GPU:0", "GPU:1"], "tensorflow")  # as many as asked: silent
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "-1")
+    devices.warn_missing_gpus([], "tensorflow")  # -g cpu: silent
+    assert "requested" not in caplog.text
