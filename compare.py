@@ -28,7 +28,7 @@ from parser import (
     BACKBONE_NAMES,
     METHOD_NAMES,
     check_train_args,
-    option_strings,
+    given_dests,
     positive_int,
     train_parser,
 )
@@ -102,7 +102,9 @@ def parse_args(argv=None):
     args, unknown = parser.parse_known_args(argv)
     args.forward = unknown + forward
     tparser = train_parser()
-    reserved = sorted({a.split("=")[0] for a in args.forward} & option_strings(tparser, RESERVED))
+    # every spelling argparse accepts (abbreviations, --flag=value), as train_cnn.py would read it
+    given = given_dests(tparser, args.forward) & set(RESERVED)
+    reserved = sorted(max(a.option_strings, key=len) for a in tparser._actions if a.dest in given)
     if reserved:
         parser.error(f"{', '.join(reserved)}: set by compare.py itself; use its own options")
     if not (args.data_dir or (args.trn_dir and args.tst_dir)):

@@ -135,3 +135,11 @@ def test_eval_takes_the_original_model_dir_flag():
     for flag in ("-m", "--model", "--model_dir"):
         args = cli.eval_parser().parse_args([flag, "run", "-val", "v", "-tst", "t"])
         assert args.model == "run" and (args.val_dir, args.tst_dir) == ("v", "t")
+
+
+@pytest.mark.parametrize("forward", [["--method", "dcca"], ["--meth", "dcca"], ["--seed=3"],
+                                     ["-trn", "x"], ["--resum"]])
+def test_compare_refuses_its_own_options_in_any_spelling(forward, tmp_path, capsys):
+    with pytest.raises(SystemExit) as exc:
+        compare.parse_args(["--data_dir", str(tmp_path), "--", *forward])
+    assert exc.value.code == 2 and "set by compare.py itself" in capsys.readouterr().err
