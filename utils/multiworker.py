@@ -51,6 +51,11 @@ def uses_custom_loop(strategy) -> bool:
     return tf is not None and isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy)
 
 
+def writes_results(strategy) -> bool:
+    """False on a multi-worker non-chief: the chief alone evaluates the best checkpoint on tst."""
+    return not uses_custom_loop(strategy) or strategy.extended.should_checkpoint
+
+
 # ------------------------------------------------------------------------------ before TensorFlow
 @contextlib.contextmanager
 def temporary_workdir(config):

@@ -349,6 +349,10 @@ def train_one_run(config, data: Data, k: int, strategy, device_info: dict) -> di
         fit(net, config, data, callbacks, guard, strategy, initial_epoch)
     if guard.failure:
         raise TrainingDiverged(guard.failure)
+    from utils.multiworker import writes_results
+
+    if not writes_results(strategy):  # a multi-worker non-chief: the chief evaluates
+        return {}
     return evaluate_run(config, data, paths, net)
 
 
