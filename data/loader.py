@@ -68,11 +68,25 @@ def pair_order(n, training, seed, epoch, file_index) -> np.ndarray:
     return np.random.default_rng([seed, epoch, file_index + 1]).permutation(n)
 
 
-def batch_plan(pairs_per_file, batch_size, training, seed=0, epoch=0, drop_remainder=False):
+def part_range(lo, hi, part):
+    """Part ``index`` of ``count`` of the rows ``lo:hi`` of one batch, as ``(start, stop)``:
+    consecutive, sizes differing by at most one, the larger ones first (``np.array_split``)."""
+    index, count = part
+    q, r = divmod(hi - lo, count)
+    start = lo + index * q + min(index, r)
+    return start, start + q + (index < r)
+
+
+def batch_plan(pairs_per_file, batch_size, training, seed=0, epoch=0, drop_remainder=False,
+               part=None):
     """One epoch as a list of batches, each a list of segments ``(file_index, start, stop)``.
 
     ``start:stop`` index the shard's :func:`pair_order`. Every usable pair appears exactly once
     (except the last partial batch when ``drop_remainder``).
+
+    part: ``(index, count)``: only part ``index`` of each batch (:func:`part_range`): ``count``
+    multi-worker processes together read the batches of one process, each its slice of every
+    batch (``utils.multiworker``).
     """
     if batch_size < 1:
         raise ValueError(f"batch_size={batch_size}: expected >= 1")
@@ -84,6 +98,8 @@ def batch_plan(pairs_per_file, batch_size, training, seed=0, epoch=0, drop_remai
     plan = []
     for b in range(n_batches):
         lo, hi = b * batch_size, min((b + 1) * batch_size, total)
+        if part is not None:
+            lo, hi = part_range(lo, hi, part)
         segments = []
         j = int(np.searchsorted(ends, lo, side="right"))
         while lo < hi:
@@ -183,11 +199,11 @@ def gather_batch(segments, cache, training, seed, epoch):
 
 
 def iter_batches(summary, batch_size, training, seed=0, epoch=0, drop_remainder=False,
-                 num_classes=None, load_fn=None):
+                 num_classes=None, load_fn=None, part=None):
     """Generator of one epoch of raw batches ``(x1, x2, y1, y2)`` (images in stored dtype)."""
     cache = ShardCache(summary, num_classes, load_fn)
     for segments in batch_plan(summary.pairs_per_file, batch_size, training, seed, epoch,
-                               drop_remainder):
+                               drop_remainder, part):
         yield gather_batch(segments, cache, training, seed, epoch)
 
 
@@ -221,21 +237,21 @@ def keeps_raw(summary, image_size, raw_integers) -> bool:
 
 
 def _tf_dataset(summary, batch_size, training, seed, image_size, num_classes, drop_remainder,
-                raw_integers=False):
+                raw_integers=False, part=None):
     import tensorflow as tf
 
     epochs = {"next": itertools.count()}  # the n-th iteration over the dataset is epoch n
 
     def generate():
         yield from iter_batches(summary, batch_size, training, seed, next(epochs["next"]),
-                                drop_remainder, num_classes)
+                                drop_remainder, num_classes, part=part)
 
     def set_epoch(epoch):
         """The next iteration over the dataset is epoch ``epoch`` (for resuming a run)."""
         epochs["next"] = itertools.count(int(epoch))
 
     h, w, c = summary.image_shape
-    b = batch_size if drop_remainder else None
+    b = batch_size if drop_remainder and part is None else None
     image_spec = tf.TensorSpec((b, h, w, c), tf.as_dtype(summary.dtype))
     label_spec = tf.TensorSpec((b,), tf.int32)
     scale = shards.scale_factor(summary.dtype)
@@ -287,8 +303,9 @@ class ShardPyDataset(keras.utils.PyDataset):
     """
 
     def __init__(self, summary, batch_size, training, seed=0, image_size=None, num_classes=None,
-                 drop_remainder=False, raw_integers=False, load_fn=None, **kwargs):
+                 drop_remainder=False, raw_integers=False, part=None, load_fn=None, **kwargs):
         super().__init__(**kwargs)
+        self.part = part
         self.summary = summary
         self.raw = keeps_raw(summary, image_size, raw_integers)
         self.batch_size = batch_size
@@ -303,7 +320,7 @@ class ShardPyDataset(keras.utils.PyDataset):
 
     def _make_plan(self):
         return batch_plan(self.summary.pairs_per_file, self.batch_size, self.training, self.seed,
-                          self.epoch, self.drop_remainder)
+                          self.epoch, self.drop_remainder, self.part)
 
     def __len__(self):
         return len(self._plan)
@@ -334,7 +351,7 @@ class ShardPyDataset(keras.utils.PyDataset):
 
 
 def make_dataset(split_dir, batch_size, training, seed=0, image_size=None, num_classes=None,
-                 drop_remainder=False, raw_integers=False):
+                 drop_remainder=False, raw_integers=False, part=None):
     """Streaming dataset over a split directory of §4 shards.
 
     Args:
@@ -348,6 +365,8 @@ def make_dataset(split_dir, batch_size, training, seed=0, image_size=None, num_c
         drop_remainder: drop the last partial batch (fixed batch dimension).
         raw_integers: yield uint8/uint16 images as stored, for a model that scales them itself
             (``CorrFusionNet`` does); float images and resized batches are scaled here either way.
+        part: ``(index, count)``: yield only part ``index`` of ``count`` of every batch (same
+            batches, same order; see :func:`batch_plan`), for multi-worker training.
 
     Returns:
         ``(dataset, summary)``: a ``tf.data.Dataset`` on the TensorFlow backend, else a
@@ -368,7 +387,7 @@ def make_dataset(split_dir, batch_size, training, seed=0, image_size=None, num_c
     if image_size is not None:
         image_size = (int(image_size[0]), int(image_size[1]))
     args = (summary, batch_size, training, seed, image_size, num_classes, drop_remainder,
-            raw_integers)
+            raw_integers, part)
     if keras.backend.backend() == "tensorflow":
         return _tf_dataset(*args), summary
     return ShardPyDataset(*args), summary

@@ -24,6 +24,7 @@ __all__ = [
     "correlation_loss",
     "running_covariance",
     "decorrelation_penalty",
+    "replica_sum",
     "dcca_loss",
     "SoftDecorrelation",
 ]
@@ -74,15 +75,34 @@ def correlation_loss(dist, y1, y2, lambda1=0.1, corr_norm="batch"):
     return lambda1 * total / ops.maximum(denom, 1.0)
 
 
-def running_covariance(cov, b, rho=0.9):
+def running_covariance(cov, b, rho=0.9, batch_sum=None):
     """``ρ·C + (1 − ρ)·BᵀB/(n − 1)`` in float32; ``C`` enters without gradient.
 
     ``b`` is the (n, m) batch-normalised projection (not re-centred, as in the original).
+    ``batch_sum``: a function summing BᵀB and n over the parts of a batch split across replicas
+    (``replica_sum``), so that every replica gets the whole batch's covariance.
     """
     b = ops.cast(b, "float32")
     n = ops.cast(ops.shape(b)[0], "float32")
-    batch_cov = ops.matmul(ops.transpose(b), b) / ops.maximum(n - 1.0, 1.0)
+    gram = ops.matmul(ops.transpose(b), b)
+    if batch_sum is not None:
+        gram, n = batch_sum(gram), batch_sum(n)
+    batch_cov = gram / ops.maximum(n - 1.0, 1.0)
     return rho * ops.stop_gradient(ops.cast(cov, "float32")) + (1.0 - rho) * batch_cov
+
+
+def replica_sum(x):
+    """Σ of ``x`` over the replicas of a ``tf.distribute`` strategy, differentiable (the
+    gradient of an all-reduce sum is an all-reduce sum); ``x`` itself on other backends, outside a
+    replica context or with one replica."""
+    if keras.backend.backend() != "tensorflow":
+        return x
+    import tensorflow as tf
+
+    ctx = tf.distribute.get_replica_context()
+    if ctx is None or ctx.num_replicas_in_sync == 1:
+        return x
+    return ctx.all_reduce(tf.distribute.ReduceOp.SUM, x)
 
 
 def decorrelation_penalty(cov, form="offdiag"):
@@ -121,6 +141,11 @@ class SoftDecorrelation(keras.layers.Layer):
         inputs: list ``[a, b]`` of (n, m1) and (n, m2) tensors.
         training: bool; the running covariances move only when True.
 
+    Attribute ``synchronized`` (False; not part of the config): with the TensorFlow backend under
+    a ``tf.distribute`` strategy the batch covariance is summed over the replicas
+    (``replica_sum``), so each replica uses the covariance of the whole (global) batch, as
+    synchronised batch normalisation does; ``utils.multiworker`` sets it.
+
     Returns:
         The float32 scalar loss (shape ``()``).
     """
@@ -141,6 +166,7 @@ class SoftDecorrelation(keras.layers.Layer):
         self.init = init
         self.penalty = penalty
         self.seed = None if seed is None else int(seed)
+        self.synchronized = False
 
     def _initializer(self, offset):
         if self.init == "identity":
@@ -164,8 +190,9 @@ class SoftDecorrelation(keras.layers.Layer):
 
     def call(self, inputs, training=None):
         a, b = inputs
-        c1 = running_covariance(self.cov_t1, a, self.rho)
-        c2 = running_covariance(self.cov_t2, b, self.rho)
+        batch_sum = replica_sum if self.synchronized else None
+        c1 = running_covariance(self.cov_t1, a, self.rho, batch_sum)
+        c2 = running_covariance(self.cov_t2, b, self.rho, batch_sum)
         if training:
             self.cov_t1.assign(ops.stop_gradient(c1))
             self.cov_t2.assign(ops.stop_gradient(c2))

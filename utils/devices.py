@@ -1,8 +1,12 @@
 """Device selection before TensorFlow starts, and the distribution strategy once it has.
 
 `select_devices` must run before the first TensorFlow/Keras import (it sets CUDA_VISIBLE_DEVICES);
-`setup_backend` and `make_strategy` run after. On the JAX backend the TensorFlow-only parts
-(memory growth, tf.distribute) are skipped with a log line saying so.
+`cluster_from_env` reads TF_CONFIG (multi-worker training) without TensorFlow; `setup_backend`
+and `make_strategy` run after, and `make_strategy` before anything initialises TensorFlow's
+runtime (no tensor, no tf.data pipeline yet): MultiWorkerMirroredStrategy configures the
+collective ops, which TensorFlow accepts at start-up only. On the JAX backend the TensorFlow-only
+parts (memory growth, tf.distribute) are skipped with a log line saying so; TF_CONFIG there is a
+usage error.
 """
 
 from __future__ import annotations
@@ -11,6 +15,9 @@ import contextlib
 import json
 import logging
 import os
+from dataclasses import dataclass
+
+from utils.cli import UsageError
 
 log = logging.getLogger(__name__)
 
@@ -20,6 +27,50 @@ def select_devices(gpu: str | None) -> None:
     if gpu is None:
         return
     os.environ["CUDA_VISIBLE_DEVICES"] = "-1" if gpu == "cpu" else gpu
+
+
+@dataclass(frozen=True)
+class Cluster:
+    """This process's place in a multi-worker cluster (TF_CONFIG)."""
+
+    task_type: str
+    task_index: int
+    num_workers: int  # chief + workers: the processes that train together
+
+    @property
+    def is_chief(self) -> bool:
+        """The one process that writes the run directory: the "chief" task, or worker 0 when
+        the cluster has no chief (TensorFlow's convention)."""
+        return self.task_type == "chief" or (self.task_type == "worker" and self.task_index == 0
+                                             and not self.has_chief)
+
+    has_chief: bool = False
+
+
+def cluster_from_env(backend: str | None = None) -> Cluster | None:
+    """The multi-worker cluster TF_CONFIG describes, None without TF_CONFIG (read without
+    TensorFlow). A TF_CONFIG that is not a cluster with this task in it, or one on a backend other
+    than TensorFlow, is a UsageError (one line, exit status 2)."""
+    raw = os.environ.get("TF_CONFIG", "").strip()
+    if not raw:
+        return None
+    backend = backend or backend_name()
+    if backend != "tensorflow":
+        raise UsageError(f"TF_CONFIG: multi-worker training needs the TensorFlow backend, this is "
+                         f"{backend} (unset TF_CONFIG or KERAS_BACKEND)")
+    try:
+        cfg = json.loads(raw)
+        cluster, task = cfg["cluster"], cfg["task"]
+        task_type, index = str(task["type"]), int(task["index"])
+        sizes = {t: len(cluster.get(t, [])) for t in ("chief", "worker")}
+    except (ValueError, TypeError, KeyError) as e:
+        raise UsageError(f"TF_CONFIG: {type(e).__name__}: {e}; expected JSON "
+                         '{"cluster": {"worker": ["host:port", ...]}, "task": {"type": "worker", '
+                         '"index": i}}') from None
+    if task_type not in sizes or not 0 <= index < sizes[task_type]:
+        raise UsageError(f"TF_CONFIG: task {task_type} {index} is not in the cluster "
+                         f"({sizes['chief']} chief, {sizes['worker']} worker(s))")
+    return Cluster(task_type, index, sizes["chief"] + sizes["worker"], sizes["chief"] > 0)
 
 
 def backend_name() -> str:
@@ -85,20 +136,32 @@ def _wants_float16(gpus) -> bool:
 def make_strategy(info: dict):
     """A strategy to build the model under (`with strategy.scope():`).
 
-    MultiWorkerMirrored when TF_CONFIG is set, Mirrored for several GPUs, else the default one.
+    MultiWorkerMirrored when TF_CONFIG is set (call this before anything initialises TensorFlow's
+    runtime, see the module docstring; one device per worker), Mirrored for several GPUs, else
+    the default one.
     """
     if info["backend"] != "tensorflow":
-        if os.environ.get("TF_CONFIG") or len(info.get("gpus", [])) > 1:
+        cluster_from_env(info["backend"])  # TF_CONFIG on another backend: a usage error
+        if len(info.get("gpus", [])) > 1:
             log.warning("tf.distribute strategies need the TensorFlow backend; running on one "
                         "device with %s", info["backend"])
         info["strategy"] = "none"
         return NoStrategy()
     import tensorflow as tf
 
-    if os.environ.get("TF_CONFIG"):
-        strategy = tf.distribute.MultiWorkerMirroredStrategy()
-        cfg = json.loads(os.environ["TF_CONFIG"])
-        info["strategy"] = f"MultiWorkerMirroredStrategy (task {cfg.get('task')})"
+    cluster = cluster_from_env(info["backend"])
+    if cluster is not None:
+        try:
+            strategy = tf.distribute.MultiWorkerMirroredStrategy()
+        except RuntimeError as e:  # the runtime was started before: a bug of the caller's order
+            raise RuntimeError(f"{e}: make_strategy must run before TensorFlow's runtime starts "
+                               "(before any tensor or tf.data pipeline)") from e
+        if strategy.num_replicas_in_sync != cluster.num_workers:
+            raise UsageError(f"TF_CONFIG: {strategy.num_replicas_in_sync} devices in "
+                             f"{cluster.num_workers} workers; multi-worker training takes one "
+                             "device per worker (-g with one GPU id, or -g cpu)")
+        info["strategy"] = (f"MultiWorkerMirroredStrategy ({cluster.task_type} "
+                            f"{cluster.task_index} of {cluster.num_workers} workers)")
     elif len(info.get("gpus", [])) > 1:
         strategy = tf.distribute.MirroredStrategy()
         info["strategy"] = f"MirroredStrategy ({strategy.num_replicas_in_sync} replicas)"

@@ -30,7 +30,7 @@ from utils.checkpoints import (
 )
 from utils.cli import UsageError
 from utils.config import TrainConfig
-from utils.devices import make_strategy, select_devices, setup_backend
+from utils.devices import cluster_from_env, make_strategy, select_devices, setup_backend
 from utils.evaluation import evaluate_split, write_outputs
 from utils.metrics import format_table, mean_std
 from utils.rundir import (
@@ -60,16 +60,30 @@ def train(config: TrainConfig, checked_splits=()) -> int:
     is not read again. Bad input raises ``UsageError`` (or a subclass) before anything is written.
     """
     select_devices(config.gpu)  # before TensorFlow starts
+    cluster = cluster_from_env()  # TF_CONFIG: multi-worker training (utils.multiworker)
+    if cluster is not None and not cluster.is_chief:
+        from utils.multiworker import temporary_workdir
+
+        with temporary_workdir(config) as worker_config:  # only the chief writes the run dir
+            return _train(worker_config, checked_splits, cluster)
+    return _train(config, checked_splits, cluster)
+
+
+def _train(config: TrainConfig, checked_splits, cluster) -> int:
     config = resolve_splits(config)
     check_outputs(config)  # nothing a user made is replaced; every output directory can be made
     if config.demo:
         ensure_demo_data()
     plan = check_data(config, checked_splits)  # NumPy only: a data error is one line
+    if cluster is not None:
+        from utils.multiworker import check_batches
+
+        check_batches(config, plan.summaries, cluster.num_workers)
     check_model_inputs(config, plan)
     config = config.replace(ce_weights=class_weights(config.class_weight, plan))
-    data = load_data(config, plan)
     device_info = setup_backend(config.mixed_precision)
-    strategy = make_strategy(device_info)
+    strategy = make_strategy(device_info)  # before TensorFlow's runtime starts (in load_data)
+    data = load_data(config, plan)
     try:
         results = [train_one_run(config, data, k, strategy, device_info)
                    for k in range(config.runs)]
@@ -332,11 +346,26 @@ def train_one_run(config, data: Data, k: int, strategy, device_info: dict) -> di
         log.info("run %d already trained for %d epochs", k, initial_epoch)
     else:
         set_loader_epoch(data, initial_epoch)
-        net.fit(data.trn, validation_data=data.val, epochs=config.epochs,
-                initial_epoch=initial_epoch, callbacks=callbacks, shuffle=False, verbose=2)
+        fit(net, config, data, callbacks, guard, strategy, initial_epoch)
     if guard.failure:
         raise TrainingDiverged(guard.failure)
+    from utils.multiworker import writes_results
+
+    if not writes_results(strategy):  # a multi-worker non-chief: the chief evaluates
+        return {}
     return evaluate_run(config, data, paths, net)
+
+
+def fit(net, config, data: Data, callbacks, guard, strategy, initial_epoch: int) -> None:
+    """``model.fit``, or under MultiWorkerMirroredStrategy (TF_CONFIG) the loop of
+    ``utils.multiworker``, which Keras' fit does not run under."""
+    from utils import multiworker
+
+    if multiworker.uses_custom_loop(strategy):
+        multiworker.fit(net, config, data, callbacks, guard, strategy, initial_epoch)
+        return
+    net.fit(data.trn, validation_data=data.val, epochs=config.epochs,
+            initial_epoch=initial_epoch, callbacks=callbacks, shuffle=False, verbose=2)
 
 
 def set_loader_epoch(data: Data, epoch: int) -> None:

@@ -1,0 +1,213 @@
+"""utils.multiworker and the TF_CONFIG path: batch slices, the cluster from TF_CONFIG, the checks
+before TensorFlow starts, and (slow) two worker processes on 127.0.0.1 against one model.fit
+process with the same global batch."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from data.loader import batch_plan
+from utils import devices, multiworker
+from utils.cli import UsageError, run_main
+
+ROOT = Path(__file__).resolve().parents[2]
+#: per-replica figures (docs/DESIGN.md §2.4): not equal to one process's
+PER_REPLICA = ("cancorr",)
+
+
+# ----------------------------------------------------------------------------------- batch slices
+def flatten(segments):
+    return [(f, i) for f, start, stop in segments for i in range(start, stop)]
+
+
+@pytest.mark.parametrize("workers", [1, 2, 3])
+@pytest.mark.parametrize("training", [True, False])
+def test_workers_slices_make_up_each_one_process_batch(workers, training):
+    pairs = [7, 5, 6]
+    whole = batch_plan(pairs, 4, training, seed=3, epoch=2)
+    parts = [batch_plan(pairs, 4, training, seed=3, epoch=2, part=(w, workers))
+             for w in range(workers)]
+    assert all(len(p) == len(whole) for p in parts)
+    for b, batch in enumerate(whole):
+        slices = [flatten(p[b]) for p in parts]
+        assert sum(slices, []) == flatten(batch)  # in order: worker 0's rows first
+        sizes = [len(s) for s in slices]
+        assert max(sizes) - min(sizes) <= 1
+
+
+# ---------------------------------------------------------------------------------------- cluster
+def tf_config(monkeypatch, cluster, task_type="worker", index=0):
+    monkeypatch.setenv("TF_CONFIG", json.dumps({"cluster": cluster,
+                                                "task": {"type": task_type, "index": index}}))
+
+
+def test_no_tf_config_is_no_cluster(monkeypatch):
+    monkeypatch.delenv("TF_CONFIG", raising=False)
+    assert devices.cluster_from_env("tensorflow") is None
+
+
+def test_worker_0_is_the_chief_unless_there_is_a_chief(monkeypatch):
+    two = {"worker": ["127.0.0.1:1", "127.0.0.1:2"]}
+    tf_config(monkeypatch, two, "worker", 0)
+    c = devices.cluster_from_env("tensorflow")
+    assert (c.num_workers, c.is_chief) == (2, True)
+    tf_config(monkeypatch, two, "worker", 1)
+    assert not devices.cluster_from_env("tensorflow").is_chief
+    with_chief = {"chief": ["127.0.0.1:0"], **two}
+    tf_config(monkeypatch, with_chief, "worker", 0)
+    c = devices.cluster_from_env("tensorflow")
+    assert (c.num_workers, c.is_chief) == (3, False)
+    tf_config(monkeypatch, with_chief, "chief", 0)
+    assert devices.cluster_from_env("tensorflow").is_chief
+
+
+@pytest.mark.parametrize("raw, match", [
+    ("{not json", "TF_CONFIG: JSONDecodeError"),
+    ('{"cluster": {"worker": ["a:1"]}}', "TF_CONFIG: KeyError"),
+    ('{"cluster": {"worker": ["a:1"]}, "task": {"type": "worker", "index": 1}}',
+     "task worker 1 is not in the cluster"),
+])
+def test_a_bad_tf_config_is_a_usage_error(monkeypatch, raw, match):
+    monkeypatch.setenv("TF_CONFIG", raw)
+    with pytest.raises(UsageError, match=match):
+        devices.cluster_from_env("tensorflow")
+
+
+def test_tf_config_on_another_backend_is_a_usage_error(monkeypatch):
+    tf_config(monkeypatch, {"worker": ["127.0.0.1:1"]})
+    with pytest.raises(UsageError, match="TF_CONFIG: multi-worker training needs the TensorFlow"):
+        devices.cluster_from_env("jax")
+
+
+class Summary:
+    def __init__(self, n, split_dir="trn"):
+        self.n_pairs, self.split_dir = n, split_dir
+
+
+class Config:
+    batch_size = 16
+
+
+def test_a_last_batch_smaller_than_the_workers_is_refused():
+    multiworker.check_batches(Config, {"trn": Summary(34), "val": Summary(32)}, 2)
+    with pytest.raises(UsageError, match="d/val: its last batch of -b 16 holds 1 pair"):
+        multiworker.check_batches(Config, {"trn": Summary(34), "val": Summary(33, "d/val")}, 2)
+
+
+def test_a_non_chief_workdir_is_temporary_and_takes_the_chiefs_resume_files(tmp_path, monkeypatch):
+    from utils.config import TrainConfig
+    from utils.rundir import run_paths
+
+    monkeypatch.setenv("TMPDIR", str(tmp_path / "tmp"))
+    (tmp_path / "tmp").mkdir()
+    import tempfile
+
+    monkeypatch.setattr(tempfile, "tempdir", None)  # re-read TMPDIR
+    fields = {f: None for f in TrainConfig.__dataclass_fields__}
+    config = TrainConfig(**{**fields, "workdir": str(tmp_path / "run"), "runs": 1, "resume": True,
+                            "log_path": str(tmp_path / "logs")})
+    chief = run_paths(config, 0)
+    chief.ckpt_dir.mkdir(parents=True)
+    chief.last.write_bytes(b"last")
+    chief.state.write_text("{}")
+    with multiworker.temporary_workdir(config) as worker:
+        mine = run_paths(worker, 0)
+        assert mine.last.read_bytes() == b"last" and mine.state.is_file()
+        assert Path(worker.workdir).is_relative_to(tmp_path / "tmp")
+        assert worker.log_path is None and mine.log_dir == mine.root
+    assert list((tmp_path / "tmp").iterdir()) == []
+    assert chief.last.read_bytes() == b"last"
+
+
+def test_tf_config_on_jax_exits_2_with_one_line_before_anything_is_written(tmp_path):
+    env = {**os.environ, "KERAS_BACKEND": "jax",
+           "TF_CONFIG": json.dumps({"cluster": {"worker": ["127.0.0.1:1"]},
+                                    "task": {"type": "worker", "index": 0}})}
+    proc = subprocess.run([sys.executable, str(ROOT / "train_cnn.py"), "--data_dir",
+                           str(tmp_path / "data"), "--workdir", str(tmp_path / "w")],
+                          env=env, cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2, proc.stderr
+    assert proc.stderr.strip().splitlines()[-1].startswith(
+        "error: TF_CONFIG: multi-worker training needs the TensorFlow backend, this is jax")
+    assert not (tmp_path / "w").exists()
+
+
+# ----------------------------------------------------------------------------- two workers, slow
+def free_ports(n):
+    socks = [socket.socket() for _ in range(n)]
+    for s in socks:
+        s.bind(("127.0.0.1", 0))
+    ports = [s.getsockname()[1] for s in socks]
+    for s in socks:
+        s.close()
+    return ports
+
+
+ARGS = ["--backbone", "small", "--hidden", "16", "-b", "16", "--lr", "0.01", "--seed", "3",
+        "-e", "2", "-g", "cpu", "-tb", "false"]
+
+
+def read_history(path):
+    with open(path, newline="") as fh:
+        return list(csv.DictReader(fh))
+
+
+@pytest.mark.slow
+def test_two_workers_on_loopback_train_as_one_process_and_only_the_chief_writes(tmp_path):
+    import train_cnn
+    from data import synthetic
+
+    data = tmp_path / "data"
+    synthetic.generate(data, pairs=80, size=16, classes=4, change_rate=0.1, seed=1)  # 56/8/16
+    tmp = tmp_path / "tmp"
+    tmp.mkdir()
+    cluster = {"worker": [f"127.0.0.1:{p}" for p in free_ports(2)]}
+    env = {**os.environ, "TMPDIR": str(tmp), "TF_CPP_MIN_LOG_LEVEL": "2", "MPLBACKEND": "Agg"}
+    argv = [sys.executable, str(ROOT / "train_cnn.py"), "--data_dir", str(data), *ARGS]
+    workers = [subprocess.Popen(
+        [*argv, "--workdir", str(tmp_path / "mw")], cwd=tmp_path, stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE, text=True,
+        env={**env, "TF_CONFIG": json.dumps({"cluster": cluster,
+                                             "task": {"type": "worker", "index": i}})})
+        for i in range(2)]
+    try:  # the reference, model.fit in this process, while they train (they wait for each other)
+        assert run_main(train_cnn.main, ["--data_dir", str(data), *ARGS, "--workdir",
+                                         str(tmp_path / "one")]) == 0
+        errs = [w.communicate(timeout=240)[1] for w in workers]
+    finally:
+        for w in workers:
+            w.kill()
+    assert [w.returncode for w in workers] == [0, 0], "\n".join(e[-3000:] for e in errs)
+
+    # one run directory, the chief's; nothing left of the other worker's
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["data", "mw", "one", "tmp"]
+    assert list(tmp.iterdir()) == []
+    assert "writes to" in errs[1] and "writes to" not in errs[0]
+    assert (tmp_path / "mw" / "results" / "tst" / "results.json").is_file()
+    assert sorted(p.name for p in (tmp_path / "mw" / "checkpoints").iterdir()) == sorted(
+        p.name for p in (tmp_path / "one" / "checkpoints").iterdir())
+    args = json.loads((tmp_path / "mw" / "args.json").read_text())
+    assert "MultiWorkerMirroredStrategy (worker 0 of 2 workers)" in args["devices"]["strategy"]
+
+    # the same history as model.fit in one process with the same global batch
+    mw, ref = read_history(tmp_path / "mw" / "history.csv"), read_history(tmp_path / "one" /
+                                                                         "history.csv")
+    assert len(mw) == len(ref) == 2 and set(mw[0]) == set(ref[0])
+    keys = [k for k in ref[0] if not k.endswith(PER_REPLICA)]
+    assert {"loss", "ce_t1", "corr_loss", "decov_loss", "oa_t1", "val_loss", "val_oa_t1",
+            "tst_loss"} <= set(keys)
+    for a, b in zip(mw, ref, strict=True):
+        np.testing.assert_allclose([float(a[k]) for k in keys], [float(b[k]) for k in keys],
+                                   rtol=1e-4, atol=1e-6, err_msg=str(keys))
+    tst = [json.loads((tmp_path / run / "results" / "tst" / "results.json").read_text())["metrics"]
+           for run in ("mw", "one")]
+    assert tst[0]["OA_t1"] == pytest.approx(tst[1]["OA_t1"])
