@@ -40,6 +40,7 @@ from utils.config import EvalConfig
 from utils.devices import select_devices, setup_backend
 from utils.metrics import change_probability, compute_metrics, format_table, per_class_csv
 from utils.rundir import (
+    DirLock,
     atomic_write_bytes,
     atomic_write_json,
     atomic_write_npz,
@@ -436,7 +437,14 @@ def evaluate_checkpoint(config: EvalConfig, command=None) -> dict:
     for split, summary in summaries.items():
         require_labels(summary, split, "evaluation")
     check_checkpoint(ckpt, splits, summaries, image_size)
+    with DirLock(out_dir):  # one writer per result directory, until everything is written
+        check_writable_dir(out_dir, config.overwrite, "result directory")  # again, under the lock
+        return predict_and_write(config, ckpt, saved, splits, summaries, image_size, out_dir,
+                                 command)
 
+
+def predict_and_write(config, ckpt, saved, splits, summaries, image_size, out_dir, command):
+    """evaluate_checkpoint's second half: predict every split, then write every file."""
     device_info = setup_backend(config.mixed_precision)
     net = load_checkpoint(ckpt)
     if config.jit:
