@@ -45,6 +45,7 @@ from utils.rundir import (
     atomic_write_json,
     atomic_write_npz,
     check_writable_dir,
+    remove_stale_temp_files,
     run_args,
 )
 
@@ -459,6 +460,7 @@ def predict_and_write(config, ckpt, saved, splits, summaries, image_size, out_di
             "batch_size": config.batch_size, "image_size": list(image_size) if image_size else None,
             "devices": device_info, "command": list(sys.argv if command is None else command)}
     for split in splits:
+        remove_stale_temp_files(out_dir / split)  # of an eval.py killed while writing here
         write_outputs(out_dir / split, results[split], preds[split], overwrite=True,
                       info={**info, "split": split, "split_dir": splits[split]},
                       geo=summaries[split].geo)

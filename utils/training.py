@@ -347,10 +347,11 @@ def check_iterations(net, state: dict, steps_per_epoch: int, path: Path) -> None
     iterations = int(np.asarray(net.optimizer.iterations))
     expected = state["epoch"] * steps_per_epoch
     if steps_per_epoch and iterations != expected:
-        if iterations % steps_per_epoch:
-            raise UsageError(f"{path}: the optimiser made {iterations} steps, not a whole number of "
-                             f"epochs of {steps_per_epoch} steps; expected {expected} (epoch "
-                             f"{state['epoch']})")
+        if iterations % steps_per_epoch:  # not whole epochs: trust the state, say so
+            log.warning("%s: the optimiser made %d steps, expected %d (epoch %d of %d steps): "
+                        "resuming after epoch %d", path, iterations, expected, state["epoch"],
+                        steps_per_epoch, state["epoch"])
+            return
         log.warning("%s: the optimiser made %d steps (epoch %d), the state says epoch %d: "
                     "resuming after epoch %d", path, iterations, iterations // steps_per_epoch,
                     state["epoch"], iterations // steps_per_epoch)
