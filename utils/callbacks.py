@@ -179,8 +179,8 @@ def read_history_rows(path: Path, keep_epochs: int) -> tuple[list[str] | None, l
         if ok and int(row[0]) == len(kept) + 1:
             kept.append(row)
         elif row:
-            log.warning("%s: dropped row %r... (not a complete row of epochs 1..%d)", path,
-                        ",".join(row)[:40], keep_epochs)
+            log.warning("%s: dropped row %r... (cut short, or past the checkpoint's epoch %d)",
+                        path, ",".join(row)[:40], keep_epochs)
     return header[1:], kept
 
 

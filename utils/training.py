@@ -203,8 +203,8 @@ def check_model_inputs(config, plan: DataPlan, modes=None) -> None:
     for k, mode in enumerate(modes):
         if mode != "fresh":
             paths = run_paths(config, k)
+            check_resumable(config, plan, paths, adopt)  # first: names the checkpoint and data
             check_resume_settings(config, paths)
-            check_resumable(config, plan, paths, adopt)
             adopt = False
     if ("fresh" in modes and config.model.weights not in (None, "imagenet")
             and not Path(config.model.weights).is_file()):
