@@ -169,7 +169,7 @@ def write_settings(args) -> None:
 
 def run_cnn(args, method: str, k: int, run_dir: Path) -> int:
     """One CNN run through ``utils.training.train``: fresh, or resumed from its last checkpoint."""
-    resume = (run_dir / "checkpoints" / "last_state.json").is_file()
+    resume = (run_dir / "checkpoints" / "last.keras").is_file()  # its state is inside it
     if resume:
         log.info("%s run %d: resuming in %s", method, k, run_dir)
     config = args.train.replace(

@@ -22,22 +22,26 @@ from dataclasses import dataclass
 @dataclass(frozen=True)
 class BackboneInfo:
     """One backbone: its ``keras.applications`` class name (None: the project's small CNN), the
-    smallest legal input side, and the ImageNet input mapping mode of its pretrained weights."""
+    smallest legal input side, the ImageNet input mapping mode of its pretrained weights, and the
+    values its layers output per input pixel of one image (summed over every layer, counted on a
+    96 x 96 input, 160 for InceptionV3): what a forward pass keeps for the backward one, the
+    basis of ``utils.training.check_memory``'s estimate."""
 
     application: str | None
     model_name: str
     min_size: int
     mapping: str
+    activations_per_pixel: float = 0.0
 
 
 #: name -> backbone (``model.backbones.BACKBONES`` adds the builders)
 BACKBONES = {
-    "vgg16": BackboneInfo("VGG16", "vgg16", 32, "caffe"),
-    "vgg19": BackboneInfo("VGG19", "vgg19", 32, "caffe"),
-    "resnet50": BackboneInfo("ResNet50", "resnet50", 32, "caffe"),
-    "inceptionv3": BackboneInfo("InceptionV3", "inception_v3", 75, "tf"),
-    "densenet121": BackboneInfo("DenseNet121", "densenet121", 32, "torch"),
-    "small": BackboneInfo(None, "small_cnn", 8, "none"),
+    "vgg16": BackboneInfo("VGG16", "vgg16", 32, "caffe", 303),
+    "vgg19": BackboneInfo("VGG19", "vgg19", 32, "caffe", 329),
+    "resnet50": BackboneInfo("ResNet50", "resnet50", 32, "caffe", 740),
+    "inceptionv3": BackboneInfo("InceptionV3", "inception_v3", 75, "tf", 305),
+    "densenet121": BackboneInfo("DenseNet121", "densenet121", 32, "torch", 996),
+    "small": BackboneInfo(None, "small_cnn", 8, "none", 183),
 }
 
 

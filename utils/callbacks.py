@@ -7,14 +7,16 @@ Order matters: the guard and the split evaluation come first, because they add t
 from __future__ import annotations
 
 import csv
+import io
 import logging
 import math
+import re
 from pathlib import Path
 
 import keras
 import numpy as np
 
-from utils.rundir import atomic_save_model, atomic_write_json
+from utils.rundir import atomic_save_model, atomic_write_bytes, atomic_write_json
 
 log = logging.getLogger("corrfusion.train")
 
@@ -85,7 +87,9 @@ class SplitEvaluation(keras.callbacks.Callback):
 
 class Checkpoints(keras.callbacks.Callback):
     """`best.keras` (highest val OA_t1 + OA_t2, as the original) and `last.keras` every epoch with
-    the optimiser state, both written atomically; `last_state.json` holds the epoch and best score."""
+    the optimiser state, both written atomically. The epoch and best score are stored inside
+    `last.keras` (one rename commits weights, optimiser and state: what --resume reads) and, for
+    people and tools, in `last_state.json` after it."""
 
     def __init__(self, best: Path, last: Path, state_path: Path, guard: FiniteLossGuard,
                  state: dict, run_info: dict):
@@ -105,42 +109,91 @@ class Checkpoints(keras.callbacks.Callback):
             atomic_save_model(self.model, self.best)
             self.state.update(best_score=score, best_epoch=epoch + 1)
             log.info("epoch %d: new best val OA_t1+OA_t2 = %.4f -> %s", epoch + 1, score, self.best)
-        atomic_save_model(self.model, self.last)
         self.state.update(epoch=epoch + 1, **self.run_info)
+        atomic_save_model(self.model, self.last, state=self.state)
         atomic_write_json(self.state_path, self.state)
 
 
 class EpochLog(keras.callbacks.Callback):
-    """The original's per-epoch lines in log.txt and a CSV history (one row per epoch)."""
+    """The original's per-epoch lines in log.txt and a CSV history (one row per epoch).
 
-    def __init__(self, log_txt: Path, history_csv: Path, append: bool = False):
+    Both files are rewritten whole and atomically each epoch (they are small), never appended to:
+    a kill or a full disk leaves the previous epoch's complete files. With ``append`` (--resume)
+    the rows of epochs 1..``keep_epochs`` (the checkpoint's) are read back, complete rows only:
+    a row cut by an older version's interrupted append, or written for an epoch after the
+    checkpoint, is dropped."""
+
+    def __init__(self, log_txt: Path, history_csv: Path, append: bool = False,
+                 keep_epochs: int = 0):
         super().__init__()
         self.log_txt, self.history_csv = Path(log_txt), Path(history_csv)
         self.append = append
+        self.keep_epochs = keep_epochs
         self.keys: list[str] | None = None
+        self.rows: list[list[str]] = []
+        self.lines: list[str] = []
 
     def on_train_begin(self, logs=None):
         self.log_txt.parent.mkdir(parents=True, exist_ok=True)
-        if self.append and self.history_csv.is_file():
-            with open(self.history_csv, newline="") as fh:
-                header = next(csv.reader(fh), None)
-            self.keys = header[1:] if header else None
-        elif not self.append:
-            self.log_txt.write_text("")
-            self.history_csv.unlink(missing_ok=True)
+        if self.append:
+            self.keys, self.rows = read_history_rows(self.history_csv, self.keep_epochs)
+            self.lines = read_log_lines(self.log_txt, self.keep_epochs)
+        self.write()  # a resume drops what lies past the checkpoint; a new run starts empty
 
     def on_epoch_end(self, epoch, logs=None):
         logs = {k: float(v) for k, v in (logs or {}).items()}
-        with open(self.log_txt, "a") as fh:
-            fh.write(format_epoch_line(epoch + 1, self.params.get("epochs"), logs) + "\n")
+        self.lines.append(format_epoch_line(epoch + 1, self.params.get("epochs"), logs))
         if self.keys is None:
             self.keys = sorted(logs)
-        new = not self.history_csv.is_file()
-        with open(self.history_csv, "a", newline="") as fh:
-            writer = csv.writer(fh)
-            if new:
-                writer.writerow(["epoch", *self.keys])
-            writer.writerow([epoch + 1, *(repr(logs.get(k, float("nan"))) for k in self.keys)])
+        self.rows.append([str(epoch + 1), *(repr(logs.get(k, float("nan"))) for k in self.keys)])
+        self.write()
+
+    def write(self):
+        atomic_write_bytes(self.log_txt, "".join(f"{ln}\n" for ln in self.lines).encode())
+        if self.keys is None:
+            self.history_csv.unlink(missing_ok=True)
+            return
+        buf = io.StringIO()
+        writer = csv.writer(buf, lineterminator="\n")
+        writer.writerow(["epoch", *self.keys])
+        writer.writerows(self.rows)
+        atomic_write_bytes(self.history_csv, buf.getvalue().encode())
+
+
+def read_history_rows(path: Path, keep_epochs: int) -> tuple[list[str] | None, list[list[str]]]:
+    """history.csv's columns (without ``epoch``) and its complete rows of epochs 1..keep_epochs:
+    as many fields as the header, a whole epoch number, the file's last line ended by a newline."""
+    if not path.is_file():
+        return None, []
+    text = path.read_text(errors="replace")
+    lines = text.split("\n")
+    if lines and lines[-1] != "":  # the last line was cut
+        log.warning("%s: dropped an incomplete last line", path)
+    complete = lines[:-1]
+    rows = list(csv.reader(complete))
+    if not rows:
+        return None, []
+    header, kept = rows[0], []
+    for row in rows[1:]:
+        ok = len(row) == len(header) and row[0].isdigit() and 1 <= int(row[0]) <= keep_epochs
+        if ok and int(row[0]) == len(kept) + 1:
+            kept.append(row)
+        elif row:
+            log.warning("%s: dropped row %r... (cut short, or past the checkpoint's epoch %d)",
+                        path, ",".join(row)[:40], keep_epochs)
+    return header[1:], kept
+
+
+def read_log_lines(path: Path, keep_epochs: int) -> list[str]:
+    """log.txt's complete lines (newline-ended) of epochs 1..keep_epochs."""
+    if not path.is_file():
+        return []
+    kept = []
+    for line in path.read_text(errors="replace").split("\n")[:-1]:
+        m = re.match(r"epoch (\d+)/", line)
+        if m and int(m.group(1)) == len(kept) + 1 and len(kept) < keep_epochs:
+            kept.append(line)
+    return kept
 
 
 def format_epoch_line(epoch: int, epochs, logs: dict) -> str:
@@ -229,3 +282,33 @@ class TensorBoardLogger(keras.callbacks.Callback):
         for w in self.writers.values():
             w.close()
 
+
+
+def truncate_event_files(tb_dir: Path, epoch: int) -> None:
+    """--resume after ``epoch``: drop the events of later epochs (written before a kill that came
+    ahead of their checkpoint) and a record cut by the kill from the event files of
+    ``tb/{trn,val,tst}``, so each epoch is in TensorBoard once. A file is rewritten atomically,
+    and only when something is dropped."""
+    import tensorflow as tf
+
+    for split in ("trn", "val", "tst"):
+        for f in sorted((Path(tb_dir) / split).glob("events.out.tfevents.*")):
+            kept, dropped = [], 0
+            try:
+                for record in tf.data.TFRecordDataset(str(f)):
+                    raw = record.numpy()
+                    event = tf.compat.v1.Event.FromString(raw)
+                    if event.step > epoch:
+                        dropped += 1
+                    else:
+                        kept.append(raw)
+            except tf.errors.DataLossError:  # the last record was cut
+                dropped += 1
+            if not dropped:
+                continue
+            tmp = f.with_name(f".{f.name}.tmp")
+            with tf.io.TFRecordWriter(str(tmp)) as writer:
+                for raw in kept:
+                    writer.write(raw)
+            tmp.replace(f)
+            log.info("%s: dropped %d event(s) after epoch %d", f, dropped, epoch)

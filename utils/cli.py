@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
+import signal
 import sys
+import threading
 
 log = logging.getLogger("corrfusion")
 
@@ -32,10 +35,35 @@ def configure_logging(verbose: bool = False) -> None:
 BAD_INPUT = (UsageError, FileNotFoundError)
 
 
-def run_main(main, argv=None) -> int:
-    """Call main(argv); bad input -> 'error: ...' on stderr and exit status 2, no traceback."""
+class Terminated(BaseException):
+    """SIGTERM arrived (``run_main``): unwinds like Ctrl-C, so that ``finally`` blocks remove
+    temporary files and release locks; a BaseException, so no ``except Exception`` swallows it."""
+
+
+def _raise_terminated(signum, frame):
+    raise Terminated
+
+
+@contextlib.contextmanager
+def sigterm_unwinds():
+    """While inside: SIGTERM raises ``Terminated`` in the main thread (elsewhere: unchanged)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGTERM, _raise_terminated)
     try:
-        rc = main(argv)
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def run_main(main, argv=None) -> int:
+    """Call main(argv); bad input -> 'error: ...' on stderr and exit status 2, no traceback;
+    Ctrl-C -> "interrupted", 130; SIGTERM -> "terminated", 143 (128 + 15), after the same
+    clean-up (temporary files removed, locks released; checkpoints are whole files)."""
+    try:
+        with sigterm_unwinds():
+            rc = main(argv)
     except BAD_INPUT as e:
         msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         print(f"error: {msg}", file=sys.stderr)
@@ -43,4 +71,7 @@ def run_main(main, argv=None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    except Terminated:
+        print("terminated", file=sys.stderr)
+        return 128 + signal.SIGTERM
     return int(rc or 0)

@@ -40,10 +40,12 @@ from utils.config import EvalConfig
 from utils.devices import select_devices, setup_backend
 from utils.metrics import change_probability, compute_metrics, format_table, per_class_csv
 from utils.rundir import (
+    DirLock,
     atomic_write_bytes,
     atomic_write_json,
     atomic_write_npz,
     check_writable_dir,
+    remove_stale_temp_files,
     run_args,
 )
 
@@ -436,7 +438,14 @@ def evaluate_checkpoint(config: EvalConfig, command=None) -> dict:
     for split, summary in summaries.items():
         require_labels(summary, split, "evaluation")
     check_checkpoint(ckpt, splits, summaries, image_size)
+    with DirLock(out_dir):  # one writer per result directory, until everything is written
+        check_writable_dir(out_dir, config.overwrite, "result directory")  # again, under the lock
+        return predict_and_write(config, ckpt, saved, splits, summaries, image_size, out_dir,
+                                 command)
 
+
+def predict_and_write(config, ckpt, saved, splits, summaries, image_size, out_dir, command):
+    """evaluate_checkpoint's second half: predict every split, then write every file."""
     device_info = setup_backend(config.mixed_precision)
     net = load_checkpoint(ckpt)
     if config.jit:
@@ -451,6 +460,7 @@ def evaluate_checkpoint(config: EvalConfig, command=None) -> dict:
             "batch_size": config.batch_size, "image_size": list(image_size) if image_size else None,
             "devices": device_info, "command": list(sys.argv if command is None else command)}
     for split in splits:
+        remove_stale_temp_files(out_dir / split)  # of an eval.py killed while writing here
         write_outputs(out_dir / split, results[split], preds[split], overwrite=True,
                       info={**info, "split": split, "split_dir": splits[split]},
                       geo=summaries[split].geo)

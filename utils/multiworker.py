@@ -72,7 +72,10 @@ def temporary_workdir(config):
                 src, dst = run_paths(config, k), run_paths(worker, k)
                 for a, b in ((src.last, dst.last), (src.state, dst.state), (src.best, dst.best),
                              (src.log_dir / "log.txt", dst.log_dir / "log.txt"),
-                             (src.log_dir / "history.csv", dst.log_dir / "history.csv")):
+                             (src.log_dir / "history.csv", dst.log_dir / "history.csv"),
+                             (src.root / "args.json", dst.root / "args.json"),  # resume checks
+                             (src.result_dir / "tst" / "results.json",  # same run modes
+                              dst.result_dir / "tst" / "results.json")):
                     if a.is_file():
                         b.parent.mkdir(parents=True, exist_ok=True)
                         shutil.copy2(a, b)

@@ -305,12 +305,21 @@ def plot_change_map(row, col, changed_true, changed_pred, path, title="Change de
 
 
 def read_history(path) -> dict[str, np.ndarray]:
-    """Columns of a CSVLogger-style history file as float arrays (non-numbers become NaN)."""
+    """Columns of a CSVLogger-style history file as float arrays (non-numbers become NaN).
+
+    A row with more or fewer fields than the header (cut by a full disk or a kill, or another row
+    appended onto a cut one) is a ValueError naming its line: its values would land in the wrong
+    columns."""
     with open(path, newline="") as fh:
         reader = csv.DictReader(fh)
         if not reader.fieldnames:
             raise ValueError(f"{path}: history: expected a CSV header row, got an empty file")
         rows = list(reader)
+    for i, r in enumerate(rows):
+        if None in r or any(v is None for v in r.values()):
+            n = len(reader.fieldnames) + len(r.get(None, [])) - sum(v is None for v in r.values())
+            raise ValueError(f"line {i + 2}: {n} fields, expected "
+                             f"{len(reader.fieldnames)} (a cut or merged row)")
     out = {}
     for name in reader.fieldnames:
         vals = []

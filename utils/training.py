@@ -1,17 +1,21 @@
 """Training: ``train(TrainConfig)``, what train_cnn.py and compare.py run (docs/DESIGN.md §2.3, §5).
 
-Reads like a table of contents: splits -> output checks -> data checks -> loaders -> per run
-(model -> fit -> evaluate the best checkpoint) -> summary. Everything that can be checked without
-TensorFlow is checked before it starts and before anything is written: every output path
-(``utils.rundir``: nothing a user made is replaced without --resume or --overwrite), every split,
-and with --resume each run's last_state.json and checkpoints against the data
-(``utils.checkpoints``). TensorFlow starts in ``load_data``, after the devices are chosen.
+Reads like a table of contents: splits -> output checks -> data checks -> memory estimate ->
+lock -> loaders -> per run (model -> fit -> evaluate the best checkpoint) -> summary. Everything
+that can be checked without TensorFlow is checked before it starts and before anything is written:
+every output path (``utils.rundir``: writable, and nothing a user made is replaced without --resume
+or --overwrite), every split, the activation memory of a batch, and with --resume each run's state,
+checkpoints and settings against the data and the command line (``utils.checkpoints``). Then every
+output directory is locked for the whole training (one writer per directory) and TensorFlow starts
+in ``load_data``, after the devices are chosen.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import math
+import os
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -38,8 +42,12 @@ from utils.rundir import (
     atomic_write_bytes,
     atomic_write_json,
     check_outputs,
+    check_resume_settings,
+    lock_dirs,
     make_run_dirs,
-    read_state,
+    output_roots,
+    remove_stale_temp_files,
+    resume_state,
     run_paths,
     summary_dir,
     versions,
@@ -71,7 +79,7 @@ def train(config: TrainConfig, checked_splits=()) -> int:
 
 def _train(config: TrainConfig, checked_splits, cluster) -> int:
     config = resolve_splits(config)
-    check_outputs(config)  # nothing a user made is replaced; every output directory can be made
+    modes = check_outputs(config)  # nothing a user made is replaced; every output dir can be made
     if config.demo:
         ensure_demo_data()
     plan = check_data(config, checked_splits)  # NumPy only: a data error is one line
@@ -79,18 +87,23 @@ def _train(config: TrainConfig, checked_splits, cluster) -> int:
         from utils.multiworker import check_batches
 
         check_batches(config, plan.summaries, cluster.num_workers)
-    check_model_inputs(config, plan)
+    check_model_inputs(config, plan, modes)
+    check_memory(config, plan)
     config = config.replace(ce_weights=class_weights(config.class_weight, plan))
-    device_info = setup_backend(config.mixed_precision)
-    strategy = make_strategy(device_info)  # before TensorFlow's runtime starts (in load_data)
-    data = load_data(config, plan)
-    try:
-        results = [train_one_run(config, data, k, strategy, device_info)
-                   for k in range(config.runs)]
-    except TrainingDiverged as e:
-        log.error("%s", e)
-        return 1
-    summarize_runs(config, results)
+    with lock_dirs(output_roots(config)):  # one writer per directory, until the end
+        modes = check_outputs(config)  # again: another process may have written meanwhile
+        device_info = setup_backend(config.mixed_precision)
+        strategy = make_strategy(device_info)  # before TensorFlow's runtime starts (in load_data)
+        data = load_data(config, plan)
+        try:
+            results = [finished_run_results(config, k) if mode == "done" else
+                       train_one_run(config.replace(resume=mode == "resume"), data, k, strategy,
+                                     device_info)
+                       for k, mode in enumerate(modes)]
+        except TrainingDiverged as e:
+            log.error("%s", e)
+            return 1
+        summarize_runs(config, results)
     return 0
 
 
@@ -196,23 +209,30 @@ def class_weights(name: str, plan: DataPlan):
     return tuple(out)
 
 
-def check_model_inputs(config, plan: DataPlan) -> None:
-    """The --weights file, or with --resume every run's last checkpoint and state against the data."""
-    if config.resume:
-        for k in range(config.runs):
-            check_resumable(config, plan, run_paths(config, k), k)
-    elif config.model.weights not in (None, "imagenet") and not Path(config.model.weights).is_file():
+def check_model_inputs(config, plan: DataPlan, modes=None) -> None:
+    """With --resume every begun run's settings (args.json), last checkpoint and state against the
+    command line and the data; the --weights file when a run starts from scratch."""
+    modes = modes or ["fresh"] * config.runs
+    adopt = not config.num_classes
+    for k, mode in enumerate(modes):
+        if mode != "fresh":
+            paths = run_paths(config, k)
+            check_resumable(config, plan, paths, adopt)  # first: names the checkpoint and data
+            check_resume_settings(config, paths)
+            adopt = False
+    if ("fresh" in modes and config.model.weights not in (None, "imagenet")
+            and not Path(config.model.weights).is_file()):
         raise UsageError(f"{config.model.weights}: --weights: no such file; expected none, imagenet or a "
                          "weights file")
 
 
-def check_resumable(config, plan: DataPlan, paths: RunPaths, k: int) -> None:
-    """last_state.json readable; last.keras (and best.keras) CorrFusionNet archives for this data's
-    class count and input size, last.keras with its optimiser; read without TensorFlow."""
-    read_state(paths.state)
+def check_resumable(config, plan: DataPlan, paths: RunPaths, adopt: bool) -> None:
+    """The run's state readable; last.keras (and best.keras) CorrFusionNet archives for this
+    data's class count and input size, last.keras with its optimiser; read without TensorFlow.
+    adopt: see ``check_checkpoint_fits``."""
+    resume_state(paths)
     saved = read_checkpoint_config(paths.last)
-    check_checkpoint_fits(config, plan, paths.last, saved,
-                          adopt=not config.num_classes and k == 0)
+    check_checkpoint_fits(config, plan, paths.last, saved, adopt=adopt)
     if not is_compiled(saved):
         raise UsageError(f"{paths.last}: saved without an optimiser (not compiled); expected the "
                          "last.keras train_cnn.py writes")
@@ -232,6 +252,46 @@ def check_checkpoint_fits(config, plan: DataPlan, ckpt: Path, saved: dict, adopt
             raise UsageError(f"{ckpt}: a checkpoint for {signature[1]} classes; expected "
                              f"{plan.num_classes} (-n/--num_classes, or the other checkpoints')")
         plan.num_classes = signature[1]
+
+
+def available_memory() -> int | None:
+    """Bytes of memory this process may use: the machine's physical memory, or the cgroup's
+    limit when lower (containers); None when unknown."""
+    try:
+        total = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (AttributeError, ValueError, OSError):
+        total = None
+    for limit_file in ("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory/memory.limit_in_bytes"):
+        try:
+            limit = int(Path(limit_file).read_text().strip())
+        except (OSError, ValueError):  # absent, or "max"
+            continue
+        total = limit if total is None else min(total, limit)
+    return total
+
+
+def activation_bytes(config, plan: DataPlan) -> int:
+    """A lower bound of the memory a training batch's backbone activations take: batch × 2 dates
+    × H × W × the backbone's values per pixel (``model.config.BackboneInfo``) × bytes per value
+    (2 with --mixed_precision, else 4). The gradients and the rest of the network come on top."""
+    from model.config import BACKBONES
+
+    per_pixel = BACKBONES[config.backbone].activations_per_pixel
+    h, w = plan.image_size
+    return int(config.batch_size * 2 * h * w * per_pixel * (2 if config.mixed_precision else 4))
+
+
+def check_memory(config, plan: DataPlan) -> None:
+    """Refuse an image size (and batch) whose activations alone cannot fit in memory: a one-line
+    error with the estimate, before TensorFlow starts and before anything is written, instead of
+    the allocator's crash (a segmentation fault at --image_size 4000)."""
+    need, have = activation_bytes(config, plan), available_memory()
+    if have is not None and need > have:
+        h, w = plan.image_size
+        raise UsageError(f"--image_size {h},{w}: a training batch of {config.batch_size} pairs "
+                         f"needs at least {need / 2**30:.1f} GiB for the {config.backbone} "
+                         f"backbone's activations, more than the {have / 2**30:.1f} GiB of memory "
+                         "here; use a smaller --image_size or -b/--batch_size")
 
 
 def load_data(config, plan: DataPlan) -> Data:
@@ -276,9 +336,10 @@ def build_or_resume(config, data: Data, paths: RunPaths, seed: int):
     from model.backbones import WeightsError
 
     if config.resume:
-        state = read_state(paths.state)
+        state = dict(resume_state(paths))
         net = load_checkpoint(paths.last, require_optimizer=True)
         net.jit_compile = config.jit
+        check_iterations(net, state, data.steps_per_epoch, paths.last)
         log.info("resuming %s after epoch %d", paths.last, state["epoch"])
         return net, state
     try:
@@ -293,6 +354,24 @@ def build_or_resume(config, data: Data, paths: RunPaths, seed: int):
     return net, {"epoch": 0, "best_score": -math.inf, "best_epoch": None}
 
 
+def check_iterations(net, state: dict, steps_per_epoch: int, path: Path) -> None:
+    """The optimiser's step count is the state's epoch times the steps per epoch; a checkpoint of
+    an older version whose last_state.json lags it (a kill between the two writes) resumes after
+    the epoch the optimiser says, so the schedule does not shift."""
+    iterations = int(np.asarray(net.optimizer.iterations))
+    expected = state["epoch"] * steps_per_epoch
+    if steps_per_epoch and iterations != expected:
+        if iterations % steps_per_epoch:  # not whole epochs: trust the state, say so
+            log.warning("%s: the optimiser made %d steps, expected %d (epoch %d of %d steps): "
+                        "resuming after epoch %d", path, iterations, expected, state["epoch"],
+                        steps_per_epoch, state["epoch"])
+            return
+        log.warning("%s: the optimiser made %d steps (epoch %d), the state says epoch %d: "
+                    "resuming after epoch %d", path, iterations, iterations // steps_per_epoch,
+                    state["epoch"], iterations // steps_per_epoch)
+        state["epoch"] = iterations // steps_per_epoch
+
+
 # --------------------------------------------------------------------------------------- callbacks
 def make_callbacks(config, data: Data, paths: RunPaths, state: dict, run_info: dict):
     from data.loader import make_dataset
@@ -302,6 +381,7 @@ def make_callbacks(config, data: Data, paths: RunPaths, state: dict, run_info: d
         FiniteLossGuard,
         SplitEvaluation,
         TensorBoardLogger,
+        truncate_event_files,
     )
 
     guard = FiniteLossGuard()
@@ -310,16 +390,20 @@ def make_callbacks(config, data: Data, paths: RunPaths, state: dict, run_info: d
         extra["trn"], _ = make_dataset(config.trn_dir, config.batch_size, training=False,
                                        image_size=config.image_size, num_classes=data.num_classes,
                                        raw_integers=True)
+    # the epoch's log rows before its checkpoint: a kill in between leaves rows past the
+    # checkpoint's epoch, which a resume drops (EpochLog, truncate_event_files), never a gap
     cbs = [guard, SplitEvaluation(extra, guard)]
-    if config.save_model:
-        cbs.append(Checkpoints(paths.best, paths.last, paths.state, guard, state, run_info))
     if config.save_log:
         cbs.append(EpochLog(paths.log_dir / "log.txt", paths.log_dir / "history.csv",
-                            append=config.resume))
+                            append=config.resume, keep_epochs=int(state["epoch"])))
     if config.use_tfboard:
+        if config.resume:
+            truncate_event_files(paths.tb_dir, int(state["epoch"]))
         tb = TensorBoardLogger.create(paths.tb_dir, sample=data.val)
         if tb is not None:
             cbs.append(tb)
+    if config.save_model:
+        cbs.append(Checkpoints(paths.best, paths.last, paths.state, guard, state, run_info))
     return cbs, guard
 
 
@@ -335,6 +419,10 @@ def train_one_run(config, data: Data, k: int, strategy, device_info: dict) -> di
         net, state = build_or_resume(config, data, paths, seed)
     run_info = {"run": k, "seed": seed}
     make_run_dirs(config, paths)
+    for d in (paths.ckpt_dir, paths.result_dir / "tst", paths.log_dir):
+        remove_stale_temp_files(d)
+    if not config.resume:  # a new run: not the event files of the one it replaces
+        remove_event_files(paths.tb_dir)
     atomic_write_json(paths.root / "args.json", {
         "args": config.to_args(), "run": k, "seed": seed, "devices": device_info, "versions": versions(),
         "data": {s: v.to_dict() for s, v in data.summaries.items()},
@@ -366,6 +454,30 @@ def fit(net, config, data: Data, callbacks, guard, strategy, initial_epoch: int)
         return
     net.fit(data.trn, validation_data=data.val, epochs=config.epochs,
             initial_epoch=initial_epoch, callbacks=callbacks, shuffle=False, verbose=2)
+
+
+def remove_event_files(tb_dir: Path) -> None:
+    """The TensorBoard event files train_cnn.py wrote in ``tb/{trn,val,tst}`` (only those: a
+    new run started with --overwrite, or a run --resume starts again, does not add to them)."""
+    for split in ("trn", "val", "tst"):
+        for f in (tb_dir / split).glob("events.out.tfevents.*"):
+            if f.is_file():
+                f.unlink()
+                log.info("removed the old run's %s", f)
+
+
+def finished_run_results(config, k: int) -> dict:
+    """--resume of a run that trained every epoch and was evaluated: its test metrics, read back."""
+    paths = run_paths(config, k)
+    log.info("run %d: trained %d epochs and evaluated already: skipped", k, config.epochs)
+    if not config.tst_dir:
+        return {}
+    path = paths.result_dir / "tst" / "results.json"
+    try:
+        return json.loads(path.read_text())["metrics"]
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise UsageError(f"{path}: unreadable ({type(e).__name__}); expected the results.json "
+                         "train_cnn.py writes") from None
 
 
 def set_loader_epoch(data: Data, epoch: int) -> None:

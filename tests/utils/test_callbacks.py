@@ -78,3 +78,67 @@ def test_format_epoch_line_names_the_epoch_and_figures():
     line = format_epoch_line(3, 10, {"loss": 0.5, "oa_t1": 0.25, "val_oa_t1": 0.75,
                                      "learning_rate": 5e-3})
     assert line == "epoch 3/10 | lr 5.0e-03 | trn loss 0.5000 OA_t1 0.2500 | val OA_t1 0.7500"
+
+
+def _epoch_log(tmp_path, append=False, keep_epochs=0):
+    log = EpochLog(tmp_path / "log.txt", tmp_path / "history.csv", append=append,
+                   keep_epochs=keep_epochs)
+    log.set_model(_model())
+    log.set_params({"epochs": 4})
+    log.on_train_begin()
+    return log
+
+
+def test_resume_drops_a_cut_row_and_rows_past_the_checkpoint(tmp_path):
+    """Disk full cut epoch 3's row; a kill after epoch 4's row came before its checkpoint: resuming
+    after epoch 2 keeps rows 1-2 and appends whole rows only (issue 15 items 5 and 8)."""
+    log = _epoch_log(tmp_path)
+    for epoch in range(2):
+        log.on_epoch_end(epoch, {"loss": 1.0, "oa_t1": 0.5, "val_oa_t1": 0.25})
+    with open(tmp_path / "history.csv", "a") as fh:
+        fh.write("3,0.5,0.5,")  # cut, no newline
+    with open(tmp_path / "log.txt", "a") as fh:
+        fh.write("epoch 3/4 | lr 1.0e-03 | trn lo")
+    log = _epoch_log(tmp_path, append=True, keep_epochs=2)
+    log.on_epoch_end(2, {"loss": 0.25, "oa_t1": 0.75, "val_oa_t1": 0.5})
+    rows = (tmp_path / "history.csv").read_text().splitlines()
+    assert [r.split(",")[0] for r in rows] == ["epoch", "1", "2", "3"]
+    assert all(len(r.split(",")) == len(rows[0].split(",")) for r in rows)
+    lines = (tmp_path / "log.txt").read_text().splitlines()
+    assert [ln.split()[1] for ln in lines] == ["1/4", "2/4", "3/4"] and "0.2500" in lines[2]
+
+    # rows of epochs after the checkpoint's (written before a kill ahead of its checkpoint)
+    log = _epoch_log(tmp_path, append=True, keep_epochs=1)
+    log.on_epoch_end(1, {"loss": 0.125, "oa_t1": 0.75, "val_oa_t1": 0.5})
+    rows = (tmp_path / "history.csv").read_text().splitlines()
+    assert [r.split(",")[0] for r in rows] == ["epoch", "1", "2"] and "0.125" in rows[2]
+    assert len((tmp_path / "log.txt").read_text().splitlines()) == 2
+
+
+def test_epoch_log_never_leaves_a_partial_file(tmp_path, monkeypatch):
+    """The files are replaced whole: a write that fails (disk full) leaves the last epoch's."""
+    from utils import rundir
+
+    log = _epoch_log(tmp_path)
+    log.on_epoch_end(0, {"loss": 1.0})
+    before = (tmp_path / "history.csv").read_bytes()
+
+    def full(*a, **k):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(rundir.os, "replace", full)
+    with pytest.raises(OSError):
+        log.on_epoch_end(1, {"loss": 0.5})
+    assert (tmp_path / "history.csv").read_bytes() == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["history.csv", "log.txt"]
+
+
+def test_last_keras_holds_the_state_it_was_saved_with(tmp_path):
+    from utils.rundir import read_embedded_state
+
+    cb = _checkpoints(tmp_path)
+    _epoch(cb, 0, 0.5, 0.5)
+    _epoch(cb, 1, 0.25, 0.25)
+    state = read_embedded_state(cb.last)
+    assert state["epoch"] == 2 and state["best_epoch"] == 1 and state == json.loads(
+        cb.state_path.read_text())

@@ -62,3 +62,18 @@ def test_configure_logging_sets_the_level_and_quiets_noisy_loggers(monkeypatch):
     configure_logging()
     assert logging.getLogger("matplotlib").level == logging.WARNING
     assert os.environ["TF_CPP_MIN_LOG_LEVEL"] == "2"
+
+
+def test_sigterm_is_terminated_and_exit_143(capsys):
+    import signal
+
+    def main(argv):
+        os.kill(os.getpid(), signal.SIGTERM)
+        for _ in range(10**7):  # the handler runs between bytecodes
+            pass
+        return 0
+
+    before = signal.getsignal(signal.SIGTERM)
+    assert run_main(main) == 143
+    assert capsys.readouterr().err == "terminated\n"
+    assert signal.getsignal(signal.SIGTERM) == before

@@ -117,6 +117,9 @@ def test_out_that_is_or_lies_under_a_file(tmp_path, capsys):
         ("results.json", b'{"metrics": {"OA_t1": 1.0}}', "class_names"),
         ("predictions.npz", b"not a zip", "unreadable"),
         ("history.csv", b"", "unreadable"),
+        # a row cut by a full disk, the next one appended onto it (issue 15 item 5)
+        ("history.csv", b"epoch,loss,oa_t1\n1,0.5,0.1\n2,0.4,3,0.3,0.2\n", "line 3: 5 fields, expected 3"),
+        ("history.csv", b"epoch,loss,oa_t1\n1,0.5,0.1\n2,0.4\n", "line 3: 2 fields, expected 3"),
     ],
 )
 def test_bad_run_files_are_refused_before_drawing(
