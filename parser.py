@@ -72,6 +72,10 @@ def positive_int(value: str) -> int:
     return _number(value, int, lambda v: v > 0, "a positive integer")
 
 
+def non_negative_int(value: str) -> int:
+    return _number(value, int, lambda v: v >= 0, "an integer >= 0")
+
+
 def non_negative_float(value: str) -> float:
     return _number(value, float, lambda v: 0 <= v < float("inf"), "a finite number >= 0")
 
@@ -245,6 +249,9 @@ def train_parser() -> argparse.ArgumentParser:
                           "in training only, val/tst losses stay plain means")
     opt.add_argument("--eval_trn", type=str2bool, nargs="?", const=True, default=False,
                      help="also evaluate the whole training split after each epoch (slow; the original did)")
+    opt.add_argument("--eval_tst", action=argparse.BooleanOptionalAction, default=True,
+                     help="evaluate the test split after each epoch for the logs and TensorBoard, "
+                          "as the original did; the best checkpoint is chosen on val only")
 
     out = p.add_argument_group("output")
     out.add_argument("--workdir", default=None,
@@ -255,6 +262,10 @@ def train_parser() -> argparse.ArgumentParser:
     out.add_argument("-tbpath", "--tb_path", default=None, help="TensorBoard directory")
     out.add_argument("-rpath", "--result_path", default=None, help="evaluation results directory")
     out.add_argument("-tb", "--use_tfboard", type=str2bool, default=True, help="write TensorBoard logs")
+    out.add_argument("--tb_images", type=non_negative_int, default=1, metavar="K",
+                     help="every K epochs: the validation confusion matrices, transition matrices, "
+                          "PR curve of p_change and change F1 in TensorBoard (one extra pass over "
+                          "val; 0: never)")
     out.add_argument("-sm", "--save_model", type=str2bool, default=True, help="write checkpoints")
     out.add_argument("-log", "--save_log", type=str2bool, default=True, help="write log.txt and history.csv")
     out.add_argument("--resume", action="store_true", help="continue from the last checkpoint")

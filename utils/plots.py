@@ -46,6 +46,10 @@ _NO_DATA = "#ffffff"
 
 
 def _save(fig: Figure, path) -> Path:
+    """Write the figure to ``path`` (PNG), or into a binary file object (TensorBoard's images)."""
+    if hasattr(path, "write"):
+        fig.savefig(path, format="png", dpi=DPI, bbox_inches="tight")
+        return path
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=DPI, bbox_inches="tight")
@@ -327,7 +331,7 @@ _SPLIT_PREFIXES = ("val_", "tst_", "test_")
 
 
 def plot_history(history, path, title="Training curves", max_panels=12) -> Path:
-    """One panel per metric (train solid, ``val_``/``tst_`` dashed) from a history CSV path or dict.
+    """One panel per metric (trn solid, ``val_``/``tst_`` dashed) from a history CSV path or dict.
 
     Whatever columns exist are drawn; ``epoch`` (or the row index) is the x axis; the learning rate
     column (``lr``/``learning_rate``) gets its own log-scale panel.
@@ -342,7 +346,7 @@ def plot_history(history, path, title="Training curves", max_panels=12) -> Path:
     for name, vals in history.items():
         if name == "epoch" or not np.any(np.isfinite(vals)):
             continue
-        split, base = "train", name
+        split, base = "trn", name
         for pre in _SPLIT_PREFIXES:
             if name.startswith(pre):
                 split, base = pre.rstrip("_").replace("test", "tst"), name[len(pre) :]
@@ -357,7 +361,7 @@ def plot_history(history, path, title="Training curves", max_panels=12) -> Path:
     rows = max(1, math.ceil(len(order) / cols))
     fig = Figure(figsize=(3.6 * cols, 2.8 * rows), layout="constrained")
     axes = np.atleast_1d(fig.subplots(rows, cols)).ravel()
-    styles = {"train": ("-", "#2166ac"), "val": ("--", "#d6604d"), "tst": (":", "#1b7837")}
+    styles = {"trn": ("-", "#2166ac"), "val": ("--", "#d6604d"), "tst": (":", "#1b7837")}
     for ax, base in zip(axes, order, strict=False):
         for split in sorted(
             groups[base], key=lambda s: (list(styles).index(s) if s in styles else 9, s)

@@ -288,10 +288,11 @@ def make_callbacks(config, data: Data, paths: RunPaths, state: dict, run_info: d
         FiniteLossGuard,
         SplitEvaluation,
         TensorBoardLogger,
+        tb_hparams,
     )
 
     guard = FiniteLossGuard()
-    extra = {"tst": data.tst} if data.tst is not None else {}
+    extra = {"tst": data.tst} if data.tst is not None and config.eval_tst else {}
     if config.eval_trn:
         extra["trn"], _ = make_dataset(config.trn_dir, config.batch_size, training=False,
                                        image_size=config.image_size, num_classes=data.num_classes,
@@ -303,10 +304,25 @@ def make_callbacks(config, data: Data, paths: RunPaths, state: dict, run_info: d
         cbs.append(EpochLog(paths.log_dir / "log.txt", paths.log_dir / "history.csv",
                             append=config.resume))
     if config.use_tfboard:
-        tb = TensorBoardLogger.create(paths.tb_dir, sample=data.val)
+        tb = TensorBoardLogger.create(paths.tb_dir, sample=data.val,
+                                      figures=validation_figures(config, data),
+                                      hparams=tb_hparams(config, run_info["seed"]))
         if tb is not None:
             cbs.append(tb)
     return cbs, guard
+
+
+def validation_figures(config, data: Data):
+    """What TensorBoard's validation figures are drawn from (None with ``--tb_images 0``)."""
+    from data.shards import read_labels
+    from utils.callbacks import ValidationFigures
+
+    if not config.tb_images:
+        return None
+    labels = read_labels(config.val_dir, num_classes=data.num_classes)
+    names = data.class_names or [f"class {k + 1}" for k in range(data.num_classes)]
+    return ValidationFigures(data.val, labels["label_t1"], labels["label_t2"], list(names),
+                             config.tb_images)
 
 
 # -------------------------------------------------------------------------------------------- runs
