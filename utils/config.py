@@ -69,6 +69,7 @@ class TrainConfig:
     gpu: str | None
     mixed_precision: bool
     jit: bool
+    verbose: bool  # debug log and TensorFlow's start-up lines (utils.cli.configure_logging)
 
     @classmethod
     def from_args(cls, args) -> TrainConfig:
@@ -114,6 +115,7 @@ class EvalConfig:
     gpu: str | None
     mixed_precision: bool
     jit: bool
+    verbose: bool
 
     @classmethod
     def from_args(cls, args) -> EvalConfig:

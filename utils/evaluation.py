@@ -90,7 +90,8 @@ def evaluate_split(net, split_dir, batch_size=32, threshold=0.5, class_names=Non
         raw_integers=True,  # CorrFusionNet scales uint8/uint16 batches in the graph
     )
     labels = read_labels(split_dir, num_classes=k)
-    log.info("%s: predicting %d pairs", split_dir, summary.n_pairs)
+    skipped = f" ({summary.n_skipped} undefined pairs skipped)" if summary.n_skipped else ""
+    log.info("%s: predicting %d pairs%s", split_dir, summary.n_pairs, skipped)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         out = net.predict(dataset, verbose=0)

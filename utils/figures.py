@@ -27,7 +27,7 @@ from matplotlib.figure import Figure
 from matplotlib.patches import FancyArrowPatch, FancyBboxPatch
 
 from utils import plots
-from utils.cli import UsageError, configure_logging, run_main
+from utils.cli import HelpFormatter, UsageError, configure_logging, run_main
 from utils.evaluation import figure_names, write_figures
 from utils.rundir import RunDirError, check_can_create_dir
 
@@ -431,7 +431,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="python -m utils.figures",
         description=__doc__.split("\n\n")[0],
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=HelpFormatter,
     )
     src = p.add_argument_group("sources")
     src.add_argument(
@@ -448,7 +448,10 @@ def build_parser() -> argparse.ArgumentParser:
     out = p.add_argument_group("output")
     out.add_argument("--out", default="figures", help="directory the PNGs are written to")
     out.add_argument(
-        "--no-diagrams", dest="diagrams", action="store_false", help="skip the two diagrams"
+        "--diagrams",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="draw the network and CorrFusion diagrams (--no-diagrams: skip them)",
     )
     out.add_argument(
         "--overwrite",

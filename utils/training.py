@@ -5,7 +5,8 @@ Reads like a table of contents: splits -> output checks -> data checks -> loader
 TensorFlow is checked before it starts and before anything is written: every output path
 (``utils.rundir``: nothing a user made is replaced without --resume or --overwrite), every split,
 and with --resume each run's last_state.json and checkpoints against the data
-(``utils.checkpoints``). TensorFlow starts in ``load_data``, after the devices are chosen.
+(``utils.checkpoints``). TensorFlow starts in ``setup_backend``, after the devices are chosen,
+with its native start-up lines hidden unless --verbose.
 """
 
 from __future__ import annotations
@@ -67,8 +68,8 @@ def train(config: TrainConfig, checked_splits=()) -> int:
     plan = check_data(config, checked_splits)  # NumPy only: a data error is one line
     check_model_inputs(config, plan)
     config = config.replace(ce_weights=class_weights(config.class_weight, plan))
+    device_info = setup_backend(config.mixed_precision)  # TensorFlow starts (quietly) here
     data = load_data(config, plan)
-    device_info = setup_backend(config.mixed_precision)
     strategy = make_strategy(device_info)
     try:
         results = [train_one_run(config, data, k, strategy, device_info)
@@ -221,7 +222,7 @@ def check_checkpoint_fits(config, plan: DataPlan, ckpt: Path, saved: dict, adopt
 
 
 def load_data(config, plan: DataPlan) -> Data:
-    """The streaming loaders of the checked splits (TensorFlow starts here)."""
+    """The streaming loaders of the checked splits."""
     from data.loader import make_dataset, steps_per_epoch  # Keras: the loader is the backend's
 
     for s in plan.summaries.values():
