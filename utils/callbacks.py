@@ -10,6 +10,7 @@ import csv
 import io
 import logging
 import math
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -143,6 +144,42 @@ class EpochLog(keras.callbacks.Callback):
             if new:
                 writer.writerow(["epoch", *self.keys])
             writer.writerow([epoch + 1, *(repr(logs.get(k, float("nan"))) for k in self.keys)])
+
+
+class EpochSummary(keras.callbacks.Callback):
+    """One concise log line per epoch (``format_epoch_summary``), whatever the progress bar does."""
+
+    def __init__(self):
+        super().__init__()
+        self.started = time.monotonic()
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.started = time.monotonic()
+
+    def on_epoch_end(self, epoch, logs=None):
+        log.info("%s", format_epoch_summary(epoch + 1, self.params.get("epochs"), logs or {},
+                                            time.monotonic() - self.started))
+
+
+def format_epoch_summary(epoch: int, epochs, logs: dict, seconds: float) -> str:
+    """`epoch 3/100: loss 0.512 OA_t1 81.2% OA_t2 79.0% | val OA_t1 75.0% OA_t2 70.1% | lr 1e-03 | 12.3 s`"""
+
+    def pct(key):
+        v = logs.get(key)
+        return None if v is None else f"{100.0 * float(v):.1f}%"
+
+    parts = []
+    trn = [f"loss {float(logs['loss']):.4g}"] if "loss" in logs else []
+    trn += [f"{name} {pct(k)}" for k, name in (("oa_t1", "OA_t1"), ("oa_t2", "OA_t2")) if k in logs]
+    parts.append(" ".join(trn))
+    val = [f"{name} {pct(k)}" for k, name in (("val_oa_t1", "OA_t1"), ("val_oa_t2", "OA_t2"))
+           if k in logs]
+    if val:
+        parts.append("val " + " ".join(val))
+    if "learning_rate" in logs:
+        parts.append(f"lr {float(logs['learning_rate']):.1e}")
+    parts.append(f"{seconds:.1f} s")
+    return f"epoch {epoch}/{epochs}: " + " | ".join(p for p in parts if p)
 
 
 def format_epoch_line(epoch: int, epochs, logs: dict) -> str:

@@ -101,6 +101,15 @@ def quiet_native_stderr():
                 sys.stderr.flush()
 
 
+def progress_verbose() -> int:
+    """Keras' ``verbose`` for fit/predict: 1 (a progress bar) when stdout is a terminal, 0 in a
+    file or pipe (one log line per epoch instead: ``utils.callbacks.EpochSummary``)."""
+    try:
+        return 1 if sys.stdout.isatty() else 0
+    except (AttributeError, ValueError):  # closed or replaced stdout
+        return 0
+
+
 #: exceptions that mean "the user's input is wrong": one line and exit status 2
 BAD_INPUT = (UsageError, FileNotFoundError)
 

@@ -35,7 +35,7 @@ from utils.checkpoints import (
     model_signature,
     resolve_checkpoint,
 )
-from utils.cli import UsageError
+from utils.cli import UsageError, progress_verbose
 from utils.config import EvalConfig
 from utils.devices import select_devices, setup_backend
 from utils.metrics import change_probability, compute_metrics, format_table, per_class_csv
@@ -94,7 +94,7 @@ def evaluate_split(net, split_dir, batch_size=32, threshold=0.5, class_names=Non
     log.info("%s: predicting %d pairs%s", split_dir, summary.n_pairs, skipped)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        out = net.predict(dataset, verbose=0)
+        out = net.predict(dataset, verbose=progress_verbose())  # a bar on a terminal
     if not isinstance(out, dict) or "prob_t1" not in out or "prob_t2" not in out:
         # Keras' warnings about the input structure only repeat this error at length
         got = sorted(out) if isinstance(out, dict) else type(out).__name__

@@ -29,7 +29,7 @@ from utils.checkpoints import (
     load_checkpoint,
     read_checkpoint_config,
 )
-from utils.cli import UsageError
+from utils.cli import UsageError, progress_verbose
 from utils.config import TrainConfig
 from utils.devices import make_strategy, select_devices, setup_backend
 from utils.evaluation import evaluate_split, write_outputs
@@ -286,6 +286,7 @@ def make_callbacks(config, data: Data, paths: RunPaths, state: dict, run_info: d
     from utils.callbacks import (
         Checkpoints,
         EpochLog,
+        EpochSummary,
         FiniteLossGuard,
         SplitEvaluation,
         TensorBoardLogger,
@@ -298,7 +299,7 @@ def make_callbacks(config, data: Data, paths: RunPaths, state: dict, run_info: d
         extra["trn"], _ = make_dataset(config.trn_dir, config.batch_size, training=False,
                                        image_size=config.image_size, num_classes=data.num_classes,
                                        raw_integers=True)
-    cbs = [guard, SplitEvaluation(extra, guard)]
+    cbs = [guard, SplitEvaluation(extra, guard), EpochSummary()]
     if config.save_model:
         cbs.append(Checkpoints(paths.best, paths.last, paths.state, guard, state, run_info))
     if config.save_log:
@@ -350,7 +351,8 @@ def train_one_run(config, data: Data, k: int, strategy, device_info: dict) -> di
     else:
         set_loader_epoch(data, initial_epoch)
         net.fit(data.trn, validation_data=data.val, epochs=config.epochs,
-                initial_epoch=initial_epoch, callbacks=callbacks, shuffle=False, verbose=2)
+                initial_epoch=initial_epoch, callbacks=callbacks, shuffle=False,
+                verbose=progress_verbose())
     if guard.failure:
         raise TrainingDiverged(guard.failure)
     return evaluate_run(config, data, paths, net)

@@ -161,3 +161,20 @@ def test_every_logged_name_has_a_group_and_description():
         assert name in TB_SCALARS and "/" in tag and description, name
     assert tb_scalar_tag("oa_t1_full")[0] == "accuracy/oa_t1_full"
     assert tb_scalar_tag("something_new")[0] == "other/something_new"
+
+
+def test_epoch_summary_is_one_concise_line(caplog):
+    from utils.callbacks import EpochSummary, format_epoch_summary
+
+    logs = {"loss": 0.51234, "oa_t1": 0.8125, "oa_t2": 0.79, "ce_t1": 0.3, "corr_loss": 0.01,
+            "val_loss": 0.7, "val_oa_t1": 0.75, "val_oa_t2": 0.701, "val_oa_bi": 0.9,
+            "tst_oa_t1": 0.6, "learning_rate": 1e-3}
+    line = format_epoch_summary(3, 100, logs, 12.34)
+    assert line == ("epoch 3/100: loss 0.5123 OA_t1 81.2% OA_t2 79.0% | val OA_t1 75.0% "
+                    "OA_t2 70.1% | lr 1.0e-03 | 12.3 s")
+    cb = EpochSummary()
+    cb.set_params({"epochs": 2})
+    with caplog.at_level("INFO", logger="corrfusion.train"):
+        cb.on_epoch_begin(0)
+        cb.on_epoch_end(0, logs)
+    assert [r.getMessage().startswith("epoch 1/2: loss") for r in caplog.records] == [True]

@@ -101,3 +101,19 @@ def test_tensorflow_starts_without_its_startup_lines():
             "import tensorflow as tf\n"
             "print(float(tf.reduce_sum(tf.ones(3))))\n")
     assert _stderr_of(code, KERAS_BACKEND="tensorflow") == []
+
+
+def test_progress_bars_only_on_a_terminal(monkeypatch):
+    import io
+    import sys
+
+    from utils.cli import progress_verbose
+
+    class Tty(io.StringIO):
+        def isatty(self):
+            return True
+
+    monkeypatch.setattr(sys, "stdout", Tty())
+    assert progress_verbose() == 1
+    monkeypatch.setattr(sys, "stdout", io.StringIO())
+    assert progress_verbose() == 0
