@@ -161,8 +161,15 @@ FIGURE_FILES = ("confusion_t1.png", "confusion_t2.png", "transitions.png", "pr_c
 MAP_FILES = ("class_maps.png", "change_map.png", "change_map_threshold.png")
 
 
+#: predictions.csv's class id columns: the shards' 1-based ids, each followed by its class name
+CSV_CLASS_COLUMNS = ("label_t1", "label_t2", "pred_t1", "pred_t2")
+
+
 def _predictions_csv(preds) -> str:
+    """One row per pair. Class ids are the shards' (1..K, 0-based + 1), each with a ``*_name``
+    column; ``prob_t1_k`` / ``prob_t2_k`` is the probability of class id k."""
     n, k = preds["prob_t1"].shape
+    names = list(preds["class_names"])
     cols = ["index"]
     cols += [c for c in ("row", "col") if c in preds]
     cols += [
@@ -176,7 +183,10 @@ def _predictions_csv(preds) -> str:
         "p_change",
     ]
     cols += [c for c in ("fusion_weight", "dist") if c in preds]
-    header = cols + [f"prob_t1_{i}" for i in range(k)] + [f"prob_t2_{i}" for i in range(k)]
+    header = []
+    for c in cols:
+        header += [c, f"{c}_name"] if c in CSV_CLASS_COLUMNS else [c]
+    header += [f"prob_t1_{i + 1}" for i in range(k)] + [f"prob_t2_{i + 1}" for i in range(k)]
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")
     w.writerow(header)
@@ -185,7 +195,9 @@ def _predictions_csv(preds) -> str:
         row = []
         for c in cols:
             v = data[c][i]
-            if isinstance(v, np.bool_ | bool):
+            if c in CSV_CLASS_COLUMNS:
+                row += [int(v) + 1, names[int(v)]]
+            elif isinstance(v, np.bool_ | bool):
                 row.append(int(v))
             elif isinstance(v, np.floating):
                 row.append(f"{float(v):.6g}")

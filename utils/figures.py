@@ -345,6 +345,14 @@ def load_result_dir(result_dir) -> tuple[dict, dict]:
 
 
     result_dir = Path(result_dir)
+    if not (result_dir / "predictions.npz").exists():
+        splits = sorted(d.name for d in result_dir.iterdir() if d.is_dir()
+                        and (d / "results.json").is_file() and (d / "predictions.npz").is_file())
+        if splits:  # eval.py's top-level result directory: one sub-directory per split
+            raise UsageError(
+                f"{result_dir}: holds the results of {len(splits)} split(s) "
+                f"({', '.join(splits)}), one per sub-directory; pass one, e.g. "
+                f"--result {result_dir / splits[-1]}")
     path = result_dir / "results.json"
     try:
         doc = json.loads(path.read_text())

@@ -150,3 +150,15 @@ def test_map_coordinates_skip_the_maps(fake_run, tmp_path, caplog):
     assert sorted(p.name for p in out.iterdir()) == sorted({"training_curves.png", *E.FIGURE_FILES})
     warned = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
     assert any("data/tst: row/col" in m and "tile grid indices" in m for m in warned), warned
+
+
+def test_an_eval_directory_of_several_splits_names_the_one_to_pass(fake_run, tmp_path, capsys):
+    import shutil
+
+    results = fake_run / "results"
+    shutil.copytree(results / "tst", results / "val")
+    (results / "results.json").write_text('{"splits": {}}')  # eval.py's top level
+    out = tmp_path / "figs"
+    rc, err = run_cli(["--result", results, "--out", out, "--no-diagrams"], capsys)
+    assert_one_line_error(rc, err, str(results), "tst, val", f"--result {results / 'val'}")
+    assert not out.exists()
