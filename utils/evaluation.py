@@ -232,10 +232,11 @@ def figure_names(metrics, preds) -> list[str]:
     return [*FIGURE_FILES, *(MAP_FILES if maps else ())]
 
 
-def write_figures(out_dir, metrics, preds) -> list[Path]:
+def write_figures(out_dir, metrics, preds, colors=None, **save) -> list[Path]:
     """The PNGs of one split: confusion matrices, transitions, PR curve, and maps when row/col exist.
 
-    Row/col spanning a grid of more than ``utils.plots.MAX_GRID_CELLS`` cells (map coordinates
+    ``colors``: {class name: colour} for the class maps; ``save``: ``dpi`` and ``formats`` (png,
+    pdf, svg) of ``utils.plots``. Row/col spanning a grid of more than ``utils.plots.MAX_GRID_CELLS`` cells (map coordinates
     rather than tile grid indices) skip the maps with a warning; everything else is written.
     """
     out_dir = Path(out_dir)
@@ -248,12 +249,14 @@ def write_figures(out_dir, metrics, preds) -> list[Path]:
             names,
             out_dir / "confusion_t1.png",
             title=f"t1{tag}: OA {metrics['OA_t1']:.3f}",
+            **save,
         ),
         plots.plot_confusion_matrix(
             metrics["confusion_t2"],
             names,
             out_dir / "confusion_t2.png",
             title=f"t2{tag}: OA {metrics['OA_t2']:.3f}",
+            **save,
         ),
         plots.plot_transition_matrices(
             metrics["transition_true"],
@@ -261,6 +264,7 @@ def write_figures(out_dir, metrics, preds) -> list[Path]:
             names,
             out_dir / "transitions.png",
             title=f"From → to transitions{tag}",
+            **save,
         ),
         plots.plot_pr_curve(
             preds["changed_true"],
@@ -269,6 +273,7 @@ def write_figures(out_dir, metrics, preds) -> list[Path]:
             threshold=metrics["threshold"],
             argmax_point=(metrics["change_recall"], metrics["change_precision"]),
             title=f"Change detection{tag}",
+            **save,
         ),
     ]
     problem = map_problem(metrics, preds)
@@ -286,6 +291,8 @@ def write_figures(out_dir, metrics, preds) -> list[Path]:
                 names,
                 out_dir / "class_maps.png",
                 title=f"Scene classes{tag}",
+                colors=colors,
+                **save,
             )
         )
         paths.append(
@@ -296,6 +303,7 @@ def write_figures(out_dir, metrics, preds) -> list[Path]:
                 preds["changed_pred"],
                 out_dir / "change_map.png",
                 title=f"Changes, argmax t1 ≠ argmax t2{tag}",
+                **save,
             )
         )
         paths.append(
@@ -306,6 +314,7 @@ def write_figures(out_dir, metrics, preds) -> list[Path]:
                 preds["changed_pred_threshold"],
                 out_dir / "change_map_threshold.png",
                 title=f"Changes, p_change ≥ {metrics['threshold']:g}{tag}",
+                **save,
             )
         )
     return paths

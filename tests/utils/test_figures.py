@@ -3,15 +3,9 @@
 import numpy as np
 import pytest
 
+from tests.utils._images import assert_png
 from utils import figures as F
 from utils.metrics import change_probability, compute_metrics
-
-PNG = b"\x89PNG\r\n\x1a\n"
-
-
-def assert_png(path, min_bytes=5_000):
-    data = path.read_bytes()
-    assert data[:8] == PNG and len(data) > min_bytes, path
 
 
 @pytest.fixture
@@ -49,7 +43,7 @@ def fake_run(tmp_path):
 def test_diagrams_without_run(tmp_path):
     assert F.main(["--out", str(tmp_path)]) == 0
     for name in F.DIAGRAMS:
-        assert_png(tmp_path / name, 30_000)
+        assert_png(tmp_path / name, 30_000, min_colors=6)
 
 
 def test_run_figures(fake_run, tmp_path):
@@ -162,3 +156,30 @@ def test_an_eval_directory_of_several_splits_names_the_one_to_pass(fake_run, tmp
     rc, err = run_cli(["--result", results, "--out", out, "--no-diagrams"], capsys)
     assert_one_line_error(rc, err, str(results), "tst, val", f"--result {results / 'val'}")
     assert not out.exists()
+
+
+def test_formats_dpi_colours_and_the_runs_diagram_settings(fake_run, tmp_path):
+    import json
+
+    (fake_run / "args.json").write_text(json.dumps({"args": {"hidden": 64, "reduction": 4}}))
+    out = tmp_path / "figs"
+    assert F.main(["--run", str(fake_run), "--out", str(out), "--format", "png,svg",
+                   "--dpi", "60", "--colors", "water=#000000"]) == 0
+    for name in (*F.DIAGRAMS, *F.RUN_FIGURES):
+        assert (out / name).is_file() and (out / name).with_suffix(".svg").is_file(), name
+    net = (out / "network.svg").read_text()
+    assert "FC 64" in net and "r = 4" in net and "FC 1024" not in net
+    assert "n×16" in (out / "corrfusion_module.svg").read_text()  # d / r
+    assert "#000000" in (out / "class_maps.svg").read_text()
+    curves = (out / "training_curves.svg").read_text()
+    assert "OA t1" in curves and "train" not in curves and "val" in curves
+    assert F.main(["--out", str(tmp_path / "d"), "--hidden", "128", "--format", "svg"]) == 0
+    assert "FC 128" in (tmp_path / "d" / "network.svg").read_text()
+
+
+@pytest.mark.parametrize("argv", [["--format", "png,gif"], ["--colors", "water"],
+                                  ["--colors", "water=notacolour"], ["--dpi", "0"]])
+def test_bad_figure_options_are_usage_errors(argv, tmp_path):
+    with pytest.raises(SystemExit) as exc:
+        F.main(["--out", str(tmp_path / "x"), *argv])
+    assert exc.value.code == 2 and not (tmp_path / "x").exists()
