@@ -41,14 +41,14 @@ def fake_run(tmp_path):
 
 
 def test_diagrams_without_run(tmp_path):
-    assert F.main(["--out", str(tmp_path)]) == 0
+    assert F.main(["--dpi", "72", "--out", str(tmp_path)]) == 0
     for name in F.DIAGRAMS:
         assert_png(tmp_path / name, 30_000, min_colors=6)
 
 
 def test_run_figures(fake_run, tmp_path):
     assert F.find_result_dir(fake_run) == fake_run / "results" / "tst"
-    assert F.main(["--run", str(fake_run), "--out", str(tmp_path), "--no-diagrams"]) == 0
+    assert F.main(["--dpi", "72", "--run", str(fake_run), "--out", str(tmp_path), "--no-diagrams"]) == 0
     for name in F.RUN_FIGURES:
         assert_png(tmp_path / name)
     assert not (tmp_path / "network.png").exists()
@@ -58,7 +58,7 @@ def test_bad_run_dir(tmp_path):
     from utils.cli import UsageError
 
     with pytest.raises(UsageError, match="no such run directory"):
-        F.main(["--run", str(tmp_path / "nope"), "--out", str(tmp_path)])
+        F.main(["--dpi", "72", "--run", str(tmp_path / "nope"), "--out", str(tmp_path)])
 
 
 def run_cli(argv, capsys):
@@ -82,15 +82,15 @@ def test_existing_figures_need_overwrite(fake_run, tmp_path, capsys):
     out.mkdir()
     (out / "network.png").write_bytes(b"mine")
     (out / "notes.txt").write_text("kept\n")
-    rc, err = run_cli(["--run", fake_run, "--out", out], capsys)
+    rc, err = run_cli(["--dpi", "72", "--run", fake_run, "--out", out], capsys)
     assert_one_line_error(rc, err, str(out), "network.png", "--overwrite")
     assert sorted(p.name for p in out.iterdir()) == ["network.png", "notes.txt"]
     assert (out / "network.png").read_bytes() == b"mine"
     # files of other names are no obstacle; --overwrite replaces
-    assert F.main(["--run", str(fake_run), "--out", str(out), "--no-diagrams"]) == 0
-    rc, err = run_cli(["--run", fake_run, "--out", out, "--no-diagrams"], capsys)
+    assert F.main(["--dpi", "72", "--run", str(fake_run), "--out", str(out), "--no-diagrams"]) == 0
+    rc, err = run_cli(["--dpi", "72", "--run", fake_run, "--out", out, "--no-diagrams"], capsys)
     assert_one_line_error(rc, err, "training_curves.png", "more", "--overwrite")
-    assert F.main(["--run", str(fake_run), "--out", str(out), "--overwrite"]) == 0
+    assert F.main(["--dpi", "72", "--run", str(fake_run), "--out", str(out), "--overwrite"]) == 0
     assert_png(out / "network.png", 30_000)
     assert (out / "notes.txt").read_text() == "kept\n"
 
@@ -119,7 +119,7 @@ def test_bad_run_files_are_refused_before_drawing(
     path = fake_run / name if name == "history.csv" else fake_run / "results" / "tst" / name
     path.write_bytes(content)
     out = tmp_path / "figs"
-    rc, err = run_cli(["--run", fake_run, "--out", out], capsys)
+    rc, err = run_cli(["--dpi", "72", "--run", fake_run, "--out", out], capsys)
     assert_one_line_error(rc, err, str(path), fragment)
     assert not out.exists()
 
@@ -140,7 +140,7 @@ def test_map_coordinates_skip_the_maps(fake_run, tmp_path, caplog):
     metrics["split_dir"] = "data/tst"
     E.write_outputs(res, metrics, preds, overwrite=True)
     out = tmp_path / "figs"
-    assert F.main(["--run", str(fake_run), "--out", str(out), "--no-diagrams"]) == 0
+    assert F.main(["--dpi", "72", "--run", str(fake_run), "--out", str(out), "--no-diagrams"]) == 0
     assert sorted(p.name for p in out.iterdir()) == sorted({"training_curves.png", *E.FIGURE_FILES})
     warned = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
     assert any("data/tst: row/col" in m and "tile grid indices" in m for m in warned), warned
@@ -163,7 +163,7 @@ def test_formats_dpi_colours_and_the_runs_diagram_settings(fake_run, tmp_path):
 
     (fake_run / "args.json").write_text(json.dumps({"args": {"hidden": 64, "reduction": 4}}))
     out = tmp_path / "figs"
-    assert F.main(["--run", str(fake_run), "--out", str(out), "--format", "png,svg",
+    assert F.main(["--dpi", "72", "--run", str(fake_run), "--out", str(out), "--format", "png,svg",
                    "--dpi", "60", "--colors", "water=#000000"]) == 0
     for name in (*F.DIAGRAMS, *F.RUN_FIGURES):
         assert (out / name).is_file() and (out / name).with_suffix(".svg").is_file(), name
@@ -173,7 +173,7 @@ def test_formats_dpi_colours_and_the_runs_diagram_settings(fake_run, tmp_path):
     assert "#000000" in (out / "class_maps.svg").read_text()
     curves = (out / "training_curves.svg").read_text()
     assert "OA t1" in curves and "train" not in curves and "val" in curves
-    assert F.main(["--out", str(tmp_path / "d"), "--hidden", "128", "--format", "svg"]) == 0
+    assert F.main(["--dpi", "72", "--out", str(tmp_path / "d"), "--hidden", "128", "--format", "svg"]) == 0
     assert "FC 128" in (tmp_path / "d" / "network.svg").read_text()
 
 
@@ -181,5 +181,5 @@ def test_formats_dpi_colours_and_the_runs_diagram_settings(fake_run, tmp_path):
                                   ["--colors", "water=notacolour"], ["--dpi", "0"]])
 def test_bad_figure_options_are_usage_errors(argv, tmp_path):
     with pytest.raises(SystemExit) as exc:
-        F.main(["--out", str(tmp_path / "x"), *argv])
+        F.main(["--dpi", "72", "--out", str(tmp_path / "x"), *argv])
     assert exc.value.code == 2 and not (tmp_path / "x").exists()
