@@ -17,7 +17,7 @@ import seaborn as sns
 from matplotlib.colors import ListedColormap, LogNorm
 from matplotlib.figure import Figure
 from matplotlib.patches import Patch
-from matplotlib.ticker import MaxNLocator
+from matplotlib.ticker import FuncFormatter, MaxNLocator
 from sklearn.metrics import average_precision_score, precision_recall_curve
 
 __all__ = [
@@ -187,6 +187,10 @@ def plot_transition_matrices(
             linecolor="#dddddd",
         )
         ax.set_facecolor("#f7f7f7")
+        cbar = ax.collections[0].colorbar
+        if cbar is not None:  # plain pair counts on the log scale, not 6×10^0
+            cbar.ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+            cbar.ax.yaxis.set_minor_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
         ax.set_xlabel("class at t2 (to)")
         ax.set_ylabel("class at t1 (from)")
         ax.set_title(f"{sub}: {int(m.sum() - np.trace(m))} changed of {int(m.sum())}")
