@@ -223,9 +223,9 @@ TB_SCALARS = {
     "cancorr": ("cca/cancorr", "canonical correlation of the two dates' views per batch, "
                                "sqrt(sum of squared canonical correlations), averaged over "
                                "batches: between 0 and sqrt(min(n - 1, d)) for batch size n "
-                               "(5.57 at n = 32), near that ceiling whenever n - 1 < d. trn "
-                               "comes from training-mode batches of the net being fitted, val/tst "
-                               "from inference mode, so trn is usually the higher one"),
+                               "(5.57 at n = 32). trn comes from training-mode batches of the net "
+                               "while it is being fitted, val/tst from the end-of-epoch net in "
+                               "inference mode, so the two differ; compare trends, not levels"),
     "learning_rate": ("optim/learning_rate", "the optimiser's learning rate at the end of the "
                                              "epoch (--lr, --lr_boundaries)"),
 }
