@@ -232,10 +232,11 @@ def figure_names(metrics, preds) -> list[str]:
     return [*FIGURE_FILES, *(MAP_FILES if maps else ())]
 
 
-def write_figures(out_dir, metrics, preds, colors=None, **save) -> list[Path]:
+def write_figures(out_dir, metrics, preds, colors=None, background=None, **save) -> list[Path]:
     """The PNGs of one split: confusion matrices, transitions, PR curve, and maps when row/col exist.
 
-    ``colors``: {class name: colour} for the class maps; ``save``: ``dpi`` and ``formats`` (png,
+    ``colors``: {class name: colour} for the class maps; ``background``: the date-2 tile mosaic
+    drawn under the change maps (``utils.plots.tile_mosaic``); ``save``: ``dpi`` and ``formats`` (png,
     pdf, svg) of ``utils.plots``. Row/col spanning a grid of more than ``utils.plots.MAX_GRID_CELLS`` cells (map coordinates
     rather than tile grid indices) skip the maps with a warning; everything else is written.
     """
@@ -303,6 +304,7 @@ def write_figures(out_dir, metrics, preds, colors=None, **save) -> list[Path]:
                 preds["changed_pred"],
                 out_dir / "change_map.png",
                 title=f"Changes, argmax t1 ≠ argmax t2{tag}",
+                background=background,
                 **save,
             )
         )
@@ -314,6 +316,7 @@ def write_figures(out_dir, metrics, preds, colors=None, **save) -> list[Path]:
                 preds["changed_pred_threshold"],
                 out_dir / "change_map_threshold.png",
                 title=f"Changes, p_change ≥ {metrics['threshold']:g}{tag}",
+                background=background,
                 **save,
             )
         )

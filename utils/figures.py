@@ -425,7 +425,38 @@ def run_figure_names(data: dict) -> list[str]:
     return names
 
 
-def draw_run(run, out, data, colors=None, **save) -> list[Path]:
+def date2_mosaic(metrics, preds, cell=16) -> np.ndarray:
+    """The date-2 tiles of the evaluated split (``results.json``'s ``split_dir``) on their row/col
+    grid (``utils.plots.tile_mosaic``), in the order of the predictions; UsageError when the
+    shards are not there or do not match the predictions."""
+    from data.shards import ShardError, defined_mask, list_shards, load_arrays, scale_factor
+
+    split_dir = metrics.get("split_dir")
+    if not split_dir or not Path(split_dir).is_dir():
+        raise UsageError(f"{split_dir or 'results.json'}: --overlay: the evaluated split's shards "
+                         "are needed for the date-2 image; expected the directory results.json "
+                         "names (split_dir)")
+    if "row" not in preds:
+        raise UsageError(f"{split_dir}: --overlay: the predictions have no row/col; expected "
+                         "shards with a tile grid")
+    tiles = []
+    try:
+        for path in list_shards(split_dir):
+            a = load_arrays(path, ("image_t2", "label_t1", "label_t2"))
+            img = a["image_t2"][defined_mask(a["label_t1"], a["label_t2"])]
+            step = max(1, img.shape[1] // cell)
+            small = img[:, ::step, ::step][:, :cell, :cell]
+            tiles.append(small.astype(np.float32) * np.float32(scale_factor(small.dtype)))
+    except ShardError as e:
+        raise UsageError(f"--overlay: {e}") from None
+    tiles = np.concatenate(tiles) if tiles else np.zeros((0, cell, cell, 3), np.float32)
+    if len(tiles) != len(preds["row"]):
+        raise UsageError(f"{split_dir}: --overlay: {len(tiles)} labelled pairs in the shards, "
+                         f"{len(preds['row'])} in the predictions; expected the evaluated split")
+    return plots.tile_mosaic(preds["row"], preds["col"], tiles, cell)
+
+
+def draw_run(run, out, data, colors=None, background=None, **save) -> list[Path]:
     """Training curves and evaluation figures of a run into out/, from read_run's ``data``
     (``colors``: {class name: colour}; ``save``: dpi and formats)."""
     run, out = Path(run), Path(out)
@@ -440,7 +471,8 @@ def draw_run(run, out, data, colors=None, **save) -> list[Path]:
     if data["result_dir"] is None:
         return written
 
-    written += write_figures(out, data["metrics"], data["preds"], colors=colors, **save)
+    written += write_figures(out, data["metrics"], data["preds"], colors=colors,
+                             background=background, **save)
     if "row" not in data["preds"]:
         log.warning("%s: predictions have no row/col, no change maps", data["result_dir"])
     return written
@@ -475,6 +507,9 @@ def build_parser() -> argparse.ArgumentParser:
                      help="class colours, NAME=COLOUR,... (e.g. water=#1f78b4,urban=grey); "
                           "other classes: by their names (water blue, forest green, ...), else "
                           "a fixed palette by class id")
+    out.add_argument("--overlay", action=argparse.BooleanOptionalAction, default=False,
+                     help="draw the change maps over the date-2 tiles (read from the evaluated "
+                          "split's shards)")
     net = p.add_argument_group("diagrams")
     net.add_argument("--hidden", type=positive_int, default=None,
                      help=f"d drawn in the diagrams (default: RUN's args.json, else "
@@ -559,6 +594,11 @@ def main(argv=None) -> int:
     # every input read and checked, and the output checked, before the first figure is drawn
     source = args.run or args.result
     data = read_run(source, args.result) if source else None
+    background = None
+    if args.overlay:
+        if not data or data["result_dir"] is None:
+            raise UsageError("--overlay: needs --run or --result with an evaluation result")
+        background = date2_mosaic(data["metrics"], data["preds"])
     out = Path(args.out)
     check_can_create_dir(out)
     pngs = [*(DIAGRAMS if args.diagrams else ()), *(run_figure_names(data) if data else ())]
@@ -585,7 +625,7 @@ def main(argv=None) -> int:
                             d["lambda2"], **save),
         ]
     if data:
-        written += draw_run(source, out, data, colors=args.colors, **save)
+        written += draw_run(source, out, data, colors=args.colors, background=background, **save)
     for p in written:
         log.info("wrote %s%s", p, f" (and as {', '.join(args.formats[1:])})" if len(args.formats) > 1 else "")
     return 0

@@ -347,9 +347,11 @@ def plot_class_maps(
 
 
 def plot_change_map(row, col, changed_true, changed_pred, path, title="Change detection",
-                    **save) -> Path:
+                    background=None, **save) -> Path:
     """True / false changes per tile (``CHANGE_COLORS``: TN grey, TP blue, FP orange, FN purple),
-    with a legend and counts."""
+    with a legend and counts. ``background``: an RGB image in [0, 1] of the tile grid (the date-2
+    tiles, ``tile_mosaic``) drawn under the map; correct-unchanged tiles then stay clear and the
+    others are tinted."""
     t = np.asarray(changed_true, dtype=bool)
     p = np.asarray(changed_pred, dtype=bool)
     code = np.where(t, np.where(p, 1, 3), np.where(p, 2, 0))  # 0 TN, 1 TP, 2 FP, 3 FN
@@ -362,6 +364,23 @@ def plot_change_map(row, col, changed_true, changed_pred, path, title="Change de
     ax = fig.subplots()
     colors = list(CHANGE_COLORS.values())
     _map_axes(ax, grid, colors, title, origin)
+    if background is not None:
+        from matplotlib.colors import to_rgba
+
+        extent = (origin[1] - 0.5, origin[1] + w - 0.5, origin[0] + h - 0.5, origin[0] - 0.5)
+        ax.images[0].remove()
+        ax.imshow(np.clip(background, 0, 1), extent=extent, interpolation="nearest")
+        rgba = np.zeros((h, w, 4))
+        for code_value, c in enumerate(colors):
+            if code_value:  # TN stays clear: the image shows through
+                rgba[grid == code_value] = to_rgba(c, 0.6)
+        ax.imshow(rgba, extent=extent, interpolation="nearest")
+        from matplotlib.patches import Rectangle
+
+        for (r, c), code_value in np.ndenumerate(grid):  # and outlined, to find them
+            if code_value > 0:
+                ax.add_patch(Rectangle((origin[1] + c - 0.5, origin[0] + r - 0.5), 1, 1,
+                                       fill=False, edgecolor=colors[code_value], linewidth=1.5))
     counts = np.bincount(code, minlength=4)
     handles = [
         Patch(facecolor=c, edgecolor="#666666", label=f"{name}: {n}")
@@ -370,6 +389,25 @@ def plot_change_map(row, col, changed_true, changed_pred, path, title="Change de
     handles.append(Patch(facecolor=_NO_DATA, edgecolor="#666666", label="no tile"))
     ax.legend(handles=handles, loc="center left", bbox_to_anchor=(1.02, 0.5), fontsize=8)
     return _save(fig, path, **save)
+
+
+def tile_mosaic(row, col, tiles, cell=16) -> np.ndarray:
+    """The tiles ((N, H, W, C) in [0, 1]) placed on their (row, col) grid as one RGB image of
+    ``cell`` pixels per tile (strided down-sampling; one channel is shown grey, more than three:
+    the first three); cells without a tile are white."""
+    tiles = np.asarray(tiles, dtype=np.float32)
+    if tiles.shape[-1] == 1:
+        tiles = np.repeat(tiles, 3, axis=-1)
+    tiles = tiles[..., :3]
+    step = max(1, tiles.shape[1] // cell)
+    small = tiles[:, ::step, ::step][:, :cell, :cell]
+    ch, cw = small.shape[1:3]
+    grid, (r0, c0) = grid_from_rowcol(row, col, np.arange(len(tiles)))
+    out = np.ones((grid.shape[0] * ch, grid.shape[1] * cw, 3), np.float32)
+    for (r, c), i in np.ndenumerate(grid):
+        if i >= 0:
+            out[r * ch:(r + 1) * ch, c * cw:(c + 1) * cw] = small[i]
+    return out
 
 
 def read_history(path) -> dict[str, np.ndarray]:

@@ -183,3 +183,35 @@ def test_bad_figure_options_are_usage_errors(argv, tmp_path):
     with pytest.raises(SystemExit) as exc:
         F.main(["--dpi", "72", "--out", str(tmp_path / "x"), *argv])
     assert exc.value.code == 2 and not (tmp_path / "x").exists()
+
+
+def test_overlay_needs_the_evaluated_split(fake_run, tmp_path, capsys):
+    import json
+
+    from data import synthetic
+
+    out = tmp_path / "figs"
+    rc, err = run_cli(["--dpi", "72", "--run", fake_run, "--out", out, "--overlay",
+                       "--no-diagrams"], capsys)
+    assert_one_line_error(rc, err, "--overlay", "split_dir")
+    assert not out.exists()
+    # with the split that was evaluated: the maps are drawn over its date-2 tiles
+    synthetic.generate(tmp_path / "data", pairs=40, size=16, classes=3, seed=0)
+    split = tmp_path / "data" / "tst"
+    from data.shards import read_labels
+
+    labels = read_labels(split)
+    res = fake_run / "results" / "tst"
+    with np.load(res / "predictions.npz") as z:
+        preds = {k: z[k] for k in z.files}
+    n = len(labels["label_t1"])
+    preds = {k: (v[:n] if v.ndim and len(v) == len(preds["p_change"]) else v)
+             for k, v in preds.items()}
+    preds["row"], preds["col"] = labels["row"], labels["col"]
+    np.savez(res / "predictions.npz", **preds)
+    doc = json.loads((res / "results.json").read_text())
+    doc["metrics"]["split_dir"] = str(split)
+    (res / "results.json").write_text(json.dumps(doc))
+    assert F.main(["--dpi", "72", "--run", str(fake_run), "--out", str(out), "--overlay",
+                   "--no-diagrams"]) == 0
+    assert_png(out / "change_map.png")

@@ -185,3 +185,28 @@ def test_vector_formats_and_dpi(tmp_path):
     import matplotlib.image as mpimg
 
     assert mpimg.imread(big).shape[0] > 3 * mpimg.imread(small).shape[0]
+
+
+def test_change_map_over_the_date2_image(tmp_path):
+    import matplotlib.image as mpimg
+
+    row, col = np.divmod(np.arange(12), 4)
+    rng = np.random.default_rng(0)
+    tiles = np.zeros((12, 8, 8, 3), np.float32)
+    tiles[..., 1] = rng.random((12, 8, 8))  # green noise: only the image can put it there
+    mosaic = P.tile_mosaic(row, col, tiles, cell=8)
+    assert mosaic.shape == (3 * 8, 4 * 8, 3)
+    np.testing.assert_array_equal(mosaic[:8, 8:16], tiles[1])
+    t = np.zeros(12, bool)
+    t[:3] = True
+    p = t.copy()
+    p[5] = True
+    plain = P.plot_change_map(row, col, t, p, tmp_path / "plain.png")
+    over = P.plot_change_map(row, col, t, p, tmp_path / "over.png", background=mosaic)
+    assert_png(over)
+
+    def greenish(path):
+        px = mpimg.imread(path)[..., :3]
+        return ((px[..., 1] - px[..., [0, 2]].max(-1)) > 0.3).mean()
+
+    assert greenish(over) > 0.05 and greenish(plain) < 0.01
