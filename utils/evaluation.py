@@ -169,7 +169,9 @@ def _predictions_csv(preds) -> str:
     """One row per pair. Class ids are the shards' (1..K, 0-based + 1), each with a ``*_name``
     column; ``prob_t1_k`` / ``prob_t2_k`` is the probability of class id k."""
     n, k = preds["prob_t1"].shape
-    names = list(preds.get("class_names") or [f"class {i + 1}" for i in range(k)])
+    names = preds.get("class_names")  # a list, or an array read back from predictions.npz
+    names = [str(c) for c in names] if names is not None and len(names) == k else [
+        f"class {i + 1}" for i in range(k)]
     cols = ["index"]
     cols += [c for c in ("row", "col") if c in preds]
     cols += [
