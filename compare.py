@@ -118,6 +118,7 @@ def parse_args(argv=None):
     if args.backbone is not None:
         targs.backbone = args.backbone
     args.backbone = targs.backbone
+    args.verbose = targs.verbose
     args.train = TrainConfig.from_args(targs).replace(
         trn_dir=args.trn_dir, val_dir=args.val_dir, tst_dir=args.tst_dir)
     return args
@@ -194,7 +195,9 @@ def run_bovw(args, method: str, k: int, run_dir: Path) -> int:
 
 def run_all(args) -> dict:
     """Every method x run not finished yet; returns {method: [metrics of each finished run]}."""
-    import keras  # TensorFlow starts with the first run, after every check
+    from utils.devices import start_backend
+
+    keras = start_backend()  # TensorFlow starts with the first run, after every check
 
     results: dict[str, list] = {}
     failed = []
@@ -231,7 +234,7 @@ def write_table(args, rows: list[dict]) -> None:
 # -------------------------------------------------------------------------------------------- main
 def main(argv=None) -> int:
     args = parse_args(argv)
-    configure_logging()
+    configure_logging(args.verbose)
     select_devices(args.train.gpu)  # before TensorFlow starts
     check_settings(args)
     checked = [d for d in (args.trn_dir, args.val_dir, args.tst_dir) if d]

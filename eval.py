@@ -24,8 +24,9 @@ def parse_args(argv=None):
 
 
 def main(argv=None) -> int:
-    config = EvalConfig.from_args(parse_args(argv))
-    configure_logging()
+    args = parse_args(argv)
+    config = EvalConfig.from_args(args)
+    configure_logging(args.verbose)
     # the library after parsing: -h and usage errors are answered without NumPy or TensorFlow
     from utils.evaluation import evaluate_checkpoint
 

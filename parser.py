@@ -23,6 +23,7 @@ from model.config import (
     POOLINGS,
     ModelConfig,
 )
+from utils.cli import HelpFormatter
 
 BACKBONE_NAMES = tuple(BACKBONES)
 METHOD_NAMES = tuple(METHODS)
@@ -70,6 +71,10 @@ def _number(value: str, cast, ok, expected: str):
 
 def positive_int(value: str) -> int:
     return _number(value, int, lambda v: v > 0, "a positive integer")
+
+
+def non_negative_int(value: str) -> int:
+    return _number(value, int, lambda v: v >= 0, "an integer >= 0")
 
 
 def non_negative_float(value: str) -> float:
@@ -138,16 +143,6 @@ def gpu_spec(value: str) -> str:
     return ",".join(str(int(i)) for i in ids)
 
 
-class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
-    """Shows `(default: X)` only where X says something and the help does not already."""
-
-    def _get_help_string(self, action):
-        text = action.help or ""
-        if action.default in (None, False, argparse.SUPPRESS) or "default" in text:
-            return text
-        return super()._get_help_string(action)
-
-
 def _add_device_args(group: argparse._ArgumentGroup) -> None:
     group.add_argument("-g", "--gpu", type=gpu_spec, default=None,
                        help="GPU ids to use (0 or 0,1) or 'cpu'; default: what CUDA_VISIBLE_DEVICES allows")
@@ -156,6 +151,8 @@ def _add_device_args(group: argparse._ArgumentGroup) -> None:
                             "(CCA math stays float32)")
     group.add_argument("--jit", type=str2bool, nargs="?", const=True, default=False,
                        help="XLA-compile the train/predict steps")
+    group.add_argument("-v", "--verbose", action="store_true",
+                       help="debug log, and TensorFlow's start-up lines (CUDA, CPU instructions)")
 
 
 def _add_data_args(group: argparse._ArgumentGroup) -> None:
@@ -164,7 +161,7 @@ def _add_data_args(group: argparse._ArgumentGroup) -> None:
     group.add_argument("-trn", "--trn_dir", default=None, help="training split (default DATA_DIR/trn)")
     group.add_argument("-val", "--val_dir", default=None, help="validation split (default DATA_DIR/val)")
     group.add_argument("-tst", "--tst_dir", default=None, help="test split (default DATA_DIR/tst)")
-    group.add_argument("-b", "--batch_size", type=positive_int, default=32, help="batch size (32)")
+    group.add_argument("-b", "--batch_size", type=positive_int, default=32, help="pairs per batch")
     group.add_argument("--image_size", type=image_size, default=None,
                        help="resize images to SIZE or H,W (default: the shards' size)")
 
@@ -173,7 +170,7 @@ def train_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="train_cnn.py",
         description="Train CorrFusionNet (or a baseline/DCCA/soft-DCCA variant) on bi-temporal npz shards.",
-        formatter_class=_HelpFormatter,
+        formatter_class=HelpFormatter,
     )
     data = p.add_argument_group("data")
     _add_data_args(data)
@@ -187,10 +184,8 @@ def train_parser() -> argparse.ArgumentParser:
     model = p.add_argument_group("model")
     model.add_argument("--backbone", choices=BACKBONE_NAMES, default="vgg16", help="convolutional backbone")
     model.add_argument("--method", choices=METHOD_NAMES, default=ModelConfig.method, help="fusion method")
-    model.add_argument("--shared", dest="shared", action="store_true", default=True,
-                       help="one backbone for both dates (siamese)")
-    model.add_argument("--no-shared", dest="shared", action="store_false",
-                       help="a separate backbone per date")
+    model.add_argument("--shared", action=argparse.BooleanOptionalAction, default=True,
+                       help="one backbone for both dates (siamese); --no-shared: one per date")
     model.add_argument("--weights", type=weights_source, default=None,
                        help="backbone weights: none (random, default), imagenet, or a weights file path")
     model.add_argument("--hidden", type=positive_int, default=ModelConfig.hidden, help="width of the FC layers (d)")
@@ -227,11 +222,11 @@ def train_parser() -> argparse.ArgumentParser:
                           "options given explicitly override it")
     opt.add_argument("--optimizer", choices=OPTIMIZER_NAMES, default="sgd",
                      help="sgd = SGD with momentum (Nesterov unless --no-nesterov), as the original")
-    opt.add_argument("--lr", type=float_list, default=[1e-3],
+    opt.add_argument("--lr", type=float_list, default="1e-3",  # a string: argparse applies type
                      help="learning rate: one value = constant (the original: 1e-3), several = a "
                           "piecewise-constant schedule with --lr_boundaries, e.g. 5e-3,1e-3,1e-4,1e-5 "
                           "(the schedule the original's HEAD only wrote to TensorBoard)")
-    opt.add_argument("--lr_boundaries", type=int_list, default=[],
+    opt.add_argument("--lr_boundaries", type=int_list, default="",
                      help="epochs at which the learning rate steps to the next value, e.g. 30,60,90")
     opt.add_argument("--momentum", type=non_negative_float, default=0.9, help="SGD momentum")
     opt.add_argument("--nesterov", action=argparse.BooleanOptionalAction, default=True,
@@ -245,6 +240,9 @@ def train_parser() -> argparse.ArgumentParser:
                           "in training only, val/tst losses stay plain means")
     opt.add_argument("--eval_trn", type=str2bool, nargs="?", const=True, default=False,
                      help="also evaluate the whole training split after each epoch (slow; the original did)")
+    opt.add_argument("--eval_tst", action=argparse.BooleanOptionalAction, default=True,
+                     help="evaluate the test split after each epoch for the logs and TensorBoard, "
+                          "as the original did; the best checkpoint is chosen on val only")
 
     out = p.add_argument_group("output")
     out.add_argument("--workdir", default=None,
@@ -255,6 +253,10 @@ def train_parser() -> argparse.ArgumentParser:
     out.add_argument("-tbpath", "--tb_path", default=None, help="TensorBoard directory")
     out.add_argument("-rpath", "--result_path", default=None, help="evaluation results directory")
     out.add_argument("-tb", "--use_tfboard", type=str2bool, default=True, help="write TensorBoard logs")
+    out.add_argument("--tb_images", type=non_negative_int, default=1, metavar="K",
+                     help="every K epochs: the validation confusion matrices, transition matrices, "
+                          "PR curve of p_change and change F1 in TensorBoard (one extra pass over "
+                          "val; 0: never)")
     out.add_argument("-sm", "--save_model", type=str2bool, default=True, help="write checkpoints")
     out.add_argument("-log", "--save_log", type=str2bool, default=True, help="write log.txt and history.csv")
     out.add_argument("--resume", action="store_true", help="continue from the last checkpoint")
@@ -305,7 +307,7 @@ def eval_parser() -> argparse.ArgumentParser:
         prog="eval.py",
         description="Evaluate a CorrFusionNet checkpoint: scene accuracy per date, change detection, "
                     "transition metrics, figures, predictions and change maps.",
-        formatter_class=_HelpFormatter,
+        formatter_class=HelpFormatter,
     )
     p.add_argument("-m", "--model", "--model_dir", dest="model", required=True,
                    help="a .keras checkpoint, or a run directory (its checkpoints/best.keras); "

@@ -20,7 +20,7 @@ import sys
 from data import rasters
 from parser import gpu_spec, positive_int, probability
 from utils import checkpoints, scene_map
-from utils.cli import UsageError, configure_logging, run_main
+from utils.cli import HelpFormatter, UsageError, configure_logging, run_main
 from utils.devices import select_devices
 from utils.rundir import run_args
 
@@ -33,7 +33,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="predict.py",
         description="Map a scene with a trained CorrFusionNet: class maps per date, change "
                     "probability, change and from-to maps as GeoTIFFs, a quick-look and a summary.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=HelpFormatter,
     )
     p.add_argument("-m", "--model", required=True,
                    help="a .keras checkpoint, or a run directory (its checkpoints/best.keras)")
@@ -68,6 +68,8 @@ def build_parser() -> argparse.ArgumentParser:
     dev.add_argument("-b", "--batch_size", type=positive_int, default=32, help="tiles per batch")
     dev.add_argument("-g", "--gpu", type=gpu_spec, default=None,
                      help="GPU ids (0 or 0,1) or 'cpu'; default: what CUDA_VISIBLE_DEVICES allows")
+    dev.add_argument("-v", "--verbose", action="store_true",
+                     help="debug log, and TensorFlow's start-up lines (CUDA, CPU instructions)")
     return p
 
 
@@ -143,7 +145,7 @@ def report(summary) -> None:
 # ------------------------------------------------------------------------------------------- main
 def main(argv=None) -> int:
     args = parse_args(argv)
-    configure_logging()
+    configure_logging(args.verbose)
     select_devices(args.gpu)
     ckpt, shape, k, saved_names = read_model_card(args.model)
     names = class_names(args.class_names, saved_names, k, ckpt)

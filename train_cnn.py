@@ -45,8 +45,9 @@ def apply_demo_defaults(parser, args, argv) -> None:
 
 def main(argv=None, checked_splits=()) -> int:
     """checked_splits: see ``utils.training.train``."""
-    config = TrainConfig.from_args(parse_args(argv))
-    configure_logging()
+    args = parse_args(argv)
+    config = TrainConfig.from_args(args)
+    configure_logging(args.verbose)
     # the library after parsing: -h and usage errors are answered without NumPy or TensorFlow
     from utils.training import train
 

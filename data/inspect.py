@@ -21,6 +21,7 @@ import pathlib
 import sys
 
 from data import shards
+from utils.cli import configure_logging
 
 log = logging.getLogger(__name__)
 
@@ -57,7 +58,7 @@ def parse_args(argv=None):
 
 
 def main(argv=None):
-    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    configure_logging(level=logging.WARNING)
     args = parse_args(argv)
     try:
         summaries = inspect_all(args.dirs, args.num_classes)

@@ -380,7 +380,7 @@ def make_dataset(split_dir, batch_size, training, seed=0, image_size=None, num_c
     if summary.n_pairs == 0:
         raise shards.ShardError(f"{split_dir}: label_t1/label_t2: no usable pairs; expected at "
                                 "least one pair with labels > 0 on both dates")
-    log.info("%s: %d pairs in %d shard(s), %d undefined pair(s) skipped, %s %s", split_dir,
+    log.debug("%s: %d pairs in %d shard(s), %d undefined pair(s) skipped, %s %s", split_dir,
              summary.n_pairs, len(summary.files), summary.n_skipped, summary.image_shape,
              summary.dtype)
     warn_if_decoded_whole(summary)

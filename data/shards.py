@@ -652,7 +652,7 @@ def inspect_split(split_dir, num_classes=None, check_values=True, check_stored=F
         n_skipped += int((~ok).sum())
         per_file.append(int(ok.sum()))
     if n_skipped:
-        log.info("%s: skipping %d undefined pair(s) (label 0 on a date)", split_dir, n_skipped)
+        log.debug("%s: skipping %d undefined pair(s) (label 0 on a date)", split_dir, n_skipped)
     return SplitSummary(split_dir, files, n_pairs, n_skipped, infos[0].image_shape, infos[0].dtype,
                         k, names, hist1, hist2, n_changed, infos[0].has_rowcol, per_file,
                         infos[0].geo, any(i.max_label > 0 for i in infos))

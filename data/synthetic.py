@@ -32,6 +32,7 @@ from pathlib import Path
 import numpy as np
 
 from data import shards, splits
+from utils.cli import configure_logging
 
 log = logging.getLogger(__name__)
 
@@ -367,7 +368,7 @@ def parse_args(argv=None):
 
 
 def main(argv=None):
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    configure_logging()
     args = parse_args(argv)
     try:
         written = generate(args.out, args.pairs, args.size, args.classes, args.change_rate,

@@ -658,9 +658,10 @@ def _resolve(args):
 
 
 def main(argv=None):
+    from utils.cli import configure_logging
+
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    configure_logging(args.verbose)
     try:
         trn, val, tst = _resolve(args)
         metrics, preds = run_bovw(

@@ -2,14 +2,30 @@
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import logging
 import os
+import re
 import signal
 import sys
+import tempfile
 import threading
 
 log = logging.getLogger("corrfusion")
+
+
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Shows `(default: X)` only where X says something and the help does not already."""
+
+    def _get_help_string(self, action):
+        text = action.help or ""
+        default = action.default
+        # identity, not ==: a default of 0 (--seed) is shown, only None/False/""/[] say nothing
+        if (default is None or default is False or default == argparse.SUPPRESS
+                or (isinstance(default, str | list | tuple) and not default) or "default" in text):
+            return text
+        return super()._get_help_string(action)
 
 
 class UsageError(ValueError):
@@ -19,16 +35,81 @@ class UsageError(ValueError):
     ``utils.rundir.RunDirError``): one line on stderr and exit status 2 through ``run_main``."""
 
 
-def configure_logging(verbose: bool = False) -> None:
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+#: the one log format of every command (train_cnn, eval, compare, predict, make_shards, figures, ...)
+LOG_FORMAT = "%(asctime)s %(levelname)s %(message)s"
+LOG_DATEFMT = "%H:%M:%S"
+
+#: TensorFlow's native start-up lines that say nothing to a user (a CPU-only machine has no CUDA
+#: driver, the CPU build's instruction-set notice, absl's pre-init banner, duplicate factory
+#: registrations); hidden unless --verbose (``quiet_native_stderr``)
+TF_STARTUP_NOISE = re.compile(
+    r"All log messages before absl::InitializeLog|cudart_stub\.cc|cpu_feature_guard\.cc|"
+    r"To enable the following instructions|rebuild TensorFlow with the appropriate compiler|"
+    r"failed call to cuInit|cuda_platform\.cc|cuda_executor\.cc|cuda_diagnostics|"
+    r"Unable to register cu(DNN|FFT|BLAS) factory|computation_placer\.cc|TF-TRT Warning|"
+    r"oneDNN custom operations are on|port\.cc:\d+\] oneDNN|"
+    r"successful NUMA node read|gpu_device\.cc.*Skipping registering GPU devices")
+
+#: environment variable that ``configure_logging(verbose=True)`` sets: native start-up lines shown
+VERBOSE_ENV = "CORRFUSION_VERBOSE"
+
+
+def configure_logging(verbose: bool = False, level: int = logging.INFO) -> None:
+    """The one log format on stderr at ``level``; DEBUG and TensorFlow's own start-up lines with
+    ``verbose`` (``--verbose``)."""
+    if verbose:
+        os.environ[VERBOSE_ENV] = "1"
+        os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "0")
+    else:  # TensorFlow's own errors (level 2) still show; its start-up lines: quiet_native_stderr
+        os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     logging.basicConfig(
-        level=logging.DEBUG if verbose else logging.INFO,
-        format="%(asctime)s %(levelname)s %(message)s",
-        datefmt="%H:%M:%S",
+        level=logging.DEBUG if verbose else level,
+        format=LOG_FORMAT,
+        datefmt=LOG_DATEFMT,
         stream=sys.stderr,
     )
     for noisy in ("absl", "matplotlib", "PIL", "h5py", "rasterio"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+@contextlib.contextmanager
+def quiet_native_stderr():
+    """Hide TensorFlow's native start-up lines (``TF_STARTUP_NOISE``) written to file descriptor
+    2 inside the block, e.g. while TensorFlow is imported and finds its devices; every other line
+    is written to stderr afterwards. Nothing is hidden with --verbose (``VERBOSE_ENV``) or when
+    stderr is not a real file (a test's capture)."""
+    try:
+        fd = sys.stderr.fileno()
+    except (AttributeError, OSError, ValueError):
+        fd = None
+    if os.environ.get(VERBOSE_ENV) or fd != 2:
+        yield
+        return
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile() as tmp:
+        os.dup2(tmp.fileno(), 2)
+        try:
+            yield
+        finally:
+            sys.stderr.flush()
+            os.dup2(saved, 2)
+            os.close(saved)
+            tmp.seek(0)
+            kept = [ln for ln in tmp.read().decode(errors="replace").splitlines(keepends=True)
+                    if ln.strip() and not TF_STARTUP_NOISE.search(ln)]
+            if kept:
+                sys.stderr.write("".join(kept))
+                sys.stderr.flush()
+
+
+def progress_verbose() -> int:
+    """Keras' ``verbose`` for fit/predict: 1 (a progress bar) when stdout is a terminal, 0 in a
+    file or pipe (one log line per epoch instead: ``utils.callbacks.EpochSummary``)."""
+    try:
+        return 1 if sys.stdout.isatty() else 0
+    except (AttributeError, ValueError):  # closed or replaced stdout
+        return 0
 
 
 #: exceptions that mean "the user's input is wrong": one line and exit status 2

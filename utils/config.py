@@ -51,6 +51,7 @@ class TrainConfig:
     seed: int
     runs: int
     eval_trn: bool
+    eval_tst: bool  # the test split's figures after every epoch (never used for selection)
     class_weight: str  # none | balanced: ModelConfig.ce_weights from the trn histograms
     # output
     workdir: str | None
@@ -59,6 +60,7 @@ class TrainConfig:
     tb_path: str | None
     result_path: str | None
     use_tfboard: bool
+    tb_images: int  # every K epochs: validation figures in TensorBoard (0: never)
     save_model: bool
     save_log: bool
     resume: bool
@@ -67,6 +69,7 @@ class TrainConfig:
     gpu: str | None
     mixed_precision: bool
     jit: bool
+    verbose: bool  # debug log and TensorFlow's start-up lines (utils.cli.configure_logging)
 
     @classmethod
     def from_args(cls, args) -> TrainConfig:
@@ -112,6 +115,7 @@ class EvalConfig:
     gpu: str | None
     mixed_precision: bool
     jit: bool
+    verbose: bool
 
     @classmethod
     def from_args(cls, args) -> EvalConfig:

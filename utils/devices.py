@@ -79,9 +79,24 @@ def backend_name() -> str:
     return keras.backend.backend()
 
 
+def start_backend():
+    """Import Keras (and TensorFlow) and let it find its devices with its native start-up lines
+    hidden unless --verbose (``utils.cli.quiet_native_stderr``); returns the keras module."""
+    from utils.cli import quiet_native_stderr
+
+    with quiet_native_stderr():
+        import keras
+
+        if keras.backend.backend() == "tensorflow":
+            import tensorflow as tf
+
+            tf.config.list_physical_devices("GPU")
+    return keras
+
+
 def setup_backend(mixed_precision: bool = False) -> dict:
     """Memory growth on every GPU, the mixed-precision policy; returns a description for args.json."""
-    import keras
+    keras = start_backend()
 
     info: dict = {"backend": keras.backend.backend()}
     gpus: list = []

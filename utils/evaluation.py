@@ -35,7 +35,7 @@ from utils.checkpoints import (
     model_signature,
     resolve_checkpoint,
 )
-from utils.cli import UsageError
+from utils.cli import UsageError, progress_verbose
 from utils.config import EvalConfig
 from utils.devices import select_devices, setup_backend
 from utils.metrics import change_probability, compute_metrics, format_table, per_class_csv
@@ -92,10 +92,11 @@ def evaluate_split(net, split_dir, batch_size=32, threshold=0.5, class_names=Non
         raw_integers=True,  # CorrFusionNet scales uint8/uint16 batches in the graph
     )
     labels = read_labels(split_dir, num_classes=k)
-    log.info("%s: predicting %d pairs", split_dir, summary.n_pairs)
+    skipped = f" ({summary.n_skipped} undefined pairs skipped)" if summary.n_skipped else ""
+    log.info("%s: predicting %d pairs%s", split_dir, summary.n_pairs, skipped)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        out = net.predict(dataset, verbose=0)
+        out = net.predict(dataset, verbose=progress_verbose())  # a bar on a terminal
     if not isinstance(out, dict) or "prob_t1" not in out or "prob_t2" not in out:
         # Keras' warnings about the input structure only repeat this error at length
         got = sorted(out) if isinstance(out, dict) else type(out).__name__
@@ -162,8 +163,17 @@ FIGURE_FILES = ("confusion_t1.png", "confusion_t2.png", "transitions.png", "pr_c
 MAP_FILES = ("class_maps.png", "change_map.png", "change_map_threshold.png")
 
 
+#: predictions.csv's class id columns: the shards' 1-based ids, each followed by its class name
+CSV_CLASS_COLUMNS = ("label_t1", "label_t2", "pred_t1", "pred_t2")
+
+
 def _predictions_csv(preds) -> str:
+    """One row per pair. Class ids are the shards' (1..K, 0-based + 1), each with a ``*_name``
+    column; ``prob_t1_k`` / ``prob_t2_k`` is the probability of class id k."""
     n, k = preds["prob_t1"].shape
+    names = preds.get("class_names")  # a list, or an array read back from predictions.npz
+    names = [str(c) for c in names] if names is not None and len(names) == k else [
+        f"class {i + 1}" for i in range(k)]
     cols = ["index"]
     cols += [c for c in ("row", "col") if c in preds]
     cols += [
@@ -177,7 +187,10 @@ def _predictions_csv(preds) -> str:
         "p_change",
     ]
     cols += [c for c in ("fusion_weight", "dist") if c in preds]
-    header = cols + [f"prob_t1_{i}" for i in range(k)] + [f"prob_t2_{i}" for i in range(k)]
+    header = []
+    for c in cols:
+        header += [c, f"{c}_name"] if c in CSV_CLASS_COLUMNS else [c]
+    header += [f"prob_t1_{i + 1}" for i in range(k)] + [f"prob_t2_{i + 1}" for i in range(k)]
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")
     w.writerow(header)
@@ -186,7 +199,9 @@ def _predictions_csv(preds) -> str:
         row = []
         for c in cols:
             v = data[c][i]
-            if isinstance(v, np.bool_ | bool):
+            if c in CSV_CLASS_COLUMNS:
+                row += [int(v) + 1, names[int(v)]]
+            elif isinstance(v, np.bool_ | bool):
                 row.append(int(v))
             elif isinstance(v, np.floating):
                 row.append(f"{float(v):.6g}")
@@ -221,10 +236,12 @@ def figure_names(metrics, preds) -> list[str]:
     return [*FIGURE_FILES, *(MAP_FILES if maps else ())]
 
 
-def write_figures(out_dir, metrics, preds) -> list[Path]:
+def write_figures(out_dir, metrics, preds, colors=None, background=None, **save) -> list[Path]:
     """The PNGs of one split: confusion matrices, transitions, PR curve, and maps when row/col exist.
 
-    Row/col spanning a grid of more than ``utils.plots.MAX_GRID_CELLS`` cells (map coordinates
+    ``colors``: {class name: colour} for the class maps; ``background``: the date-2 tile mosaic
+    drawn under the change maps (``utils.plots.tile_mosaic``); ``save``: ``dpi`` and ``formats`` (png,
+    pdf, svg) of ``utils.plots``. Row/col spanning a grid of more than ``utils.plots.MAX_GRID_CELLS`` cells (map coordinates
     rather than tile grid indices) skip the maps with a warning; everything else is written.
     """
     out_dir = Path(out_dir)
@@ -237,12 +254,14 @@ def write_figures(out_dir, metrics, preds) -> list[Path]:
             names,
             out_dir / "confusion_t1.png",
             title=f"t1{tag}: OA {metrics['OA_t1']:.3f}",
+            **save,
         ),
         plots.plot_confusion_matrix(
             metrics["confusion_t2"],
             names,
             out_dir / "confusion_t2.png",
             title=f"t2{tag}: OA {metrics['OA_t2']:.3f}",
+            **save,
         ),
         plots.plot_transition_matrices(
             metrics["transition_true"],
@@ -250,6 +269,7 @@ def write_figures(out_dir, metrics, preds) -> list[Path]:
             names,
             out_dir / "transitions.png",
             title=f"From → to transitions{tag}",
+            **save,
         ),
         plots.plot_pr_curve(
             preds["changed_true"],
@@ -258,6 +278,7 @@ def write_figures(out_dir, metrics, preds) -> list[Path]:
             threshold=metrics["threshold"],
             argmax_point=(metrics["change_recall"], metrics["change_precision"]),
             title=f"Change detection{tag}",
+            **save,
         ),
     ]
     problem = map_problem(metrics, preds)
@@ -275,6 +296,8 @@ def write_figures(out_dir, metrics, preds) -> list[Path]:
                 names,
                 out_dir / "class_maps.png",
                 title=f"Scene classes{tag}",
+                colors=colors,
+                **save,
             )
         )
         paths.append(
@@ -285,6 +308,8 @@ def write_figures(out_dir, metrics, preds) -> list[Path]:
                 preds["changed_pred"],
                 out_dir / "change_map.png",
                 title=f"Changes, argmax t1 ≠ argmax t2{tag}",
+                background=background,
+                **save,
             )
         )
         paths.append(
@@ -295,6 +320,8 @@ def write_figures(out_dir, metrics, preds) -> list[Path]:
                 preds["changed_pred_threshold"],
                 out_dir / "change_map_threshold.png",
                 title=f"Changes, p_change ≥ {metrics['threshold']:g}{tag}",
+                background=background,
+                **save,
             )
         )
     return paths

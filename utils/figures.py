@@ -26,8 +26,9 @@ import numpy as np
 from matplotlib.figure import Figure
 from matplotlib.patches import FancyArrowPatch, FancyBboxPatch
 
+from model.config import ModelConfig
 from utils import plots
-from utils.cli import UsageError, configure_logging, run_main
+from utils.cli import HelpFormatter, UsageError, configure_logging, run_main
 from utils.evaluation import figure_names, write_figures
 from utils.rundir import RunDirError, check_can_create_dir
 
@@ -121,8 +122,9 @@ def _canvas(width, height, xlim, ylim):
     return fig, ax
 
 
-def draw_network(path) -> Path:
-    """The two-branch network of docs/DESIGN.md §2 with the CorrFusion module between FC features and heads."""
+def draw_network(path, hidden=1024, reduction=2, pooling="avg", **save) -> Path:
+    """The two-branch network of docs/DESIGN.md §2 with the CorrFusion module between FC features
+    and heads; ``hidden`` (d), ``reduction`` (r) and ``pooling`` as the run used them."""
     fig, ax = _canvas(15, 5.2, (-0.3, 21.3), (-0.9, 6.6))
     ys = {"t1": 4.6, "t2": 1.4}
     out = {}
@@ -139,9 +141,9 @@ def draw_network(path) -> Path:
             _C["backbone"],
             8,
         )
-        g = _box(ax, 5.3, y, 1.1, 0.9, "GAP", _C["fc"])
-        f1 = _box(ax, 7.1, y, 1.6, 0.9, "FC 1024\nReLU, L2", _C["fc"])
-        f2 = _box(ax, 9.1, y, 1.6, 0.9, "FC 1024\nReLU, L2", _C["fc"])
+        g = _box(ax, 5.3, y, 1.1, 0.9, "GAP" if pooling == "avg" else "flatten", _C["fc"])
+        f1 = _box(ax, 7.1, y, 1.6, 0.9, f"FC {hidden}\nReLU, L2", _C["fc"])
+        f2 = _box(ax, 9.1, y, 1.6, 0.9, f"FC {hidden}\nReLU, L2", _C["fc"])
         for p, q in ((a, b), (b, g), (g, f1), (f1, f2)):
             _arrow(ax, p["r"], q["l"])
         out[date] = f2
@@ -160,7 +162,7 @@ def draw_network(path) -> Path:
         3.0,
         2.2,
         4.0,
-        "CorrFusion\n\nsqueeze → BN\n→ excite\n\nw = 1 − tanh(dist)\n\nX_φ = X + w⊙Y_re\nY_φ = Y + w⊙X_re",
+        f"CorrFusion (r = {reduction})\n\nsqueeze → BN\n→ excite\n\nw = 1 − tanh(dist)\n\nX_φ = X + w⊙Y_re\nY_φ = Y + w⊙X_re",
         _C["fusion"],
         9,
     )
@@ -180,7 +182,10 @@ def draw_network(path) -> Path:
     )
     _arrow(ax, heads["t1"]["r"], pc["t"], rad=-0.3)
     _arrow(ax, heads["t2"]["r"], pc["b"], rad=0.3)
-    _box(ax, 15.4, 6.05, 5.6, 0.7, "loss = CE_t1 + CE_t2 + L_corr + L_decov + L2", _C["loss"], 9)
+    loss = _box(ax, 15.4, 6.05, 5.6, 0.7, "loss = CE_t1 + CE_t2 + L_corr + L_decov + L2",
+                _C["loss"], 9)
+    _arrow(ax, heads["t1"]["t"], (heads["t1"]["t"][0], loss["b"][1]), color="#a50f15", ls="--",
+           text=None)
     lb = _box(
         ax,
         12.2,
@@ -192,28 +197,34 @@ def draw_network(path) -> Path:
         8,
     )
     _arrow(ax, cf["b"], lb["t"], color="#a50f15", ls="--")
+    _arrow(ax, lb["r"], (loss["b"][0] + 2.6, loss["b"][1]), color="#a50f15", ls="--", rad=0.35)
     ax.text(
         0.0,
         6.3,
-        "CorrFusionNet (docs/DESIGN.md §2): scene class per date + change",
+        f"CorrFusionNet (docs/DESIGN.md §2; d = {hidden}, r = {reduction}): scene class per date "
+        "+ change",
         fontsize=11,
         weight="bold",
         va="center",
     )
-    return _save(fig, path)
+    return plots._save(fig, path, **save)
 
 
-def draw_corrfusion(path) -> Path:
-    """The CorrFusion module of docs/DESIGN.md §2.1: squeeze, BN, excite, distance, fusion weight, cross fusion."""
+def draw_corrfusion(path, hidden=1024, reduction=2, lambda1=0.1, lambda2=1e-4, **save) -> Path:
+    """The CorrFusion module of docs/DESIGN.md §2.1: squeeze, BN, excite, distance, fusion weight,
+    cross fusion; with the run's d (``hidden``), r, λ1 and λ2."""
+    squeezed = max(1, hidden // reduction)
     fig, ax = _canvas(15, 5.8, (-0.3, 22.3), (-0.9, 7.4))
     ys = {"X": 5.2, "Y": 0.8}
     nodes = {}
     for v, y in ys.items():
         i = "1" if v == "X" else "2"
-        x = _box(ax, 0.8, y, 1.4, 0.9, f"{v}\nn×d", _C["fc"])
-        sq = _box(ax, 3.3, y, 2.4, 0.9, f"squeeze\nReLU({v}·A{i} + a{i})\nn×d/r", _C["fusion"], 8)
+        x = _box(ax, 0.8, y, 1.4, 0.9, f"{v}\nn×{hidden}", _C["fc"])
+        sq = _box(ax, 3.3, y, 2.4, 0.9, f"squeeze\nReLU({v}·A{i} + a{i})\nn×{squeezed}",
+                  _C["fusion"], 8)
         bn = _box(ax, 6.0, y, 1.8, 0.9, f"BN{i}\n{v}_bn", _C["fusion"], 9)
-        ex = _box(ax, 8.8, y, 2.4, 0.9, f"excite\nReLU({v}_bn·B{i} + b{i})\nn×d", _C["fusion"], 8)
+        ex = _box(ax, 8.8, y, 2.4, 0.9, f"excite\nReLU({v}_bn·B{i} + b{i})\nn×{hidden}",
+                  _C["fusion"], 8)
         _arrow(ax, x["r"], sq["l"])
         _arrow(ax, sq["r"], bn["l"])
         _arrow(ax, bn["r"], ex["l"])
@@ -259,37 +270,36 @@ def draw_corrfusion(path) -> Path:
         3.0,
         2.8,
         1.5,
-        "L_corr =\nλ1 Σ_i dist_i·u_i / n\nu_i = 1 if unchanged\n(λ1 = 0.1)",
+        f"L_corr =\nλ1 Σ_i dist_i·u_i / n\nu_i = 1 if unchanged\n(λ1 = {lambda1:g})",
         _C["loss"],
         8,
     )
     _arrow(ax, dist["l"], lc["r"])
-    _box(
+    decov = _box(
         ax,
         20.7,
         3.0,
         2.6,
         1.9,
-        "L_decov (SDL, λ2=1e-4)\nrunning covariance\nof X_bn, Y_bn (ρ=0.9)\n\ncancorr of X_bn, Y_bn\n(metric)",
+        f"L_decov (SDL, λ2={lambda2:g})\nrunning covariance\nof X_bn, Y_bn (ρ=0.9)\n\n"
+        "cancorr of X_bn, Y_bn\n(metric)",
         _C["loss"],
         8,
     )
+    # X_bn and Y_bn feed the decorrelation loss and the cancorr metric
+    _arrow(ax, (nodes["X"]["bn"]["t"][0] + 0.5, nodes["X"]["bn"]["t"][1]), decov["t"],
+           color="#a50f15", ls="--", rad=-0.25)
+    _arrow(ax, (nodes["Y"]["bn"]["b"][0] + 0.5, nodes["Y"]["bn"]["b"][1]), decov["b"],
+           color="#a50f15", ls="--", rad=0.25)
     ax.text(
         -0.2,
         7.05,
-        "CorrFusion module (docs/DESIGN.md §2.1; d = 1024, r = 2)",
+        f"CorrFusion module (docs/DESIGN.md §2.1; d = {hidden}, r = {reduction})",
         fontsize=11,
         weight="bold",
         va="center",
     )
-    return _save(fig, path)
-
-
-def _save(fig, path) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120, facecolor="white")
-    return path
+    return plots._save(fig, path, **save)
 
 
 # ------------------------------------------------------------------------------------- run figures
@@ -345,6 +355,14 @@ def load_result_dir(result_dir) -> tuple[dict, dict]:
 
 
     result_dir = Path(result_dir)
+    if not (result_dir / "predictions.npz").exists():
+        splits = sorted(d.name for d in result_dir.iterdir() if d.is_dir()
+                        and (d / "results.json").is_file() and (d / "predictions.npz").is_file())
+        if splits:  # eval.py's top-level result directory: one sub-directory per split
+            raise UsageError(
+                f"{result_dir}: holds the results of {len(splits)} split(s) "
+                f"({', '.join(splits)}), one per sub-directory; pass one, e.g. "
+                f"--result {result_dir / splits[-1]}")
     path = result_dir / "results.json"
     try:
         doc = json.loads(path.read_text())
@@ -407,20 +425,54 @@ def run_figure_names(data: dict) -> list[str]:
     return names
 
 
-def draw_run(run, out, data) -> list[Path]:
-    """Training curves and evaluation figures of a run into out/, from read_run's ``data``."""
+def date2_mosaic(metrics, preds, cell=16) -> np.ndarray:
+    """The date-2 tiles of the evaluated split (``results.json``'s ``split_dir``) on their row/col
+    grid (``utils.plots.tile_mosaic``), in the order of the predictions; UsageError when the
+    shards are not there or do not match the predictions."""
+    from data.shards import ShardError, defined_mask, list_shards, load_arrays, scale_factor
+
+    split_dir = metrics.get("split_dir")
+    if not split_dir or not Path(split_dir).is_dir():
+        raise UsageError(f"{split_dir or 'results.json'}: --overlay: the evaluated split's shards "
+                         "are needed for the date-2 image; expected the directory results.json "
+                         "names (split_dir)")
+    if "row" not in preds:
+        raise UsageError(f"{split_dir}: --overlay: the predictions have no row/col; expected "
+                         "shards with a tile grid")
+    tiles = []
+    try:
+        for path in list_shards(split_dir):
+            a = load_arrays(path, ("image_t2", "label_t1", "label_t2"))
+            img = a["image_t2"][defined_mask(a["label_t1"], a["label_t2"])]
+            step = max(1, img.shape[1] // cell)
+            small = img[:, ::step, ::step][:, :cell, :cell]
+            tiles.append(small.astype(np.float32) * np.float32(scale_factor(small.dtype)))
+    except ShardError as e:
+        raise UsageError(f"--overlay: {e}") from None
+    tiles = np.concatenate(tiles) if tiles else np.zeros((0, cell, cell, 3), np.float32)
+    if len(tiles) != len(preds["row"]):
+        raise UsageError(f"{split_dir}: --overlay: {len(tiles)} labelled pairs in the shards, "
+                         f"{len(preds['row'])} in the predictions; expected the evaluated split")
+    return plots.tile_mosaic(preds["row"], preds["col"], tiles, cell)
+
+
+def draw_run(run, out, data, colors=None, background=None, **save) -> list[Path]:
+    """Training curves and evaluation figures of a run into out/, from read_run's ``data``
+    (``colors``: {class name: colour}; ``save``: dpi and formats)."""
     run, out = Path(run), Path(out)
     written = []
     if data["history"] is not None:
         written.append(
             plots.plot_history(
-                data["history"], out / "training_curves.png", title=f"Training curves ({run.name})"
+                data["history"], out / "training_curves.png", title=f"Training curves ({run.name})",
+                **save,
             )
         )
     if data["result_dir"] is None:
         return written
 
-    written += write_figures(out, data["metrics"], data["preds"])
+    written += write_figures(out, data["metrics"], data["preds"], colors=colors,
+                             background=background, **save)
     if "row" not in data["preds"]:
         log.warning("%s: predictions have no row/col, no change maps", data["result_dir"])
     return written
@@ -431,7 +483,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="python -m utils.figures",
         description=__doc__.split("\n\n")[0],
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=HelpFormatter,
     )
     src = p.add_argument_group("sources")
     src.add_argument(
@@ -446,9 +498,30 @@ def build_parser() -> argparse.ArgumentParser:
         help="evaluation result directory (results.json + predictions.npz); default: found in RUN",
     )
     out = p.add_argument_group("output")
-    out.add_argument("--out", default="figures", help="directory the PNGs are written to")
+    out.add_argument("--out", default="figures", help="directory the figures are written to")
+    out.add_argument("--format", dest="formats", type=formats_list, default="png",
+                     help="comma-separated file formats of every figure, from "
+                          f"{','.join(FORMATS)} (pdf and svg are vector)")
+    out.add_argument("--dpi", type=positive_int, default=300, help="resolution of PNGs")
+    out.add_argument("--colors", type=color_map, default="",
+                     help="class colours, NAME=COLOUR,... (e.g. water=#1f78b4,urban=grey); "
+                          "other classes: by their names (water blue, forest green, ...), else "
+                          "a fixed palette by class id")
+    out.add_argument("--overlay", action=argparse.BooleanOptionalAction, default=False,
+                     help="draw the change maps over the date-2 tiles (read from the evaluated "
+                          "split's shards)")
+    net = p.add_argument_group("diagrams")
+    net.add_argument("--hidden", type=positive_int, default=None,
+                     help=f"d drawn in the diagrams (default: RUN's args.json, else "
+                          f"{ModelConfig.hidden})")
+    net.add_argument("--reduction", type=positive_int, default=None,
+                     help=f"r drawn in the diagrams (default: RUN's args.json, else "
+                          f"{ModelConfig.reduction})")
     out.add_argument(
-        "--no-diagrams", dest="diagrams", action="store_false", help="skip the two diagrams"
+        "--diagrams",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="draw the network and CorrFusion diagrams (--no-diagrams: skip them)",
     )
     out.add_argument(
         "--overwrite",
@@ -456,6 +529,56 @@ def build_parser() -> argparse.ArgumentParser:
         help="replace PNGs of the same names already in OUT (without it they are refused)",
     )
     return p
+
+
+FORMATS = ("png", "pdf", "svg")
+
+
+def formats_list(value: str) -> tuple[str, ...]:
+    names = tuple(dict.fromkeys(v.strip().lower().lstrip(".") for v in value.split(",")
+                                if v.strip()))
+    bad = [n for n in names if n not in FORMATS]
+    if not names or bad:
+        raise argparse.ArgumentTypeError(f"expected formats from {','.join(FORMATS)}, got {value!r}")
+    return names
+
+
+def positive_int(value: str) -> int:
+    try:
+        v = int(value)
+    except ValueError:
+        v = 0
+    if v <= 0:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value!r}")
+    return v
+
+
+def color_map(value: str) -> dict:
+    """``NAME=COLOUR,...`` -> {name: colour}; a colour matplotlib does not know is a usage error."""
+    from matplotlib.colors import is_color_like
+
+    out = {}
+    for item in (v for v in value.split(",") if v.strip()):
+        name, sep, color = item.partition("=")
+        if not sep or not name.strip() or not is_color_like(color.strip()):
+            raise argparse.ArgumentTypeError(
+                f"expected NAME=COLOUR pairs (a matplotlib colour: #1f78b4, tab:blue, grey), "
+                f"got {item!r}")
+        out[name.strip()] = color.strip()
+    return out
+
+
+def diagram_settings(args) -> dict:
+    """d, r, pooling, λ1, λ2 of the diagrams: the flags, else the run's args.json, else the
+    defaults (``model.config.ModelConfig``)."""
+    from utils.rundir import run_args
+
+    saved = run_args(Path(args.run)).get("args", {}) if args.run else {}
+    out = {}
+    for key in ("hidden", "reduction", "pooling", "lambda1", "lambda2"):
+        given = getattr(args, key, None)
+        out[key] = given if given is not None else saved.get(key, getattr(ModelConfig, key))
+    return out
 
 
 def main(argv=None) -> int:
@@ -471,9 +594,15 @@ def main(argv=None) -> int:
     # every input read and checked, and the output checked, before the first figure is drawn
     source = args.run or args.result
     data = read_run(source, args.result) if source else None
+    background = None
+    if args.overlay:
+        if not data or data["result_dir"] is None:
+            raise UsageError("--overlay: needs --run or --result with an evaluation result")
+        background = date2_mosaic(data["metrics"], data["preds"])
     out = Path(args.out)
     check_can_create_dir(out)
-    names = [*(DIAGRAMS if args.diagrams else ()), *(run_figure_names(data) if data else ())]
+    pngs = [*(DIAGRAMS if args.diagrams else ()), *(run_figure_names(data) if data else ())]
+    names = [str(Path(n).with_suffix("." + fmt)) for n in pngs for fmt in args.formats]
     existing = [n for n in names if (out / n).exists() or (out / n).is_symlink()]
     odd = [n for n in existing if not (out / n).is_file()]
     if odd:
@@ -486,13 +615,19 @@ def main(argv=None) -> int:
         )
         verb = "exists" if len(existing) == 1 else "exist"
         raise RunDirError(f"{out}: {shown} already {verb}; pass --overwrite to replace")
+    save = {"dpi": args.dpi, "formats": args.formats}
     written = []
     if args.diagrams:
-        written += [draw_network(out / DIAGRAMS[0]), draw_corrfusion(out / DIAGRAMS[1])]
+        d = diagram_settings(args)
+        written += [
+            draw_network(out / DIAGRAMS[0], d["hidden"], d["reduction"], d["pooling"], **save),
+            draw_corrfusion(out / DIAGRAMS[1], d["hidden"], d["reduction"], d["lambda1"],
+                            d["lambda2"], **save),
+        ]
     if data:
-        written += draw_run(source, out, data)
+        written += draw_run(source, out, data, colors=args.colors, background=background, **save)
     for p in written:
-        log.info("wrote %s", p)
+        log.info("wrote %s%s", p, f" (and as {', '.join(args.formats[1:])})" if len(args.formats) > 1 else "")
     return 0
 
 

@@ -177,7 +177,7 @@ def fit(net, config, data, callbacks, guard, strategy, initial_epoch: int) -> No
     ``initial_epoch`` on this worker's slices of the batches, with the callbacks of
     ``utils.training.make_callbacks`` (their ``SplitEvaluation`` is done here, distributed)."""
     from data.loader import make_dataset
-    from utils.callbacks import SplitEvaluation, current_learning_rate, format_epoch_line
+    from utils.callbacks import SplitEvaluation, current_learning_rate
 
     n_sync = synchronize_batch_statistics(net)
     extra = next((cb.splits for cb in callbacks if isinstance(cb, SplitEvaluation)), {})
@@ -204,6 +204,12 @@ def fit(net, config, data, callbacks, guard, strategy, initial_epoch: int) -> No
     log.info("multi-worker training: %d replicas, global batch %d, %d synchronised batch-"
              "statistics layer(s)", strategy.num_replicas_in_sync, config.batch_size, n_sync)
 
+    for cb in callbacks:
+        if getattr(cb, "figures", None) is not None:  # TensorBoardLogger's validation figures
+            log.info("multi-worker: TensorBoard's validation figures (confusion, transitions, "
+                     "PR curve) are not drawn (they need model.predict, which Keras does not "
+                     "run under MultiWorkerMirroredStrategy); scalars and hparams are written")
+            cb.figures = None
     params = {"epochs": config.epochs, "steps": data.steps_per_epoch, "verbose": 0}
     for cb in callbacks:
         cb.set_model(net)
@@ -226,7 +232,6 @@ def fit(net, config, data, callbacks, guard, strategy, initial_epoch: int) -> No
                 for batch in ds:
                     steps.eval_step(batch)
                 logs.update({f"{name}_{k}": v for k, v in _results(net).items()})
-        log.info("%s", format_epoch_line(epoch + 1, config.epochs, logs))
         for cb in callbacks:
             cb.on_epoch_end(epoch, logs)
         if guard.failure:

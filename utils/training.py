@@ -7,7 +7,8 @@ every output path (``utils.rundir``: writable, and nothing a user made is replac
 or --overwrite), every split, the activation memory of a batch, and with --resume each run's state,
 checkpoints and settings against the data and the command line (``utils.checkpoints``). Then every
 output directory is locked for the whole training (one writer per directory) and TensorFlow starts
-in ``load_data``, after the devices are chosen.
+in ``setup_backend`` (its native start-up lines hidden unless --verbose),
+after the devices are chosen.
 """
 
 from __future__ import annotations
@@ -32,7 +33,7 @@ from utils.checkpoints import (
     load_checkpoint,
     read_checkpoint_config,
 )
-from utils.cli import UsageError
+from utils.cli import UsageError, progress_verbose
 from utils.config import TrainConfig
 from utils.devices import cluster_from_env, make_strategy, select_devices, setup_backend
 from utils.evaluation import evaluate_split, write_outputs
@@ -92,7 +93,7 @@ def _train(config: TrainConfig, checked_splits, cluster) -> int:
     config = config.replace(ce_weights=class_weights(config.class_weight, plan))
     with lock_dirs(output_roots(config)):  # one writer per directory, until the end
         modes = check_outputs(config)  # again: another process may have written meanwhile
-        device_info = setup_backend(config.mixed_precision)
+        device_info = setup_backend(config.mixed_precision)  # TensorFlow starts (quietly) here
         strategy = make_strategy(device_info)  # before TensorFlow's runtime starts (in load_data)
         data = load_data(config, plan)
         try:
@@ -295,7 +296,7 @@ def check_memory(config, plan: DataPlan) -> None:
 
 
 def load_data(config, plan: DataPlan) -> Data:
-    """The streaming loaders of the checked splits (TensorFlow starts here)."""
+    """The streaming loaders of the checked splits."""
     from data.loader import make_dataset, steps_per_epoch  # Keras: the loader is the backend's
 
     for s in plan.summaries.values():
@@ -378,33 +379,50 @@ def make_callbacks(config, data: Data, paths: RunPaths, state: dict, run_info: d
     from utils.callbacks import (
         Checkpoints,
         EpochLog,
+        EpochSummary,
         FiniteLossGuard,
         SplitEvaluation,
         TensorBoardLogger,
+        tb_hparams,
         truncate_event_files,
     )
 
     guard = FiniteLossGuard()
-    extra = {"tst": data.tst} if data.tst is not None else {}
+    extra = {"tst": data.tst} if data.tst is not None and config.eval_tst else {}
     if config.eval_trn:
         extra["trn"], _ = make_dataset(config.trn_dir, config.batch_size, training=False,
                                        image_size=config.image_size, num_classes=data.num_classes,
                                        raw_integers=True)
     # the epoch's log rows before its checkpoint: a kill in between leaves rows past the
     # checkpoint's epoch, which a resume drops (EpochLog, truncate_event_files), never a gap
-    cbs = [guard, SplitEvaluation(extra, guard)]
+    cbs = [guard, SplitEvaluation(extra, guard), EpochSummary()]
     if config.save_log:
         cbs.append(EpochLog(paths.log_dir / "log.txt", paths.log_dir / "history.csv",
                             append=config.resume, keep_epochs=int(state["epoch"])))
     if config.use_tfboard:
         if config.resume:
             truncate_event_files(paths.tb_dir, int(state["epoch"]))
-        tb = TensorBoardLogger.create(paths.tb_dir, sample=data.val)
+        tb = TensorBoardLogger.create(paths.tb_dir, sample=data.val,
+                                      figures=validation_figures(config, data),
+                                      hparams=tb_hparams(config, run_info["seed"]))
         if tb is not None:
             cbs.append(tb)
     if config.save_model:
         cbs.append(Checkpoints(paths.best, paths.last, paths.state, guard, state, run_info))
     return cbs, guard
+
+
+def validation_figures(config, data: Data):
+    """What TensorBoard's validation figures are drawn from (None with ``--tb_images 0``)."""
+    from data.shards import read_labels
+    from utils.callbacks import ValidationFigures
+
+    if not config.tb_images:
+        return None
+    labels = read_labels(config.val_dir, num_classes=data.num_classes)
+    names = data.class_names or [f"class {k + 1}" for k in range(data.num_classes)]
+    return ValidationFigures(data.val, labels["label_t1"], labels["label_t2"], list(names),
+                             config.tb_images)
 
 
 # -------------------------------------------------------------------------------------------- runs
@@ -453,7 +471,8 @@ def fit(net, config, data: Data, callbacks, guard, strategy, initial_epoch: int)
         multiworker.fit(net, config, data, callbacks, guard, strategy, initial_epoch)
         return
     net.fit(data.trn, validation_data=data.val, epochs=config.epochs,
-            initial_epoch=initial_epoch, callbacks=callbacks, shuffle=False, verbose=2)
+            initial_epoch=initial_epoch, callbacks=callbacks, shuffle=False,
+            verbose=progress_verbose())
 
 
 def remove_event_files(tb_dir: Path) -> None:

@@ -352,3 +352,16 @@ def test_georeferenced_shards_load(tmp_path):
     ds, summary = make_dataset(tmp_path / "split", 4, training=True)
     assert summary.geo["tile_size"] == 4
     assert sum(len(y1) for _, (y1, _) in ds) == 12
+
+
+def test_undefined_pairs_are_reported_once(split, caplog):
+    """inspect, loader and labels each read the split: the count reaches the log once (the split
+    summary, ``SplitSummary.format``), not once per reader."""
+    with caplog.at_level("INFO"):
+        summary = shards.inspect_split(split)
+        loader.make_dataset(split, 4, training=False)
+        shards.read_labels(split)
+        text = summary.format()
+    said = [r.getMessage() for r in caplog.records
+            if r.levelname == "INFO" and "undefined" in r.getMessage()]
+    assert said == [] and f"{len(UNDEFINED)} undefined pairs skipped" in text

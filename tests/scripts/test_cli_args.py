@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import re
 
 import pytest
 
@@ -143,3 +144,50 @@ def test_compare_refuses_its_own_options_in_any_spelling(forward, tmp_path, caps
     with pytest.raises(SystemExit) as exc:
         compare.parse_args(["--data_dir", str(tmp_path), "--", *forward])
     assert exc.value.code == 2 and "set by compare.py itself" in capsys.readouterr().err
+
+
+def _help(build) -> str:
+    return build().format_help()
+
+
+def _line(text: str, flag: str) -> str:
+    """An option's entry in a help text, its wrapped lines joined."""
+    lines = text.splitlines()
+    starts = [i for i, ln in enumerate(lines) if ln.startswith("  " + flag)]
+    assert len(starts) == 1, (flag, starts)
+    out = [lines[starts[0]].strip()]
+    for ln in lines[starts[0] + 1:]:
+        if not ln.startswith(" " * 10):  # the next option or group
+            break
+        out.append(ln.strip())
+    return " ".join(out)
+
+
+def test_help_texts_say_each_default_once_and_readably():
+    import predict
+    from utils import figures
+
+    train = _help(cli.train_parser)
+    assert "(default: 0)" in _line(train, "--seed")
+    assert _line(train, "-b BATCH_SIZE").count("32") == 1
+    shared = _line(train, "--shared, --no-shared")
+    assert shared.count("default") == 1 and "(default: True)" in shared
+    lr = _line(train, "--lr LR")
+    assert "(default: 1e-3)" in lr and "[" not in lr
+    assert "default" not in _line(train, "--lr_boundaries")
+    assert "(default: True)" in _line(train, "--eval_tst, --no-eval_tst")
+    assert _line(train, "-v, --verbose")
+    for text in (train, _help(cli.eval_parser), _help(compare.compare_parser),
+                 _help(predict.build_parser), _help(figures.build_parser)):
+        assert not re.search(r"\(([^()]+)\)\s+\(default: \1\)", text)  # "(32) (default: 32)"
+        assert "default: []" not in text and "default: None" not in text
+    diagrams = _line(_help(figures.build_parser), "--diagrams, --no-diagrams")
+    assert "(default: True)" in diagrams
+
+
+def test_shared_and_lr_parse_as_before():
+    args = train_cnn.parse_args(["--data_dir", "d"])
+    assert args.shared is True and args.lr == [1e-3] and args.lr_boundaries == []
+    assert train_cnn.parse_args(["--data_dir", "d", "--no-shared"]).shared is False
+    args = train_cnn.parse_args(["--data_dir", "d", "--lr", "5e-3,1e-3", "--lr_boundaries", "3"])
+    assert args.lr == [5e-3, 1e-3] and args.lr_boundaries == [3]

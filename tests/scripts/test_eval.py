@@ -134,16 +134,20 @@ def test_every_output_exists_and_loads(evaluated):
             changed = z["label_t1"] != z["label_t2"]
             assert np.mean((z["pred_t1"] != z["pred_t2"]) == changed) == pytest.approx(m["OA_bi"])
             assert list(z["class_names"]) == m["class_names"]
-            labels = z["label_t1"]
+            labels, pred2 = z["label_t1"], z["pred_t2"]
         mat = scipy.io.loadmat(d / "predictions.mat")
         assert NPZ_KEYS <= set(mat)
         np.testing.assert_array_equal(mat["label_t1"].ravel(), labels)
         csv_rows = list(csv.DictReader((d / "predictions.csv").open()))
         assert len(csv_rows) == n
-        assert {"row", "col", "p_change", "fusion_weight", "prob_t1_0", "prob_t2_3"} <= set(
-            csv_rows[0]
-        )
-        assert [int(r["label_t1"]) for r in csv_rows] == labels.tolist()
+        assert {"row", "col", "p_change", "fusion_weight", "prob_t1_1", "prob_t2_4",
+                "label_t1_name", "pred_t2_name"} <= set(csv_rows[0])
+        assert "prob_t1_0" not in csv_rows[0]
+        # the shards' 1-based class ids, with their names
+        assert [int(r["label_t1"]) for r in csv_rows] == (labels + 1).tolist()
+        assert [r["label_t1_name"] for r in csv_rows] == [m["class_names"][i] for i in labels]
+        assert [r["pred_t2_name"] for r in csv_rows] == [m["class_names"][i]
+                                                         for i in pred2]
 
 
 def test_in_process_api_matches_cli(run_dir, demo_data, evaluated, tmp_path):

@@ -77,21 +77,32 @@ def test_run_directory_holds_what_a_user_looks_at(trained, demo_data):
 
 def test_tensorboard_event_files_have_the_tags(trained):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    from tensorboard.plugins.hparams import metadata as hp_metadata
 
-    tags = {}
+    tags, plugins = {}, {}
     for split in ("trn", "val", "tst"):
         acc = EventAccumulator(str(trained / "tb" / split), size_guidance={"tensors": 0})
         acc.Reload()
         tags[split] = set(acc.Tags()["tensors"])
-        if split == "trn":
-            assert acc.Tags()["graph"], "model graph missing"
-    for tag in ("loss", "ce_t1", "ce_t2", "corr_loss", "decov_loss", "oa_t1", "oa_t2", "oa_bi",
-                "oa_tr", "cancorr", "learning_rate"):
+        plugins[split] = {t: acc.SummaryMetadata(t).plugin_data.plugin_name for t in tags[split]}
+    for tag in ("loss/total", "loss/ce_t1", "loss/ce_t2", "loss/corr", "loss/decov",
+                "accuracy/oa_t1", "accuracy/oa_t2", "accuracy/oa_bi", "accuracy/oa_tr",
+                "cca/cancorr", "optim/learning_rate"):
         assert tag in tags["trn"], tag
-    for tag in ("loss", "oa_t1", "oa_t2", "oa_bi", "oa_tr", "fusion_weight"):
+    for tag in ("loss/total", "accuracy/oa_t1", "accuracy/oa_t2", "change/f1", "fusion_weight"):
         assert tag in tags["val"], tag
-    for tag in ("loss", "oa_t1", "oa_tr"):
+    for tag, plugin in (("confusion/t1", "images"), ("confusion/t2", "images"),
+                        ("transitions/from_to", "images"),
+                        ("change/p_change/pr_curves", "pr_curves")):
+        assert plugins["val"].get(tag) == plugin, tag
+    for tag in ("loss/total", "accuracy/oa_t1", "accuracy/oa_tr"):
         assert tag in tags["tst"], tag
+    acc = EventAccumulator(str(trained / "tb" / "val"))
+    acc.Reload()
+    start = hp_metadata.parse_session_start_info_plugin_data(
+        acc.PluginTagToContent(hp_metadata.PLUGIN_NAME)[hp_metadata.SESSION_START_INFO_TAG])
+    assert start.hparams["backbone"].string_value == "small"
+    assert start.hparams["hidden"].number_value == 32
 
 
 def test_resume_matches_an_uninterrupted_run(trained, demo_data, tmp_path):
@@ -120,8 +131,11 @@ def test_existing_run_is_refused_and_left_untouched(trained, demo_data, capsys):
 
 def test_no_tensorboard_and_several_runs(demo_data, tmp_path):
     workdir = tmp_path / "runs2"
-    assert train(demo_data, workdir, "-tb", "false", "--runs", "2", epochs=1) == 0
+    assert train(demo_data, workdir, "-tb", "false", "--runs", "2", "--no-eval_tst",
+                 epochs=1) == 0
     assert not list(workdir.rglob("*tfevents*"))
+    # --no-eval_tst: no test figures per epoch, the final test evaluation still runs
+    assert not any(k.startswith("tst_") for k in read_history(workdir / "0" / "history.csv")[0])
     for k in ("0", "1"):
         assert (workdir / k / "checkpoints" / "best.keras").is_file()
         assert json.loads((workdir / k / "args.json").read_text())["seed"] == 3 + int(k)

@@ -1,6 +1,7 @@
 """utils.callbacks: the best-checkpoint rule (highest validation OA_t1 + OA_t2, strictly better,
 never from a broken epoch), last checkpoint and state every epoch, the epoch log."""
 
+import io
 import json
 
 import keras
@@ -142,3 +143,102 @@ def test_last_keras_holds_the_state_it_was_saved_with(tmp_path):
     state = read_embedded_state(cb.last)
     assert state["epoch"] == 2 and state["best_epoch"] == 1 and state == json.loads(
         cb.state_path.read_text())
+
+
+# ------------------------------------------------------------------------------------ TensorBoard
+def _two_date_model(k=3):
+    """A stand-in for CorrFusionNet: (x1, x2) -> {prob_t1, prob_t2}."""
+    x1, x2 = keras.Input((4,)), keras.Input((4,))
+    return keras.Model([x1, x2], {"prob_t1": keras.layers.Dense(k, activation="softmax")(x1),
+                                  "prob_t2": keras.layers.Dense(k, activation="softmax")(x2)})
+
+
+def _events(run_dir):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    acc = EventAccumulator(str(run_dir), size_guidance={"tensors": 0, "images": 0, "scalars": 0})
+    acc.Reload()
+    return acc
+
+
+def test_tensorboard_groups_tags_describes_them_and_draws_validation_figures(tmp_path):
+    import tensorflow as tf
+    from PIL import Image
+    from tensorboard.plugins.hparams import metadata as hp_metadata
+
+    from utils.callbacks import TensorBoardLogger, ValidationFigures
+
+    rng = np.random.default_rng(0)
+    n = 24
+    x = (rng.normal(size=(n, 4)).astype("float32"), rng.normal(size=(n, 4)).astype("float32"))
+    y1 = rng.integers(0, 3, n).astype("int32")
+    y2 = np.where(rng.random(n) < 0.3, (y1 + 1) % 3, y1).astype("int32")
+    ds = tf.data.Dataset.from_tensor_slices((x, (y1, y2))).batch(8)
+    figures = ValidationFigures(ds, y1, y2, ["water", "bare_soil", "forest"], every=2)
+    tb = TensorBoardLogger(tmp_path, figures=figures,
+                           hparams={"method": "corrfusion", "hidden": 32, "lr": 1e-3})
+    tb.set_model(_two_date_model())
+    tb.on_train_begin()
+    for epoch in range(2):
+        tb.on_epoch_end(epoch, {"loss": 1.0, "ce_t1": 0.5, "corr_loss": 0.1, "oa_t1": 0.5,
+                                "cancorr": 3.0, "learning_rate": 1e-3, "val_loss": 1.2,
+                                "val_oa_t1": 0.4, "tst_oa_t1": 0.3, "trn_oa_t1": 0.6})
+    tb.on_train_end()
+
+    trn, val, tst = (_events(tmp_path / s) for s in ("trn", "val", "tst"))
+    assert {"loss/total", "loss/ce_t1", "loss/corr", "accuracy/oa_t1", "cca/cancorr",
+            "optim/learning_rate", "accuracy/oa_t1_full"} <= set(trn.Tags()["tensors"])
+    assert not any("/" not in t for t in trn.Tags()["tensors"]), "an ungrouped tag"
+    assert "sqrt(min(n - 1, d))" in trn.SummaryMetadata("cca/cancorr").summary_description
+    assert trn.SummaryMetadata("loss/corr").summary_description
+    assert {"loss/total", "accuracy/oa_t1", "change/f1"} <= set(val.Tags()["tensors"])
+    assert "accuracy/oa_t1" in tst.Tags()["tensors"]
+    # figures only every 2nd epoch: at step 2
+    assert [e.step for e in val.Tensors("change/f1")] == [2]
+    for tag in ("confusion/t1", "confusion/t2", "transitions/from_to"):
+        events = val.Tensors(tag)  # TF2 image summaries: [width, height, PNG] strings
+        assert [e.step for e in events] == [2], tag
+        assert val.SummaryMetadata(tag).plugin_data.plugin_name == "images", tag
+        png = tf.make_ndarray(events[0].tensor_proto)[2]
+        img = np.asarray(Image.open(io.BytesIO(png)).convert("RGB"))
+        assert img.shape[0] > 100 and len(np.unique(img.reshape(-1, 3), axis=0)) > 10, tag
+    pr = val.Tensors("change/p_change/pr_curves")
+    assert len(pr) == 1 and tf.make_ndarray(pr[0].tensor_proto).shape[0] == 6
+    assert val.SummaryMetadata("change/p_change/pr_curves").plugin_data.plugin_name == "pr_curves"
+    # the hparams plugin's experiment and session rows live in val/
+    plugin = val.PluginTagToContent(hp_metadata.PLUGIN_NAME)
+    start = hp_metadata.parse_session_start_info_plugin_data(
+        plugin[hp_metadata.SESSION_START_INFO_TAG])
+    assert start.hparams["method"].string_value == "corrfusion"
+    assert start.hparams["hidden"].number_value == 32
+    experiment = hp_metadata.parse_experiment_plugin_data(plugin[hp_metadata.EXPERIMENT_TAG])
+    assert "accuracy/oa_t1" in {m.name.tag for m in experiment.metric_infos}
+    assert not trn.Tags()["graph"]
+
+
+def test_every_logged_name_has_a_group_and_description():
+    from utils.callbacks import TB_SCALARS, tb_scalar_tag
+
+    for name in ("loss", "ce_t1", "ce_t2", "corr_loss", "decov_loss", "dcca_loss", "l2", "oa_t1",
+                 "oa_t2", "oa_bi", "oa_tr", "cancorr", "learning_rate"):
+        tag, description = tb_scalar_tag(name)
+        assert name in TB_SCALARS and "/" in tag and description, name
+    assert tb_scalar_tag("oa_t1_full")[0] == "accuracy/oa_t1_full"
+    assert tb_scalar_tag("something_new")[0] == "other/something_new"
+
+
+def test_epoch_summary_is_one_concise_line(caplog):
+    from utils.callbacks import EpochSummary, format_epoch_summary
+
+    logs = {"loss": 0.51234, "oa_t1": 0.8125, "oa_t2": 0.79, "ce_t1": 0.3, "corr_loss": 0.01,
+            "val_loss": 0.7, "val_oa_t1": 0.75, "val_oa_t2": 0.701, "val_oa_bi": 0.9,
+            "tst_oa_t1": 0.6, "learning_rate": 1e-3}
+    line = format_epoch_summary(3, 100, logs, 12.34)
+    assert line == ("epoch 3/100: loss 0.5123 OA_t1 81.2% OA_t2 79.0% | val OA_t1 75.0% "
+                    "OA_t2 70.1% | lr 1.0e-03 | 12.3 s")
+    cb = EpochSummary()
+    cb.set_params({"epochs": 2})
+    with caplog.at_level("INFO", logger="corrfusion.train"):
+        cb.on_epoch_begin(0)
+        cb.on_epoch_end(0, logs)
+    assert [r.getMessage().startswith("epoch 1/2: loss") for r in caplog.records] == [True]

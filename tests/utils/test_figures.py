@@ -3,15 +3,9 @@
 import numpy as np
 import pytest
 
+from tests.utils._images import assert_png
 from utils import figures as F
 from utils.metrics import change_probability, compute_metrics
-
-PNG = b"\x89PNG\r\n\x1a\n"
-
-
-def assert_png(path, min_bytes=5_000):
-    data = path.read_bytes()
-    assert data[:8] == PNG and len(data) > min_bytes, path
 
 
 @pytest.fixture
@@ -47,14 +41,14 @@ def fake_run(tmp_path):
 
 
 def test_diagrams_without_run(tmp_path):
-    assert F.main(["--out", str(tmp_path)]) == 0
+    assert F.main(["--dpi", "72", "--out", str(tmp_path)]) == 0
     for name in F.DIAGRAMS:
-        assert_png(tmp_path / name, 30_000)
+        assert_png(tmp_path / name, 30_000, min_colors=6)
 
 
 def test_run_figures(fake_run, tmp_path):
     assert F.find_result_dir(fake_run) == fake_run / "results" / "tst"
-    assert F.main(["--run", str(fake_run), "--out", str(tmp_path), "--no-diagrams"]) == 0
+    assert F.main(["--dpi", "72", "--run", str(fake_run), "--out", str(tmp_path), "--no-diagrams"]) == 0
     for name in F.RUN_FIGURES:
         assert_png(tmp_path / name)
     assert not (tmp_path / "network.png").exists()
@@ -64,7 +58,7 @@ def test_bad_run_dir(tmp_path):
     from utils.cli import UsageError
 
     with pytest.raises(UsageError, match="no such run directory"):
-        F.main(["--run", str(tmp_path / "nope"), "--out", str(tmp_path)])
+        F.main(["--dpi", "72", "--run", str(tmp_path / "nope"), "--out", str(tmp_path)])
 
 
 def run_cli(argv, capsys):
@@ -88,15 +82,15 @@ def test_existing_figures_need_overwrite(fake_run, tmp_path, capsys):
     out.mkdir()
     (out / "network.png").write_bytes(b"mine")
     (out / "notes.txt").write_text("kept\n")
-    rc, err = run_cli(["--run", fake_run, "--out", out], capsys)
+    rc, err = run_cli(["--dpi", "72", "--run", fake_run, "--out", out], capsys)
     assert_one_line_error(rc, err, str(out), "network.png", "--overwrite")
     assert sorted(p.name for p in out.iterdir()) == ["network.png", "notes.txt"]
     assert (out / "network.png").read_bytes() == b"mine"
     # files of other names are no obstacle; --overwrite replaces
-    assert F.main(["--run", str(fake_run), "--out", str(out), "--no-diagrams"]) == 0
-    rc, err = run_cli(["--run", fake_run, "--out", out, "--no-diagrams"], capsys)
+    assert F.main(["--dpi", "72", "--run", str(fake_run), "--out", str(out), "--no-diagrams"]) == 0
+    rc, err = run_cli(["--dpi", "72", "--run", fake_run, "--out", out, "--no-diagrams"], capsys)
     assert_one_line_error(rc, err, "training_curves.png", "more", "--overwrite")
-    assert F.main(["--run", str(fake_run), "--out", str(out), "--overwrite"]) == 0
+    assert F.main(["--dpi", "72", "--run", str(fake_run), "--out", str(out), "--overwrite"]) == 0
     assert_png(out / "network.png", 30_000)
     assert (out / "notes.txt").read_text() == "kept\n"
 
@@ -128,7 +122,7 @@ def test_bad_run_files_are_refused_before_drawing(
     path = fake_run / name if name == "history.csv" else fake_run / "results" / "tst" / name
     path.write_bytes(content)
     out = tmp_path / "figs"
-    rc, err = run_cli(["--run", fake_run, "--out", out], capsys)
+    rc, err = run_cli(["--dpi", "72", "--run", fake_run, "--out", out], capsys)
     assert_one_line_error(rc, err, str(path), fragment)
     assert not out.exists()
 
@@ -149,7 +143,78 @@ def test_map_coordinates_skip_the_maps(fake_run, tmp_path, caplog):
     metrics["split_dir"] = "data/tst"
     E.write_outputs(res, metrics, preds, overwrite=True)
     out = tmp_path / "figs"
-    assert F.main(["--run", str(fake_run), "--out", str(out), "--no-diagrams"]) == 0
+    assert F.main(["--dpi", "72", "--run", str(fake_run), "--out", str(out), "--no-diagrams"]) == 0
     assert sorted(p.name for p in out.iterdir()) == sorted({"training_curves.png", *E.FIGURE_FILES})
     warned = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
     assert any("data/tst: row/col" in m and "tile grid indices" in m for m in warned), warned
+
+
+def test_an_eval_directory_of_several_splits_names_the_one_to_pass(fake_run, tmp_path, capsys):
+    import shutil
+
+    results = fake_run / "results"
+    shutil.copytree(results / "tst", results / "val")
+    (results / "results.json").write_text('{"splits": {}}')  # eval.py's top level
+    out = tmp_path / "figs"
+    rc, err = run_cli(["--result", results, "--out", out, "--no-diagrams"], capsys)
+    assert_one_line_error(rc, err, str(results), "tst, val", f"--result {results / 'val'}")
+    assert not out.exists()
+
+
+def test_formats_dpi_colours_and_the_runs_diagram_settings(fake_run, tmp_path):
+    import json
+
+    (fake_run / "args.json").write_text(json.dumps({"args": {"hidden": 64, "reduction": 4}}))
+    out = tmp_path / "figs"
+    assert F.main(["--dpi", "72", "--run", str(fake_run), "--out", str(out), "--format", "png,svg",
+                   "--dpi", "60", "--colors", "water=#000000"]) == 0
+    for name in (*F.DIAGRAMS, *F.RUN_FIGURES):
+        assert (out / name).is_file() and (out / name).with_suffix(".svg").is_file(), name
+    net = (out / "network.svg").read_text()
+    assert "FC 64" in net and "r = 4" in net and "FC 1024" not in net
+    assert "n×16" in (out / "corrfusion_module.svg").read_text()  # d / r
+    assert "#000000" in (out / "class_maps.svg").read_text()
+    curves = (out / "training_curves.svg").read_text()
+    assert "OA t1" in curves and "train" not in curves and "val" in curves
+    assert F.main(["--dpi", "72", "--out", str(tmp_path / "d"), "--hidden", "128", "--format", "svg"]) == 0
+    assert "FC 128" in (tmp_path / "d" / "network.svg").read_text()
+
+
+@pytest.mark.parametrize("argv", [["--format", "png,gif"], ["--colors", "water"],
+                                  ["--colors", "water=notacolour"], ["--dpi", "0"]])
+def test_bad_figure_options_are_usage_errors(argv, tmp_path):
+    with pytest.raises(SystemExit) as exc:
+        F.main(["--dpi", "72", "--out", str(tmp_path / "x"), *argv])
+    assert exc.value.code == 2 and not (tmp_path / "x").exists()
+
+
+def test_overlay_needs_the_evaluated_split(fake_run, tmp_path, capsys):
+    import json
+
+    from data import synthetic
+
+    out = tmp_path / "figs"
+    rc, err = run_cli(["--dpi", "72", "--run", fake_run, "--out", out, "--overlay",
+                       "--no-diagrams"], capsys)
+    assert_one_line_error(rc, err, "--overlay", "split_dir")
+    assert not out.exists()
+    # with the split that was evaluated: the maps are drawn over its date-2 tiles
+    synthetic.generate(tmp_path / "data", pairs=40, size=16, classes=3, seed=0)
+    split = tmp_path / "data" / "tst"
+    from data.shards import read_labels
+
+    labels = read_labels(split)
+    res = fake_run / "results" / "tst"
+    with np.load(res / "predictions.npz") as z:
+        preds = {k: z[k] for k in z.files}
+    n = len(labels["label_t1"])
+    preds = {k: (v[:n] if v.ndim and len(v) == len(preds["p_change"]) else v)
+             for k, v in preds.items()}
+    preds["row"], preds["col"] = labels["row"], labels["col"]
+    np.savez(res / "predictions.npz", **preds)
+    doc = json.loads((res / "results.json").read_text())
+    doc["metrics"]["split_dir"] = str(split)
+    (res / "results.json").write_text(json.dumps(doc))
+    assert F.main(["--dpi", "72", "--run", str(fake_run), "--out", str(out), "--overlay",
+                   "--no-diagrams"]) == 0
+    assert_png(out / "change_map.png")

@@ -1,25 +1,14 @@
 """utils.plots: every figure is written as a real PNG of reasonable size that shows something:
 its pixels vary and a fair part of it is not background (a blank figure fails)."""
 
-import matplotlib.image as mpimg
 import numpy as np
 import pytest
 
+from tests.utils._images import assert_png
 from utils import metrics as M
 from utils import plots as P
 
-PNG = b"\x89PNG\r\n\x1a\n"
 NAMES = ["water", "farmland", "residential", "industrial"]
-
-
-def assert_png(path, min_bytes=3_000, max_bytes=3_000_000, min_drawn=0.02):
-    data = path.read_bytes()
-    assert data[:8] == PNG, path
-    assert min_bytes < len(data) < max_bytes, (path, len(data))
-    pixels = mpimg.imread(path)[..., :3]
-    assert pixels.std() > 0.05, (path, "nearly uniform image")
-    drawn = (np.abs(pixels - pixels[0, 0]).sum(axis=-1) > 0.1).mean()  # not the background
-    assert drawn > min_drawn, (path, f"only {drawn:.1%} of the pixels drawn")
 
 
 def test_a_blank_figure_fails_the_check(tmp_path):
@@ -138,3 +127,86 @@ def test_history(tmp_path):
     (tmp_path / "empty.csv").write_text("")
     with pytest.raises(ValueError, match="header"):
         P.read_history(tmp_path / "empty.csv")
+
+
+def test_a_single_colour_figure_fails_the_check(tmp_path):
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(6, 4), dpi=100, facecolor="#336699")
+    fig.savefig(tmp_path / "flat.png", facecolor="#336699")
+    with pytest.raises(AssertionError):
+        assert_png(tmp_path / "flat.png", min_bytes=0)
+
+
+def test_change_colours_are_distinct_and_unchanged_is_not_white():
+    from matplotlib.colors import to_rgb
+
+    rgb = {name: np.array(to_rgb(c)) for name, c in P.CHANGE_COLORS.items()}
+    assert len({tuple(v) for v in rgb.values()}) == 4
+    tn = rgb["TN (unchanged, correct)"]
+    assert np.abs(tn - np.array(to_rgb(P._NO_DATA))).max() > 0.2  # far from "no tile" white
+    # Okabe-Ito: no red/green pair
+    assert "#1a9850" not in P.CHANGE_COLORS.values() and "#d73027" not in P.CHANGE_COLORS.values()
+
+
+def test_class_colours_follow_known_names_and_stay_stable():
+    names = ["water", "Dense_Residential", "forest", "unknown_a", "farmland", "unknown_b"]
+    colors = P.class_colors(names)
+    assert colors[0] == "#1f78b4" and colors[2] == "#1b7837" and colors[4] == "#e6c229"
+    assert len(set(colors)) == len(names)
+    assert P.class_colors(names) == colors  # same names, same colours
+    assert P.class_colors(["x", "y"])[0] == P.class_colors(["x", "z"])[0]  # by class id
+    assert P.class_colors(names, {"water": "#000000"})[0] == "#000000"
+    assert P.class_colors(["lake", "river"])[0] != P.class_colors(["lake", "river"])[1]
+
+
+def test_history_keeps_every_column_under_its_run():
+    h = {"epoch": np.arange(1.0, 4.0), "loss": np.ones(3), "oa_t1": np.ones(3),
+         "val_oa_t1": np.ones(3), "tst_oa_t1": np.ones(3), "trn_oa_t1": np.ones(3),
+         "trn_loss": np.ones(3), "cancorr": np.ones(3), "learning_rate": np.ones(3),
+         **{f"extra_{i}": np.ones(3) for i in range(12)}}
+    groups = P.history_groups(h)
+    assert set(groups["oa_t1"]) == {"trn", "val", "tst", "trn (full)"}
+    assert set(groups["loss"]) == {"trn", "trn (full)"}
+    assert len(groups) == 4 + 12
+
+
+def test_vector_formats_and_dpi(tmp_path):
+    cm = np.array([[5, 2], [1, 7]])
+    path = P.plot_confusion_matrix(cm, ["bare_soil", "water"], tmp_path / "cm.png",
+                                   formats=("png", "pdf", "svg"), dpi=50)
+    assert path == tmp_path / "cm.png" and path.is_file()
+    assert (tmp_path / "cm.pdf").read_bytes()[:4] == b"%PDF"
+    svg = (tmp_path / "cm.svg").read_text()
+    assert "bare soil" in svg and "bare_soil" not in svg  # underscores shown as spaces
+    assert "71%" in svg and "29%" in svg  # counts and row per cent: 5 and 2 of 7
+    small = P.plot_confusion_matrix(cm, ["a", "b"], tmp_path / "small.png", dpi=50)
+    big = P.plot_confusion_matrix(cm, ["a", "b"], tmp_path / "big.png", dpi=200)
+    import matplotlib.image as mpimg
+
+    assert mpimg.imread(big).shape[0] > 3 * mpimg.imread(small).shape[0]
+
+
+def test_change_map_over_the_date2_image(tmp_path):
+    import matplotlib.image as mpimg
+
+    row, col = np.divmod(np.arange(12), 4)
+    rng = np.random.default_rng(0)
+    tiles = np.zeros((12, 8, 8, 3), np.float32)
+    tiles[..., 1] = rng.random((12, 8, 8))  # green noise: only the image can put it there
+    mosaic = P.tile_mosaic(row, col, tiles, cell=8)
+    assert mosaic.shape == (3 * 8, 4 * 8, 3)
+    np.testing.assert_array_equal(mosaic[:8, 8:16], tiles[1])
+    t = np.zeros(12, bool)
+    t[:3] = True
+    p = t.copy()
+    p[5] = True
+    plain = P.plot_change_map(row, col, t, p, tmp_path / "plain.png")
+    over = P.plot_change_map(row, col, t, p, tmp_path / "over.png", background=mosaic)
+    assert_png(over)
+
+    def greenish(path):
+        px = mpimg.imread(path)[..., :3]
+        return ((px[..., 1] - px[..., [0, 2]].max(-1)) > 0.3).mean()
+
+    assert greenish(over) > 0.05 and greenish(plain) < 0.01
