@@ -229,3 +229,61 @@ class TensorBoardLogger(keras.callbacks.Callback):
         for w in self.writers.values():
             w.close()
 
+
+
+class FusionHistograms(keras.callbacks.Callback):
+    """Per epoch, over the whole validation split: TensorBoard histograms of CorrFusion's fusion
+    weight w = 1 − tanh(dist) and of dist, for unchanged and for changed pairs apart
+    (``fusion_weight/unchanged``, ``fusion_weight/changed``, ``dist/unchanged``, ``dist/changed``
+    in ``TB_DIR/val``), and the group means as scalars. The module is meant to give w near 1 for
+    unchanged and near 0 for changed pairs; these show whether it does. TensorFlow backend only.
+    """
+
+    KEYS = ("fusion_weight", "dist")
+
+    @classmethod
+    def create(cls, tb_dir: Path, val, method: str):
+        """None (with a message) when there is nothing to log or no TensorFlow backend."""
+        if method != "corrfusion" or val is None:
+            return None
+        if keras.backend.backend() != "tensorflow":
+            log.warning("fusion weight histograms need the TensorFlow backend (this is %s): skipped",
+                        keras.backend.backend())
+            return None
+        return cls(tb_dir, val)
+
+    def __init__(self, tb_dir: Path, val):
+        super().__init__()
+        import tensorflow as tf
+
+        self.tf = tf
+        self.val = val
+        self.writer = tf.summary.create_file_writer(str(Path(tb_dir) / "val"))
+
+    def collect(self) -> dict[str, np.ndarray]:
+        """w, dist and the changed flag of every validation pair (labels > 0 on both dates)."""
+        parts: dict[str, list] = {k: [] for k in (*self.KEYS, "changed")}
+        for i in range(len(self.val)):
+            (x1, x2), (y1, y2) = self.val[i]
+            out = self.model((x1, x2), training=False)
+            y1, y2 = np.asarray(y1).reshape(-1), np.asarray(y2).reshape(-1)
+            for key in self.KEYS:
+                parts[key].append(keras.ops.convert_to_numpy(out[key]).reshape(-1))
+            parts["changed"].append(y1 != y2)
+        return {k: np.concatenate(v) for k, v in parts.items()}
+
+    def on_epoch_end(self, epoch, logs=None):
+        tf = self.tf
+        values = self.collect()
+        changed = values["changed"]
+        with self.writer.as_default():
+            for key in self.KEYS:
+                for group, mask in (("unchanged", ~changed), ("changed", changed)):
+                    if mask.any():
+                        tf.summary.histogram(f"{key}/{group}", values[key][mask], step=epoch + 1)
+                        tf.summary.scalar(f"{key}_mean/{group}", float(values[key][mask].mean()),
+                                          step=epoch + 1)
+        self.writer.flush()
+
+    def on_train_end(self, logs=None):
+        self.writer.close()

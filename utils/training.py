@@ -286,6 +286,7 @@ def make_callbacks(config, data: Data, paths: RunPaths, state: dict, run_info: d
         Checkpoints,
         EpochLog,
         FiniteLossGuard,
+        FusionHistograms,
         SplitEvaluation,
         TensorBoardLogger,
     )
@@ -306,6 +307,9 @@ def make_callbacks(config, data: Data, paths: RunPaths, state: dict, run_info: d
         tb = TensorBoardLogger.create(paths.tb_dir, sample=data.val)
         if tb is not None:
             cbs.append(tb)
+        fusion = FusionHistograms.create(paths.tb_dir, data.val, config.method)
+        if fusion is not None:
+            cbs.append(fusion)
     return cbs, guard
 
 

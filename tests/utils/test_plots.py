@@ -138,3 +138,12 @@ def test_history(tmp_path):
     (tmp_path / "empty.csv").write_text("")
     with pytest.raises(ValueError, match="header"):
         P.read_history(tmp_path / "empty.csv")
+
+
+@pytest.mark.parametrize("n_changed", [5, 0])
+def test_fusion_weights(tmp_path, n_changed):
+    rng = np.random.default_rng(0)
+    dist = np.concatenate([rng.gamma(2, 0.3, 60), rng.gamma(6, 0.6, n_changed)])
+    changed = np.arange(len(dist)) >= 60
+    path = P.plot_fusion_weights(1 - np.tanh(dist), dist, changed, tmp_path / "w.png")
+    assert_png(path)
