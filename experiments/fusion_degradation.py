@@ -166,11 +166,30 @@ def collect(args) -> list[dict]:
                     if not f.is_file():
                         continue
                     m = json.loads(f.read_text())["metrics"]
-                    w = m.get("fusion_weight_mean") or {}
                     rows.append({"setting": setting, "strength": s, "method": method, "seed": k,
                                  **{key: m.get(key) for key, _ in METRICS},
-                                 "w_unchanged": w.get("unchanged"), "w_changed": w.get("changed")})
+                                 **fusion_means(f.parent / "predictions.npz")})
     return rows
+
+
+FUSION = ("w_unchanged", "w_changed", "dist_unchanged", "dist_changed")
+
+
+def fusion_means(npz: Path) -> dict:
+    """Mean fusion weight w and dist of the unchanged and the changed test pairs (corrfusion)."""
+    import numpy as np
+
+    out = dict.fromkeys(FUSION)
+    if not npz.is_file():
+        return out
+    with np.load(npz) as z:
+        if "fusion_weight" not in z.files:
+            return out
+        changed = z["changed_true"].astype(bool)
+        for key, name in (("fusion_weight", "w"), ("dist", "dist")):
+            for group, mask in (("unchanged", ~changed), ("changed", changed)):
+                out[f"{name}_{group}"] = float(z[key][mask].mean()) if mask.any() else None
+    return out
 
 
 def summarize(rows: list[dict]) -> list[dict]:
@@ -182,7 +201,7 @@ def summarize(rows: list[dict]) -> list[dict]:
     out = []
     for (setting, s, method), rs in groups.items():
         row = {"setting": setting, "strength": s, "method": method, "runs": len(rs)}
-        for key in [k for k, _ in METRICS] + ["w_unchanged", "w_changed"]:
+        for key in [k for k, _ in METRICS] + list(FUSION):
             v = np.array([r[key] for r in rs if r[key] is not None], float)
             row[key + "_mean"] = float(v.mean()) if len(v) else None
             row[key + "_std"] = float(v.std(ddof=1)) if len(v) > 1 else None
@@ -197,12 +216,14 @@ def table(summary: list[dict]) -> str:
             return "—"
         return fmt.format(scale * m) + ("" if sd is None else " ± " + fmt.format(scale * sd))
 
-    lines = ["| setting | s | method | runs | OA_t1 | OA_t2 | change F1 | w unchanged | w changed |",
-             "|---|---:|---|---:|---:|---:|---:|---:|---:|"]
+    lines = ["| setting | s | method | runs | OA_t1 (%) | OA_t2 (%) | change F1 (%) | w unchanged "
+             "| w changed | dist unchanged | dist changed |",
+             "|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for r in summary:
         lines.append(f"| {r['setting']} | {r['strength']:g} | {r['method']} | {r['runs']} | "
                      + " | ".join([cell(r, k) for k, _ in METRICS]
-                                  + [cell(r, k, 1, "{:.3f}") for k in ("w_unchanged", "w_changed")])
+                                  + [cell(r, k, 1, "{:.3f}") for k in FUSION[:2]]
+                                  + [cell(r, k, 1, "{:.2f}") for k in FUSION[2:]])
                      + " |")
     return "\n".join(lines) + "\n"
 
@@ -217,15 +238,18 @@ def figure(args, summary: list[dict], path: Path) -> None:
     for i, setting in enumerate(settings):
         for j, (key, title) in enumerate(METRICS):
             ax = axes[i, j]
-            for method in args.methods:
+            span = (max(args.levels) - min(args.levels)) or 1.0
+            for i_m, method in enumerate(args.methods):
                 rs = sorted((r for r in summary if r["setting"] == setting and r["method"] == method
                              and r[key + "_mean"] is not None), key=lambda r: r["strength"])
                 if not rs:
                     continue
-                x = np.array([r["strength"] for r in rs])
+                # a small sideways offset per method, so that equal values stay visible
+                x = np.array([r["strength"] for r in rs]) + 0.012 * span * (i_m - 1.5)
                 m = 100 * np.array([r[key + "_mean"] for r in rs])
                 sd = 100 * np.array([r[key + "_std"] or 0.0 for r in rs])
-                (line,) = ax.plot(x, m, marker="o", label=method)
+                (line,) = ax.plot(x, m, marker="osD^v<>"[i_m % 7], ls=("-", "--", "-.", ":")[i_m % 4],
+                                  label=method)
                 ax.fill_between(x, m - sd, m + sd, color=line.get_color(), alpha=0.15)
             ax.set_title(f"{title} ({setting})")
             ax.set_xlabel(f"degradation strength s of {args.degrade}")
@@ -242,8 +266,7 @@ def report(args) -> None:
     rows = collect(args)
     summary = summarize(rows)
     with open(out / "results.csv", "w", newline="") as fh:
-        cols = ["setting", "strength", "method", "seed", *[k for k, _ in METRICS], "w_unchanged",
-                "w_changed"]
+        cols = ["setting", "strength", "method", "seed", *[k for k, _ in METRICS], *FUSION]
         writer = csv.DictWriter(fh, cols)
         writer.writeheader()
         writer.writerows(rows)
