@@ -88,7 +88,8 @@ def test_tensorboard_event_files_have_the_tags(trained):
     for tag in ("loss", "ce_t1", "ce_t2", "corr_loss", "decov_loss", "oa_t1", "oa_t2", "oa_bi",
                 "oa_tr", "cancorr", "learning_rate"):
         assert tag in tags["trn"], tag
-    for tag in ("loss", "oa_t1", "oa_t2", "oa_bi", "oa_tr", "fusion_weight"):
+    for tag in ("loss", "oa_t1", "oa_t2", "oa_bi", "oa_tr", "fusion_weight",
+                "fusion_weight/unchanged", "dist/unchanged"):  # the whole val split, by change
         assert tag in tags["val"], tag
     for tag in ("loss", "oa_t1", "oa_tr"):
         assert tag in tags["tst"], tag
