@@ -263,8 +263,7 @@ class FusionHistograms(keras.callbacks.Callback):
     def collect(self) -> dict[str, np.ndarray]:
         """w, dist and the changed flag of every validation pair (labels > 0 on both dates)."""
         parts: dict[str, list] = {k: [] for k in (*self.KEYS, "changed")}
-        for i in range(len(self.val)):
-            (x1, x2), (y1, y2) = self.val[i]
+        for (x1, x2), (y1, y2) in self.val:  # a tf.data.Dataset (TensorFlow backend)
             out = self.model((x1, x2), training=False)
             y1, y2 = np.asarray(y1).reshape(-1), np.asarray(y2).reshape(-1)
             for key in self.KEYS:

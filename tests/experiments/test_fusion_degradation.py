@@ -55,3 +55,12 @@ def test_tiny_experiment_end_to_end(tmp_path):
     # resumable: a second call finds every run done and only redraws
     subprocess.run(argv, check=True, cwd=ROOT, capture_output=True)
     assert (out / "results.csv").read_text().splitlines() == rows
+
+
+def test_readme_table_is_the_committed_results():
+    """The README's "Does fusion help?" table is the script's table.md, not typed by hand."""
+    table = (ROOT / "experiments" / "fusion_degradation" / "table.md").read_text()
+    readme = (ROOT / "README.md").read_text()
+    assert table.strip() and table in readme
+    rows = (ROOT / "experiments" / "fusion_degradation" / "results.csv").read_text().splitlines()
+    assert len(rows) > 1

@@ -91,11 +91,9 @@ def test_fusion_histograms_split_changed_and_unchanged_pairs(tmp_path):
     assert FusionHistograms.create(tmp_path, [], "baseline") is None  # no fusion module
     net = cfn.build_model(3, image_size=(16, 16), backbone="small", hidden=8, seed=0)
     rng = np.random.default_rng(0)
-    y1 = [np.array([0, 1, 2, 0]), np.array([1, 2, 0])]
-    y2 = [np.array([0, 2, 2, 0]), np.array([1, 0, 1])]  # 3 changed, 4 unchanged
-    val = [((rng.integers(0, 255, (len(a), 16, 16, 3), dtype=np.uint8),
-             rng.integers(0, 255, (len(a), 16, 16, 3), dtype=np.uint8)), (a, b))
-           for a, b in zip(y1, y2, strict=True)]
+    y1, y2 = np.array([0, 1, 2, 0, 1, 2, 0]), np.array([0, 2, 2, 0, 1, 0, 1])  # 3 changed, 4 not
+    x1, x2 = (rng.integers(0, 255, (7, 16, 16, 3), dtype=np.uint8) for _ in range(2))
+    val = tf.data.Dataset.from_tensor_slices(((x1, x2), (y1, y2))).batch(4)  # as train's loader
     cb = FusionHistograms.create(tmp_path, val, "corrfusion")
     cb.set_model(net)
     cb.on_epoch_end(0)
