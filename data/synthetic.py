@@ -12,10 +12,24 @@ split 70/10/20 at random, and written as uint8, uncompressed (so that the loader
 batch and holds no shard in memory; see ``data.shards.write_shard``). Everything follows from
 ``seed``.
 
+Degradation (optional, off by default): one date of every pair, or both, or one chosen at random
+per pair (``--degrade t1|t2|both|either``), is degraded with a controlled strength after the clean
+pairs are made: haze (``--haze h``: a bright, slightly tinted veil of thickness about h, so
+contrast falls by about 1 − h; 1 leaves an almost flat tile), opaque clouds (``--cloud_cover c``: the
+fraction c of every degraded tile under smooth-edged cloud), extra Gaussian sensor noise
+(``--noise σ``, in units of the full 0..1 intensity range) and a Gaussian blur (``--blur σ`` in
+pixels). The degradation draws from its own random stream (seeded by ``seed``), so the clean scenes,
+labels and splits are the same at every strength: data sets that differ only in strength differ
+only by the degradation, and a larger strength degrades the same tiles with the same cloud shapes
+and noise pattern more. With every strength 0 (the default) the output is the undegraded data set,
+bit for bit. Misregistration beyond the built-in ±2 px is not offered.
+
 Command line::
 
     python -m data.synthetic --out DIR [--pairs N] [--size S] [--classes K] [--change_rate P]
                              [--seed K] [--shard_size M]
+                             [--degrade t1|t2|both|either] [--haze H] [--cloud_cover C]
+                             [--noise SIGMA] [--blur SIGMA]
 """
 
 from __future__ import annotations
@@ -36,6 +50,10 @@ from utils.cli import configure_logging
 
 log = logging.getLogger(__name__)
 
+DEGRADE_DATES = ("t1", "t2", "both", "either")
+#: strength options of the degradation (all 0: none); see :func:`degrade_pairs`
+DEGRADATION_KEYS = ("haze", "cloud_cover", "noise", "blur")
+_DEGRADE_STREAM = 0xDE6  # second entry of the degradation's seed: a stream apart from the scenes'
 MARGIN = 2  # canvas margin in pixels: room for the date-2 misregistration
 CHUNK = 512  # scenes generated per vectorised step (bounds the float32 temporaries)
 
@@ -292,7 +310,61 @@ def make_pairs(n, size=64, classes=8, change_rate=0.05, seed=0):
             "label_t2": (label_t2 + 1).astype(np.int32), "row": pos // ncols, "col": pos % ncols}
 
 
-def check_args(pairs, size, classes, change_rate, shard_size):
+# ----------------------------------------------------------------------------- degradation
+
+
+def _degrade(rng, x, haze, cloud_cover, noise, blur):
+    """One date's degradation of float tiles ``x`` (m, s, s, 3) in [0, 1]; draws a fixed set of
+    random numbers whatever the strengths, so that every strength sees the same fields."""
+    from scipy.ndimage import gaussian_filter
+
+    m, s = x.shape[:2]
+    airlight = (rng.uniform(0.7, 0.9, (m, 1, 1, 1)) + rng.uniform(-0.03, 0.03, (m, 1, 1, 3)))
+    thickness = 0.8 + 0.4 * _smooth(rng, m, s, 2)[..., None]  # haze varies a little over a tile
+    field = _smooth(rng, m, s, 3) + 0.35 * _smooth(rng, m, s, 7)  # cloud shapes
+    cloud = rng.uniform(0.85, 1.0, (m, 1, 1, 1))
+    grain = rng.normal(0, 1, x.shape).astype(np.float32)
+    if blur > 0:
+        x = gaussian_filter(x, sigma=(0, blur, blur, 0), mode="reflect")
+    t = np.clip(haze * thickness, 0, 1)
+    x = (1 - t) * x + t * airlight
+    if cloud_cover > 0:
+        flat = field.reshape(m, -1)
+        q = np.quantile(flat, 1 - cloud_cover, axis=1)[:, None, None]  # c of the tile above q
+        alpha = np.clip((field - q) / 0.04 + 0.5, 0, 1)[..., None] if cloud_cover < 1 else 1.0
+        x = (1 - alpha) * x + alpha * cloud
+    return x + noise * grain
+
+
+def degrade_pairs(data, seed=0, date="t2", haze=0.0, cloud_cover=0.0, noise=0.0, blur=0.0):
+    """``data`` (from :func:`make_pairs`) with ``date``'s images degraded; the input is not changed.
+
+    ``date``: t1, t2, both, or either (one date per pair, each with probability 1/2). With every
+    strength 0 the same dict comes back. The random stream is ``(seed, 0xDE6, chunk)``, apart from
+    the scenes', and the draws do not depend on the strengths.
+    """
+    if date not in DEGRADE_DATES:
+        raise ValueError(f"--degrade {date}: expected one of {', '.join(DEGRADE_DATES)}")
+    if not any((haze, cloud_cover, noise, blur)):
+        return data
+    out = dict(data)
+    x1, x2 = data["image_t1"].copy(), data["image_t2"].copy()
+    n = len(x1)
+    for start in range(0, n, CHUNK):
+        sl = slice(start, min(n, start + CHUNK))
+        r = np.random.default_rng([seed, _DEGRADE_STREAM, start // CHUNK])
+        pick_t1 = r.random(sl.stop - sl.start) < 0.5  # "either": the date degraded in each pair
+        mask = {"t1": {"t1": True, "t2": False, "both": True, "either": pick_t1}[date],
+                "t2": {"t1": False, "t2": True, "both": True, "either": ~pick_t1}[date]}
+        for name, x in (("t1", x1), ("t2", x2)):
+            d = _degrade(r, x[sl].astype(np.float32) / 255, haze, cloud_cover, noise, blur)
+            d = np.clip(np.rint(d * 255), 0, 255).astype(np.uint8)
+            x[sl] = np.where(np.reshape(mask[name], (-1, 1, 1, 1)), d, x[sl])
+    out["image_t1"], out["image_t2"] = x1, x2
+    return out
+
+
+def check_args(pairs, size, classes, change_rate, shard_size, degradation=None):
     """ValueError (one line) for arguments outside what the generator supports."""
     if pairs < 10:
         raise ValueError(f"--pairs {pairs}: expected at least 10")
@@ -304,16 +376,28 @@ def check_args(pairs, size, classes, change_rate, shard_size):
         raise ValueError(f"--change_rate {change_rate}: expected a fraction in [0, 1]")
     if shard_size is not None and shard_size < 1:
         raise ValueError(f"--shard_size {shard_size}: expected >= 1")
+    d = degradation or {}
+    if d.get("date", "t2") not in DEGRADE_DATES:
+        raise ValueError(f"--degrade {d['date']}: expected one of {', '.join(DEGRADE_DATES)}")
+    for key in ("haze", "cloud_cover"):
+        if not 0 <= d.get(key, 0) <= 1:
+            raise ValueError(f"--{key} {d[key]}: expected a strength in [0, 1]")
+    for key in ("noise", "blur"):
+        if not 0 <= d.get(key, 0) <= 100:
+            raise ValueError(f"--{key} {d[key]}: expected a sigma in [0, 100]")
 
 
-def generate(out_dir, pairs=1000, size=64, classes=8, change_rate=0.05, seed=0, shard_size=None):
+def generate(out_dir, pairs=1000, size=64, classes=8, change_rate=0.05, seed=0, shard_size=None,
+             degradation=None):
     """Write ``out_dir/{trn,val,tst}`` (70/10/20) of demo pairs; returns ``{split: [paths]}``.
 
+    ``degradation``: keyword arguments of :func:`degrade_pairs` (``date``, ``haze``, ...), or None.
     Refuses (ShardError) output split directories that exist and are not empty.
     """
-    check_args(pairs, size, classes, change_rate, shard_size)
+    check_args(pairs, size, classes, change_rate, shard_size, degradation)
     splits.check_output_dir(out_dir)
-    data = make_pairs(pairs, size, classes, change_rate, seed)
+    data = degrade_pairs(make_pairs(pairs, size, classes, change_rate, seed), seed,
+                         **(degradation or {}))
     parts = splits.split_indices(pairs, splits.DEFAULT_FRACTIONS, seed)
     return splits.write_splits(out_dir, parts, lambda idx: {k: v[idx] for k, v in data.items()},
                                shard_size, list(CLASS_NAMES[:classes]))
@@ -364,7 +448,23 @@ def parse_args(argv=None):
     gen.add_argument("--change_rate", type=float, default=0.05,
                      help="fraction of pairs whose class changes (default 0.05)")
     gen.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    deg = p.add_argument_group("degradation of one date (all strengths 0 = none, the default)")
+    deg.add_argument("--degrade", choices=DEGRADE_DATES, default="t2",
+                     help="the date degraded: t1, t2 (default), both, or either (one at random "
+                          "per pair)")
+    deg.add_argument("--haze", type=float, default=0.0,
+                     help="haze thickness 0..1 (contrast falls by about 1 - h)")
+    deg.add_argument("--cloud_cover", type=float, default=0.0,
+                     help="fraction 0..1 of each degraded tile under opaque cloud")
+    deg.add_argument("--noise", type=float, default=0.0,
+                     help="sigma of extra Gaussian noise, in units of the 0..1 intensity range")
+    deg.add_argument("--blur", type=float, default=0.0, help="sigma of a Gaussian blur in pixels")
     return p.parse_args(argv)
+
+
+def degradation_of(args) -> dict:
+    """The ``degradation`` argument of :func:`generate` from parsed arguments."""
+    return {"date": args.degrade, **{k: getattr(args, k) for k in DEGRADATION_KEYS}}
 
 
 def main(argv=None):
@@ -372,7 +472,7 @@ def main(argv=None):
     args = parse_args(argv)
     try:
         written = generate(args.out, args.pairs, args.size, args.classes, args.change_rate,
-                           args.seed, args.shard_size)
+                           args.seed, args.shard_size, degradation_of(args))
     except (ValueError, OSError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

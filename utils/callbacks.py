@@ -340,22 +340,22 @@ class TensorBoardLogger(keras.callbacks.Callback):
     """TensorBoard event files in trn/, val/, tst/ (the original's run names).
 
     Scalars grouped by kind (``loss/``, ``accuracy/``, ``cca/``, ``optim/``, ``change/``) with a
-    one-line description each; histograms of the fusion weights; every ``figures.every`` epochs the
+    one-line description each; every ``figures.every`` epochs the
     validation confusion matrices, the from → to transition matrices and the PR curve of p_change;
     the hparams plugin's row of the run (in val/, so ``tensorboard --logdir`` over several runs
     lists and sorts them). No graph: the Keras 3 model traces to one opaque function, which the
     graph tab draws as a single unlabelled box (docs/DESIGN.md §2 draws the network)."""
 
     @classmethod
-    def create(cls, tb_dir: Path, sample=None, figures: ValidationFigures | None = None,
+    def create(cls, tb_dir: Path, figures: ValidationFigures | None = None,
                hparams: dict | None = None):
         if keras.backend.backend() != "tensorflow":
             log.warning("TensorBoard logging needs the TensorFlow backend (this is %s): skipped",
                         keras.backend.backend())
             return None
-        return cls(tb_dir, sample, figures, hparams)
+        return cls(tb_dir, figures, hparams)
 
-    def __init__(self, tb_dir: Path, sample=None, figures: ValidationFigures | None = None,
+    def __init__(self, tb_dir: Path, figures: ValidationFigures | None = None,
                  hparams: dict | None = None):
         super().__init__()
         import tensorflow as tf
@@ -365,11 +365,6 @@ class TensorBoardLogger(keras.callbacks.Callback):
         self.writers = {}
         self.figures = figures
         self.hparams = hparams
-        self.sample = None
-        if sample is not None:  # one fixed batch for the fusion-weight histogram
-            for (x1, x2), _ in sample:
-                self.sample = (np.asarray(x1), np.asarray(x2))
-                break
 
     def writer(self, split: str):
         if split not in self.writers:
@@ -445,17 +440,8 @@ class TensorBoardLogger(keras.callbacks.Callback):
                              metadata=value.metadata.SerializeToString())
 
     def on_epoch_end(self, epoch, logs=None):
-        tf = self.tf
         step = epoch + 1
         self.write_scalars(step, logs or {})
-        if self.sample is not None:
-            out = self.model(self.sample, training=False)
-            if isinstance(out, dict):
-                with self.writer("val").as_default():
-                    for key in ("fusion_weight", "dist"):
-                        if key in out:
-                            tf.summary.histogram(key, keras.ops.convert_to_numpy(out[key]),
-                                                 step=step)
         if self.figures is not None and self.figures.every and step % self.figures.every == 0:
             self.write_figures(step)
         for w in self.writers.values():
@@ -495,3 +481,68 @@ def truncate_event_files(tb_dir: Path, epoch: int) -> None:
                     writer.write(raw)
             tmp.replace(f)
             log.info("%s: dropped %d event(s) after epoch %d", f, dropped, epoch)
+
+
+class FusionHistograms(keras.callbacks.Callback):
+    """Per epoch, over the whole validation split: TensorBoard histograms of CorrFusion's fusion
+    weight w = 1 − tanh(dist) and of dist, for unchanged and for changed pairs apart
+    (``fusion_weight/unchanged``, ``fusion_weight/changed``, ``dist/unchanged``, ``dist/changed``
+    in ``TB_DIR/val``), and the group means as scalars. The module is meant to give w near 1 for
+    unchanged and near 0 for changed pairs; these show whether it does. TensorFlow backend only.
+    """
+
+    KEYS = ("fusion_weight", "dist")
+    DESCRIPTIONS = {
+        "fusion_weight": "fusion weight w = 1 - tanh(dist) of the {group} validation pairs "
+                         "(meant to be near 1 for unchanged, near 0 for changed pairs)",
+        "dist": "distance of the two dates' normalised features of the {group} validation pairs "
+                "(w = 1 - tanh(dist))",
+    }
+
+    @classmethod
+    def create(cls, tb_dir: Path, val, method: str):
+        """None (with a message) when there is nothing to log or no TensorFlow backend."""
+        if method != "corrfusion" or val is None:
+            return None
+        if keras.backend.backend() != "tensorflow":
+            log.warning("fusion weight histograms need the TensorFlow backend (this is %s): skipped",
+                        keras.backend.backend())
+            return None
+        return cls(tb_dir, val)
+
+    def __init__(self, tb_dir: Path, val):
+        super().__init__()
+        import tensorflow as tf
+
+        self.tf = tf
+        self.val = val
+        self.writer = tf.summary.create_file_writer(str(Path(tb_dir) / "val"))
+
+    def collect(self) -> dict[str, np.ndarray]:
+        """w, dist and the changed flag of every validation pair (labels > 0 on both dates)."""
+        parts: dict[str, list] = {k: [] for k in (*self.KEYS, "changed")}
+        for (x1, x2), (y1, y2) in self.val:  # a tf.data.Dataset (TensorFlow backend)
+            out = self.model((x1, x2), training=False)
+            y1, y2 = np.asarray(y1).reshape(-1), np.asarray(y2).reshape(-1)
+            for key in self.KEYS:
+                parts[key].append(keras.ops.convert_to_numpy(out[key]).reshape(-1))
+            parts["changed"].append(y1 != y2)
+        return {k: np.concatenate(v) for k, v in parts.items()}
+
+    def on_epoch_end(self, epoch, logs=None):
+        tf = self.tf
+        values = self.collect()
+        changed = values["changed"]
+        with self.writer.as_default():
+            for key in self.KEYS:
+                for group, mask in (("unchanged", ~changed), ("changed", changed)):
+                    if mask.any():
+                        what = self.DESCRIPTIONS[key].format(group=group)
+                        tf.summary.histogram(f"{key}/{group}", values[key][mask], step=epoch + 1,
+                                             description=what)
+                        tf.summary.scalar(f"{key}_mean/{group}", float(values[key][mask].mean()),
+                                          step=epoch + 1, description=f"mean of the {what}")
+        self.writer.flush()
+
+    def on_train_end(self, logs=None):
+        self.writer.close()

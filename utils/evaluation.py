@@ -161,6 +161,8 @@ def make_predictions(label_t1, label_t2, p1, p2, threshold, class_names, extra=N
 PREDICTION_FILES = ("predictions.npz", "predictions.mat", "predictions.csv")
 FIGURE_FILES = ("confusion_t1.png", "confusion_t2.png", "transitions.png", "pr_curve.png")
 MAP_FILES = ("class_maps.png", "change_map.png", "change_map_threshold.png")
+#: w and dist histograms, changed vs unchanged (only for a model with a fusion module: corrfusion)
+FUSION_FILE = "fusion_weight.png"
 
 
 #: predictions.csv's class id columns: the shards' 1-based ids, each followed by its class name
@@ -233,7 +235,8 @@ def map_problem(metrics, preds) -> str | None:
 def figure_names(metrics, preds) -> list[str]:
     """Names of the PNGs ``write_figures`` writes for these results."""
     maps = "row" in preds and map_problem(metrics, preds) is None
-    return [*FIGURE_FILES, *(MAP_FILES if maps else ())]
+    fusion = (FUSION_FILE,) if "fusion_weight" in preds and "dist" in preds else ()
+    return [*FIGURE_FILES, *(MAP_FILES if maps else ()), *fusion]
 
 
 def write_figures(out_dir, metrics, preds, colors=None, background=None, **save) -> list[Path]:
@@ -281,6 +284,10 @@ def write_figures(out_dir, metrics, preds, colors=None, background=None, **save)
             **save,
         ),
     ]
+    if "fusion_weight" in preds and "dist" in preds:
+        paths.append(plots.plot_fusion_weights(preds["fusion_weight"], preds["dist"],
+                                               preds["changed_true"], out_dir / FUSION_FILE,
+                                               title=f"CorrFusion fusion weight{tag}"))
     problem = map_problem(metrics, preds)
     if problem:
         log.warning("%s; class and change maps skipped", problem)

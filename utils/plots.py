@@ -254,6 +254,33 @@ def plot_pr_curve(
 MAX_GRID_CELLS = 2048 * 2048
 
 
+def plot_fusion_weights(fusion_weight, dist, changed, path, title="CorrFusion fusion weight") -> Path:
+    """Histograms of the fusion weight w = 1 − tanh(dist) and of dist, unchanged vs changed pairs.
+
+    The module is meant to give w near 1 for unchanged and near 0 for changed pairs; each panel
+    says the group means, so a weight near 0 everywhere (no fusion at all) is read off at once.
+    """
+    w = np.asarray(fusion_weight, dtype=np.float64).ravel()
+    d = np.asarray(dist, dtype=np.float64).ravel()
+    c = np.asarray(changed, dtype=bool).ravel()
+    fig = Figure(figsize=(10, 4), layout="constrained")
+    axes = fig.subplots(1, 2)
+    for ax, values, name, lo_hi in ((axes[0], w, "fusion weight w = 1 − tanh(dist)", (0.0, 1.0)),
+                                    (axes[1], d, "dist", None)):
+        finite = values[np.isfinite(values)]
+        lo, hi = lo_hi or ((finite.min(), finite.max()) if finite.size else (0.0, 1.0))
+        bins = np.linspace(lo, hi if hi > lo else lo + 1, 31)
+        for mask, label, color in ((~c, "unchanged", "#2166ac"), (c, "changed", "#d6604d")):
+            if mask.any():
+                ax.hist(values[mask], bins=bins, density=True, alpha=0.55, color=color,
+                        label=f"{label} (n = {int(mask.sum())}, mean {values[mask].mean():.3g})")
+        ax.set_xlabel(name)
+        ax.set_ylabel("density")
+        ax.legend(loc="best", fontsize=8)
+    fig.suptitle(title)
+    return _save(fig, path)
+
+
 def grid_problem(row, col, max_cells=MAX_GRID_CELLS) -> str | None:
     """Why the tiles' (row, col) cannot be drawn as a map, or None when they can.
 

@@ -381,6 +381,7 @@ def make_callbacks(config, data: Data, paths: RunPaths, state: dict, run_info: d
         EpochLog,
         EpochSummary,
         FiniteLossGuard,
+        FusionHistograms,
         SplitEvaluation,
         TensorBoardLogger,
         tb_hparams,
@@ -402,11 +403,14 @@ def make_callbacks(config, data: Data, paths: RunPaths, state: dict, run_info: d
     if config.use_tfboard:
         if config.resume:
             truncate_event_files(paths.tb_dir, int(state["epoch"]))
-        tb = TensorBoardLogger.create(paths.tb_dir, sample=data.val,
+        tb = TensorBoardLogger.create(paths.tb_dir,
                                       figures=validation_figures(config, data),
                                       hparams=tb_hparams(config, run_info["seed"]))
         if tb is not None:
             cbs.append(tb)
+        fusion = FusionHistograms.create(paths.tb_dir, data.val, config.method)
+        if fusion is not None:
+            cbs.append(fusion)
     if config.save_model:
         cbs.append(Checkpoints(paths.best, paths.last, paths.state, guard, state, run_info))
     return cbs, guard

@@ -103,3 +103,79 @@ def test_bad_arguments_and_shard_size(tmp_path, capsys):
     s = shards.inspect_split(tmp_path / "b" / "trn")
     assert s.pairs_per_file == [10, 10, 10, 5] and s.num_classes == 14
     assert sorted(p.name for p in (tmp_path / "b").iterdir()) == ["trn", "tst", "val"]
+
+
+# ----------------------------------------------------------------------------- degradation
+def _files(root):
+    return {p.relative_to(root): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def test_degradation_of_strength_zero_is_todays_data_bit_for_bit(tmp_path):
+    synthetic.generate(tmp_path / "plain", pairs=40, size=16, classes=3, seed=4)
+    synthetic.main(["--out", str(tmp_path / "zero"), "--pairs", "40", "--size", "16",
+                    "--classes", "3", "--seed", "4", "--degrade", "both", "--haze", "0",
+                    "--cloud_cover", "0", "--noise", "0", "--blur", "0"])
+    plain, zero = _files(tmp_path / "plain"), _files(tmp_path / "zero")
+    assert plain and plain == zero  # same files, same bytes
+
+
+def test_degradation_is_deterministic_and_leaves_the_clean_scenes_alone():
+    clean = synthetic.make_pairs(60, size=16, classes=4, seed=3)
+    kw = {"haze": 0.6, "cloud_cover": 0.3, "noise": 0.02, "blur": 0.5}
+    a = synthetic.degrade_pairs(clean, seed=3, date="t2", **kw)
+    b = synthetic.degrade_pairs(synthetic.make_pairs(60, size=16, classes=4, seed=3), 3, "t2", **kw)
+    for key in a:
+        np.testing.assert_array_equal(a[key], b[key])
+    weak = synthetic.degrade_pairs(clean, seed=3, date="t2", haze=0.2)
+    for d in (a, weak):  # levels differ only by the degradation of date 2
+        for key in ("image_t1", "label_t1", "label_t2", "row", "col"):
+            np.testing.assert_array_equal(d[key], clean[key])
+    diff = [np.abs(d["image_t2"].astype(int) - clean["image_t2"]).mean() for d in (weak, a)]
+    assert 0 < diff[0] < diff[1]
+    other = synthetic.degrade_pairs(clean, seed=4, date="t2", **kw)
+    assert not np.array_equal(other["image_t2"], a["image_t2"])
+    assert synthetic.degrade_pairs(clean, seed=3, date="t2") is clean  # nothing to do
+
+
+def test_degradation_strengths_share_their_random_fields():
+    """A stronger haze degrades the same tiles with the same noise: t2(h) is monotone in h."""
+    clean = synthetic.make_pairs(30, size=16, classes=3, seed=0)
+    x = [synthetic.degrade_pairs(clean, 0, "t1", haze=h)["image_t1"].astype(int)
+         for h in (0.3, 0.6, 1.0)]
+    c = clean["image_t1"].astype(int)
+    contrast = [np.std(v - v.mean((1, 2), keepdims=True)) for v in (c, *x)]
+    assert contrast[0] > contrast[1] > contrast[2] > contrast[3]
+    assert contrast[3] < 0.25 * contrast[0]  # haze 1: an almost flat veil
+
+
+@pytest.mark.parametrize("date", ["t1", "both", "either"])
+def test_degraded_dates(date):
+    clean = synthetic.make_pairs(80, size=16, classes=4, seed=1)
+    d = synthetic.degrade_pairs(clean, seed=1, date=date, noise=0.1)
+    hit = {t: (d[f"image_{t}"] != clean[f"image_{t}"]).reshape(80, -1).mean(1) > 0.5
+           for t in ("t1", "t2")}
+    if date == "t1":
+        assert hit["t1"].all() and not hit["t2"].any()
+    elif date == "both":
+        assert hit["t1"].all() and hit["t2"].all()
+    else:  # one date per pair, each about half of the time
+        assert (hit["t1"] ^ hit["t2"]).all() and 20 < hit["t1"].sum() < 60
+
+
+def test_cloud_cover_is_the_covered_fraction():
+    clean = synthetic.make_pairs(40, size=32, classes=4, seed=2)
+    d = synthetic.degrade_pairs(clean, seed=2, date="t2", cloud_cover=0.4)
+    bright = (d["image_t2"].min(-1) >= int(0.85 * 255) - 1).mean()  # clouds are 0.85..1 white
+    assert 0.3 < bright < 0.5
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--haze", "1.5"], "--haze 1.5: expected a strength in [0, 1]"),
+    (["--cloud_cover", "-0.1"], "--cloud_cover -0.1: expected a strength in [0, 1]"),
+    (["--noise", "-1"], "--noise -1.0: expected a sigma in [0, 100]"),
+])
+def test_bad_degradation_arguments(tmp_path, capsys, argv, message):
+    assert synthetic.main(["--out", str(tmp_path / "x"), "--pairs", "20", "--size", "16", *argv]) == 2
+    err = capsys.readouterr().err
+    assert err == f"error: {message}\n"
+    assert not (tmp_path / "x").exists()

@@ -30,6 +30,7 @@ SPLIT_FILES = (
     "class_maps.png",
     "change_map.png",
     "change_map_threshold.png",
+    "fusion_weight.png",  # the model is a corrfusion one
 )
 NPZ_KEYS = {
     "label_t1", "label_t2", "pred_t1", "pred_t2", "prob_t1", "prob_t2", "p_change", "changed_true",
@@ -450,3 +451,13 @@ def test_model_dir_evaluates_val_and_tst(run_dir, demo_data, tmp_path, capsys):
         assert {"OA_t1", "OA_t2", "OA_bi", "OA_tr"} <= set(results["splits"][split])
     table = proc.out if hasattr(proc, "out") else proc.stdout
     assert "val" in table and "tst" in table and "OA_tr" in table
+
+
+def test_fusion_weight_figure_is_drawn(evaluated):
+    import matplotlib.image as mpimg
+
+    out, _ = evaluated
+    for split in ("val", "tst"):
+        pixels = mpimg.imread(out / split / "fusion_weight.png")[..., :3]
+        drawn = (np.abs(pixels - pixels[0, 0]).sum(axis=-1) > 0.1).mean()
+        assert pixels.std() > 0.05 and drawn > 0.02, split

@@ -89,7 +89,8 @@ def test_tensorboard_event_files_have_the_tags(trained):
                 "accuracy/oa_t1", "accuracy/oa_t2", "accuracy/oa_bi", "accuracy/oa_tr",
                 "cca/cancorr", "optim/learning_rate"):
         assert tag in tags["trn"], tag
-    for tag in ("loss/total", "accuracy/oa_t1", "accuracy/oa_t2", "change/f1", "fusion_weight"):
+    for tag in ("loss/total", "accuracy/oa_t1", "accuracy/oa_t2", "change/f1",
+                "fusion_weight/unchanged", "dist/unchanged"):  # the whole val split, by change
         assert tag in tags["val"], tag
     for tag, plugin in (("confusion/t1", "images"), ("confusion/t2", "images"),
                         ("transitions/from_to", "images"),

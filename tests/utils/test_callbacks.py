@@ -242,3 +242,38 @@ def test_epoch_summary_is_one_concise_line(caplog):
         cb.on_epoch_begin(0)
         cb.on_epoch_end(0, logs)
     assert [r.getMessage().startswith("epoch 1/2: loss") for r in caplog.records] == [True]
+
+
+def test_fusion_histograms_split_changed_and_unchanged_pairs(tmp_path):
+    """Per epoch, w and dist of every validation pair as TensorBoard histograms, changed apart."""
+    import tensorflow as tf
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    import model as cfn
+    from utils.callbacks import FusionHistograms
+
+    assert FusionHistograms.create(tmp_path, [], "baseline") is None  # no fusion module
+    net = cfn.build_model(3, image_size=(16, 16), backbone="small", hidden=8, seed=0)
+    rng = np.random.default_rng(0)
+    y1, y2 = np.array([0, 1, 2, 0, 1, 2, 0]), np.array([0, 2, 2, 0, 1, 0, 1])  # 3 changed, 4 not
+    x1, x2 = (rng.integers(0, 255, (7, 16, 16, 3), dtype=np.uint8) for _ in range(2))
+    val = tf.data.Dataset.from_tensor_slices(((x1, x2), (y1, y2))).batch(4)  # as train's loader
+    cb = FusionHistograms.create(tmp_path, val, "corrfusion")
+    cb.set_model(net)
+    cb.on_epoch_end(0)
+    cb.on_epoch_end(1)
+    cb.on_train_end()
+    acc = EventAccumulator(str(tmp_path / "val"), size_guidance={"tensors": 0})
+    acc.Reload()
+    tags = set(acc.Tags()["tensors"])
+    assert {"fusion_weight/unchanged", "fusion_weight/changed", "dist/unchanged",
+            "dist/changed", "fusion_weight_mean/changed"} <= tags, tags
+    events = acc.Tensors("fusion_weight/changed")
+    assert [e.step for e in events] == [1, 2]
+    def value(tag):
+        return tf.make_ndarray(acc.Tensors(tag)[0].tensor_proto)
+
+    # histogram buckets are (left, right, count) rows
+    assert {g: value(f"dist/{g}")[:, 2].sum() for g in ("changed", "unchanged")} == {
+        "changed": 3, "unchanged": 4}
+    assert 0 <= float(value("fusion_weight_mean/unchanged")) <= 1

@@ -210,3 +210,12 @@ def test_change_map_over_the_date2_image(tmp_path):
         return ((px[..., 1] - px[..., [0, 2]].max(-1)) > 0.3).mean()
 
     assert greenish(over) > 0.05 and greenish(plain) < 0.01
+
+
+@pytest.mark.parametrize("n_changed", [5, 0])
+def test_fusion_weights(tmp_path, n_changed):
+    rng = np.random.default_rng(0)
+    dist = np.concatenate([rng.gamma(2, 0.3, 60), rng.gamma(6, 0.6, n_changed)])
+    changed = np.arange(len(dist)) >= 60
+    path = P.plot_fusion_weights(1 - np.tanh(dist), dist, changed, tmp_path / "w.png")
+    assert_png(path)
