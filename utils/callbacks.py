@@ -405,6 +405,10 @@ class TensorBoardLogger(keras.callbacks.Callback):
         out = self.model.predict(fig.dataset, verbose=0)
         p1 = np.asarray(out["prob_t1"], np.float32)
         p2 = np.asarray(out["prob_t2"], np.float32)
+        if not (np.isfinite(p1).all() and np.isfinite(p2).all()):  # a diverged epoch
+            log.warning("epoch %d: non-finite validation probabilities: no TensorBoard figures",
+                        step)
+            return
         m = compute_metrics(fig.label_t1, fig.label_t2, p1, p2, 0.5, fig.class_names)
         changed = np.asarray(fig.label_t1) != np.asarray(fig.label_t2)
         p_change = np.clip(change_probability(p1, p2), 0.0, 1.0).astype(np.float32)
