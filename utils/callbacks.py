@@ -504,23 +504,26 @@ class FusionHistograms(keras.callbacks.Callback):
     }
 
     @classmethod
-    def create(cls, tb_dir: Path, val, method: str):
-        """None (with a message) when there is nothing to log or no TensorFlow backend."""
+    def create(cls, tb_dir: Path, val, method: str, writer=None):
+        """None (with a message) when there is nothing to log or no TensorFlow backend. writer:
+        the TensorBoard logger's val writer, shared (one event file per split; its owner closes
+        it); without one, a writer of its own in TB_DIR/val."""
         if method != "corrfusion" or val is None:
             return None
         if keras.backend.backend() != "tensorflow":
             log.warning("fusion weight histograms need the TensorFlow backend (this is %s): skipped",
                         keras.backend.backend())
             return None
-        return cls(tb_dir, val)
+        return cls(tb_dir, val, writer)
 
-    def __init__(self, tb_dir: Path, val):
+    def __init__(self, tb_dir: Path, val, writer=None):
         super().__init__()
         import tensorflow as tf
 
         self.tf = tf
         self.val = val
-        self.writer = tf.summary.create_file_writer(str(Path(tb_dir) / "val"))
+        self.owns_writer = writer is None
+        self.writer = writer or tf.summary.create_file_writer(str(Path(tb_dir) / "val"))
 
     def collect(self) -> dict[str, np.ndarray]:
         """w, dist and the changed flag of every validation pair (labels > 0 on both dates)."""
@@ -549,4 +552,5 @@ class FusionHistograms(keras.callbacks.Callback):
         self.writer.flush()
 
     def on_train_end(self, logs=None):
-        self.writer.close()
+        if self.owns_writer:
+            self.writer.close()

@@ -408,7 +408,8 @@ def make_callbacks(config, data: Data, paths: RunPaths, state: dict, run_info: d
                                       hparams=tb_hparams(config, run_info["seed"]))
         if tb is not None:
             cbs.append(tb)
-        fusion = FusionHistograms.create(paths.tb_dir, data.val, config.method)
+        fusion = FusionHistograms.create(paths.tb_dir, data.val, config.method,
+                                         writer=tb.writer("val") if tb is not None else None)
         if fusion is not None:
             cbs.append(fusion)
     if config.save_model:

@@ -90,7 +90,7 @@ def iterations(path):
     return int(np.asarray(cfn.load_model(path).optimizer.iterations))
 
 
-def event_steps(run, split="trn", tag="loss"):
+def event_steps(run, split="trn", tag="loss/total"):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     acc = EventAccumulator(str(run / "tb" / split), size_guidance={"tensors": 0})
@@ -179,7 +179,7 @@ def test_a_kill_between_the_writes_of_an_epoch_resumes_exactly(demo_data, tmp_pa
     assert train(demo_data, w, "--resume", epochs=2) == 0
     assert [r["epoch"] for r in read_history(w / "history.csv")] == ["1", "2"]
     assert [ln.split()[1] for ln in (w / "log.txt").read_text().splitlines()] == ["1/1", "2/2"]
-    for split, tag in (("trn", "loss"), ("val", "oa_t1"), ("tst", "loss")):
+    for split, tag in (("trn", "loss/total"), ("val", "accuracy/oa_t1"), ("tst", "loss/total")):
         assert event_steps(w, split, tag) == [1, 2], split
     assert iterations(w / "checkpoints" / "last.keras") == 2 * STEPS
 
