@@ -457,6 +457,16 @@ class TensorBoardLogger(keras.callbacks.Callback):
 
 
 
+def remove_event_files(tb_dir: Path) -> None:
+    """The TensorBoard event files train_cnn.py wrote in ``tb/{trn,val,tst}`` (only those: a
+    new run started with --overwrite, or a run --resume starts again, does not add to them)."""
+    for split in ("trn", "val", "tst"):
+        for f in (tb_dir / split).glob("events.out.tfevents.*"):
+            if f.is_file():
+                f.unlink()
+                log.info("removed the old run's %s", f)
+
+
 def truncate_event_files(tb_dir: Path, epoch: int) -> None:
     """--resume after ``epoch``: drop the events of later epochs (written before a kill that came
     ahead of their checkpoint) and a record cut by the kill from the event files of

@@ -204,12 +204,6 @@ def fit(net, config, data, callbacks, guard, strategy, initial_epoch: int) -> No
     log.info("multi-worker training: %d replicas, global batch %d, %d synchronised batch-"
              "statistics layer(s)", strategy.num_replicas_in_sync, config.batch_size, n_sync)
 
-    for cb in callbacks:
-        if getattr(cb, "figures", None) is not None:  # TensorBoardLogger's validation figures
-            log.info("multi-worker: TensorBoard's validation figures (confusion, transitions, "
-                     "PR curve) are not drawn (they need model.predict, which Keras does not "
-                     "run under MultiWorkerMirroredStrategy); scalars and hparams are written")
-            cb.figures = None
     params = {"epochs": config.epochs, "steps": data.steps_per_epoch, "verbose": 0}
     for cb in callbacks:
         cb.set_model(net)

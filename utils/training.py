@@ -374,7 +374,8 @@ def check_iterations(net, state: dict, steps_per_epoch: int, path: Path) -> None
 
 
 # --------------------------------------------------------------------------------------- callbacks
-def make_callbacks(config, data: Data, paths: RunPaths, state: dict, run_info: dict):
+def make_callbacks(config, data: Data, paths: RunPaths, state: dict, run_info: dict,
+                   multi_worker: bool = False):
     from data.loader import make_dataset
     from utils.callbacks import (
         Checkpoints,
@@ -403,8 +404,12 @@ def make_callbacks(config, data: Data, paths: RunPaths, state: dict, run_info: d
     if config.use_tfboard:
         if config.resume:
             truncate_event_files(paths.tb_dir, int(state["epoch"]))
+        if multi_worker and config.tb_images:
+            log.info("multi-worker: TensorBoard's validation figures (confusion, transitions, "
+                     "PR curve) are not drawn (they need model.predict, which Keras does not "
+                     "run under MultiWorkerMirroredStrategy); scalars and hparams are written")
         tb = TensorBoardLogger.create(paths.tb_dir,
-                                      figures=validation_figures(config, data),
+                                      figures=None if multi_worker else validation_figures(config, data),
                                       hparams=tb_hparams(config, run_info["seed"]))
         if tb is not None:
             cbs.append(tb)
@@ -445,13 +450,18 @@ def train_one_run(config, data: Data, k: int, strategy, device_info: dict) -> di
     for d in (paths.ckpt_dir, paths.result_dir / "tst", paths.log_dir):
         remove_stale_temp_files(d)
     if not config.resume:  # a new run: not the event files of the one it replaces
+        from utils.callbacks import remove_event_files
+
         remove_event_files(paths.tb_dir)
     atomic_write_json(paths.root / "args.json", {
         "args": config.to_args(), "run": k, "seed": seed, "devices": device_info, "versions": versions(),
         "data": {s: v.to_dict() for s, v in data.summaries.items()},
         "num_classes": data.num_classes, "class_names": data.class_names,
         "image_size": list(data.image_size), "command": sys.argv})
-    callbacks, guard = make_callbacks(config, data, paths, state, run_info)
+    from utils.multiworker import uses_custom_loop, writes_results
+
+    callbacks, guard = make_callbacks(config, data, paths, state, run_info,
+                                      multi_worker=uses_custom_loop(strategy))
     initial_epoch = int(state["epoch"])
     if initial_epoch >= config.epochs:
         log.info("run %d already trained for %d epochs", k, initial_epoch)
@@ -460,8 +470,6 @@ def train_one_run(config, data: Data, k: int, strategy, device_info: dict) -> di
         fit(net, config, data, callbacks, guard, strategy, initial_epoch)
     if guard.failure:
         raise TrainingDiverged(guard.failure)
-    from utils.multiworker import writes_results
-
     if not writes_results(strategy):  # a multi-worker non-chief: the chief evaluates
         return {}
     return evaluate_run(config, data, paths, net)
@@ -478,16 +486,6 @@ def fit(net, config, data: Data, callbacks, guard, strategy, initial_epoch: int)
     net.fit(data.trn, validation_data=data.val, epochs=config.epochs,
             initial_epoch=initial_epoch, callbacks=callbacks, shuffle=False,
             verbose=progress_verbose())
-
-
-def remove_event_files(tb_dir: Path) -> None:
-    """The TensorBoard event files train_cnn.py wrote in ``tb/{trn,val,tst}`` (only those: a
-    new run started with --overwrite, or a run --resume starts again, does not add to them)."""
-    for split in ("trn", "val", "tst"):
-        for f in (tb_dir / split).glob("events.out.tfevents.*"):
-            if f.is_file():
-                f.unlink()
-                log.info("removed the old run's %s", f)
 
 
 def finished_run_results(config, k: int) -> dict:
