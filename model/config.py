@@ -81,6 +81,15 @@ DECOV_PENALTIES = ("offdiag", "original")
 #: ``fusion_init``: initialiser of CorrFusion's squeeze/excite kernels (the original left
 #: ``tf.layers.dense``'s Glorot-uniform default there)
 FUSION_INITS = ("glorot_normal", "glorot_uniform")
+#: ``fusion_distance``: the distance CorrFusion's weight w = 1 − tanh(dist) reads (and the
+#: correlation loss sums): ``euclidean`` √(Σ_j ΔX_bn² + ε), the paper's; ``rms`` the same ÷ √(d/r),
+#: the root-mean-square difference per feature, whose scale does not grow with the width d/r
+#: (README "Choosing the defaults")
+FUSION_DISTANCES = ("euclidean", "rms")
+#: ``fusion_bn``: the BatchNormalization inside the CorrFusion module, independent of ``bn`` (the
+#: backbone's and the views'): ``batch`` statistics in training, or ``frozen`` (inference mode for
+#: ever, moving mean 0 / variance 1: a trainable affine map, the original's TF1 graph)
+FUSION_BNS = ("batch", "frozen")
 
 #: ``input_norm``: how the model normalises its input images (``model.normalization``,
 #: docs/DESIGN.md §2). The statistics of ``bands``/``bands_per_date`` are computed by
@@ -102,7 +111,8 @@ LEGACY_INPUT_NORM = "dtype"
 
 #: the ModelConfig fields with a fixed set of values (parser.py offers them as choices)
 CHOICES = {"input_norm": tuple(INPUT_NORMS), "corr_norm": CORR_NORMS, "bn": BN_MODES, "pooling": POOLINGS,
-           "decov_init": DECOV_INITS, "decov_penalty": DECOV_PENALTIES, "fusion_init": FUSION_INITS}
+           "decov_init": DECOV_INITS, "decov_penalty": DECOV_PENALTIES, "fusion_init": FUSION_INITS,
+           "fusion_distance": FUSION_DISTANCES, "fusion_bn": FUSION_BNS}
 
 
 @dataclass(frozen=True)
@@ -133,6 +143,8 @@ class ModelConfig:
         decov_init: ``DECOV_INITS``: start of the soft-decorrelation running covariances.
         decov_penalty: ``DECOV_PENALTIES``: the soft-decorrelation penalty's form.
         fusion_init: ``FUSION_INITS``: initialiser of CorrFusion's squeeze/excite kernels.
+        fusion_distance: ``FUSION_DISTANCES``: the distance w = 1 − tanh(dist) reads.
+        fusion_bn: ``FUSION_BNS``: the CorrFusion module's own BN mode (independent of ``bn``).
         ce_weights: per-date class weights of the two cross-entropies, ``((w_1..w_K) of t1,
             (w_1..w_K) of t2)``, or None (plain means). In training CE_t is the weighted mean
             Σ_i w_{y_i}·CE_i / Σ_i w_{y_i} with date t's weights; evaluation (``training`` False:
@@ -166,6 +178,8 @@ class ModelConfig:
     decov_init: str = "identity"
     decov_penalty: str = "offdiag"
     fusion_init: str = "glorot_normal"
+    fusion_distance: str = "euclidean"
+    fusion_bn: str = "batch"
     ce_weights: tuple[tuple[float, ...], tuple[float, ...]] | None = None
     seed: int | None = None
     input_mapping: bool | None = None
