@@ -178,7 +178,7 @@ class ModelConfig:
     decov_init: str = "identity"
     decov_penalty: str = "offdiag"
     fusion_init: str = "glorot_normal"
-    fusion_distance: str = "euclidean"
+    fusion_distance: str = "rms"
     fusion_bn: str = "batch"
     ce_weights: tuple[tuple[float, ...], tuple[float, ...]] | None = None
     seed: int | None = None
