@@ -27,8 +27,9 @@ Each (variant, level) is one ``compare.py`` work directory OUT/runs/VARIANT/sS (
 process, ``--runs`` = ``--seeds``), so re-running the command continues: finished directories are
 skipped, unfinished ones resume. Outputs in OUT: results.csv (one row per run: OA_t1, OA_t2, change
 F1, mean w of the unchanged and changed test pairs, ROC-AUC of w for unchanged (positive) against
-changed pairs), results.json (the same, the summary and the arguments) and table.md (mean ± std
-over the seeds, ddof = 1). OUT/data and OUT/runs are large and not meant for version control.
+changed pairs), results.json (the same, the summary and the arguments), table.md (mean ± std
+over the seeds, ddof = 1) and differences.md (each variant's corrfusion minus its base's corrfusion,
+paired by seed: mean ± std of the differences). OUT/data and OUT/runs are large and not meant for version control.
 """
 
 from __future__ import annotations
@@ -275,6 +276,50 @@ def table(summary: list[dict]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def differences(rows: list[dict]) -> list[dict]:
+    """Each variant's corrfusion runs minus its base's, paired by seed and level: mean ± std
+    (ddof = 1) of the per-seed differences of every column."""
+    import numpy as np
+
+    index = {(r["variant"], r["strength"], r["method"], r["seed"]): r for r in rows}
+    out = []
+    for variant, (base, _) in VARIANTS.items():
+        if variant.endswith("/base"):
+            continue
+        for s in sorted({r["strength"] for r in rows}):
+            pairs = [(r, index.get((f"{base}/base", s, "corrfusion", r["seed"])))
+                     for r in rows if (r["variant"], r["strength"], r["method"]) == (variant, s, "corrfusion")]
+            pairs = [(a, b) for a, b in pairs if b is not None]
+            if not pairs:
+                continue
+            row = {"variant": variant, "strength": s, "runs": len(pairs)}
+            for key in COLUMNS:
+                d = np.array([a[key] - b[key] for a, b in pairs
+                              if a[key] is not None and b[key] is not None], float)
+                row[key + "_mean"] = float(d.mean()) if len(d) else None
+                row[key + "_std"] = float(d.std(ddof=1)) if len(d) > 1 else None
+            out.append(row)
+    return out
+
+
+def difference_table(diffs: list[dict]) -> str:
+    def cell(r, key, scale=100, digits=1):
+        m, sd = r[key + "_mean"], r[key + "_std"]
+        if m is None:
+            return "—"
+        return f"{scale * m:+.{digits}f}" + ("" if sd is None else f" ± {scale * sd:.{digits}f}")
+
+    lines = ["| variant (corrfusion) − its base, per seed | s | runs | Δ OA_t1 (points) | Δ OA_t2 "
+             "(points) | Δ change F1 (points) | Δ w unchanged | Δ w changed | Δ AUC of w |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for r in sorted(diffs, key=lambda r: (r["strength"], list(VARIANTS).index(r["variant"]))):
+        lines.append(f"| {r['variant']} | {r['strength']:g} | {r['runs']} | "
+                     + " | ".join([cell(r, k) for k in METRICS]
+                                  + [cell(r, k, 1, 3) for k in FUSION[:2]]
+                                  + [cell(r, "w_auc", 1, 2)]) + " |")
+    return "\n".join(lines) + "\n"
+
+
 def report(args) -> None:
     out = Path(args.out)
     rows = collect(args)
@@ -288,6 +333,7 @@ def report(args) -> None:
          "options": {v: options(v) for v in args.variants}, "runs": rows, "summary": summary},
         indent=1))
     (out / "table.md").write_text(table(summary))
+    (out / "differences.md").write_text(difference_table(differences(rows)))
     log.info("%d runs: %s", len(rows), out / "table.md")
 
 
