@@ -191,7 +191,7 @@ def test_a_constant_band_exits_2_with_one_line_naming_split_and_band(tmp_path):
     from data.shards import write_shard
 
     rng = np.random.default_rng(0)
-    for split in ("trn", "val"):
+    for split in ("trn", "val", "tst"):
         (tmp_path / "data" / split).mkdir(parents=True)
         x1 = rng.integers(6, 117, (6, 16, 16, 3)).astype(np.uint8)
         x2 = x1.copy()
@@ -472,3 +472,38 @@ def test_class_weight_balanced_trains_and_is_recorded(trained, demo_data, tmp_pa
     for key in ("ce_t1", "ce_t2", "val_ce_t1", "val_ce_t2"):
         assert np.isfinite(float(rows[0][key])), key
     assert (workdir / "results" / "tst" / "results.json").is_file()
+
+
+def _as_before_input_norm(run):
+    """Make a run look like one trained before --input_norm existed (dtype scaling): no
+    input_norm in its checkpoints' config.json nor in args.json."""
+    import zipfile
+
+    for ckpt in (run / "checkpoints").glob("*.keras"):
+        tmp = ckpt.with_suffix(".tmp")
+        with zipfile.ZipFile(ckpt) as zin, zipfile.ZipFile(tmp, "w") as zout:
+            for item in zin.infolist():
+                data = zin.read(item.filename)
+                if item.filename == "config.json":
+                    config = json.loads(data)
+                    del config["config"]["config"]["input_norm"]
+                    data = json.dumps(config).encode()
+                zout.writestr(item, data)
+        tmp.replace(ckpt)
+    args = json.loads((run / "args.json").read_text())
+    del args["args"]["input_norm"], args["input_norm"]
+    (run / "args.json").write_text(json.dumps(args))
+
+
+def test_resuming_a_run_from_before_input_norm_keeps_its_dtype_scaling(demo_data, tmp_path,
+                                                                        caplog):
+    workdir = tmp_path / "old"
+    assert train(demo_data, workdir, "--input_norm", "dtype", "-tb", "false", epochs=1) == 0
+    _as_before_input_norm(workdir)
+    caplog.set_level("INFO")
+    assert train(demo_data, workdir, "--resume", "-tb", "false", epochs=2) == 0  # default: bands
+    said = [r.getMessage() for r in caplog.records if "before input normalisation" in r.getMessage()]
+    assert said and "resuming with their dtype scaling" in said[0]
+    assert not any("statistics of the training split" in r.getMessage() for r in caplog.records)
+    assert [r["epoch"] for r in read_history(workdir / "history.csv")] == ["1", "2"]
+    assert json.loads((workdir / "args.json").read_text())["input_norm"] == {"mode": "dtype"}
