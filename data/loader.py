@@ -1,9 +1,12 @@
 """Streaming loader over a split directory of npz shards (docs/DESIGN.md §2 scaling, §4 format).
 
-Yields batches ``((x1, x2), (y1, y2))``: x float32 (B, H, W, C) scaled per §2, y int32 0-based;
-with ``raw_integers=True`` integer images stay in their stored dtype (uint8/uint16) and the model
-scales them on the device (``model.backbones.scale_inputs``: the same numbers, a quarter or half of
-the bytes to copy to an accelerator and to hold in the prefetch buffers).
+Yields batches ``((x1, x2), (y1, y2))``: x float32 (B, H, W, C) dtype-scaled per §2, y int32
+0-based; with ``raw_integers=True`` integer images stay in their stored dtype (uint8/uint16) and the
+model normalises them on the device (``model.normalization.InputNormalization``: a quarter or half
+of the bytes to copy to an accelerator and to hold in the prefetch buffers). ``scaling`` says what
+the loader does for the model's ``--input_norm`` (``SCALINGS``, ``model.config.INPUT_SCALING``):
+the §2 dtype scaling (``dtype``), nothing (``raw``: values as stored, float32 where resized) or the
+original's per-shard maximum (``shard_max``: float32, applied per pair in ``_take``).
 
 How it works (the same pure functions serve both backends):
 
@@ -21,7 +24,7 @@ How it works (the same pure functions serve both backends):
   offset; such a shard is decoded whole with ``np.load(allow_pickle=False)`` and checked as it
   is read (logged once per split), and :class:`ShardCache` holds at most ONE of them: the
   previous one is released before the next is read.
-* :func:`gather_batch` builds a batch in the stored dtype; the cast to float32, the §2 scaling and
+* :func:`gather_batch` builds a batch in the stored dtype; the cast to float32, the scaling and
   the optional resize happen on the batch only (tf.data ``map`` on TensorFlow, NumPy/keras.ops in
   the ``PyDataset`` on other backends).
 * Pairs with label 0 on either date are skipped (counted and logged once per split).
