@@ -14,14 +14,18 @@ radiometric shift between the dates (``--date_shift``: date 2's intensities gain
 clouds s/2, noise 0.04 s).
 
 Variants (``VARIANTS``): a base setting and the options changed from it. ``project/base`` pins the
-project's defaults as they were before issue 23 (dtype scaling, Euclidean distance, batch BN in
-the backbone and the module, average pooling, Glorot-normal, identity/off-diagonal decorrelation);
+project's defaults as they were before this experiment chose new ones (per-band input
+standardisation, the paper's Euclidean distance, batch BN in the backbone and the module, average
+pooling, Glorot-normal, identity/off-diagonal decorrelation);
 every other ``project/...`` variant changes one of them. ``original/base`` is ``--preset original``
 (with ``--backbone``, the epochs, batch size and optimiser of this script) and its variants change
-one option back to the project's. ``chosen/base`` are the defaults this experiment chose.
+one option back to the project's. ``CHOSEN`` names the variant that holds the defaults this
+experiment chose.
 Every run gets ``--train_args`` (Adam 1e-3, as fusion_degradation.py: the original's SGD 1e-3
 needs ~100 epochs; the ``optimizer`` variants use SGD 1e-3 with Nesterov momentum instead).
-Each base runs ``corrfusion`` and ``baseline``; the other variants ``corrfusion``.
+Each base (and each input-normalisation variant) runs ``corrfusion`` and ``baseline``; the other
+variants ``corrfusion``. One variant changes two things: ``project/fusion_distance=rms+fusion_bn=frozen``
+(the RMS distance with the module's BN frozen, a candidate for the defaults).
 
 Each (variant, level) is one ``compare.py`` work directory OUT/runs/VARIANT/sS (run in this
 process, ``--runs`` = ``--seeds``), so re-running the command continues: finished directories are
@@ -29,7 +33,8 @@ skipped, unfinished ones resume. Outputs in OUT: results.csv (one row per run: O
 F1, mean w of the unchanged and changed test pairs, ROC-AUC of w for unchanged (positive) against
 changed pairs), results.json (the same, the summary and the arguments), table.md (mean ± std
 over the seeds, ddof = 1) and differences.md (each variant's corrfusion minus its base's corrfusion,
-paired by seed: mean ± std of the differences). OUT/data and OUT/runs are large and not meant for version control.
+paired by seed: mean ± std of the differences), defaults.md (README "Choosing the defaults":
+each default against its alternative, alternative − default per seed). OUT/data and OUT/runs are large and not meant for version control.
 """
 
 from __future__ import annotations
@@ -59,15 +64,19 @@ log = logging.getLogger("ablation")
 PROJECT = {"input_norm": "bands", "fusion_distance": "euclidean", "fusion_bn": "batch", "bn": "batch",
            "pooling": "avg", "fusion_init": "glorot_normal", "decov_init": "identity",
            "decov_penalty": "offdiag"}
-#: the defaults chosen from this experiment (README "Choosing the defaults")
-CHOSEN = dict(PROJECT, fusion_distance="rms")
+#: the defaults chosen from this experiment (README "Choosing the defaults"): the base with the RMS
+#: distance, i.e. the variant ``project/fusion_distance=rms`` (its baseline is project/base's: the
+#: baseline has no CorrFusion module)
+CHOSEN = "project/fusion_distance=rms"
 SGD = {"optimizer": "sgd", "lr": "1e-3", "momentum": "0.9", "nesterov": True}
 
-#: name -> (base: "project" | "original" | "chosen", options changed from the base)
+#: name -> (base: "project" | "original", options changed from the base)
 VARIANTS = {
     "project/base": ("project", {}),
     "project/fusion_distance=rms": ("project", {"fusion_distance": "rms"}),
     "project/fusion_bn=frozen": ("project", {"fusion_bn": "frozen"}),
+    "project/fusion_distance=rms+fusion_bn=frozen": ("project", {"fusion_distance": "rms",
+                                                                 "fusion_bn": "frozen"}),
     "project/bn=frozen": ("project", {"bn": "frozen"}),
     "project/input_norm=dtype": ("project", {"input_norm": "dtype"}),
     "project/pooling=flatten": ("project", {"pooling": "flatten"}),
@@ -81,12 +90,11 @@ VARIANTS = {
     "original/fusion_distance=rms": ("original", {"fusion_distance": "rms"}),
     "original/pooling=avg": ("original", {"pooling": "avg"}),
     "original/optimizer=sgd": ("original", SGD),
-    "chosen/base": ("chosen", {}),
 }
 #: variants that also run the baseline (the bases, and the input normalisation, which the
 #: baseline needs as much as corrfusion)
 WITH_BASELINE = ("project/input_norm=dtype", "original/input_norm=bands")
-BASE_OPTIONS = {"project": PROJECT, "original": {"preset": "original"}, "chosen": CHOSEN}
+BASE_OPTIONS = {"project": PROJECT, "original": {"preset": "original"}}
 METRICS = ("OA_t1", "OA_t2", "change_f1")
 FUSION = ("w_unchanged", "w_changed", "w_auc")
 COLUMNS = METRICS + FUSION
@@ -276,29 +284,36 @@ def table(summary: list[dict]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def differences(rows: list[dict]) -> list[dict]:
-    """Each variant's corrfusion runs minus its base's, paired by seed and level: mean ± std
-    (ddof = 1) of the per-seed differences of every column."""
+def paired(rows: list[dict], variant: str, reference: str, s: float) -> dict | None:
+    """corrfusion of ``variant`` minus corrfusion of ``reference`` at strength s, paired by seed:
+    mean ± std (ddof = 1) of the per-seed differences of every column; None without a pair."""
     import numpy as np
 
     index = {(r["variant"], r["strength"], r["method"], r["seed"]): r for r in rows}
+    pairs = [(r, index.get((reference, s, "corrfusion", r["seed"]))) for r in rows
+             if (r["variant"], r["strength"], r["method"]) == (variant, s, "corrfusion")]
+    pairs = [(a, b) for a, b in pairs if b is not None]
+    if not pairs:
+        return None
+    row = {"variant": variant, "reference": reference, "strength": s, "runs": len(pairs)}
+    for key in COLUMNS:
+        d = np.array([a[key] - b[key] for a, b in pairs
+                      if a[key] is not None and b[key] is not None], float)
+        row[key + "_mean"] = float(d.mean()) if len(d) else None
+        row[key + "_std"] = float(d.std(ddof=1)) if len(d) > 1 else None
+    return row
+
+
+def differences(rows: list[dict]) -> list[dict]:
+    """Each variant's corrfusion runs minus its base's (``paired``), per level."""
     out = []
     for variant, (base, _) in VARIANTS.items():
         if variant.endswith("/base"):
             continue
         for s in sorted({r["strength"] for r in rows}):
-            pairs = [(r, index.get((f"{base}/base", s, "corrfusion", r["seed"])))
-                     for r in rows if (r["variant"], r["strength"], r["method"]) == (variant, s, "corrfusion")]
-            pairs = [(a, b) for a, b in pairs if b is not None]
-            if not pairs:
-                continue
-            row = {"variant": variant, "strength": s, "runs": len(pairs)}
-            for key in COLUMNS:
-                d = np.array([a[key] - b[key] for a, b in pairs
-                              if a[key] is not None and b[key] is not None], float)
-                row[key + "_mean"] = float(d.mean()) if len(d) else None
-                row[key + "_std"] = float(d.std(ddof=1)) if len(d) > 1 else None
-            out.append(row)
+            row = paired(rows, variant, f"{base}/base", s)
+            if row is not None:
+                out.append(row)
     return out
 
 
@@ -320,6 +335,47 @@ def difference_table(diffs: list[dict]) -> str:
     return "\n".join(lines) + "\n"
 
 
+#: README "Choosing the defaults": (option, default, alternative, the variant with the default,
+#: the variant with the alternative); defaults.md gives alternative − default per seed
+DEFAULT_ROWS = (
+    ("--fusion_distance", "rms", "euclidean (the paper's)", CHOSEN, "project/base"),
+    ("--fusion_bn", "batch", "frozen, with rms", CHOSEN, "project/fusion_distance=rms+fusion_bn=frozen"),
+    ("--fusion_bn", "batch", "frozen, with euclidean", "project/base", "project/fusion_bn=frozen"),
+    ("--input_norm", "bands", "dtype", "project/base", "project/input_norm=dtype"),
+    ("--bn", "batch", "frozen", "project/base", "project/bn=frozen"),
+    ("--pooling", "avg", "flatten", "project/base", "project/pooling=flatten"),
+    ("--fusion_init", "glorot_normal", "glorot_uniform", "project/base",
+     "project/fusion_init=glorot_uniform"),
+    ("--decov_init, --decov_penalty", "identity, offdiag", "orthogonal, original", "project/base",
+     "project/decov=original"),
+    ("--optimizer", "sgd (Nesterov, 1e-3)", "adam 1e-3", "project/optimizer=sgd", "project/base"),
+)
+
+
+def defaults_table(rows: list[dict]) -> str:
+    def cell(r, key, scale=100, digits=1):
+        m, sd = r[key + "_mean"], r[key + "_std"]
+        if m is None:
+            return "—"
+        return f"{scale * m:+.{digits}f}" + ("" if sd is None else f" ± {scale * sd:.{digits}f}")
+
+    lines = ["| option | default | alternative | s | runs | Δ OA_t1 (points) | Δ OA_t2 (points) "
+             "| Δ change F1 (points) | Δ w unchanged | Δ w changed |",
+             "|---|---|---|---:|---:|---:|---:|---:|---:|---:|"]
+    levels = sorted({r["strength"] for r in rows})
+    for option, default, alternative, with_default, with_alternative in DEFAULT_ROWS:
+        for s in levels:
+            r = paired(rows, with_alternative, with_default, s)
+            head = f"| `{option}` | {default} | {alternative} | {s:g} |"
+            if r is None:
+                lines.append(head + " 0 | not run | | | | |")
+                continue
+            lines.append(head + f" {r['runs']} | "
+                         + " | ".join([cell(r, k) for k in METRICS]
+                                      + [cell(r, k, 1, 3) for k in FUSION[:2]]) + " |")
+    return "\n".join(lines) + "\n"
+
+
 def report(args) -> None:
     out = Path(args.out)
     rows = collect(args)
@@ -334,6 +390,7 @@ def report(args) -> None:
         indent=1))
     (out / "table.md").write_text(table(summary))
     (out / "differences.md").write_text(difference_table(differences(rows)))
+    (out / "defaults.md").write_text(defaults_table(rows))
     log.info("%d runs: %s", len(rows), out / "table.md")
 
 
