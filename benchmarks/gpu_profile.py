@@ -415,7 +415,30 @@ def child_keras(a) -> dict:
                 shutil.copy(trace[0], Path(a.out) / "keras_trace.json.gz")
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
+        res.update(per_call_costs(net, compiled, state, batches, a))
     return res
+
+
+def per_call_costs(net, compiled, state, batches, a) -> dict:
+    """What ``train_on_batch`` adds to the compiled step, on this machine: the step waiting for
+    its loss every call, and the host parts each call repeats (``step_overhead.host_parts``)."""
+    import jax
+
+    from benchmarks.step_overhead import host_parts
+
+    def step_and_wait():
+        logs, state["s"] = compiled(state["s"], batches[0])
+        float(logs["loss"])
+
+    secs = _windows(step_and_wait, lambda: jax.block_until_ready(state["s"]), 1, a.steps, a.reps)
+    tv, ntv, ov, mv = state.pop("s")  # the state back into the model's variables
+    net._jax_state = {"trainable_variables": tv, "non_trainable_variables": ntv,
+                      "optimizer_variables": ov, "metrics_variables": mv}
+    net._jax_state_synced = False
+    net.jax_state_sync()
+    parts = host_parts(net, batches[0], 20, settle=False)
+    return {"ms_per_step_waiting_each": statistics.median(secs) * 1e3,
+            "train_on_batch_host_parts_ms": {k: v * 1e3 for k, v in parts.items()}}
 
 
 def child_torch(a) -> dict:
@@ -585,6 +608,12 @@ def write_tables(out: Path, res: dict) -> None:
                       f"{p['events']} events ({'device kernels' if p.get('device_events') else 'host'})")
         elif "error" in r:
             md.append(f"\n{name}: ERROR {r['error'][-300:]}")
+    k = res.get("keras-jax") or {}
+    if "ms_per_step_waiting_each" in k:
+        parts = ", ".join(f"{n} {v:.3f}" for n, v in k["train_on_batch_host_parts_ms"].items())
+        md.append(f"\nkeras-jax per-call costs: the step waiting for its loss every call "
+                  f"{fmt(k['ms_per_step_waiting_each'])} ms/step (vs {fmt(k.get('ms_per_step'))}); "
+                  f"train_on_batch's host parts per call (ms): {parts}")
     md += ["", "| variant | flags | status | compile s | ms/step | pairs/s | vs base | vs torch |",
            "|---|---|---|---:|---:|---:|---:|---:|"]
     for r in srows:

@@ -175,13 +175,16 @@ def measure(a) -> dict:
     return res
 
 
-def host_parts(net, batch, calls) -> dict:
-    """Median seconds of each host part that ``train_on_batch`` repeats on every call."""
+def host_parts(net, batch, calls, settle=True) -> dict:
+    """Median seconds of each host part that ``train_on_batch`` repeats on every call (``settle``:
+    one ``train_on_batch`` first, which builds and compiles; else the model must be built and its
+    variables hold the state)."""
     import jax
     from keras.src.backend.jax.trainer import _distribute_data
     from keras.src.utils.python_utils import pythonify_logs
 
-    logs = net.train_on_batch(*batch, return_dict=False)  # noqa: F841 - state settled
+    if settle:
+        net.train_on_batch(*batch)
     x, y = batch
 
     def timeit(fn):

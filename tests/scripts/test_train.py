@@ -197,7 +197,7 @@ def test_trains_and_evaluates_on_the_jax_backend(demo_data, tmp_path):
     assert not list(workdir.rglob("*tfevents*"))
     assert (workdir / "checkpoints" / "best.keras").is_file()
     # without --jit the JAX steps are jit-compiled: jit_compile=False runs every operation on its
-    # own, about 130x slower per step (issue 25, benchmarks/RESULTS.md section 4)
+    # own, 70-130x slower per step (issue 25, benchmarks/RESULTS.md section 4)
     import zipfile
 
     with zipfile.ZipFile(workdir / "checkpoints" / "best.keras") as z:
