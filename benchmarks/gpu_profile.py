@@ -151,7 +151,7 @@ def classify_hlo(info: dict | None, kernel_shapes: set, name: str = "") -> str:
         return "copies"  # layout and dtype conversions
     if "reduce-window" in name or "select-and-scatter" in name:
         return "backbone_fusions"  # pooling and its gradient
-    if opcode == "dot" or "gemm" in target or "matmul" in target or "cublas" in target \
+    if opcode == "dot" or op_name.endswith("dot_general") or "gemm" in target or "matmul" in target or "cublas" in target \
             or "triton_gemm" in info["line"] or "cudnn$fusion" in info["line"]:
         return "gemm"
     if opcode in ("copy", "transpose", "copy-start", "copy-done", "bitcast", "dynamic-update-slice") \
@@ -516,6 +516,8 @@ def parse_args(argv=None):
                    help="start no child that would not end within this many seconds of the start")
     p.add_argument("--child_timeout", type=float, default=240)
     p.add_argument("--keep_traces", action="store_true", help="copy both traces into --out")
+    p.add_argument("--sweep_only", action="store_true",
+                   help="no profiles: only the sweep's variants (a second, shorter device call)")
     p.add_argument("--out", default=None, help="directory of the tables (created)")
     p.add_argument("--child", choices=("keras-jax", "torch"), default=None, help=argparse.SUPPRESS)
     p.add_argument("--variant", default="base", help=argparse.SUPPRESS)
@@ -662,12 +664,14 @@ def main(argv=None) -> int:
         (out / "profile.json").write_text(json.dumps(res, indent=2) + "\n")
         write_tables(out, res)
 
-    log.info("keras-jax: timing and profiling the train step")
-    res["keras-jax"] = run_child("keras-jax", a, "base", profile=True)
-    res["sweep"]["base"] = {k: v for k, v in res["keras-jax"].items() if k != "profile"}
-    est = max(30.0, res["keras-jax"].get("wall_s", 60.0))
-    save()
-    if a.torch != "none":
+    est = 70.0 if a.device == "cuda" else 30.0  # seconds a sweep child takes, until measured
+    if not a.sweep_only:
+        log.info("keras-jax: timing and profiling the train step")
+        res["keras-jax"] = run_child("keras-jax", a, "base", profile=True)
+        res["sweep"]["base"] = {k: v for k, v in res["keras-jax"].items() if k != "profile"}
+        est = max(30.0, res["keras-jax"].get("wall_s", 60.0))
+        save()
+    if a.torch != "none" and not a.sweep_only:
         log.info("torch-%s: timing and profiling the train step", a.torch)
         res["torch"] = run_child("torch", a, profile=True)
         save()
@@ -688,7 +692,7 @@ def main(argv=None) -> int:
     res["total_s"] = time.perf_counter() - start
     save()
     sys.stdout.write((out / "profile.md").read_text())
-    errors = [n for n, r in [("keras-jax", res["keras-jax"]), ("torch", res.get("torch", {})),
+    errors = [n for n, r in [("keras-jax", res.get("keras-jax", {})), ("torch", res.get("torch", {})),
                              *res["sweep"].items()] if "error" in r]
     return 1 if errors else 0
 

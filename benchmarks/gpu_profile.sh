@@ -14,5 +14,5 @@ python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upg
 export PYTHONPATH=/tmp/site PYTHONUNBUFFERED=1
 nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm --format=csv | tee "$out/nvidia_smi.txt"
 python3 -c "import jax, torch, keras; print('jax', jax.__version__, jax.devices(), 'torch', torch.__version__, 'keras', keras.__version__)" 2>&1 | tee -a "$out/nvidia_smi.txt"
-timeout "${GPU_PROFILE_TIMEOUT:-390}" python3 benchmarks/gpu_profile.py --device cuda --budget_s 340 \
+timeout "${GPU_PROFILE_TIMEOUT:-450}" python3 benchmarks/gpu_profile.py --device cuda --budget_s 400 \
     --child_timeout 170 --keep_traces --out "$out/profile" "$@" 2>&1 | tee "$out/profile.log"

@@ -352,7 +352,8 @@ def build_or_resume(config, data: Data, paths: RunPaths, seed: int):
         raise UsageError(f"{e.path}: --weights: {e.reason}") from None
     except ValueError as e:
         raise UsageError(f"--backbone {config.backbone}: {e}") from None
-    net.compile(optimizer=build_optimizer(config, data.steps_per_epoch), jit_compile=resolve_jit(config.jit))
+    net.compile(optimizer=build_optimizer(config, data.steps_per_epoch),
+                jit_compile=resolve_jit(config.jit))
     return net, {"epoch": 0, "best_score": -math.inf, "best_epoch": None}
 
 

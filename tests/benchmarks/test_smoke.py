@@ -203,6 +203,22 @@ def test_gpu_profile_classes_gpu_hlo_and_kernel_names():
     assert gpu_profile.union_us([(0, 2), (1, 3), (5, 6)]) == 4
 
 
+def test_gpu_profile_skips_gpu_only_flags_on_the_cpu_and_refuses_bad_variants(tmp_path, capsys):
+    """The second device call's form (--sweep_only) on the CPU: the GPU-only XLA flags are skipped
+    with a note, the tables are still written; an unknown variant is a one-line error."""
+    out = tmp_path / "out"
+    assert gpu_profile.main(["--device", "cpu", "--sweep_only", "--sweep", "no_triton_gemm,latency_hiding",
+                             "--out", str(out)]) == 0
+    res = json.loads((out / "profile.json").read_text())
+    assert res["sweep"]["latency_hiding"]["skipped"] == "skipped: GPU-only XLA flag on the CPU"
+    sweep = (out / "sweep.csv").read_text()
+    assert "no_triton_gemm" in sweep and "--xla_gpu_enable_triton_gemm=false" in sweep
+    capsys.readouterr()
+    assert gpu_profile.main(["--device", "cpu", "--sweep", "fastest", "--out", str(tmp_path / "x")]) == 2
+    assert capsys.readouterr().err.startswith("error: --sweep: unknown variant(s) fastest")
+    assert not (tmp_path / "x").exists()
+
+
 @pytest.mark.slow  # end to end: a child process per part, tens of seconds on a CPU
 def test_gpu_profile_runs_tiny_on_the_cpu(tmp_path):
     """The one device call's script, end to end at a tiny size: the Keras step profiled and timed,
