@@ -21,6 +21,7 @@ from model.config import (
     DECOV_PENALTIES,
     DIST_EPSILONS,
     FUSION_INITS,
+    INPUT_NORMS,
     METHODS,
     POOLINGS,
     RESNET_INITS,
@@ -43,8 +44,8 @@ PRESETS = {
     "original": {
         "backbone": "resnet50", "shared": False, "pooling": "flatten", "bn": "frozen",
         "l2": 1e-4, "decov_init": "orthogonal", "decov_penalty": "original",
-        "fusion_init": "glorot_uniform", "hidden": 1024, "reduction": 2, "lambda1": 0.1,
-        "lambda2": 1e-4, "corr_norm": "batch", "optimizer": "sgd", "lr": [1e-3],
+        "fusion_init": "glorot_uniform", "input_norm": "shard_max", "hidden": 1024,
+        "reduction": 2, "lambda1": 0.1, "lambda2": 1e-4, "corr_norm": "batch", "optimizer": "sgd", "lr": [1e-3],
         "lr_boundaries": [], "momentum": 0.9, "nesterov": True, "batch_size": 32, "epochs": 100,
         "resnet_init": "keras_applications", "comparators": "original",
         "dist_epsilon": "per_feature", "eval_trn": True, "eval_tst": True, "runs": 1,
@@ -197,6 +198,9 @@ def train_parser() -> argparse.ArgumentParser:
                        help="one backbone for both dates (siamese); --no-shared: one per date")
     model.add_argument("--weights", type=weights_source, default=None,
                        help="backbone weights: none (random, default), imagenet, or a weights file path")
+    model.add_argument("--input_norm", choices=tuple(INPUT_NORMS), default=ModelConfig.input_norm,
+                       help="input normalisation, part of the model (saved in its checkpoints): "
+                            + "; ".join(f"{k}: {v}" for k, v in INPUT_NORMS.items()))
     model.add_argument("--hidden", type=positive_int, default=ModelConfig.hidden, help="width of the FC layers (d)")
     model.add_argument("--reduction", type=positive_int, default=ModelConfig.reduction, help="CorrFusion reduction ratio r")
     model.add_argument("--lambda1", type=non_negative_float, default=ModelConfig.lambda1, help="weight of the correlation loss")

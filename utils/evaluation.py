@@ -53,6 +53,14 @@ log = logging.getLogger("corrfusion.eval")
 
 
 # ---------------------------------------------------------------------------------------- evaluate
+def input_scaling(net) -> str:
+    """What the loader does before ``net`` (``data.loader.SCALINGS``): from its
+    ``config.input_norm`` (a model without one: ``dtype``, how every model used to be fed)."""
+    from model.config import INPUT_SCALING, LEGACY_INPUT_NORM
+
+    return INPUT_SCALING[getattr(getattr(net, "config", None), "input_norm", LEGACY_INPUT_NORM)]
+
+
 def evaluate_split(net, split_dir, batch_size=32, threshold=0.5, class_names=None, image_size=None,
                    check_values=True):
     """Predict one split in its fixed order and compute every metric of docs/DESIGN.md §3.
@@ -89,7 +97,8 @@ def evaluate_split(net, split_dir, batch_size=32, threshold=0.5, class_names=Non
         raise UsageError(f"{split_dir}: class_names: {len(names)} names; expected {k}")
     dataset, summary = make_dataset(
         split_dir, batch_size, training=False, image_size=image_size, num_classes=k,
-        raw_integers=True,  # CorrFusionNet scales uint8/uint16 batches in the graph
+        raw_integers=True,  # CorrFusionNet normalises uint8/uint16 batches in the graph
+        scaling=input_scaling(net),
     )
     labels = read_labels(split_dir, num_classes=k)
     skipped = f" ({summary.n_skipped} undefined pairs skipped)" if summary.n_skipped else ""

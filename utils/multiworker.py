@@ -177,6 +177,7 @@ def fit(net, config, data, callbacks, guard, strategy, initial_epoch: int) -> No
     ``initial_epoch`` on this worker's slices of the batches, with the callbacks of
     ``utils.training.make_callbacks`` (their ``SplitEvaluation`` is done here, distributed)."""
     from data.loader import make_dataset
+    from model.config import INPUT_SCALING
     from utils.callbacks import SplitEvaluation, current_learning_rate
 
     n_sync = synchronize_batch_statistics(net)
@@ -190,7 +191,8 @@ def fit(net, config, data, callbacks, guard, strategy, initial_epoch: int) -> No
             part = (ctx.input_pipeline_id, ctx.num_input_pipelines)
             ds, _ = make_dataset(dirs[split], config.batch_size, training=training,
                                  seed=config.seed, image_size=config.image_size,
-                                 num_classes=data.num_classes, raw_integers=True, part=part)
+                                 num_classes=data.num_classes, raw_integers=True, part=part,
+                                 scaling=INPUT_SCALING[config.model.input_norm])
             loaders[(split, training)] = ds
             return ds
 

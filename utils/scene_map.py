@@ -149,20 +149,32 @@ class TilePredictor:
     """
 
     def __init__(self, net, batch_size=32, image_size=None):
+        from model.config import INPUT_SCALING, LEGACY_INPUT_NORM
+
         self.net = net
+        config = getattr(net, "config", None)
+        #: what is done to the tiles before the model (``data.loader.SCALINGS``)
+        self.scaling = INPUT_SCALING[getattr(config, "input_norm", LEGACY_INPUT_NORM)]
+        if self.scaling == "shard_max":
+            raise UsageError("the model was trained with --input_norm shard_max (each shard "
+                             "divided by its own maximum, as the original code): a scene has no "
+                             "shards to take that maximum from; map scenes with a model trained "
+                             "with --input_norm bands, bands_per_date or dtype")
         self.batch_size = int(batch_size)
         self.image_size = None if image_size is None else tuple(int(s) for s in image_size)
         self.seconds = 0.0  # time inside the model
         self.tiles = 0
 
     def prepare(self, x):
-        """uint8/uint16 tiles as stored (the model scales them); float or resized ones scaled."""
+        """As the loader hands batches to the model: uint8/uint16 tiles as stored (the model
+        normalises them); float or resized ones dtype-scaled (``dtype``) or cast to float32 as
+        they are (``bands``/``bands_per_date``: raw values, the model standardises them)."""
         from data.shards import scale_images
 
         resize = self.image_size is not None and tuple(x.shape[1:3]) != self.image_size
-        if x.dtype.kind == "u" and not resize:
+        if (x.dtype.kind == "u" or self.scaling == "raw") and not resize:
             return x
-        x = scale_images(x)
+        x = scale_images(x) if self.scaling == "dtype" else x.astype(np.float32)
         if resize:
             import keras
 

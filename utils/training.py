@@ -13,12 +13,13 @@ after the devices are chosen.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import math
 import os
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -31,6 +32,7 @@ from utils.checkpoints import (
     checkpoint_signature,
     is_compiled,
     load_checkpoint,
+    model_fields,
     read_checkpoint_config,
 )
 from utils.cli import UsageError, progress_verbose
@@ -89,8 +91,10 @@ def _train(config: TrainConfig, checked_splits, cluster) -> int:
 
         check_batches(config, plan.summaries, cluster.num_workers)
     check_model_inputs(config, plan, modes)
+    config = resumed_input_norm(config, modes)
     check_memory(config, plan)
     config = config.replace(ce_weights=class_weights(config.class_weight, plan))
+    plan = input_statistics(config, plan, modes)  # a constant band: one line, nothing written
     with lock_dirs(output_roots(config)):  # one writer per directory, until the end
         modes = check_outputs(config)  # again: another process may have written meanwhile
         device_info = setup_backend(config.mixed_precision)  # TensorFlow starts (quietly) here
@@ -128,6 +132,8 @@ class DataPlan:
     image_size: tuple
     channels: int
     class_names: list | None
+    #: data.stats.BandStatistics of trn (--input_norm bands*, set by ``input_statistics``), or None
+    input_stats: object = field(default=None, kw_only=True)
 
 
 @dataclass
@@ -208,6 +214,43 @@ def class_weights(name: str, plan: DataPlan):
                  ", ".join(f"{names[k]} {w:.3g}" for k, w in enumerate(weights)))
         out.append(weights)
     return tuple(out)
+
+
+def input_statistics(config, plan: DataPlan, modes) -> DataPlan:
+    """``plan`` with ``input_stats``: the trn split's band statistics (``data.stats``, one
+    streaming pass, NumPy only) when ``--input_norm`` needs them and a run starts from scratch;
+    a resumed run keeps those in its checkpoint. Logs one line per band."""
+    from data.stats import band_statistics
+    from model.config import STAT_NORMS
+
+    mode = config.model.input_norm
+    if mode not in STAT_NORMS or "fresh" not in modes:
+        return plan
+    stats = band_statistics(plan.splits["trn"], "trn", plan.summaries["trn"])
+    log.info("--input_norm %s: statistics of the training split (%d + %d data pixels, %d + %d "
+             "nodata pixels left out):", mode, *stats.count, *stats.nodata)
+    for line in stats.lines(mode):
+        log.info("  %s", line)
+    return dataclasses.replace(plan, input_stats=stats)
+
+
+def resumed_input_norm(config, modes):
+    """With --resume of runs saved before ``input_norm`` existed (their checkpoints have no such
+    field; their inputs were dtype-scaled): the config takes the runs' ``dtype``, said in one
+    log line, so that the loaders feed them what they were trained on. Runs saved since then
+    carry it in args.json, and a different one is refused by ``check_resume_settings``."""
+    from model.config import LEGACY_INPUT_NORM
+
+    if config.model.input_norm == LEGACY_INPUT_NORM:
+        return config
+    legacy = [k for k, mode in enumerate(modes) if mode != "fresh" and "input_norm" not in
+              model_fields(read_checkpoint_config(run_paths(config, k).last))]
+    if legacy:
+        log.warning("run(s) %s saved before input normalisation was a model option: resuming "
+                    "with their dtype scaling (--input_norm %s)",
+                    ", ".join(str(k) for k in legacy), LEGACY_INPUT_NORM)
+        return config.replace(input_norm=LEGACY_INPUT_NORM)
+    return config
 
 
 def check_model_inputs(config, plan: DataPlan, modes=None) -> None:
@@ -298,6 +341,7 @@ def check_memory(config, plan: DataPlan) -> None:
 def load_data(config, plan: DataPlan) -> Data:
     """The streaming loaders of the checked splits."""
     from data.loader import make_dataset, steps_per_epoch  # Keras: the loader is the backend's
+    from model.config import INPUT_SCALING
 
     for s in plan.summaries.values():
         log.info("%s", s.format())
@@ -305,8 +349,8 @@ def load_data(config, plan: DataPlan) -> Data:
     def loader(split, training):
         ds, _ = make_dataset(plan.splits[split], config.batch_size, training=training,
                              seed=config.seed, image_size=config.image_size,
-                             num_classes=plan.num_classes,
-                             raw_integers=True)  # the model scales uint8/uint16 on the device
+                             num_classes=plan.num_classes, raw_integers=True,
+                             scaling=INPUT_SCALING[config.model.input_norm])  # the model normalises
         return ds
 
     return Data(**vars(plan), trn=loader("trn", True), val=loader("val", False),
@@ -352,6 +396,8 @@ def build_or_resume(config, data: Data, paths: RunPaths, seed: int):
         raise UsageError(f"{e.path}: --weights: {e.reason}") from None
     except ValueError as e:
         raise UsageError(f"--backbone {config.backbone}: {e}") from None
+    if data.input_stats is not None:
+        net.set_input_statistics(*data.input_stats.for_mode(config.model.input_norm))
     net.compile(optimizer=build_optimizer(config, data.steps_per_epoch),
                 jit_compile=resolve_jit(config.jit))
     return net, {"epoch": 0, "best_score": -math.inf, "best_epoch": None}
@@ -379,6 +425,7 @@ def check_iterations(net, state: dict, steps_per_epoch: int, path: Path) -> None
 def make_callbacks(config, data: Data, paths: RunPaths, state: dict, run_info: dict,
                    multi_worker: bool = False):
     from data.loader import make_dataset
+    from model.config import INPUT_SCALING
     from utils.callbacks import (
         Checkpoints,
         EpochLog,
@@ -396,7 +443,8 @@ def make_callbacks(config, data: Data, paths: RunPaths, state: dict, run_info: d
     if config.eval_trn:
         extra["trn"], _ = make_dataset(config.trn_dir, config.batch_size, training=False,
                                        image_size=config.image_size, num_classes=data.num_classes,
-                                       raw_integers=True)
+                                       raw_integers=True,
+                                       scaling=INPUT_SCALING[config.model.input_norm])
     # the epoch's log rows before its checkpoint: a kill in between leaves rows past the
     # checkpoint's epoch, which a resume drops (EpochLog, truncate_event_files), never a gap
     cbs = [guard, SplitEvaluation(extra, guard), EpochSummary()]
@@ -459,7 +507,8 @@ def train_one_run(config, data: Data, k: int, strategy, device_info: dict) -> di
         "args": config.to_args(), "run": k, "seed": seed, "devices": device_info, "versions": versions(),
         "data": {s: v.to_dict() for s, v in data.summaries.items()},
         "num_classes": data.num_classes, "class_names": data.class_names,
-        "image_size": list(data.image_size), "command": sys.argv})
+        "image_size": list(data.image_size), "command": sys.argv,
+        "input_norm": {"mode": net.config.input_norm, **(net.input_statistics() or {})}})
     from utils.multiworker import uses_custom_loop, writes_results
 
     callbacks, guard = make_callbacks(config, data, paths, state, run_info,
