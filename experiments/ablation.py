@@ -1,7 +1,7 @@
 """Which defaults make CorrFusion fuse? One difference at a time, from this project's setting and
 from the original's, on real-like synthetic data, clean and with date 2 degraded.
 
-    python experiments/ablation.py                        # the README's run (small, CPU, ~35 min)
+    python experiments/ablation.py                        # the README's run (small, CPU; ~2 h serially here)
     python experiments/ablation.py --report_only          # rebuild results and table from OUT/runs
     python experiments/ablation.py --backbone vgg16 --size 64 --pairs 2000 --epochs 30 \\
         --out runs/ablation_vgg16                         # for a GPU (not run here)

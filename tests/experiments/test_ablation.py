@@ -83,3 +83,13 @@ def test_tiny_ablation_end_to_end(tmp_path):
     assert ab.main(argv) == 0  # finished: nothing is trained again
     assert (out / "runs" / "project__base" / "s0.8" / "corrfusion" / "0" / "results" / "tst"
             / "results.json").stat().st_mtime == mtime
+
+
+def test_readme_tables_are_the_committed_results():
+    """README "Choosing the defaults" shows the script's defaults.md and table.md, not typed by hand."""
+    readme = (ROOT / "README.md").read_text()
+    for name in ("defaults.md", "table.md"):
+        table = (ROOT / "experiments" / "ablation" / name).read_text()
+        assert table.strip() and table.strip() in readme, name
+    rows = (ROOT / "experiments" / "ablation" / "results.csv").read_text().splitlines()
+    assert len(rows) > 1
