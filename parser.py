@@ -113,8 +113,9 @@ def float_list(value: str) -> list[float]:
         vals = [float(v) for v in value.split(",") if v.strip()]
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {value!r}") from None
-    if not vals or any(not v > 0 for v in vals):
-        raise argparse.ArgumentTypeError(f"expected comma-separated positive numbers, got {value!r}")
+    if not vals or any(not 0 < v < float("inf") for v in vals):  # NaN and inf fail too
+        raise argparse.ArgumentTypeError(
+            f"expected comma-separated finite positive numbers, got {value!r}")
     return vals
 
 
@@ -296,6 +297,10 @@ def check_train_args(parser: argparse.ArgumentParser, args, argv=None) -> argpar
         apply_defaults(parser, args, argv, PRESETS[args.preset])
     if args.resume and args.overwrite:
         parser.error("--resume and --overwrite exclude each other")
+    if len(args.lr) == 1 and args.lr_boundaries:  # not ignored (and recorded) silently
+        parser.error(f"--lr_boundaries {','.join(map(str, args.lr_boundaries))}: needs "
+                     f"{len(args.lr_boundaries) + 1} --lr values (one per period), --lr has 1; "
+                     "give the learning rates, or drop --lr_boundaries for a constant rate")
     if len(args.lr) != len(args.lr_boundaries) + 1 and len(args.lr) != 1:
         parser.error(f"--lr has {len(args.lr)} values; it needs one more than --lr_boundaries "
                      f"({len(args.lr_boundaries)}) or a single value")

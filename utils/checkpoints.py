@@ -202,6 +202,10 @@ def check_checkpoint(path, splits: dict, summaries: dict, image_size=None) -> tu
     config = read_checkpoint_config(path)
     check_two_date_model(config, path)
     signature = config_signature(config)
+    if signature[1] is not None:
+        from data.shards import check_class_count
+
+        check_class_count(signature[1], f"checkpoint {path}")
     for name, split_dir in splits.items():
         check_compatible(signature, summaries[name], image_size, split_dir, f"checkpoint {path}")
     return signature

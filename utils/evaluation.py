@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 import scipy.io
 
-from data.shards import inspect_split, read_labels, require_labels
+from data.shards import check_class_names, inspect_split, read_labels, require_labels
 from data.splits import SPLITS, resolve_split_dirs
 from utils import plots, scene_map
 from utils.checkpoints import (
@@ -472,6 +472,8 @@ def evaluate_checkpoint(config: EvalConfig, command=None) -> dict:
     for split, summary in summaries.items():
         require_labels(summary, split, "evaluation")
     check_checkpoint(ckpt, splits, summaries, image_size)
+    check_class_names(summaries, saved.get("class_names"),
+                      f"the class names of {ckpt}'s run (args.json)")
     with DirLock(out_dir):  # one writer per result directory, until everything is written
         check_writable_dir(out_dir, config.overwrite, "result directory")  # again, under the lock
         return predict_and_write(config, ckpt, saved, splits, summaries, image_size, out_dir,

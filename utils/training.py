@@ -23,7 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
-from data.shards import ShardError, inspect_split, require_labels
+from data.shards import ShardError, check_class_count, check_class_names, inspect_split, require_labels
 from data.splits import resolve_split_dirs
 from data.synthetic import demo_data_dir, ensure_demo_data
 from utils.checkpoints import (
@@ -156,8 +156,14 @@ def check_data(config, checked_splits=()) -> DataPlan:
         if summaries[split].n_pairs == 0:
             raise ShardError(f"{split_dir}: label_t1/label_t2: no usable pairs; expected at least "
                              "one pair with labels > 0 on both dates")
+    check_class_names(summaries)  # the same classes under the same names in every split
     k_data = max(s.num_classes for s in summaries.values())
     num_classes = config.num_classes or k_data
+    if config.num_classes:
+        check_class_count(num_classes, f"-n/--num_classes {num_classes}")
+    else:
+        worst = max(summaries.items(), key=lambda kv: kv[1].num_classes)
+        check_class_count(num_classes, f"{splits[worst[0]]}: class_names/labels")
     if num_classes < k_data:
         worst = max(summaries.items(), key=lambda kv: kv[1].num_classes)
         raise UsageError(f"{splits[worst[0]]}: labels go up to {k_data} but -n/--num_classes is "

@@ -1,0 +1,194 @@
+"""Survival, third pass (issue 24): each hostile case is a command, its exit status, its one line
+and nothing written or lost. Everything here is refused before TensorFlow starts, or uses an
+untrained small model saved once per module: no training."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import eval as eval_script
+import predict
+import train_cnn
+from data import inspect as inspect_cli
+from data import shards
+from tests.data import _scenes as scenes
+from tests.scripts.test_train_survival import one_error_line, snapshot, train
+from utils.cli import run_main
+
+
+def rewrite_split(data, split, raw=False, **changes):
+    """The split's one shard written again with ``changes`` (arrays or class_names)."""
+    path = next((Path(data) / split).glob("*.npz"))
+    with np.load(path, allow_pickle=False) as z:
+        arrays = {k: z[k] for k in z.files}
+    arrays.update(changes)
+    path.unlink()
+    if raw:  # what write_shard itself would refuse
+        np.savez(path, **{k: v for k, v in arrays.items() if v is not None})
+        return
+    names = arrays.pop("class_names", None)
+    shards.write_shard(path, arrays.pop("image_t1"), arrays.pop("image_t2"),
+                       arrays.pop("label_t1"), arrays.pop("label_t2"),
+                       class_names=None if names is None else list(names), **arrays)
+
+
+@pytest.fixture
+def data_copy(demo_data, tmp_path):
+    dst = tmp_path / "data"
+    shutil.copytree(demo_data, dst)
+    return dst
+
+
+def usage_error(capsys, call):
+    """argparse's refusal: exit 2, its last line the ``error:``."""
+    with pytest.raises(SystemExit) as exc:
+        call()
+    assert exc.value.code == 2
+    return capsys.readouterr().err.strip().splitlines()[-1]
+
+
+# ------------------------------------------------------------------------------ (3), (4) flags
+@pytest.mark.parametrize("lr", ["inf", "1e-3,inf", "-inf"])
+def test_an_infinite_learning_rate_is_refused_at_parse_time(demo_data, tmp_path, capsys, lr):
+    err = usage_error(capsys, lambda: train(demo_data, tmp_path / "w", f"--lr={lr}",
+                                            "--lr_boundaries", "1" if "," in lr else ""))
+    assert "argument --lr: expected comma-separated finite positive numbers" in err
+    assert not (tmp_path / "w").exists()
+
+
+def test_boundaries_with_a_single_learning_rate_are_refused(demo_data, tmp_path, capsys):
+    err = usage_error(capsys, lambda: train(demo_data, tmp_path / "w", "--lr_boundaries", "30,60"))
+    assert err.endswith("error: --lr_boundaries 30,60: needs 3 --lr values (one per period), "
+                        "--lr has 1; give the learning rates, or drop --lr_boundaries for a "
+                        "constant rate")
+    assert not (tmp_path / "w").exists()
+
+
+# ---------------------------------------------------------------------------- (1) class count
+def test_a_label_above_the_class_limit_is_refused_before_training(data_copy, tmp_path, capsys):
+    with np.load(next((data_copy / "trn").glob("*.npz"))) as z:
+        y = z["label_t1"].copy()
+    y[0] = shards.MAX_CLASSES + 1
+    rewrite_split(data_copy, "trn", raw=True, label_t1=y, class_names=None)
+    before = snapshot(data_copy)
+    assert train(data_copy, tmp_path / "w") == 2
+    err = one_error_line(capsys)
+    assert f"label_t1: label {shards.MAX_CLASSES + 1}; expected class ids 1..K with K <= " \
+           f"{shards.MAX_CLASSES}" in err
+    assert not (tmp_path / "w").exists() and snapshot(data_copy) == before
+
+
+def test_a_class_count_above_the_limit_is_refused_before_training(demo_data, tmp_path, capsys):
+    assert train(demo_data, tmp_path / "w", "-n", str(shards.MAX_CLASSES + 1)) == 2
+    err = one_error_line(capsys)
+    assert err == (f"error: -n/--num_classes {shards.MAX_CLASSES + 1}: {shards.MAX_CLASSES + 1} "
+                   f"classes; expected at most {shards.MAX_CLASSES} (the K x K confusion and "
+                   "transition matrices and their figures are bounded and tested up to that)")
+    assert not (tmp_path / "w").exists()
+
+
+# -------------------------------------------------------------------- (2) class names per split
+def test_class_names_that_differ_between_splits_are_refused(data_copy, tmp_path, capsys):
+    names = ["a", "b", "c", "d"]
+    for split in ("trn", "val", "tst"):
+        rewrite_split(data_copy, split, class_names=names[::-1] if split == "val" else names)
+    before = snapshot(data_copy)
+    assert train(data_copy, tmp_path / "w") == 2
+    err = one_error_line(capsys)
+    assert str(data_copy / "val") in err and "class_names: ['d', 'c', 'b', 'a']" in err
+    assert "(class 1 is 'd' here, 'a' there)" in err
+    assert not (tmp_path / "w").exists()
+
+    assert inspect_cli.main([str(data_copy)]) == 2
+    err = one_error_line(capsys)
+    assert str(data_copy / "val") in err and "class_names" in err
+    assert snapshot(data_copy) == before
+
+
+@pytest.fixture(scope="module")
+def named_run(tmp_path_factory):
+    """A run directory: an untrained small model for the demo data (4 classes, 32 x 32) as
+    checkpoints/best.keras and an args.json naming the classes a, b, c, d."""
+    import model as cfn
+
+    run = tmp_path_factory.mktemp("named_run")
+    (run / "checkpoints").mkdir()
+    cfn.build_model(4, image_size=(32, 32), backbone="small", hidden=16, seed=0).save(
+        run / "checkpoints" / "best.keras")
+    (run / "args.json").write_text(json.dumps({"class_names": ["a", "b", "c", "d"]}))
+    return run
+
+
+def test_eval_refuses_a_split_naming_the_classes_unlike_the_checkpoint(named_run, data_copy,
+                                                                      tmp_path, capsys):
+    rewrite_split(data_copy, "tst", class_names=["b", "a", "c", "d"])
+    rc = run_main(eval_script.main, ["-m", str(named_run), "-tst", str(data_copy / "tst"),
+                                     "-rpath", str(tmp_path / "res")])
+    assert rc == 2
+    err = one_error_line(capsys)
+    assert str(data_copy / "tst") in err and "class_names: ['b', 'a', 'c', 'd']" in err
+    assert "args.json" in err and not (tmp_path / "res").exists()
+
+
+def test_predict_refuses_the_runs_class_names_in_another_order(named_run):
+    ckpt = named_run / "checkpoints" / "best.keras"
+    saved = ["a", "b", "c", "d"]
+    with pytest.raises(predict.UsageError, match=r"--class_names: class 1 is 'b', the run "
+                                                 r"\(args.json\) trained it as 'a'"):
+        predict.class_names("b,a,c,d", saved, 4, ckpt)
+    assert predict.class_names("w,x,y,z", saved, 4, ckpt) == ["w", "x", "y", "z"]  # a renaming
+
+
+# ------------------------------------------------------------------------ weak message: 0 pairs
+def test_a_split_of_zero_pairs_says_so(data_copy, tmp_path, capsys):
+    with np.load(next((data_copy / "val").glob("*.npz"))) as z:
+        empty = {k: z[k][:0] for k in ("image_t1", "image_t2", "label_t1", "label_t2", "row", "col")}
+    rewrite_split(data_copy, "val", **empty)
+    assert train(data_copy, tmp_path / "w") == 2
+    err = one_error_line(capsys)
+    assert err == f"error: {data_copy / 'val'}: val split: 0 pairs in 1 shard(s); expected at " \
+                  "least one pair for training"
+    assert not (tmp_path / "w").exists()
+
+
+# ------------------------------------------------------------------ (6), (7) predict.py rasters
+@pytest.fixture(scope="module")
+def model_32(tmp_path_factory):
+    """An untrained small model for 32 x 32 x 3 tiles, 3 classes."""
+    import model as cfn
+
+    path = tmp_path_factory.mktemp("m32") / "m32.keras"
+    cfn.build_model(3, image_size=(32, 32), backbone="small", hidden=16, seed=0).save(path)
+    return path
+
+
+@pytest.mark.parametrize("width, height", [(128, 96), (1, 1), (20, 200)])
+def test_predict_maps_a_raster_narrower_than_one_tile(model_32, tmp_path, capsys, width, height):
+    import rasterio
+
+    image = scenes.render(scenes.class_grid(1, 1), 256, height=height, width=width, seed=1)
+    t1 = scenes.write_tif(tmp_path / "t1.tif", image)
+    t2 = scenes.write_tif(tmp_path / "t2.tif", image)
+    out = tmp_path / "maps"
+    assert run_main(predict.main, ["-m", str(model_32), "--t1", str(t1), "--t2", str(t2),
+                                   "--out", str(out), "--tile", "256", "-g", "cpu"]) == 0
+    with rasterio.open(out / "change.tif") as src:
+        assert (src.width, src.height) == (1, 1)  # one tile covers the raster
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["pairs"] == 1
+
+
+def test_predict_into_an_unwritable_location_is_refused(model_32, tmp_path, capsys):
+    image = scenes.render(scenes.class_grid(1, 1), 32, seed=1)
+    t1 = scenes.write_tif(tmp_path / "t1.tif", image)
+    rc = run_main(predict.main, ["-m", str(model_32), "--t1", str(t1), "--t2", str(t1),
+                                 "--out", "/sys/x/maps"])
+    assert rc == 2
+    assert one_error_line(capsys) == ("error: --out /sys/x/maps: cannot write (in /sys): "
+                                      "Permission denied; expected a writable directory")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["t1.tif"]
