@@ -33,7 +33,7 @@ from utils.checkpoints import (
     load_checkpoint,
     read_checkpoint_config,
 )
-from utils.cli import UsageError, progress_verbose
+from utils.cli import UsageError, disk_full, is_disk_full, progress_verbose
 from utils.config import TrainConfig
 from utils.devices import cluster_from_env, make_strategy, select_devices, setup_backend
 from utils.evaluation import evaluate_split, write_outputs
@@ -70,12 +70,18 @@ def train(config: TrainConfig, checked_splits=()) -> int:
     """
     select_devices(config.gpu)  # before TensorFlow starts
     cluster = cluster_from_env()  # TF_CONFIG: multi-worker training (utils.multiworker)
-    if cluster is not None and not cluster.is_chief:
-        from utils.multiworker import temporary_workdir
+    try:
+        if cluster is not None and not cluster.is_chief:
+            from utils.multiworker import temporary_workdir
 
-        with temporary_workdir(config) as worker_config:  # only the chief writes the run dir
-            return _train(worker_config, checked_splits, cluster)
-    return _train(config, checked_splits, cluster)
+            with temporary_workdir(config) as worker_config:  # only the chief writes the run dir
+                return _train(worker_config, checked_splits, cluster)
+        return _train(config, checked_splits, cluster)
+    except OSError as e:  # a full disk while writing: one line, and how to go on
+        if not is_disk_full(e):
+            raise
+        raise disk_full(e, "free space, then run the same command with --resume to continue "
+                           "after the last finished epoch") from None
 
 
 def _train(config: TrainConfig, checked_splits, cluster) -> int:

@@ -110,28 +110,31 @@ def test_class_names_that_differ_between_splits_are_refused(data_copy, tmp_path,
     assert snapshot(data_copy) == before
 
 
+DEMO_NAMES = ["water", "farmland", "dense_residential", "sparse_residential"]
+
+
 @pytest.fixture(scope="module")
 def named_run(tmp_path_factory):
     """A run directory: an untrained small model for the demo data (4 classes, 32 x 32) as
-    checkpoints/best.keras and an args.json naming the classes a, b, c, d."""
+    checkpoints/best.keras and an args.json naming the classes as the demo data does."""
     import model as cfn
 
     run = tmp_path_factory.mktemp("named_run")
     (run / "checkpoints").mkdir()
     cfn.build_model(4, image_size=(32, 32), backbone="small", hidden=16, seed=0).save(
         run / "checkpoints" / "best.keras")
-    (run / "args.json").write_text(json.dumps({"class_names": ["a", "b", "c", "d"]}))
+    (run / "args.json").write_text(json.dumps({"class_names": DEMO_NAMES}))
     return run
 
 
 def test_eval_refuses_a_split_naming_the_classes_unlike_the_checkpoint(named_run, data_copy,
                                                                       tmp_path, capsys):
-    rewrite_split(data_copy, "tst", class_names=["b", "a", "c", "d"])
+    rewrite_split(data_copy, "tst", class_names=[DEMO_NAMES[i] for i in (1, 0, 2, 3)])
     rc = run_main(eval_script.main, ["-m", str(named_run), "-tst", str(data_copy / "tst"),
                                      "-rpath", str(tmp_path / "res")])
     assert rc == 2
     err = one_error_line(capsys)
-    assert str(data_copy / "tst") in err and "class_names: ['b', 'a', 'c', 'd']" in err
+    assert str(data_copy / "tst") in err and "(class 1 is 'farmland' here, 'water' there)" in err
     assert "args.json" in err and not (tmp_path / "res").exists()
 
 
@@ -141,6 +144,7 @@ def test_predict_refuses_the_runs_class_names_in_another_order(named_run):
     with pytest.raises(predict.UsageError, match=r"--class_names: class 1 is 'b', the run "
                                                  r"\(args.json\) trained it as 'a'"):
         predict.class_names("b,a,c,d", saved, 4, ckpt)
+    assert predict.class_names("a,b,c,d", saved, 4, ckpt) == saved
     assert predict.class_names("w,x,y,z", saved, 4, ckpt) == ["w", "x", "y", "z"]  # a renaming
 
 
@@ -192,3 +196,76 @@ def test_predict_into_an_unwritable_location_is_refused(model_32, tmp_path, caps
     assert one_error_line(capsys) == ("error: --out /sys/x/maps: cannot write (in /sys): "
                                       "Permission denied; expected a writable directory")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["t1.tif"]
+
+
+# ------------------------------------------------------------------------------- (5) disk full
+def no_temporary_files(root):
+    return not [p for p in Path(root).rglob("*") if ".tmp" in p.name or ".incomplete" in p.name]
+
+
+def test_a_full_disk_in_training_is_one_line_and_a_distinct_status(demo_data, tmp_path, capsys,
+                                                                   monkeypatch):
+    """ENOSPC from a write of the run (injected into args.json's): one line naming the file,
+    that nothing written is lost and that --resume continues; exit status 74, no traceback."""
+    import errno
+
+    from utils import training
+    from utils.cli import DISK_FULL_STATUS
+
+    def full(path, obj):
+        raise OSError(errno.ENOSPC, "No space left on device", str(path))
+
+    monkeypatch.setattr(training, "atomic_write_json", full)
+    assert train(demo_data, tmp_path / "w") == DISK_FULL_STATUS == 74
+    err = one_error_line(capsys)
+    assert err == (f"error: {tmp_path / 'w' / 'args.json'}: disk full, write failed (No space "
+                   "left on device, errno 28); files written before are whole (each is replaced "
+                   "only once complete): free space, then run the same command with --resume to "
+                   "continue after the last finished epoch")
+    assert no_temporary_files(tmp_path)
+
+
+@pytest.fixture
+def small_tmpfs(tmp_path):
+    """A 96 KiB tmpfs (needs root; skipped where mount is refused), unmounted afterwards."""
+    import subprocess
+
+    mnt = tmp_path / "full"
+    mnt.mkdir()
+    proc = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=96k", "tmpfs", str(mnt)],
+                          capture_output=True, text=True)
+    if proc.returncode:
+        pytest.skip(f"cannot mount a tmpfs here: {proc.stderr.strip()}")
+    try:
+        yield mnt
+    finally:
+        subprocess.run(["umount", str(mnt)], check=False)
+
+
+def test_eval_onto_a_full_disk_is_one_line_and_a_distinct_status(named_run, demo_data,
+                                                                 small_tmpfs, capsys):
+    """A real ENOSPC: eval.py's results (figures of hundreds of KiB) into a 96 KiB tmpfs."""
+    rc = run_main(eval_script.main, ["-m", str(named_run), "-tst", str(demo_data / "tst"),
+                                     "-rpath", str(small_tmpfs / "res"), "-g", "cpu"])
+    assert rc == 74
+    err = one_error_line(capsys)
+    assert "disk full, write failed (No space left on device, errno 28)" in err
+    assert err.endswith("free space and run the command again")
+    assert no_temporary_files(small_tmpfs)
+
+
+def test_a_file_size_limit_is_one_line_and_a_distinct_status(named_run, demo_data, tmp_path,
+                                                              capsys):
+    """``ulimit -f`` (EFBIG; Python ignores SIGXFSZ) while eval.py writes its results."""
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (64 * 1024, hard))
+    try:
+        rc = run_main(eval_script.main, ["-m", str(named_run), "-tst", str(demo_data / "tst"),
+                                         "-rpath", str(tmp_path / "res"), "-g", "cpu"])
+    finally:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
+    assert rc == 74
+    assert "disk full, write failed (File too large, errno 27)" in one_error_line(capsys)
+    assert no_temporary_files(tmp_path)
