@@ -49,7 +49,10 @@ TF_STARTUP_NOISE = re.compile(
     r"failed call to cuInit|cuda_platform\.cc|cuda_executor\.cc|cuda_diagnostics|"
     r"Unable to register cu(DNN|FFT|BLAS) factory|computation_placer\.cc|TF-TRT Warning|"
     r"oneDNN custom operations are on|port\.cc:\d+\] oneDNN|"
-    r"successful NUMA node read|gpu_device\.cc.*Skipping registering GPU devices")
+    r"successful NUMA node read|gpu_device\.cc.*Skipping registering GPU devices|"
+    # a multi-worker (TF_CONFIG) start: the coordination service's and gRPC server's lines
+    r"coordination_service(_agent)?\.(cc|h)|grpc_server_lib\.cc|collective_param_resolver|"
+    r"^/job:(worker|chief)/replica:\d+/task:\d+\s*$")
 
 #: environment variable that ``configure_logging(verbose=True)`` sets: native start-up lines shown
 VERBOSE_ENV = "CORRFUSION_VERBOSE"

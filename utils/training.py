@@ -97,10 +97,14 @@ def _train(config: TrainConfig, checked_splits, cluster) -> int:
     check_model_inputs(config, plan, modes)
     check_memory(config, plan)
     config = config.replace(ce_weights=class_weights(config.class_weight, plan))
+    if cluster is not None:  # the workers join before anything is written
+        device_info = setup_backend(config.mixed_precision)
+        strategy = make_strategy(device_info)
     with lock_dirs(output_roots(config)):  # one writer per directory, until the end
         modes = check_outputs(config)  # again: another process may have written meanwhile
-        device_info = setup_backend(config.mixed_precision)  # TensorFlow starts (quietly) here
-        strategy = make_strategy(device_info)  # before TensorFlow's runtime starts (in load_data)
+        if cluster is None:
+            device_info = setup_backend(config.mixed_precision)  # TensorFlow starts (quietly)
+            strategy = make_strategy(device_info)  # before TensorFlow's runtime starts (load_data)
         data = load_data(config, plan)
         try:
             results = [finished_run_results(config, k) if mode == "done" else
