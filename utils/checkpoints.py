@@ -141,6 +141,11 @@ def load_checkpoint(path, require_optimizer=False):
     try:
         net = cfn.load_model(path)
     except Exception as e:  # noqa: BLE001 - any failure to read means "not a usable checkpoint"
+        if "safe_mode" in str(e) or "arbitrary code execution" in str(e):
+            what = "a `Lambda` layer" if "Lambda" in str(e) else "Python code"
+            raise UsageError(f"{path}: refused: it holds {what} (Python code that loading would "
+                             "run; unsafe, Keras safe_mode); expected a CorrFusionNet checkpoint, "
+                             "which holds none") from None
         first = (str(e).strip().splitlines() or [""])[0][:200]
         raise UsageError(
             f"{path}: not a readable Keras checkpoint ({type(e).__name__}: {first})"

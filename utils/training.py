@@ -305,7 +305,10 @@ def check_memory(config, plan: DataPlan) -> None:
     need, have = activation_bytes(config, plan), available_memory()
     if have is not None and need > have:
         h, w = plan.image_size
-        raise UsageError(f"--image_size {h},{w}: a training batch of {config.batch_size} pairs "
+        flag = (f"--image_size {h},{w}" if config.image_size is not None
+                else f"-b/--batch_size {config.batch_size}")  # the flag the user gave
+        size = "" if config.image_size is not None else f" of {h}x{w} (the shards' size)"
+        raise UsageError(f"{flag}: a training batch of {config.batch_size} pairs{size} "
                          f"needs at least {need / 2**30:.1f} GiB for the {config.backbone} "
                          f"backbone's activations, more than the {have / 2**30:.1f} GiB of memory "
                          "here; use a smaller --image_size or -b/--batch_size")

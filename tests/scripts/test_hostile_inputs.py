@@ -269,3 +269,42 @@ def test_a_file_size_limit_is_one_line_and_a_distinct_status(named_run, demo_dat
     assert rc == 74
     assert "disk full, write failed (File too large, errno 27)" in one_error_line(capsys)
     assert no_temporary_files(tmp_path)
+
+
+# ------------------------------------------------------------------------------ weak messages
+def test_an_unsafe_lambda_checkpoint_is_refused_by_name(tmp_path):
+    import keras
+
+    from utils.checkpoints import load_checkpoint
+    from utils.cli import UsageError
+
+    inp = keras.Input((3,))
+    keras.Model(inp, keras.layers.Lambda(lambda x: x * 2)(inp)).save(tmp_path / "lam.keras")
+    with pytest.raises(UsageError) as exc:
+        load_checkpoint(tmp_path / "lam.keras")
+    assert str(exc.value) == (f"{tmp_path / 'lam.keras'}: refused: it holds a `Lambda` layer "
+                              "(Python code that loading would run; unsafe, Keras safe_mode); "
+                              "expected a CorrFusionNet checkpoint, which holds none")
+
+
+def test_a_batch_too_large_for_memory_names_the_batch_not_an_image_size(demo_data, tmp_path,
+                                                                        capsys):
+    assert train(demo_data, tmp_path / "w", "-b", "100000000") == 2
+    err = one_error_line(capsys)
+    assert err.startswith("error: -b/--batch_size 100000000: a training batch of 100000000 pairs "
+                          "of 32x32 (the shards' size) needs at least ") and "--image_size 32" not in err
+    assert not (tmp_path / "w").exists()
+
+
+@pytest.mark.parametrize("methods, words", [("baseline,,baseline", "an empty method name"),
+                                            ("baseline,corrfusion,baseline",
+                                             "baseline given more than once")])
+def test_compare_refuses_an_empty_or_repeated_method(demo_data, tmp_path, capsys, methods, words):
+    import compare
+
+    with pytest.raises(SystemExit) as exc:
+        compare.parse_args(["--data_dir", str(demo_data), "--workdir", str(tmp_path / "w"),
+                            "--methods", methods])
+    assert exc.value.code == 2
+    assert words in capsys.readouterr().err.strip().splitlines()[-1]
+    assert not (tmp_path / "w").exists()
