@@ -468,6 +468,10 @@ def train_one_run(config, data: Data, k: int, strategy, device_info: dict) -> di
     make_run_dirs(config, paths)
     for d in (paths.ckpt_dir, paths.result_dir / "tst", paths.log_dir):
         remove_stale_temp_files(d)
+    if config.resume and config.save_model:
+        from utils.callbacks import restore_best
+
+        restore_best(paths.best, paths.last, state)  # a kill between last.keras and best.keras
     if not config.resume:  # a new run: not the event files of the one it replaces
         from utils.callbacks import remove_event_files
 

@@ -308,3 +308,21 @@ def test_compare_refuses_an_empty_or_repeated_method(demo_data, tmp_path, capsys
     assert exc.value.code == 2
     assert words in capsys.readouterr().err.strip().splitlines()[-1]
     assert not (tmp_path / "w").exists()
+
+
+# ------------------------------------------------------------------------- left open: resume
+def test_a_resume_with_another_class_weight_is_refused(tmp_path):
+    from utils.cli import UsageError
+    from utils.config import TrainConfig
+    from utils.rundir import check_resume_settings, run_paths
+
+    def config(*extra):
+        return TrainConfig.from_args(train_cnn.parse_args(
+            ["--data_dir", "d", "--workdir", str(tmp_path), *extra]))
+
+    (tmp_path / "args.json").write_text(json.dumps({"args": config().to_args()}))
+    before = snapshot(tmp_path)
+    resumed = config("--resume", "--class_weight", "balanced")
+    with pytest.raises(UsageError, match=r"--class_weight balanced \(run: none\)"):
+        check_resume_settings(resumed, run_paths(resumed, 0))
+    assert snapshot(tmp_path) == before
