@@ -315,8 +315,12 @@ def eval_parser() -> argparse.ArgumentParser:
         formatter_class=HelpFormatter,
     )
     p.add_argument("-m", "--model", "--model_dir", dest="model", required=True,
-                   help="a .keras checkpoint, or a run directory (its checkpoints/best.keras); "
-                        "--model_dir is the original evaluate_model.py's name")
+                   help="a .keras checkpoint, or a run directory (its checkpoints/best.keras), or "
+                        "the http(s) URL of a .keras checkpoint (downloaded once into Keras' "
+                        "cache); --model_dir is the original evaluate_model.py's name")
+    p.add_argument("--sha256", default=None,
+                   help="with -m URL: the checkpoint's SHA-256; the download is refused when it "
+                        "differs")
     data = p.add_argument_group("data")
     _add_data_args(data)
     data.add_argument("--threshold", type=probability, default=0.5,

@@ -36,7 +36,11 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=HelpFormatter,
     )
     p.add_argument("-m", "--model", required=True,
-                   help="a .keras checkpoint, or a run directory (its checkpoints/best.keras)")
+                   help="a .keras checkpoint, or a run directory (its checkpoints/best.keras), or "
+                        "the http(s) URL of a .keras checkpoint (downloaded once into Keras' cache)")
+    p.add_argument("--sha256", default=None,
+                   help="with -m URL: the checkpoint's SHA-256; the download is refused when it "
+                        "differs")
     inp = p.add_argument_group("input")
     inp.add_argument("--t1", required=True, help="raster of date 1 (GeoTIFF)")
     inp.add_argument("--t2", required=True, help="raster of date 2, on the grid of --t1")
@@ -78,9 +82,15 @@ def parse_args(argv=None):
 
 
 # ------------------------------------------------------------------------------------------ steps
-def read_model_card(path) -> tuple[pathlib.Path, tuple, int, list | None]:
-    """Checkpoint, its input (H, W, C), K and the run's class names, without starting TensorFlow."""
-    ckpt, run_root = checkpoints.resolve_checkpoint(path)
+def read_model_card(path, sha256=None) -> tuple[pathlib.Path, tuple, int, list | None]:
+    """Checkpoint, its input (H, W, C), K and the run's class names, without starting TensorFlow
+    (but for a URL: downloaded once, checked against ``sha256``)."""
+    if checkpoints.is_url(path):
+        ckpt, run_root = checkpoints.download_checkpoint(path, sha256), None
+    elif sha256:
+        raise UsageError(f"--sha256: given with -m {path}; it checks a download (-m URL)")
+    else:
+        ckpt, run_root = checkpoints.resolve_checkpoint(path)
     config = checkpoints.read_checkpoint_config(ckpt)
     checkpoints.check_two_date_model(config, ckpt)
     shape, k = checkpoints.config_signature(config)
@@ -154,7 +164,10 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     configure_logging(args.verbose)
     select_devices(args.gpu)
-    ckpt, shape, k, saved_names = read_model_card(args.model)
+    if checkpoints.is_url(args.model):  # the cheap checks before the download
+        checkpoints.check_download(args.model, args.sha256)
+        scene_map.check_output_dir(args.out)
+    ckpt, shape, k, saved_names = read_model_card(args.model, args.sha256)
     names = class_names(args.class_names, saved_names, k, ckpt)
     config = make_config(args, ckpt, shape)
     scene_map.check_output_dir(config.out)

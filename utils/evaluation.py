@@ -31,9 +31,13 @@ from utils import plots, scene_map
 from utils.checkpoints import (
     check_checkpoint,
     check_compatible,
+    check_download,
+    download_checkpoint,
+    is_url,
     load_checkpoint,
     model_signature,
     resolve_checkpoint,
+    url_stem,
 )
 from utils.cli import UsageError, progress_verbose
 from utils.config import EvalConfig
@@ -461,10 +465,21 @@ def evaluate_checkpoint(config: EvalConfig, command=None) -> dict:
     Returns ``{split: metrics}``.
     """
     select_devices(config.gpu)  # before TensorFlow starts
-    ckpt, run_root = resolve_checkpoint(config.model)
+    if is_url(config.model):  # downloaded (once) after the cheap checks; results in ./NAME_eval
+        check_download(config.model, config.sha256)
+        splits = eval_splits(config, {})
+        out_dir = Path(config.result_path or f"{url_stem(config.model)}_eval")
+        check_writable_dir(out_dir, config.overwrite, "result directory")
+        ckpt, run_root = download_checkpoint(config.model, config.sha256), None
+    elif config.sha256:
+        raise UsageError(f"--sha256: given with -m {config.model}; it checks a download (-m URL)")
+    else:
+        ckpt, run_root = resolve_checkpoint(config.model)
     saved = run_args(run_root)
     splits = eval_splits(config, saved)
-    out_dir = Path(config.result_path) if config.result_path else default_result_dir(ckpt, run_root)
+    out_dir = Path(config.result_path) if config.result_path else (
+        Path(f"{url_stem(config.model)}_eval") if is_url(config.model)
+        else default_result_dir(ckpt, run_root))
     size = config.image_size or saved.get("args", {}).get("image_size")
     image_size = tuple(size) if size else None
     check_writable_dir(out_dir, config.overwrite, "result directory")

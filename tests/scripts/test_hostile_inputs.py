@@ -326,3 +326,76 @@ def test_a_resume_with_another_class_weight_is_refused(tmp_path):
     with pytest.raises(UsageError, match=r"--class_weight balanced \(run: none\)"):
         check_resume_settings(resumed, run_paths(resumed, 0))
     assert snapshot(tmp_path) == before
+
+
+# ------------------------------------------------------------------- a downloaded checkpoint
+@pytest.fixture
+def served(named_run, tmp_path, monkeypatch):
+    """best.keras of ``named_run`` served as /m.keras by an HTTP server on 127.0.0.1 (stopped
+    after the test); Keras' download cache in tmp_path. Returns (base URL, the file's SHA-256)."""
+    import functools
+    import hashlib
+    import http.server
+    import threading
+
+    root = tmp_path / "www"
+    root.mkdir()
+    shutil.copy(named_run / "checkpoints" / "best.keras", root / "m.keras")
+    monkeypatch.setenv("KERAS_HOME", str(tmp_path / "keras_home"))
+
+    class Quiet(http.server.SimpleHTTPRequestHandler):
+        def log_message(self, *args):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0),
+                                             functools.partial(Quiet, directory=str(root)))
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.1},
+                              daemon=True)
+    thread.start()
+    try:
+        yield (f"http://127.0.0.1:{server.server_address[1]}",
+               hashlib.sha256((root / "m.keras").read_bytes()).hexdigest())
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(timeout=10)
+
+
+def test_eval_evaluates_a_checkpoint_at_a_url_once_downloaded(served, demo_data, tmp_path,
+                                                              capsys):
+    base, sha = served
+    argv = ["-m", f"{base}/m.keras", "--sha256", sha, "-tst", str(demo_data / "tst"), "-g", "cpu"]
+    assert run_main(eval_script.main, [*argv, "-rpath", str(tmp_path / "res")]) == 0
+    assert (tmp_path / "res" / "tst" / "results.json").is_file()
+    cached = list((tmp_path / "keras_home" / "corrfusion_checkpoints").rglob("m.keras"))
+    assert len(cached) == 1
+    (tmp_path / "www" / "m.keras").unlink()  # a second evaluation reads the cache
+    assert run_main(eval_script.main, [*argv, "-rpath", str(tmp_path / "res2")]) == 0
+
+
+@pytest.mark.parametrize("case", ["wrong hash", "404", "no server", "bad hash text"])
+def test_a_download_that_fails_is_one_line_and_writes_nothing(served, demo_data, tmp_path,
+                                                              capsys, case):
+    import socket
+
+    base, sha = served
+    with socket.socket() as s:  # a port nobody listens on
+        s.bind(("127.0.0.1", 0))
+        closed = s.getsockname()[1]
+    url, digest, words = {
+        "wrong hash": (f"{base}/m.keras", "0" * 64, "SHA-256 differs from --sha256"),
+        "404": (f"{base}/none.keras", None, "download failed (Exception: URL fetch failure"),
+        "no server": (f"http://127.0.0.1:{closed}/m.keras", None, "Connection refused"),
+        "bad hash text": (f"{base}/m.keras", "abc", "--sha256 abc: expected 64 hexadecimal"),
+    }[case]
+    argv = ["-m", url, "-tst", str(demo_data / "tst"), "-rpath", str(tmp_path / "res")]
+    assert run_main(eval_script.main, [*argv, *(["--sha256", digest] if digest else [])]) == 2
+    assert words in one_error_line(capsys)
+    assert not (tmp_path / "res").exists()
+    assert not list((tmp_path / "keras_home").rglob("*.keras"))
+    image = scenes.render(scenes.class_grid(1, 1), 32, seed=1)
+    t1 = scenes.write_tif(tmp_path / "t1.tif", image)
+    rc = run_main(predict.main, ["-m", url, *(["--sha256", digest] if digest else []),
+                                 "--t1", str(t1), "--t2", str(t1), "--out", str(tmp_path / "maps")])
+    assert rc == 2 and words in one_error_line(capsys)
+    assert not (tmp_path / "maps").exists()
