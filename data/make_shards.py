@@ -133,9 +133,10 @@ def read_image(path, bands=None, expected="an image") -> np.ndarray:
 
 
 # ------------------------------------------------------------------- windowed raster reads
-#: GDAL's block cache while tiles are read by windows (MB): without a bound GDAL keeps up to 5 %
+#: GDAL's block cache while tiles are read by windows (MB; a tile touches a few blocks, read in
+#: random order: a larger cache hardly hits): without a bound GDAL keeps up to 5 %
 #: of the RAM of blocks read, so memory would grow with the scene
-WINDOW_CACHE_MB = 64
+WINDOW_CACHE_MB = 8
 
 
 @dataclasses.dataclass(frozen=True)
