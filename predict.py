@@ -110,7 +110,7 @@ def class_names(given, saved, k, ckpt) -> list[str]:
     names = list(names) if names else [f"class {i + 1}" for i in range(k)]
     if given and saved and list(names) != list(saved):
         if sorted(names) == sorted(saved):  # the run's classes in another order: maps mislabelled
-            i = next(i for i, (a, b) in enumerate(zip(names, saved)) if a != b)
+            i = next(i for i, (a, b) in enumerate(zip(names, saved, strict=True)) if a != b)
             raise UsageError(f"{ckpt}: --class_names: class {i + 1} is {names[i]!r}, the run "
                              f"(args.json) trained it as {saved[i]!r}; expected the run's order "
                              f"{list(saved)}")

@@ -675,7 +675,7 @@ def check_class_names(summaries, reference=None, reference_name=None) -> None:
         ref, ref_where = first.class_names, f"those of {first.split_dir}"
     for s in items:
         if s.class_names is not None and list(s.class_names) != ref:
-            diff = next(i for i, (a, b) in enumerate(zip(s.class_names, ref)) if a != b) \
+            diff = next(i for i, (a, b) in enumerate(zip(s.class_names, ref, strict=True)) if a != b) \
                 if len(s.class_names) == len(ref) else None
             at = "" if diff is None else (f" (class {diff + 1} is {s.class_names[diff]!r} here, "
                                           f"{ref[diff]!r} there)")

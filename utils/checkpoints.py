@@ -45,12 +45,12 @@ def download_checkpoint(url: str, sha256: str | None = None) -> Path:
     ``$KERAS_HOME`` or ~/.keras, ``corrfusion_checkpoints/``) and checked against ``sha256`` when
     given (a cached copy that does not match is downloaded again). A failed download (no network,
     a 404) or a wrong hash is one UsageError line; nothing is kept of it."""
-    from utils.cli import quiet_native_stderr
-
     import contextlib
     import hashlib
     import io
     import logging
+
+    from utils.cli import quiet_native_stderr
 
     check_download(url, sha256)
     name = Path(urllib.parse.urlparse(url).path).name

@@ -23,7 +23,13 @@ from pathlib import Path
 
 import numpy as np
 
-from data.shards import ShardError, check_class_count, check_class_names, inspect_split, require_labels
+from data.shards import (
+    ShardError,
+    check_class_count,
+    check_class_names,
+    inspect_split,
+    require_labels,
+)
 from data.splits import resolve_split_dirs
 from data.synthetic import demo_data_dir, ensure_demo_data
 from utils.checkpoints import (
