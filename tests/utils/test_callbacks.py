@@ -326,3 +326,28 @@ def test_a_resumed_run_writes_its_hparams_session_once(tmp_path):
             w.close()
     assert hparams_sessions(tmp_path / "tb" / "val") == 1
     assert len(list((tmp_path / "tb" / "val").glob("events.out.tfevents.*"))) == 1
+
+
+def test_no_callback_of_ours_makes_fit_wait_for_every_step():
+    """Keras' fit on JAX dispatches the next step while the device runs this one unless a callback
+    with a batch-end hook is not ``async_safe``: then every step's logs are read back first, the
+    per-call sync that makes ``train_on_batch`` slow (issue 25)."""
+    import inspect
+
+    from utils import callbacks
+
+    ours = [c for _, c in inspect.getmembers(callbacks, inspect.isclass)
+            if issubclass(c, keras.callbacks.Callback) and c.__module__ == callbacks.__name__]
+    assert FiniteLossGuard in ours and len(ours) >= 6
+    for cls in ours:
+        cb = object.__new__(cls)  # the hooks and the flag are class attributes
+        assert callbacks.per_step_waits([cb]) == [], cls.__name__
+
+    class Printer(keras.callbacks.Callback):
+        def on_train_batch_end(self, batch, logs=None):
+            print(logs)
+
+    class SafePrinter(Printer):
+        async_safe = True
+
+    assert callbacks.per_step_waits([Printer(), SafePrinter(), keras.callbacks.History()]) == ["Printer"]
