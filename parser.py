@@ -124,8 +124,9 @@ def float_list(value: str) -> list[float]:
         vals = [float(v) for v in value.split(",") if v.strip()]
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {value!r}") from None
-    if not vals or any(not v > 0 for v in vals):
-        raise argparse.ArgumentTypeError(f"expected comma-separated positive numbers, got {value!r}")
+    if not vals or any(not 0 < v < float("inf") for v in vals):  # NaN and inf fail too
+        raise argparse.ArgumentTypeError(
+            f"expected comma-separated finite positive numbers, got {value!r}")
     return vals
 
 
@@ -332,6 +333,10 @@ def check_train_args(parser: argparse.ArgumentParser, args, argv=None) -> argpar
         apply_defaults(parser, args, argv, PRESETS[args.preset])
     if args.resume and args.overwrite:
         parser.error("--resume and --overwrite exclude each other")
+    if len(args.lr) == 1 and args.lr_boundaries:  # not ignored (and recorded) silently
+        parser.error(f"--lr_boundaries {','.join(map(str, args.lr_boundaries))}: needs "
+                     f"{len(args.lr_boundaries) + 1} --lr values (one per period), --lr has 1; "
+                     "give the learning rates, or drop --lr_boundaries for a constant rate")
     if len(args.lr) != len(args.lr_boundaries) + 1 and len(args.lr) != 1:
         parser.error(f"--lr has {len(args.lr)} values; it needs one more than --lr_boundaries "
                      f"({len(args.lr_boundaries)}) or a single value")
@@ -346,8 +351,12 @@ def eval_parser() -> argparse.ArgumentParser:
         formatter_class=HelpFormatter,
     )
     p.add_argument("-m", "--model", "--model_dir", dest="model", required=True,
-                   help="a .keras checkpoint, or a run directory (its checkpoints/best.keras); "
-                        "--model_dir is the original evaluate_model.py's name")
+                   help="a .keras checkpoint, or a run directory (its checkpoints/best.keras), or "
+                        "the http(s) URL of a .keras checkpoint (downloaded once into Keras' "
+                        "cache); --model_dir is the original evaluate_model.py's name")
+    p.add_argument("--sha256", default=None,
+                   help="with -m URL: the checkpoint's SHA-256; the download is refused when it "
+                        "differs")
     data = p.add_argument_group("data")
     _add_data_args(data)
     data.add_argument("--threshold", type=probability, default=0.5,

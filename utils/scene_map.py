@@ -99,7 +99,23 @@ def check_output_dir(out) -> pathlib.Path:
     if out.is_dir() and any(out.iterdir()):
         raise UsageError(f"{out}: --out: exists and is not empty; expected a new or empty "
                          "directory (nothing is replaced)")
+    check_can_stage(out)
     return out
+
+
+def check_can_stage(out) -> None:
+    """The maps are written beside ``out`` (``staging_dir``): refuse, before any work, a
+    location where no file can be created (read-only mount, permissions, /sys, /proc)."""
+    from utils.rundir import check_can_write_in
+
+    parent = pathlib.Path(out).absolute().parent
+    for q in (parent, *parent.parents):
+        if q.exists():
+            try:
+                check_can_write_in(q, pathlib.Path(out))
+            except UsageError as e:
+                raise UsageError(f"--out {e}") from None
+            return
 
 
 def staging_dir(out) -> tuple[pathlib.Path, list[pathlib.Path]]:

@@ -24,7 +24,13 @@ from pathlib import Path
 
 import numpy as np
 
-from data.shards import ShardError, inspect_split, require_labels
+from data.shards import (
+    ShardError,
+    check_class_count,
+    check_class_names,
+    inspect_split,
+    require_labels,
+)
 from data.splits import resolve_split_dirs
 from data.synthetic import demo_data_dir, ensure_demo_data
 from utils.checkpoints import (
@@ -35,7 +41,7 @@ from utils.checkpoints import (
     model_fields,
     read_checkpoint_config,
 )
-from utils.cli import UsageError, progress_verbose
+from utils.cli import UsageError, disk_full, is_disk_full, progress_verbose
 from utils.config import TrainConfig
 from utils.devices import cluster_from_env, make_strategy, select_devices, setup_backend
 from utils.evaluation import evaluate_split, write_outputs
@@ -72,12 +78,18 @@ def train(config: TrainConfig, checked_splits=()) -> int:
     """
     select_devices(config.gpu)  # before TensorFlow starts
     cluster = cluster_from_env()  # TF_CONFIG: multi-worker training (utils.multiworker)
-    if cluster is not None and not cluster.is_chief:
-        from utils.multiworker import temporary_workdir
+    try:
+        if cluster is not None and not cluster.is_chief:
+            from utils.multiworker import temporary_workdir
 
-        with temporary_workdir(config) as worker_config:  # only the chief writes the run dir
-            return _train(worker_config, checked_splits, cluster)
-    return _train(config, checked_splits, cluster)
+            with temporary_workdir(config) as worker_config:  # only the chief writes the run dir
+                return _train(worker_config, checked_splits, cluster)
+        return _train(config, checked_splits, cluster)
+    except OSError as e:  # a full disk while writing: one line, and how to go on
+        if not is_disk_full(e):
+            raise
+        raise disk_full(e, "free space, then run the same command with --resume to continue "
+                           "after the last finished epoch") from None
 
 
 def _train(config: TrainConfig, checked_splits, cluster) -> int:
@@ -95,10 +107,14 @@ def _train(config: TrainConfig, checked_splits, cluster) -> int:
     check_memory(config, plan)
     config = config.replace(ce_weights=class_weights(config.class_weight, plan))
     plan = input_statistics(config, plan, modes)  # a constant band: one line, nothing written
+    if cluster is not None:  # the workers join before anything is written
+        device_info = setup_backend(config.mixed_precision)
+        strategy = make_strategy(device_info)
     with lock_dirs(output_roots(config)):  # one writer per directory, until the end
         modes = check_outputs(config)  # again: another process may have written meanwhile
-        device_info = setup_backend(config.mixed_precision)  # TensorFlow starts (quietly) here
-        strategy = make_strategy(device_info)  # before TensorFlow's runtime starts (in load_data)
+        if cluster is None:
+            device_info = setup_backend(config.mixed_precision)  # TensorFlow starts (quietly)
+            strategy = make_strategy(device_info)  # before TensorFlow's runtime starts (load_data)
         data = load_data(config, plan)
         try:
             results = [finished_run_results(config, k) if mode == "done" else
@@ -162,8 +178,14 @@ def check_data(config, checked_splits=()) -> DataPlan:
         if summaries[split].n_pairs == 0:
             raise ShardError(f"{split_dir}: label_t1/label_t2: no usable pairs; expected at least "
                              "one pair with labels > 0 on both dates")
+    check_class_names(summaries)  # the same classes under the same names in every split
     k_data = max(s.num_classes for s in summaries.values())
     num_classes = config.num_classes or k_data
+    if config.num_classes:
+        check_class_count(num_classes, f"-n/--num_classes {num_classes}")
+    else:
+        worst = max(summaries.items(), key=lambda kv: kv[1].num_classes)
+        check_class_count(num_classes, f"{splits[worst[0]]}: class_names/labels")
     if num_classes < k_data:
         worst = max(summaries.items(), key=lambda kv: kv[1].num_classes)
         raise UsageError(f"{splits[worst[0]]}: labels go up to {k_data} but -n/--num_classes is "
@@ -332,7 +354,10 @@ def check_memory(config, plan: DataPlan) -> None:
     need, have = activation_bytes(config, plan), available_memory()
     if have is not None and need > have:
         h, w = plan.image_size
-        raise UsageError(f"--image_size {h},{w}: a training batch of {config.batch_size} pairs "
+        flag = (f"--image_size {h},{w}" if config.image_size is not None
+                else f"-b/--batch_size {config.batch_size}")  # the flag the user gave
+        size = "" if config.image_size is not None else f" of {h}x{w} (the shards' size)"
+        raise UsageError(f"{flag}: a training batch of {config.batch_size} pairs{size} "
                          f"needs at least {need / 2**30:.1f} GiB for the {config.backbone} "
                          f"backbone's activations, more than the {have / 2**30:.1f} GiB of memory "
                          "here; use a smaller --image_size or -b/--batch_size")
@@ -499,6 +524,10 @@ def train_one_run(config, data: Data, k: int, strategy, device_info: dict) -> di
     make_run_dirs(config, paths)
     for d in (paths.ckpt_dir, paths.result_dir / "tst", paths.log_dir):
         remove_stale_temp_files(d)
+    if config.resume and config.save_model:
+        from utils.callbacks import restore_best
+
+        restore_best(paths.best, paths.last, state)  # a kill between last.keras and best.keras
     if not config.resume:  # a new run: not the event files of the one it replaces
         from utils.callbacks import remove_event_files
 
