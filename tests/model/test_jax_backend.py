@@ -1,7 +1,8 @@
 """The backend-agnostic model tests again under KERAS_BACKEND=jax, in a subprocess (the backend is
 fixed per process): DCCA gradient (custom_gradient signature), running covariance inside fit
 (stateless scope), the small model training step (corrfusion, dcca), evaluate vs NumPy, save/load,
-integer images scaled in the graph, one backbone pass over both dates."""
+integer images scaled in the graph, one backbone pass over both dates; and, in the same process,
+train_cnn.py end to end on JAX (tests/scripts/jax_training.py: train, evaluate, the loss guard)."""
 
 import os
 import subprocess
@@ -29,6 +30,8 @@ SELECTED = [
     # uint8 batches scaled in the graph; one backbone pass for both dates (what the GPU runs)
     "tests/model/test_network.py::test_integer_images_scaled_in_the_graph[True-uint8]",
     "tests/model/test_network.py::test_one_backbone_pass_only_without_batch_statistics",
+    # train_cnn.py on JAX: one epoch, the test evaluation, the non-finite loss guard
+    "tests/scripts/jax_training.py::test_trains_and_evaluates_on_the_jax_backend",
 ]
 
 
@@ -39,4 +42,4 @@ def test_model_tests_pass_under_jax():
         cwd=ROOT, env=env, capture_output=True, text=True, timeout=900,
     )
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-2000:]
-    assert "passed" in proc.stdout and "failed" not in proc.stdout
+    assert f"{len(SELECTED)} passed" in proc.stdout and "failed" not in proc.stdout

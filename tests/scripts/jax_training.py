@@ -1,0 +1,39 @@
+"""train_cnn.py end to end on the JAX backend. Not collected on its own (no ``test_`` prefix): the
+JAX subprocess of tests/model/test_jax_backend.py names it, so the training runs in the process that
+already started Python, TensorFlow and JAX for the model tests (the backend is fixed per process)."""
+
+from __future__ import annotations
+
+import json
+
+import keras
+
+import train_cnn
+from tests._runs import FAST
+from utils.cli import run_main
+
+
+def messages(caplog):
+    return [r.getMessage() for r in caplog.records]
+
+
+def test_trains_and_evaluates_on_the_jax_backend(demo_data, tmp_path, caplog):
+    assert keras.backend.backend() == "jax"
+    workdir = tmp_path / "jax"
+    rc = run_main(train_cnn.main, ["--data_dir", str(demo_data), "--workdir", str(workdir),
+                                   "-e", "1", *FAST])
+    assert rc == 0, messages(caplog)[-20:]
+    assert any("TensorBoard logging needs the TensorFlow backend" in m for m in messages(caplog))
+    assert json.loads((workdir / "args.json").read_text())["devices"]["backend"] == "jax"
+    assert not list(workdir.rglob("*tfevents*"))
+    assert (workdir / "checkpoints" / "best.keras").is_file()
+    results = json.loads((workdir / "results" / "tst" / "results.json").read_text())
+    assert 0.0 <= results["metrics"]["OA_t1"] <= 1.0
+    # the loss guard runs in Keras' callback thread on JAX: still stops, names the step
+    caplog.clear()
+    nan_dir = tmp_path / "jax_nan"
+    rc = run_main(train_cnn.main, ["--data_dir", str(demo_data), "--workdir", str(nan_dir), *FAST,
+                                   "-e", "2", "--lr", "1e30", "-sm", "true"])
+    assert rc == 1, messages(caplog)[-20:]
+    assert any("non-finite loss" in m and "epoch 1, step" in m for m in messages(caplog))
+    assert not (nan_dir / "checkpoints" / "last.keras").exists()
