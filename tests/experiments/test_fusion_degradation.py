@@ -1,6 +1,7 @@
 """experiments/fusion_degradation.py: the compare.py command of each setting, and a tiny end-to-end run."""
 
 import importlib.util
+import subprocess
 import sys
 from pathlib import Path
 from types import SimpleNamespace
@@ -52,7 +53,8 @@ def compare_in_process(cmd, cwd=None, stdout=None, stderr=None):
 @pytest.mark.slow
 def test_tiny_experiment_end_to_end(tmp_path, monkeypatch):
     fd = _module()
-    monkeypatch.setattr(fd, "subprocess", SimpleNamespace(call=compare_in_process))
+    monkeypatch.setattr(fd, "subprocess", SimpleNamespace(call=compare_in_process,
+                                                         STDOUT=subprocess.STDOUT))
     out = tmp_path / "exp"
     argv = ["--out", str(out), "--levels", "0,0.9", "--pairs", "40",
             "--size", "16", "--classes", "3", "--methods", "baseline,corrfusion", "--seeds", "1",
