@@ -15,12 +15,15 @@ import argparse
 from model.config import (
     BACKBONES,
     BN_MODES,
+    COMPARATORS,
     CORR_NORMS,
     DECOV_INITS,
     DECOV_PENALTIES,
+    DIST_EPSILONS,
     FUSION_INITS,
     METHODS,
     POOLINGS,
+    RESNET_INITS,
     ModelConfig,
 )
 from utils.cli import HelpFormatter
@@ -33,7 +36,9 @@ CLASS_WEIGHTS = ("none", "balanced")
 
 #: ``--preset NAME`` -> {dest: value}, applied to every option not given on the command line.
 #: ``original``: what the original code that trained CorrFusion ran (rulixiang/CorrFusionNet at
-#: 611d99b / 7a4fe70 / fd37a24; README "Differences from the original code").
+#: 611d99b / 7a4fe70 / fd37a24; README "Differences from the original code"), with the original's
+#: comparators (NaiveResNet, SoftDCCANet at 1c33068) for ``baseline`` / ``sdcca``: one entry per
+#: row of that table that has a flag.
 PRESETS = {
     "original": {
         "backbone": "resnet50", "shared": False, "pooling": "flatten", "bn": "frozen",
@@ -41,6 +46,8 @@ PRESETS = {
         "fusion_init": "glorot_uniform", "hidden": 1024, "reduction": 2, "lambda1": 0.1,
         "lambda2": 1e-4, "corr_norm": "batch", "optimizer": "sgd", "lr": [1e-3],
         "lr_boundaries": [], "momentum": 0.9, "nesterov": True, "batch_size": 32, "epochs": 100,
+        "resnet_init": "keras_applications", "comparators": "original",
+        "dist_epsilon": "per_feature", "eval_trn": True, "eval_tst": True, "runs": 1,
     },
 }
 
@@ -212,6 +219,19 @@ def train_parser() -> argparse.ArgumentParser:
                        help="offdiag: sum_{j!=k} |C_jk|; original: sum |C| - sum diag(C)")
     model.add_argument("--fusion_init", choices=FUSION_INITS, default=ModelConfig.fusion_init,
                        help="initialiser of CorrFusion's squeeze/excite kernels (the original: glorot_uniform)")
+    model.add_argument("--resnet_init", choices=RESNET_INITS, default=ModelConfig.resnet_init,
+                       help="start of the resnet50 backbone: keras (Keras 3's: Glorot-uniform kernels, "
+                            "BN eps 1.001e-5) or keras_applications (the original's TF 1.11: "
+                            "He-normal kernels, BN eps 1e-3); other backbones ignore it")
+    model.add_argument("--comparators", choices=COMPARATORS, default=ModelConfig.comparators,
+                       help="what baseline and sdcca are: project (two Dense layers, heads on them; "
+                            "sdcca on unchanged pairs with --lambda1/--lambda2) or original (the "
+                            "original's NaiveResNet / SoftDCCANet: three Dense layers and BN, heads on "
+                            "the BN views; sdcca on all pairs with its own 1e-2 / 1e-3 and a zero "
+                            "covariance start)")
+    model.add_argument("--dist_epsilon", choices=DIST_EPSILONS, default=ModelConfig.dist_epsilon,
+                       help="CorrFusion's distance: once = sqrt(sum d^2 + eps); per_feature = "
+                            "sqrt(sum (d^2 + eps)), the original's")
 
     opt = p.add_argument_group("optimisation")
     opt.add_argument("-e", "--epoches", "--epochs", dest="epochs", type=positive_int, default=100,
@@ -233,7 +253,8 @@ def train_parser() -> argparse.ArgumentParser:
                      help="Nesterov momentum for sgd (the original's)")
     opt.add_argument("--seed", type=int, default=0, help="seed of run 0 (run k uses seed + k)")
     opt.add_argument("--runs", type=positive_int, default=1,
-                     help="independent runs (the original trained 3), each in WORKDIR/k/")
+                     help="independent runs, each in WORKDIR/k/ (the original's CorrFusion code "
+                          "trained one; the 3-run loop came later with its DCCA baseline)")
     opt.add_argument("--class_weight", choices=CLASS_WEIGHTS, default="none",
                      help="balanced: weight each date's cross-entropy by n / (K * count_k) of the "
                           "trn split's class histogram at that date (classes absent from trn: 0); "

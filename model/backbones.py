@@ -26,7 +26,7 @@ from data import shards
 from model import config
 
 __all__ = ["BACKBONES", "BackboneSpec", "ImagenetInputMapping", "WeightsError", "build_backbone",
-           "check_input_size", "has_batch_statistics", "scale_inputs"]
+           "check_input_size", "has_batch_statistics", "keras_applications_start", "scale_inputs"]
 
 _CAFFE_MEAN_BGR = (103.939, 116.779, 123.68)
 _TORCH_MEAN = (0.485, 0.456, 0.406)
@@ -184,20 +184,53 @@ def _load_weights_file(model, weights):
         ) from None
 
 
+#: BatchNormalization's ε in keras_applications' ``resnet50.py`` (Keras 2's default; Keras 3's
+#: ResNet50 uses 1.001e-5)
+KERAS_APPLICATIONS_BN_EPSILON = 1e-3
+
+
+def keras_applications_start(model, seed=None):
+    """``model`` rebuilt the way keras_applications' ``resnet50.py`` (1.0.6–1.0.8, what the
+    original's TF 1.11 ``tf.keras.applications.ResNet50`` ran) started it: every Conv2D kernel
+    He-normal (``keras.initializers.HeNormal``: truncated normal, fan-in, scale 2, as TF 1.11's
+    ``he_normal``), every BatchNormalization with ε = 1e-3. The same layers, names and weight
+    shapes; freshly initialised (conv ``i`` with ``seed + i`` when ``seed`` is given)."""
+    convs = iter(range(10**6))
+
+    def clone(layer):
+        config = layer.get_config()
+        if isinstance(layer, keras.layers.Conv2D):
+            i = next(convs)
+            config["kernel_initializer"] = keras.initializers.HeNormal(
+                seed=None if seed is None else seed + i)
+        elif isinstance(layer, keras.layers.BatchNormalization):
+            config["epsilon"] = KERAS_APPLICATIONS_BN_EPSILON
+        return layer.__class__.from_config(config)
+
+    return keras.models.clone_model(model, clone_function=clone)
+
+
 def _application(info):
-    def build(input_shape, weights=None, name=None, seed=None):
+    def build(input_shape, weights=None, name=None, seed=None, resnet_init="keras"):
         # keras.applications has no seed argument; use keras.utils.set_random_seed for that.
-        return getattr(keras.applications, info.application)(
+        model = getattr(keras.applications, info.application)(
             include_top=False,
             weights=None if weights is None else str(weights),
             input_shape=tuple(input_shape),
             name=name or info.model_name,
         )
+        if info.application == "ResNet50" and resnet_init == "keras_applications":
+            rebuilt = keras_applications_start(model, seed)
+            if weights is not None:  # pretrained: the weights stay, the BN ε is keras_applications'
+                rebuilt.set_weights(model.get_weights())
+            model = rebuilt
+        return model
 
     return build
 
 
-def _small_cnn(input_shape, weights=None, name=None, seed=None, filters=(32, 64, 128)):
+def _small_cnn(input_shape, weights=None, name=None, seed=None, resnet_init="keras",
+               filters=(32, 64, 128)):
     """Three conv blocks (3x3 conv, BN, ReLU; 2x2 max-pool after the first two)."""
     inputs = keras.Input(shape=tuple(input_shape))
     x = inputs
@@ -225,13 +258,21 @@ BACKBONES = {
 }
 
 
-def build_backbone(name, image_size, channels=3, weights=None, model_name=None, seed=None):
-    """Build backbone ``name`` for (H, W, C) inputs; see the module docstring for ``weights``."""
+def build_backbone(name, image_size, channels=3, weights=None, model_name=None, seed=None,
+                   resnet_init="keras"):
+    """Build backbone ``name`` for (H, W, C) inputs; see the module docstring for ``weights``.
+    ``resnet_init`` (``model.config.RESNET_INITS``): ``"keras_applications"`` starts ``resnet50``
+    as the original's TF 1.11 did (``keras_applications_start``); other backbones ignore it."""
+    if resnet_init not in config.RESNET_INITS:
+        raise ValueError(f"resnet_init must be one of {config.RESNET_INITS}; "
+                         f"received resnet_init={resnet_init!r}.")
     check_input_size(name, image_size, channels, weights)
     _check_weights(name, weights)
     shape = (int(image_size[0]), int(image_size[1]), int(channels))
     if weights is None or weights == "imagenet":
-        return BACKBONES[name].build(shape, weights=weights, name=model_name, seed=seed)
-    model = BACKBONES[name].build(shape, weights=None, name=model_name, seed=seed)
+        return BACKBONES[name].build(shape, weights=weights, name=model_name, seed=seed,
+                                     resnet_init=resnet_init)
+    model = BACKBONES[name].build(shape, weights=None, name=model_name, seed=seed,
+                                  resnet_init=resnet_init)
     _load_weights_file(model, weights)
     return model

@@ -72,19 +72,43 @@ CORR_NORMS = ("batch", "unchanged")
 BN_MODES = ("batch", "frozen")
 #: ``pooling`` of the backbone's last feature map: global average (this project) or flatten (original)
 POOLINGS = ("avg", "flatten")
-#: ``decov_init``: the running covariances start as the identity (this project) or as a random
-#: orthogonal matrix (the original's ``tf.orthogonal_initializer()``)
-DECOV_INITS = ("identity", "orthogonal")
+#: ``decov_init``: the running covariances start as the identity (this project), as a random
+#: orthogonal matrix (the original CorrFusion's ``tf.orthogonal_initializer()``) or at zeros (the
+#: original SoftDCCANet's ``tf.zeros_like``)
+DECOV_INITS = ("identity", "orthogonal", "zeros")
 #: ``decov_penalty``: Σ_{j≠k}|C_jk| (this project) or the original's Σ|C| − Σ diag(C); the two
 #: agree while the diagonal is non-negative (identity start), not from an orthogonal start
 DECOV_PENALTIES = ("offdiag", "original")
 #: ``fusion_init``: initialiser of CorrFusion's squeeze/excite kernels (the original left
 #: ``tf.layers.dense``'s Glorot-uniform default there)
 FUSION_INITS = ("glorot_normal", "glorot_uniform")
+#: ``resnet_init``: how the ``resnet50`` backbone starts. ``keras``: Keras 3's ResNet50 (Glorot-uniform
+#: conv kernels, BN ε = 1.001e-5). ``keras_applications``: what the original's TF 1.11
+#: ``tf.keras.applications.ResNet50`` built from keras_applications' ``resnet50.py`` (1.0.6; the same in
+#: 1.0.4–1.0.8): He-normal conv kernels (truncated normal, fan-in, scale 2) and BN with Keras' default
+#: ε = 1e-3. The other backbones ignore it.
+RESNET_INITS = ("keras", "keras_applications")
+#: ``comparators``: what ``baseline`` and ``sdcca`` are. ``project``: two Dense layers per date, heads on
+#: them, and (sdcca) the correlation loss on unchanged pairs with λ1, λ2 and ``decov_init``/``penalty``.
+#: ``original``: the original's NaiveResNet / SoftDCCANet (commit 1c33068): a third Dense(hidden, ReLU)
+#: layer per date with L2 and a BN after it, the heads reading the BN views, Glorot-uniform Dense and
+#: head kernels (``xavier_initializer``); sdcca adds ``Soft_DCCA_loss`` on the BN views of all pairs
+#: with the constants of ``ORIGINAL_SOFT_DCCA`` (λ1, λ2, ``decov_init``, ``decov_penalty`` then apply
+#: to corrfusion only). ``corrfusion`` and ``dcca`` are the same under both.
+COMPARATORS = ("project", "original")
+#: the original SoftDCCANet's ``Soft_DCCA_loss(eta1=1e-2, eta2=1e-3)``: its running covariances start
+#: at zeros (``tf.zeros_like``) and its penalty is Σ|C| − Σ diag(C)
+ORIGINAL_SOFT_DCCA = {"lambda1": 1e-2, "lambda2": 1e-3, "decov_init": "zeros",
+                      "decov_penalty": "original"}
+#: ``dist_epsilon``: where CorrFusion's ε enters the distance. ``once``: √(Σ_j Δ_j² + ε) (this project);
+#: ``per_feature``: the original's ``sqrt(reduce_sum(square(Δ) + eps))`` = √(Σ_j (Δ_j² + ε)), i.e.
+#: √(Σ_j Δ_j² + (d/r)·ε) over the d/r view features
+DIST_EPSILONS = ("once", "per_feature")
 
 #: the ModelConfig fields with a fixed set of values (parser.py offers them as choices)
 CHOICES = {"corr_norm": CORR_NORMS, "bn": BN_MODES, "pooling": POOLINGS,
-           "decov_init": DECOV_INITS, "decov_penalty": DECOV_PENALTIES, "fusion_init": FUSION_INITS}
+           "decov_init": DECOV_INITS, "decov_penalty": DECOV_PENALTIES, "fusion_init": FUSION_INITS,
+           "resnet_init": RESNET_INITS, "comparators": COMPARATORS, "dist_epsilon": DIST_EPSILONS}
 
 
 @dataclass(frozen=True)
@@ -115,6 +139,12 @@ class ModelConfig:
         decov_init: ``DECOV_INITS``: start of the soft-decorrelation running covariances.
         decov_penalty: ``DECOV_PENALTIES``: the soft-decorrelation penalty's form.
         fusion_init: ``FUSION_INITS``: initialiser of CorrFusion's squeeze/excite kernels.
+        resnet_init: ``RESNET_INITS``: Keras 3's ResNet50 start or keras_applications' (He-normal
+            kernels, BN ε = 1e-3); only the ``resnet50`` backbone reads it.
+        comparators: ``COMPARATORS``: this project's ``baseline``/``sdcca`` or the original's
+            NaiveResNet / SoftDCCANet.
+        dist_epsilon: ``DIST_EPSILONS``: CorrFusion's ε once under the square root, or per view
+            feature as the original.
         ce_weights: per-date class weights of the two cross-entropies, ``((w_1..w_K) of t1,
             (w_1..w_K) of t2)``, or None (plain means). In training CE_t is the weighted mean
             Σ_i w_{y_i}·CE_i / Σ_i w_{y_i} with date t's weights; evaluation (``training`` False:
@@ -146,6 +176,9 @@ class ModelConfig:
     decov_init: str = "identity"
     decov_penalty: str = "offdiag"
     fusion_init: str = "glorot_normal"
+    resnet_init: str = "keras"
+    comparators: str = "project"
+    dist_epsilon: str = "once"
     ce_weights: tuple[tuple[float, ...], tuple[float, ...]] | None = None
     seed: int | None = None
     input_mapping: bool | None = None

@@ -1,8 +1,8 @@
 """Loss terms of CorrFusionNet (docs/DESIGN.md §2.1, §2.2), as pure ``keras.ops`` functions plus the
 ``SoftDecorrelation`` layer that keeps the running covariances of the soft-DCCA variant.
 
-* ``cross_entropy(labels, probs, class_weights)`` — mean sparse categorical cross-entropy from
-  probabilities, or its class-weighted mean.
+* ``cross_entropy(labels, values, class_weights, from_logits)`` — mean sparse categorical
+  cross-entropy from logits (what the network uses) or probabilities, or its class-weighted mean.
 * ``pair_distance(a, b, eps)`` — ``sqrt(Σ_j (a_ij − b_ij)² + eps)`` per row.
 * ``correlation_loss(dist, y1, y2, lambda1, corr_norm)`` — λ1 · Σ dist_i u_i / n (or / Σu).
 * ``running_covariance(cov, b, rho)`` — ρ·C + (1 − ρ)·BᵀB/(n − 1), gradient only through B.
@@ -31,15 +31,22 @@ __all__ = [
 
 
 
-def cross_entropy(labels, probs, class_weights=None):
-    """Mean sparse categorical cross-entropy; ``labels`` (n,) int 0-based, ``probs`` (n, K).
+def cross_entropy(labels, values, class_weights=None, from_logits=False):
+    """Mean sparse categorical cross-entropy; ``labels`` (n,) int 0-based, ``values`` (n, K).
+
+    ``from_logits=True``: ``values`` are logits and the loss is ``logsumexp(z) − z_y`` in float32 on
+    every backend, exact for any logit gap (a confidently wrong pair costs its gap and keeps the
+    gradient softmax − one-hot). ``from_logits=False``: ``values`` are probabilities, which Keras
+    clips to [1e-7, 1 − 1e-7] (the loss saturates at −log 1e-7 ≈ 16.1 and the gradient at zero
+    there), unless the TensorFlow backend recovers the logits of a softmax output; the network
+    uses the logits.
 
     ``class_weights`` (K,) floats: the weighted mean ``Σ_i w_{y_i}·CE_i / Σ_i w_{y_i}`` instead (0
     when every pair of the batch has weight 0).
     """
-    probs = ops.cast(probs, "float32")
+    values = ops.cast(values, "float32")
     labels = ops.cast(labels, "int32")
-    ce = ops.sparse_categorical_crossentropy(labels, probs, from_logits=False)
+    ce = ops.sparse_categorical_crossentropy(labels, values, from_logits=from_logits)
     if class_weights is None:
         return ops.mean(ce)
     w = ops.take(ops.convert_to_tensor(class_weights, "float32"), labels, axis=0)
@@ -121,7 +128,8 @@ class SoftDecorrelation(keras.layers.Layer):
 
     The one home of the running covariances (``model.corrfusion.CorrFusion`` holds one of these
     layers): one non-trainable float32 weight per view (``cov_t1``, ``cov_t2``, initialised to the
-    identity, or to a random orthogonal matrix as the original did). In training mode each call
+    identity, to a random orthogonal matrix as the original CorrFusion did, or to zeros as the
+    original SoftDCCANet did). In training mode each call
     updates ``C ← ρ·C + (1 − ρ)·BᵀB/(n − 1)`` and returns ``λ2 · Σ_views Σ_{j≠k} |C_jk|`` (or the
     original's ``Σ|C| − Σ diag C``; gradients only through the current batch term). In inference
     the same value is computed without touching the state. The caller decides where the loss goes
@@ -130,8 +138,8 @@ class SoftDecorrelation(keras.layers.Layer):
     Args:
         lambda2: weight λ2 of the loss.
         rho: running-average factor ρ in [0, 1).
-        init: ``"identity"`` or ``"orthogonal"`` (``model.config.DECOV_INITS``): the covariances'
-            start.
+        init: ``"identity"``, ``"orthogonal"`` or ``"zeros"`` (``model.config.DECOV_INITS``): the
+            covariances' start.
         penalty: ``"offdiag"`` or ``"original"`` (``model.config.DECOV_PENALTIES``), see
             ``decorrelation_penalty``.
         seed: seed of the orthogonal start (date 2 uses seed + 1).
@@ -169,8 +177,8 @@ class SoftDecorrelation(keras.layers.Layer):
         self.synchronized = False
 
     def _initializer(self, offset):
-        if self.init == "identity":
-            return "identity"
+        if self.init in ("identity", "zeros"):
+            return self.init
         return keras.initializers.Orthogonal(seed=None if self.seed is None else self.seed + offset)
 
     def build(self, input_shape):

@@ -13,7 +13,13 @@ Forward pass (``model((x1, x2))`` / ``model.predict``) returns a dict:
   metric (and the DCCA loss) read: (N, hidden/reduction) for corrfusion, (N, hidden) for
   dcca/sdcca;
 * ``decov_loss`` — () the soft decorrelation loss (corrfusion, sdcca): returned by the call so that
-  ``compute_loss`` logs it by name, left out of ``predict``'s outputs.
+  ``compute_loss`` logs it by name, left out of ``predict``'s outputs;
+* ``logits_t1``, ``logits_t2`` — (N, K) float32 head outputs before the softmax, what the
+  cross-entropies are computed from (on every backend); left out of ``predict``'s outputs.
+
+``config.comparators="original"`` builds ``baseline`` and ``sdcca`` as the original's NaiveResNet and
+SoftDCCANet (``model.config.COMPARATORS``): a third Dense layer and a BN per date, the heads reading
+the BN views (also returned as ``view_t1``/``view_t2`` by sdcca).
 
 Training (``fit``/``evaluate``) takes labels ``(y1, y2)`` (int, 0-based); ``compute_loss`` returns
 ``CE_t1 + CE_t2 + the method's named losses + Σ model.losses`` and logs every term by name.
@@ -31,7 +37,7 @@ from model.backbones import (
 )
 from model.cca import canonical_correlation
 from model.config import METHODS as METHOD_INFO
-from model.config import MethodInfo, ModelConfig
+from model.config import ORIGINAL_SOFT_DCCA, MethodInfo, ModelConfig
 from model.corrfusion import CorrFusion
 from model.losses import (
     SoftDecorrelation,
@@ -45,7 +51,9 @@ __all__ = ["CorrFusionNet", "METHODS", "MethodSpec", "ModelConfig", "build_model
 
 #: outputs that only feed the loss: returned by ``call`` (so ``compute_loss`` sees them by name),
 #: left out of ``predict``
-LOSS_OUTPUTS = ("decov_loss",)
+LOSS_OUTPUTS = ("decov_loss", "logits_t1", "logits_t2")
+#: ε of the distances (CorrFusion's and sdcca's), the original CorrFusion's ``eps``
+DIST_EPSILON = 1e-12
 
 
 class MethodSpec:
@@ -62,6 +70,17 @@ class MethodSpec:
         """Return ``(h1, h2, outputs)``: what the heads read and the extra outputs."""
         return x, y, {}
 
+    def original(self, config):
+        """Whether ``config`` builds this method as the original's comparator (NaiveResNet,
+        SoftDCCANet): ``config.comparators == "original"`` for ``baseline`` and ``sdcca``."""
+        return False
+
+    def dense_initializer(self, config):
+        """Initialiser kind of the per-date Dense kernels and the heads: Glorot normal (the
+        original CorrFusionNet's ``tf.glorot_normal_initializer``), Glorot uniform for the
+        original's comparators (``tf.contrib.layers.xavier_initializer()``)."""
+        return "glorot_uniform" if self.original(config) else "glorot_normal"
+
     def loss_terms(self, model, y1, y2, y_pred):
         """Return ``{name: scalar}`` of the method's losses (``info.losses``, in that order)."""
         return {}
@@ -71,10 +90,15 @@ class _Decorrelated(MethodSpec):
     """The soft decorrelation loss on the two views and the correlation loss on unchanged pairs
     (corrfusion, sdcca): one ``SoftDecorrelation`` layer, its loss returned as ``decov_loss``."""
 
+    def decorrelation_settings(self, config):
+        """``{lambda1, lambda2, decov_init, decov_penalty}`` of this method under ``config``."""
+        return {k: getattr(config, k) for k in ("lambda1", "lambda2", "decov_init", "decov_penalty")}
+
     def build(self, model):
         c = model.config
+        d = self.decorrelation_settings(c)
         model.decorrelation = SoftDecorrelation(
-            lambda2=c.lambda2, rho=c.rho, init=c.decov_init, penalty=c.decov_penalty,
+            lambda2=d["lambda2"], rho=c.rho, init=d["decov_init"], penalty=d["decov_penalty"],
             seed=None if c.seed is None else c.seed + 200, name="decorrelation",
         )
 
@@ -88,17 +112,52 @@ class _Decorrelated(MethodSpec):
                 "decov_loss": y_pred["decov_loss"]}
 
 
+def _build_original_views(model):
+    """The original NaiveResNet / SoftDCCANet's third Dense(hidden, ReLU) layer per date (L2,
+    Glorot uniform) and the BN after it, whose outputs the heads read."""
+    c = model.config
+    reg = keras.regularizers.L2(c.l2 / 2) if c.l2 else None
+    for t, off in (("t1", 3), ("t2", 13)):
+        setattr(model, f"fc3_{t}", keras.layers.Dense(
+            c.hidden, activation="relu", kernel_regularizer=reg,
+            kernel_initializer=model._initializer(off, "glorot_uniform"), name=f"fc3_{t}"))
+    _build_bn_views(model)
+
+
+def _original_views(model, x, y, training):
+    """BN(fc3(X)), BN(fc3(Y)): the original comparators' views, read by the heads."""
+    return _bn_views(model, model.fc3_t1(x), model.fc3_t2(y), training)
+
+
 class _Baseline(MethodSpec):
-    pass
+    """No extra loss. ``comparators="original"``: the original NaiveResNet's network (three Dense
+    layers and a BN per date, heads on the BN views) with its "original cnn" loss, the two
+    cross-entropies (+ L2)."""
+
+    def original(self, config):
+        return config.comparators == "original"
+
+    def build(self, model):
+        if self.original(model.config):
+            _build_original_views(model)
+
+    def forward(self, model, x, y, training):
+        if not self.original(model.config):
+            return x, y, {}
+        views = _original_views(model, x, y, training)
+        return views["view_t1"], views["view_t2"], {}
 
 
 class _CorrFusionMethod(_Decorrelated):
     def build(self, model):
         super().build(model)
+        c = model.config
         model.corrfusion = CorrFusion(
-            reduction=model.config.reduction,
+            reduction=c.reduction,
             lambda2=0.0,  # the decorrelation is applied on the returned views (_Decorrelated)
-            rho=model.config.rho,
+            rho=c.rho,
+            # the original adds ε to each of the d/r squared differences: √(ΣΔ² + (d/r)·ε)
+            epsilon=DIST_EPSILON * (c.hidden // c.reduction if c.dist_epsilon == "per_feature" else 1),
             return_views=True,
             frozen_bn=model.config.bn == "frozen",
             kernel_initializer=model._initializer(100, model.config.fusion_init),
@@ -135,14 +194,44 @@ class _DCCA(MethodSpec):
 
 
 class _SoftDCCA(_Decorrelated):
+    """Soft DCCA on BN(X), BN(Y): the distance on unchanged pairs (λ1) and the soft decorrelation
+    (λ2), heads on X, Y. ``comparators="original"``: the original SoftDCCANet, heads on the BN views
+    of a third Dense layer, ``Soft_DCCA_loss`` on all pairs with ``ORIGINAL_SOFT_DCCA``'s constants
+    (the committed call passes ``labels=None``, which that function does not take: it is run
+    without, i.e. on all pairs, the only reading under which it runs)."""
+
+    def original(self, config):
+        return config.comparators == "original"
+
+    def decorrelation_settings(self, config):
+        if self.original(config):
+            return dict(ORIGINAL_SOFT_DCCA)
+        return super().decorrelation_settings(config)
+
     def build(self, model):
-        _build_bn_views(model)
+        if self.original(model.config):
+            _build_original_views(model)
+        else:
+            _build_bn_views(model)
         super().build(model)
 
     def forward(self, model, x, y, training):
-        out = _bn_views(model, x, y, training)
-        out["dist"] = pair_distance(out["view_t1"], out["view_t2"], 1e-12)
-        return x, y, self.decorrelate(model, out, training)
+        if self.original(model.config):
+            out = _original_views(model, x, y, training)
+            h1, h2 = out["view_t1"], out["view_t2"]
+        else:
+            out = _bn_views(model, x, y, training)
+            h1, h2 = x, y
+        out["dist"] = pair_distance(out["view_t1"], out["view_t2"], DIST_EPSILON)
+        return h1, h2, self.decorrelate(model, out, training)
+
+    def loss_terms(self, model, y1, y2, y_pred):
+        if not self.original(model.config):
+            return super().loss_terms(model, y1, y2, y_pred)
+        # Soft_DCCA_loss: eta1 * mean over the batch of every pair's distance
+        lambda1 = self.decorrelation_settings(model.config)["lambda1"]
+        return {"corr_loss": lambda1 * ops.mean(ops.cast(y_pred["dist"], "float32")),
+                "decov_loss": y_pred["decov_loss"]}
 
 
 _IMPLEMENTATIONS = {
@@ -193,12 +282,14 @@ class CorrFusionNet(keras.Model):
         if c.input_mapping:
             self.mapping = ImagenetInputMapping(BACKBONES[c.backbone].mapping, name="input_mapping")
         if c.shared:
-            self.backbone = build_backbone(c.backbone, c.image_size, c.channels, c.weights, "backbone", c.seed)
+            self.backbone = build_backbone(c.backbone, c.image_size, c.channels, c.weights, "backbone", c.seed,
+                                           c.resnet_init)
         else:
-            self.backbone_t1 = build_backbone(c.backbone, c.image_size, c.channels, c.weights, "backbone_t1", c.seed)
+            self.backbone_t1 = build_backbone(c.backbone, c.image_size, c.channels, c.weights, "backbone_t1", c.seed,
+                                              c.resnet_init)
             self.backbone_t2 = build_backbone(
                 c.backbone, c.image_size, c.channels, c.weights, "backbone_t2",
-                None if c.seed is None else c.seed + 1000,
+                None if c.seed is None else c.seed + 1000, c.resnet_init,
             )
         #: run both dates through the backbone as one batch (shared and no batch statistics)
         self.one_pass = c.shared and (c.bn == "frozen" or not has_batch_statistics(self.backbone))
@@ -208,14 +299,15 @@ class CorrFusionNet(keras.Model):
             self.pool = keras.layers.GlobalAveragePooling2D(name="gap")
         # the original's convention (tf.contrib.layers.l2_regularizer): l2·Σw²/2
         reg = keras.regularizers.L2(c.l2 / 2) if c.l2 else None
+        kind = self.spec.dense_initializer(c)
         for t, off in (("t1", 0), ("t2", 10)):
             for i in (1, 2):
                 setattr(self, f"fc{i}_{t}", keras.layers.Dense(
                     c.hidden, activation="relu", kernel_regularizer=reg,
-                    kernel_initializer=self._initializer(off + i), name=f"fc{i}_{t}",
+                    kernel_initializer=self._initializer(off + i, kind), name=f"fc{i}_{t}",
                 ))
             setattr(self, f"head_{t}", keras.layers.Dense(
-                c.num_classes, use_bias=False, kernel_initializer=self._initializer(off + 5),
+                c.num_classes, use_bias=False, kernel_initializer=self._initializer(off + 5, kind),
                 name=f"head_{t}",
             ))
         self.softmax = keras.layers.Activation("softmax", dtype="float32", name="softmax")
@@ -285,9 +377,12 @@ class CorrFusionNet(keras.Model):
             f1, f2 = self._pooled(x1, b1, training), self._pooled(x2, b2, training)
         fx, fy = self._fc(f1, "t1"), self._fc(f2, "t2")
         h1, h2, out = self.spec.forward(self, fx, fy, training)
+        z1, z2 = self.head_t1(h1), self.head_t2(h2)
         outputs = {
-            "prob_t1": self.softmax(self.head_t1(h1)),
-            "prob_t2": self.softmax(self.head_t2(h2)),
+            "prob_t1": self.softmax(z1),
+            "prob_t2": self.softmax(z2),
+            "logits_t1": ops.cast(z1, "float32"),
+            "logits_t2": ops.cast(z2, "float32"),
         }
         outputs.update(out)
         return outputs
@@ -317,9 +412,9 @@ class CorrFusionNet(keras.Model):
         evaluation (``training=False``) logs the plain means. Sample weights are not supported."""
         y1, y2 = self._split_labels(y)
         w1, w2 = self.config.ce_weights if training and self.config.ce_weights else (None, None)
-        terms = {
-            "ce_t1": cross_entropy(y1, y_pred["prob_t1"], w1),
-            "ce_t2": cross_entropy(y2, y_pred["prob_t2"], w2),
+        terms = {  # from the logits: exact for any logit gap, on every backend
+            "ce_t1": cross_entropy(y1, y_pred["logits_t1"], w1, from_logits=True),
+            "ce_t2": cross_entropy(y2, y_pred["logits_t2"], w2, from_logits=True),
         }
         terms.update(self.spec.loss_terms(self, y1, y2, y_pred))
         total = ops.sum(ops.stack([ops.cast(v, "float32") for v in terms.values()]))

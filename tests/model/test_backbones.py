@@ -114,3 +114,40 @@ def test_scale_inputs_leaves_floats_and_refuses_other_integers():
                                                  ("resnet50", 32, True)])
 def test_has_batch_statistics(name, size, expected):
     assert has_batch_statistics(build_backbone(name, (size, size), 3)) is expected
+
+
+def _layers(model, cls):
+    return [la for la in model._flatten_layers(include_self=False, recursive=True) if isinstance(la, cls)]
+
+
+def _kernel_scale_over_he(conv):
+    """Sample std of a conv kernel over He-normal's sqrt(2 / fan_in)."""
+    kernel = ops.convert_to_numpy(conv.kernel).astype(np.float64)
+    return kernel.std() / np.sqrt(2.0 / np.prod(kernel.shape[:-1]))
+
+
+def test_resnet50_starts_as_keras_applications_under_the_original_preset():
+    """issue 22.1: the original's TF 1.11 tf.keras.applications.ResNet50 came from keras_applications'
+    resnet50.py (1.0.6-1.0.8): He-normal kernels, BN with Keras' default eps 1e-3. Checked on the
+    built CorrFusionNet; the project's default stays Keras 3's (Glorot uniform, eps 1.001e-5)."""
+    from model import build_model
+
+    net = build_model(4, backbone="resnet50", image_size=(32, 32), hidden=16, shared=True, seed=3,
+                      resnet_init="keras_applications")
+    convs, bns = _layers(net.backbone, keras.layers.Conv2D), _layers(net.backbone, keras.layers.BatchNormalization)
+    assert len(convs) == 53 and len(bns) == 53  # every conv and BN of the 16 blocks, stem, shortcuts
+    assert all(isinstance(c.kernel_initializer, keras.initializers.HeNormal) for c in convs)
+    assert all(bn.epsilon == 1e-3 for bn in bns)
+    # the kernels drawn really have He-normal's scale (truncated normal, std sqrt(2 / fan_in))
+    np.testing.assert_allclose([_kernel_scale_over_he(c) for c in convs], 1.0, atol=0.05)
+    assert len({float(ops.convert_to_numpy(c.kernel).ravel()[0]) for c in convs}) == 53  # own draws
+
+    default = build_backbone("resnet50", (32, 32), 3, seed=3)
+    convs = _layers(default, keras.layers.Conv2D)
+    assert all(isinstance(c.kernel_initializer, keras.initializers.GlorotUniform) for c in convs)
+    assert all(bn.epsilon == 1.001e-5 for bn in _layers(default, keras.layers.BatchNormalization))
+    assert _kernel_scale_over_he(convs[0]) < 0.3  # the stem: Glorot's scale is far below He's
+    # the same network otherwise: the same weights, by name and shape
+    assert [(w.path, w.shape) for w in default.weights] == [(w.path, w.shape) for w in net.backbone.weights]
+    with pytest.raises(ValueError, match="resnet_init must be one of"):
+        build_backbone("resnet50", (32, 32), 3, resnet_init="tf1")

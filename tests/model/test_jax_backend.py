@@ -1,8 +1,9 @@
 """The backend-agnostic model tests again under KERAS_BACKEND=jax, in a subprocess (the backend is
 fixed per process): DCCA gradient (custom_gradient signature), running covariance inside fit
 (stateless scope), the small model training step (corrfusion, dcca), evaluate vs NumPy, save/load,
-integer images scaled in the graph, one backbone pass over both dates; and, in the same process,
-train_cnn.py end to end on JAX (tests/scripts/jax_training.py: train, evaluate, the loss guard)."""
+integer images scaled in the graph, one backbone pass over both dates, the cross-entropy from
+logits, the original's SoftDCCANet; and, in the same process, train_cnn.py end to end on JAX
+(tests/scripts/jax_training.py: train, evaluate, the loss guard)."""
 
 import os
 import subprocess
@@ -30,6 +31,12 @@ SELECTED = [
     # uint8 batches scaled in the graph; one backbone pass for both dates (what the GPU runs)
     "tests/model/test_network.py::test_integer_images_scaled_in_the_graph[True-uint8]",
     "tests/model/test_network.py::test_one_backbone_pass_only_without_batch_statistics",
+    # issue 22: the cross-entropy from logits (a logit gap of 100: finite, exact loss and gradient),
+    # the original SoftDCCANet (zero covariance start, loss on all pairs) training a step
+    "tests/model/test_losses.py::test_cross_entropy_from_logits_with_a_gap_of_100",
+    "tests/model/test_network.py::test_compute_loss_reads_the_logits",
+    "tests/model/test_network.py::test_original_comparators_structure_and_what_the_heads_read[sdcca]",
+    "tests/model/test_network.py::test_original_soft_dcca_loss_on_all_pairs",
     # train_cnn.py on JAX: one epoch, the test evaluation, the non-finite loss guard
     "tests/scripts/jax_training.py::test_trains_and_evaluates_on_the_jax_backend",
 ]

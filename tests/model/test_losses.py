@@ -134,3 +134,64 @@ def test_class_weighted_cross_entropy_matches_numpy():
     # equal weights: the plain mean; a batch of weight-0 classes only: 0, not NaN
     np.testing.assert_allclose(_np(cross_entropy(y, p, np.full(4, 3.0))), ce.mean(), rtol=1e-5)
     assert _np(cross_entropy(np.array([2, 2]), p[:2], w)) == 0.0
+
+
+def _gap_logits(n=32, k=14, gap=100.0, seed=5):
+    """Training-size logits (batch 32, 14 classes): a third confidently wrong (another class
+    ``gap`` above the label's), a third confidently right (the label ``gap`` above the rest), a
+    third ordinary; returns (labels, logits)."""
+    rng = np.random.default_rng(seed)
+    y = rng.integers(0, k, n)
+    z = rng.normal(scale=3.0, size=(n, k))
+    third = n // 3
+    wrong = (y[:third] + 1 + rng.integers(0, k - 1, third)) % k
+    z[np.arange(third), wrong] = z[np.arange(third), y[:third]] + gap
+    z[np.arange(third, 2 * third), y[third:2 * third]] = z[third:2 * third].max(1) + gap
+    return y, z.astype("float32")
+
+
+def _np_ce_from_logits(y, z, w=None):
+    """Float64 reference: CE_i = logsumexp(z_i) − z_iy and its gradient (softmax − one-hot) · weights."""
+    z = z.astype(np.float64)
+    m = z.max(1, keepdims=True)
+    lse = m[:, 0] + np.log(np.exp(z - m).sum(1))
+    ce = lse - z[np.arange(len(y)), y]
+    sw = np.ones(len(y)) if w is None else np.asarray(w, np.float64)[y]
+    grad = np.exp(z - lse[:, None])
+    grad[np.arange(len(y)), y] -= 1.0
+    return (sw * ce).sum() / sw.sum(), grad * (sw / sw.sum())[:, None]
+
+
+@pytest.mark.parametrize("weighted", [False, True])
+def test_cross_entropy_from_logits_with_a_gap_of_100(weighted):
+    """issue 22.5: from logits, a confidently wrong pair costs its gap (~100) and keeps its
+    gradient (softmax − one-hot), on TF and JAX (test_jax_backend.py runs this again); clipped
+    probabilities would give −log 1e-7 ≈ 16.1 and a zero gradient."""
+    y, z = _gap_logits()
+    w = np.linspace(0.5, 2.0, 14).astype("float32") if weighted else None
+    value, (grad,) = value_and_grads(lambda zz: cross_entropy(y, zz, w, from_logits=True), z)
+    ref, ref_grad = _np_ce_from_logits(y, z, w)
+    assert np.isfinite(value) and np.all(np.isfinite(grad))
+    assert ref > 30  # the wrong third alone adds ~100 / 3
+    np.testing.assert_allclose(value, ref, rtol=1e-5)
+    np.testing.assert_allclose(grad, ref_grad, rtol=1e-4, atol=1e-7)
+    # each confidently wrong row keeps its full gradient: −(its share of the mean) on the label
+    share = (np.ones(32) if w is None else w[y].astype(np.float64)) / (32 if w is None else w[y].sum())
+    np.testing.assert_allclose(grad[np.arange(10), y[:10]], -share[:10], rtol=1e-5)
+
+
+def test_soft_decorrelation_zero_start():
+    """The original SoftDCCANet's covariances start at zeros (tf.zeros_like): the first step's
+    covariance is (1 − ρ)·BᵀB/(n − 1), and Σ|C| − Σ diag C equals Σ_{j≠k}|C_jk| from there."""
+    rng = np.random.default_rng(6)
+    a = rng.normal(size=(32, 6)).astype("float32")
+    b = rng.normal(size=(32, 5)).astype("float32")
+    layer = SoftDecorrelation(lambda2=1e-3, rho=0.9, init="zeros", penalty="original")
+    layer.build([a.shape, b.shape])
+    np.testing.assert_array_equal(_np(layer.cov_t1), 0.0)
+    loss = layer([a, b], training=True)
+    r1 = 0.1 * a.T.astype(np.float64) @ a / 31
+    r2 = 0.1 * b.T.astype(np.float64) @ b / 31
+    np.testing.assert_allclose(_np(layer.cov_t1), r1, rtol=1e-5, atol=1e-7)
+    ref = 1e-3 * sum(np.abs(r).sum() - np.trace(r) for r in (r1, r2))
+    np.testing.assert_allclose(_np(loss), ref, rtol=1e-5)

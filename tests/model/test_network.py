@@ -342,3 +342,124 @@ def test_original_options_survive_save_and_load(tmp_path):
                                ops.convert_to_numpy(model(x)["prob_t1"]), atol=1e-6)
     np.testing.assert_allclose(ops.convert_to_numpy(back.decorrelation.cov_t1),
                                ops.convert_to_numpy(model.decorrelation.cov_t1))
+
+
+# ------------------------------------------------------------------ issue 22: the original's comparators
+def _np64(v):
+    return ops.convert_to_numpy(v).astype(np.float64)
+
+
+def _features(model, x):
+    """The per-date Dense features (after fc2) the method's forward step receives."""
+    b1 = model.backbone if model.config.shared else model.backbone_t1
+    b2 = model.backbone if model.config.shared else model.backbone_t2
+    return (model._fc(model._pooled(x[0], b1, False), "t1"),
+            model._fc(model._pooled(x[1], b2, False), "t2"))
+
+
+@pytest.mark.parametrize("method", ["baseline", "sdcca"])
+def test_original_comparators_structure_and_what_the_heads_read(method):
+    """issue 22.2: comparators="original" builds NaiveResNet / SoftDCCANet (1c33068): a third
+    Dense(hidden, ReLU) with L2 and a BN per date, heads reading the BN views, Glorot-uniform Dense
+    and head kernels; "project" (the default) keeps two Dense layers and heads on them."""
+    x, _ = _data()
+    orig = _small(method, comparators="original", l2=1e-4)
+    proj = _small(method)
+    assert proj.config.comparators == "project" and not hasattr(proj, "fc3_t1")
+    for t in ("t1", "t2"):
+        fc3, bn = getattr(orig, f"fc3_{t}"), getattr(orig, f"view_bn_{t}")
+        assert fc3.units == 16 and fc3.activation is keras.activations.relu
+        assert fc3.kernel_regularizer is not None and isinstance(bn, keras.layers.BatchNormalization)
+        for name in ("fc1", "fc2", "fc3", "head"):
+            assert isinstance(getattr(orig, f"{name}_{t}").kernel_initializer, keras.initializers.GlorotUniform)
+            if name != "fc3":
+                assert isinstance(getattr(proj, f"{name}_{t}").kernel_initializer, keras.initializers.GlorotNormal)
+    assert len(orig.losses) == 6 and len(proj.losses) == 4  # L2 on fc1..fc3 per date
+    # the heads read BN(fc3(fc2 ...)) (original) or fc2 ... (project): logits recomputed from them
+    fx, fy = _features(orig, x)
+    vx = orig.view_bn_t1(orig.fc3_t1(fx), training=False)
+    vy = orig.view_bn_t2(orig.fc3_t2(fy), training=False)
+    out = orig(x, training=False)
+    np.testing.assert_allclose(_np64(out["logits_t1"]), _np64(vx) @ _np64(orig.head_t1.kernel), rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(_np64(out["logits_t2"]), _np64(vy) @ _np64(orig.head_t2.kernel), rtol=1e-4, atol=1e-5)
+    if method == "sdcca":
+        np.testing.assert_allclose(_np64(out["view_t1"]), _np64(vx), rtol=1e-5, atol=1e-6)
+    fx, _ = _features(proj, x)
+    np.testing.assert_allclose(_np64(proj(x, training=False)["logits_t1"]),
+                               _np64(fx) @ _np64(proj.head_t1.kernel), rtol=1e-4, atol=1e-5)
+    # both train: every weight, fc3 and the view BNs included, gets a gradient
+    orig.compile(optimizer=keras.optimizers.SGD(0.01, momentum=0.9, nesterov=True))
+    before = [ops.convert_to_numpy(w) for w in orig.trainable_weights]
+    logs = orig.train_on_batch(*_data(), return_dict=True)
+    assert set(logs) == _expected_logs(method) and all(np.isfinite(v) for v in logs.values())
+    moved = [not np.array_equal(a, ops.convert_to_numpy(b)) for a, b in zip(before, orig.trainable_weights, strict=True)]
+    assert all(moved), [w.path for w, m in zip(orig.trainable_weights, moved, strict=True) if not m]
+
+
+def test_original_soft_dcca_loss_on_all_pairs():
+    """issue 22.2: the original SoftDCCANet's Soft_DCCA_loss: η1 = 1e-2 times the mean distance of
+    the BN views over every pair (changed ones too), η2 = 1e-3 times Σ|C| − Σ diag C of running
+    covariances that start at zeros; --lambda1/--lambda2 do not reach it. The project's sdcca
+    keeps the unchanged pairs only."""
+    x, (y1, _) = _data()
+    y2 = (y1 + 1) % K  # every pair changed
+    orig = _small("sdcca", comparators="original", lambda1=0.5, lambda2=0.5, decov_init="orthogonal")
+    proj = _small("sdcca")
+    assert orig.decorrelation.init == "zeros" and orig.decorrelation.lambda2 == 1e-3
+    np.testing.assert_array_equal(_np64(orig.decorrelation.cov_t1), 0.0)
+    out = orig(x, training=False)
+    v1, v2 = _np64(out["view_t1"]), _np64(out["view_t2"])
+    dist = np.sqrt(((v1 - v2) ** 2).sum(1) + 1e-12)
+    terms = orig.spec.loss_terms(orig, ops.convert_to_tensor(y1), ops.convert_to_tensor(y2), out)
+    np.testing.assert_allclose(_np64(terms["corr_loss"]), 1e-2 * dist.mean(), rtol=1e-5)
+    c1, c2 = (0.1 * v.T @ v / 7 for v in (v1, v2))  # ρ·0 + (1 − ρ)·VᵀV/(n − 1)
+    ref = 1e-3 * sum(np.abs(c).sum() - np.trace(c) for c in (c1, c2))
+    np.testing.assert_allclose(_np64(terms["decov_loss"]), ref, rtol=1e-4)
+    # the project's sdcca: no unchanged pair, no correlation loss
+    out = proj(x, training=False)
+    terms = proj.spec.loss_terms(proj, ops.convert_to_tensor(y1), ops.convert_to_tensor(y2), out)
+    assert _np64(terms["corr_loss"]) == 0.0
+
+
+def test_compute_loss_reads_the_logits():
+    """issue 22.5: the cross-entropies come from the logits on every backend: a confidently wrong
+    pair (logit gap 100) costs ~100, not the −log 1e-7 ≈ 16.1 of clipped probabilities."""
+    model = _small("baseline", l2=0.0)
+    z = np.zeros((4, K), "float32")
+    z[:, 1] = 100.0
+    y = (np.array([0, 1, 2, 3], "int32"), np.array([1, 1, 1, 1], "int32"))
+    probs = ops.softmax(ops.convert_to_tensor(z))
+    y_pred = {"prob_t1": probs, "prob_t2": probs, "logits_t1": ops.convert_to_tensor(z),
+              "logits_t2": ops.convert_to_tensor(z)}
+    total = _np64(model.compute_loss(y=y, y_pred=y_pred))
+    lse = 100.0 + np.log1p((K - 1) * np.exp(-100.0))
+    ce1 = np.mean([lse - z[i, y[0][i]] for i in range(4)])  # three pairs wrong by 100
+    np.testing.assert_allclose(total, ce1 + (lse - 100.0), rtol=1e-6)
+    assert ce1 > 70
+    out = model(_data(n=4)[0], training=False)
+    assert {"logits_t1", "logits_t2"} <= set(out) and out["logits_t1"].dtype == "float32"
+    assert not {"logits_t1", "logits_t2", "decov_loss"} & set(model.predict(_data(n=4)[0], verbose=0))
+
+
+@pytest.mark.parametrize("dist_epsilon", ["once", "per_feature"])
+def test_corrfusion_distance_epsilon(dist_epsilon):
+    """issue 22.5: the original adds ε to every squared difference, sqrt(reduce_sum(square(Δ) + eps)),
+    i.e. √(ΣΔ² + (d/r)·ε) over the d/r = 512 view features; the project adds it once. At training
+    size (batch 32, d = 1024) against a float64 reference, with identical dates for half the batch
+    (Δ = 0: dist = √(512·1e-12) = 2.3e-5 against √1e-12 = 1e-6)."""
+    model = build_model(K, backbone="small", image_size=(16, 16), hidden=1024, seed=2,
+                        dist_epsilon=dist_epsilon)
+    for a, b in (("fc1_t1", "fc1_t2"), ("fc2_t1", "fc2_t2")):
+        getattr(model, b).set_weights(getattr(model, a).get_weights())
+    cf = model.corrfusion
+    for a, b in (("squeeze_t1", "squeeze_t2"), ("bn_t1", "bn_t2")):
+        getattr(cf, b).set_weights(getattr(cf, a).get_weights())
+    (x1, x2), _ = _data(n=32)
+    x2[:16] = x1[:16]
+    out = model((x1, x2), training=False)
+    delta2 = (_np64(out["view_t1"]) - _np64(out["view_t2"])) ** 2
+    assert delta2.shape == (32, 512) and np.all(delta2[:16] == 0.0)
+    ref = np.sqrt((delta2 + 1e-12).sum(1)) if dist_epsilon == "per_feature" else np.sqrt(delta2.sum(1) + 1e-12)
+    np.testing.assert_allclose(_np64(out["dist"]), ref, rtol=1e-5)
+    np.testing.assert_allclose(_np64(out["dist"])[:16], np.sqrt(512e-12) if dist_epsilon == "per_feature" else 1e-6,
+                               rtol=1e-5)

@@ -112,6 +112,36 @@ def test_the_original_preset_and_explicit_flags_over_it():
     assert demo.optimizer == "sgd" and demo.model.backbone == "resnet50" and demo.epochs == 1
 
 
+def test_the_original_preset_sets_every_row_that_has_a_flag():
+    """issue 22: --preset original also starts ResNet-50 as keras_applications did, builds the
+    original's comparators, adds eps per feature in the distance, evaluates trn (and tst) every
+    epoch and trains one run (611d99b calls main once; the 3-run loop came with c39f2a2). Asserted
+    on the parsed config and on what args.json records (``to_args``), without training."""
+    config = TrainConfig.from_args(train_cnn.parse_args(["--data_dir", "d", "--preset", "original"]))
+    m = config.model
+    assert (m.resnet_init, m.comparators, m.dist_epsilon) == ("keras_applications", "original",
+                                                              "per_feature")
+    assert (config.eval_trn, config.eval_tst, config.runs) == (True, True, 1)
+    saved = json.loads(json.dumps(config.to_args()))
+    assert {k: saved[k] for k in ("resnet_init", "comparators", "dist_epsilon", "eval_trn", "runs")} == {
+        "resnet_init": "keras_applications", "comparators": "original", "dist_epsilon": "per_feature",
+        "eval_trn": True, "runs": 1}
+    # every preset entry is an option of train_cnn.py, recorded under its own name
+    dests = {a.dest for a in cli.train_parser()._actions}
+    assert set(cli.PRESETS["original"]) <= dests and set(cli.PRESETS["original"]) <= set(saved)
+    # the project's defaults without the preset; explicit flags win over it
+    c = TrainConfig.from_args(train_cnn.parse_args(["--data_dir", "d"]))
+    assert (c.model.resnet_init, c.model.comparators, c.model.dist_epsilon, c.eval_trn, c.runs) == (
+        "keras", "project", "once", False, 1)
+    c = TrainConfig.from_args(train_cnn.parse_args(
+        ["--data_dir", "d", "--preset", "original", "--runs", "3", "--eval_trn", "false",
+         "--comparators", "project", "--resnet_init=keras", "--dist_eps", "once"]))
+    assert (c.runs, c.eval_trn, c.model.comparators, c.model.resnet_init, c.model.dist_epsilon) == (
+        3, False, "project", "keras", "once")
+    # the help says what the original ran
+    assert "trained one" in " ".join(cli.train_parser().format_help().split())
+
+
 def test_the_defaults_follow_the_original_optimiser():
     """DESIGN §2.3 / issue 11: constant 1e-3, SGD with Nesterov momentum 0.9; the piecewise
     schedule is an option."""

@@ -369,6 +369,11 @@ def test_the_original_preset_trains_resnet50_per_date(tmp_path):
     assert (saved["decov_init"], saved["decov_penalty"], saved["fusion_init"]) == (
         "orthogonal", "original", "glorot_uniform")
     assert saved["hidden"] == 64 and saved["batch_size"] == 16  # given explicitly: kept
+    # issue 22: keras_applications' ResNet-50 start, the original's comparators, eps per feature,
+    # trn evaluated every epoch, one run
+    assert (saved["resnet_init"], saved["comparators"], saved["dist_epsilon"]) == (
+        "keras_applications", "original", "per_feature")
+    assert (saved["eval_trn"], saved["runs"]) == (True, 1)
     with zipfile.ZipFile(workdir / "checkpoints" / "last.keras") as zf:
         compiled = json.loads(zf.read("config.json"))["compile_config"]["optimizer"]["config"]
     assert compiled["nesterov"] is True and compiled["momentum"] == 0.9
@@ -380,6 +385,8 @@ def test_the_original_preset_trains_resnet50_per_date(tmp_path):
     net = cfn.load_model(workdir / "checkpoints" / "best.keras")
     assert net.backbone_t1.name != net.backbone_t2.name and net.pool.name == "flatten"
     assert any(layer.name.startswith("conv5") for layer in net.backbone_t1.layers)  # ResNet50
+    bns = [la for la in net.backbone_t2.layers if type(la).__name__ == "BatchNormalization"]
+    assert len(bns) == 53 and all(bn.epsilon == 1e-3 for bn in bns)  # restored as it was built
 
 
 def test_class_weight_balanced_trains_and_is_recorded(trained, demo_data, tmp_path):
