@@ -156,8 +156,10 @@ def _add_device_args(group: argparse._ArgumentGroup) -> None:
     group.add_argument("--mixed_precision", type=str2bool, nargs="?", const=True, default=False,
                        help="mixed precision: float16 on GPUs that want it, bfloat16 elsewhere "
                             "(CCA math stays float32)")
-    group.add_argument("--jit", type=str2bool, nargs="?", const=True, default=False,
-                       help="XLA-compile the train/predict steps")
+    group.add_argument("--jit", type=str2bool, nargs="?", const=True, default=None,
+                       help="XLA-compile the train/predict steps; default: on with JAX (which "
+                            "otherwise runs every operation on its own), off with TensorFlow "
+                            "(tf.function graphs)")
     group.add_argument("-v", "--verbose", action="store_true",
                        help="debug log, and TensorFlow's start-up lines (CUDA, CPU instructions)")
 

@@ -267,7 +267,9 @@ def build_torch_net(a):
     return SiameseVGG16CorrFusion(a.classes, a.hidden, 2)
 
 
-def child_torch(a, compiled: bool) -> dict:
+def torch_steps(a, compiled: bool):
+    """The PyTorch reference's ``(net, train_step, infer_step, sync, warmup)`` on ``a.device``:
+    ``train_step()`` runs one training step on the next of ``a.pool`` device-resident batches."""
     import torch
     import torch.nn.functional as F
 
@@ -318,12 +320,6 @@ def child_torch(a, compiled: bool) -> dict:
         if device.type == "cuda":
             torch.cuda.synchronize()
 
-    res = {"torch": torch.__version__, "compiled": compiled,
-           "device_name": torch.cuda.get_device_name(0) if device.type == "cuda" else "cpu"}
-    net.train()
-    res["train_compile_s"], res["train_device"] = first_call_then_rate(train_step, sync, warmup, a)
-    net.eval()
-
     def infer_step():
         x1, x2, _, _ = batches[it["i"] % a.pool]
         it["i"] += 1
@@ -331,6 +327,18 @@ def child_torch(a, compiled: bool) -> dict:
             l1, l2, *_ = fwd(x1, x2)
             infer_step.last = (l1.softmax(-1), l2.softmax(-1))
 
+    return net, train_step, infer_step, sync, warmup
+
+
+def child_torch(a, compiled: bool) -> dict:
+    import torch
+
+    net, train_step, infer_step, sync, warmup = torch_steps(a, compiled)
+    res = {"torch": torch.__version__, "compiled": compiled,
+           "device_name": torch.cuda.get_device_name(0) if a.device == "cuda" else "cpu"}
+    net.train()
+    res["train_compile_s"], res["train_device"] = first_call_then_rate(train_step, sync, warmup, a)
+    net.eval()
     res["infer_compile_s"], res["infer_device"] = first_call_then_rate(infer_step, sync, warmup, a)
     if compiled:
         from torch._dynamo.utils import counters

@@ -33,6 +33,26 @@ def current_learning_rate(optimizer) -> float:
     return float(keras.ops.convert_to_numpy(lr))
 
 
+#: the per-batch hooks after which Keras' fit reads the step's logs back in the training loop
+BATCH_END_HOOKS = ("on_batch_end", "on_train_batch_end")
+
+
+def per_step_waits(callbacks) -> list[str]:
+    """Names of the callbacks that make ``fit`` on JAX wait for every step: those that override a
+    batch-end hook without declaring ``async_safe``. With any of them Keras runs every callback in
+    the training loop after reading the step's logs back to Python floats, a device sync per step
+    that keeps the host from dispatching the next step while the device runs this one
+    (``keras.callbacks.CallbackList``; the cost ``train_on_batch`` pays on every call, issue 25)."""
+    out = []
+    for cb in callbacks:
+        if getattr(cb, "async_safe", False):
+            continue
+        if any(getattr(type(cb), hook) is not getattr(keras.callbacks.Callback, hook)
+               for hook in BATCH_END_HOOKS):
+            out.append(type(cb).__name__)
+    return out
+
+
 class FiniteLossGuard(keras.callbacks.Callback):
     """Stops training at the first NaN/inf loss, naming epoch and step; later callbacks check
     `failure` so that no checkpoint of the broken epoch is written.

@@ -149,6 +149,12 @@ def load_checkpoint(path, require_optimizer=False):
                               or getattr(net, "optimizer", None) is None):
         raise UsageError(f"{path}: saved without an optimiser (not compiled); expected the "
                          "last.keras train_cnn.py writes")
+    if getattr(net, "compiled", False):
+        from utils.devices import resolve_jit
+
+        # a checkpoint compiled with jit_compile=False (train_cnn.py's default before issue 25)
+        # would predict op by op on JAX; callers with a --jit flag set it again after this
+        net.jit_compile = net.jit_compile or resolve_jit(None)
     return net
 
 

@@ -68,7 +68,7 @@ class TrainConfig:
     # devices
     gpu: str | None
     mixed_precision: bool
-    jit: bool
+    jit: bool | None  # None: utils.devices.resolve_jit's backend default
     verbose: bool  # debug log and TensorFlow's start-up lines (utils.cli.configure_logging)
 
     @classmethod
@@ -114,7 +114,7 @@ class EvalConfig:
     overwrite: bool
     gpu: str | None
     mixed_precision: bool
-    jit: bool
+    jit: bool | None  # None: utils.devices.resolve_jit's backend default
     verbose: bool
 
     @classmethod

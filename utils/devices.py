@@ -79,6 +79,17 @@ def backend_name() -> str:
     return keras.backend.backend()
 
 
+def resolve_jit(jit: bool | None, backend: str | None = None) -> bool:
+    """``--jit`` as ``model.compile(jit_compile=...)`` takes it: as given, else on for JAX and off
+    for TensorFlow. Keras' JAX trainer jit-compiles the train/test/predict steps only with
+    ``jit_compile=True``; with False it runs every operation of the step on its own (70-130x
+    slower per step than the jitted step for the small model on a CPU, benchmarks/RESULTS.md §4).
+    TensorFlow without XLA still runs tf.function graphs, its own default."""
+    if jit is not None:
+        return bool(jit)
+    return (backend or backend_name()) == "jax"
+
+
 def start_backend():
     """Import Keras (and TensorFlow) and let it find its devices with its native start-up lines
     hidden unless --verbose (``utils.cli.quiet_native_stderr``); returns the keras module."""

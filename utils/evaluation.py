@@ -37,7 +37,7 @@ from utils.checkpoints import (
 )
 from utils.cli import UsageError, progress_verbose
 from utils.config import EvalConfig
-from utils.devices import select_devices, setup_backend
+from utils.devices import backend_name, resolve_jit, select_devices, setup_backend
 from utils.metrics import change_probability, compute_metrics, format_table, per_class_csv
 from utils.rundir import (
     DirLock,
@@ -482,8 +482,8 @@ def predict_and_write(config, ckpt, saved, splits, summaries, image_size, out_di
     """evaluate_checkpoint's second half: predict every split, then write every file."""
     device_info = setup_backend(config.mixed_precision)
     net = load_checkpoint(ckpt)
-    if config.jit:
-        net.jit_compile = True
+    if config.jit is not None or backend_name() == "jax":  # else the checkpoint's own setting
+        net.jit_compile = resolve_jit(config.jit)
     results, preds = {}, {}
     for split, split_dir in splits.items():  # everything computed before anything is written
         results[split], preds[split] = evaluate_split(

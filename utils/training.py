@@ -335,11 +335,12 @@ def build_or_resume(config, data: Data, paths: RunPaths, seed: int):
     """A fresh compiled model, or the last checkpoint (weights, optimiser, running covariances)."""
     import model as cfn
     from model.backbones import WeightsError
+    from utils.devices import resolve_jit
 
     if config.resume:
         state = dict(resume_state(paths))
         net = load_checkpoint(paths.last, require_optimizer=True)
-        net.jit_compile = config.jit
+        net.jit_compile = resolve_jit(config.jit)
         check_iterations(net, state, data.steps_per_epoch, paths.last)
         log.info("resuming %s after epoch %d", paths.last, state["epoch"])
         return net, state
@@ -351,7 +352,8 @@ def build_or_resume(config, data: Data, paths: RunPaths, seed: int):
         raise UsageError(f"{e.path}: --weights: {e.reason}") from None
     except ValueError as e:
         raise UsageError(f"--backbone {config.backbone}: {e}") from None
-    net.compile(optimizer=build_optimizer(config, data.steps_per_epoch), jit_compile=config.jit)
+    net.compile(optimizer=build_optimizer(config, data.steps_per_epoch),
+                jit_compile=resolve_jit(config.jit))
     return net, {"epoch": 0, "best_score": -math.inf, "best_epoch": None}
 
 
@@ -483,6 +485,12 @@ def fit(net, config, data: Data, callbacks, guard, strategy, initial_epoch: int)
     if multiworker.uses_custom_loop(strategy):
         multiworker.fit(net, config, data, callbacks, guard, strategy, initial_epoch)
         return
+    from utils.callbacks import per_step_waits
+
+    waits = per_step_waits(callbacks)
+    if waits:
+        log.warning("callback(s) %s read every step's logs: fit waits for each step (not "
+                    "async_safe)", ", ".join(waits))
     net.fit(data.trn, validation_data=data.val, epochs=config.epochs,
             initial_epoch=initial_epoch, callbacks=callbacks, shuffle=False,
             verbose=progress_verbose())

@@ -6,7 +6,16 @@ import sys
 import numpy as np
 import pytest
 
-from benchmarks import cancorr_cost, common, gpu_bench, memory, startup, throughput
+from benchmarks import (
+    cancorr_cost,
+    common,
+    gpu_bench,
+    gpu_profile,
+    memory,
+    startup,
+    step_overhead,
+    throughput,
+)
 
 
 def test_forward_flops_match_the_issue_figure():
@@ -106,7 +115,7 @@ def test_torch_reference_trains_a_step_on_cpu():
 
 
 def test_scripts_are_importable_as_files():
-    for mod in (throughput, memory, startup, gpu_bench, cancorr_cost):
+    for mod in (throughput, memory, startup, gpu_bench, cancorr_cost, gpu_profile, step_overhead):
         assert mod.__doc__ and "python" in mod.__doc__
     assert sys.modules["benchmarks.common"] is common
 
@@ -134,3 +143,115 @@ def test_scene_map_benchmark_at_a_tiny_size(tmp_path):
     assert (tmp_path / "maps" / "change.tif").is_file()
     args.child = "bare"
     assert scene_map.child(args)["tiles_measured"] == 8
+
+
+def test_gpu_profile_classes_a_cpu_trace_of_a_convolution_and_its_gradients(tmp_path):
+    """A jitted convolution's gradient profiled on the CPU: the trace's XLA operations land in the
+    forward, backward-data and backward-filter classes (the same parser reads the GPU's trace)."""
+    import glob
+
+    import jax
+    import jax.numpy as jnp
+
+    def loss(w, x):
+        y = jax.lax.conv_general_dilated(x, w, (1, 1), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC"))
+        return jnp.sum(jax.nn.relu(y) ** 2)
+
+    w, x = jnp.ones((3, 3, 4, 8)), jnp.ones((2, 16, 16, 4))
+    grad = jax.jit(jax.grad(loss, argnums=(0, 1)))
+    compiled = grad.lower(w, x).compile()
+    jax.block_until_ready(compiled(w, x))
+    with jax.profiler.trace(str(tmp_path)):
+        for _ in range(2):
+            out = compiled(w, x)
+        jax.block_until_ready(out)
+    trace = glob.glob(str(tmp_path / "**" / "*.trace.json.gz"), recursive=True)
+    assert trace
+    table = gpu_profile.jax_trace_table(trace[0], gpu_profile.parse_hlo(compiled.as_text()),
+                                        {(3, 3, 4, 8)}, steps=2, module_prefix="jit_loss")
+    ms = table["ms_per_step"]
+    assert ms["conv_fwd"] > 0 and ms["conv_bwd_data"] > 0 and ms["conv_bwd_filter"] > 0, table["top"]
+    assert set(ms) == set(gpu_profile.CLASSES) and table["events"] > 0
+
+
+def test_gpu_profile_classes_gpu_hlo_and_kernel_names():
+    """The GPU half of the classification, from HLO lines and kernel names as XLA and cuDNN write
+    them (no GPU needed)."""
+    hlo = gpu_profile.parse_hlo("""
+  %custom-call.3 = (bf16[64,100,100,64]{3,2,1,0}, u8[0]{0}) custom-call(%a, %b), custom_call_target="__cudnn$convForward", metadata={op_name="jit(train_step)/jvp(backbone)/block1_conv2/conv_general_dilated"}
+  %custom-call.9 = (bf16[64,100,100,64]{3,2,1,0}, u8[0]{0}) custom-call(%c, %d), custom_call_target="__cudnn$convBackwardInput", metadata={op_name="jit(train_step)/transpose(jvp(backbone))/block1_conv2/conv_general_dilated"}
+  %custom-call.10 = (bf16[64,64,3,3]{3,2,1,0}, u8[0]{0}) custom-call(%c, %e), custom_call_target="__cudnn$convBackwardFilter", metadata={op_name="jit(train_step)/transpose(jvp(backbone))/block1_conv2/conv_general_dilated"}
+  %gemm_fusion_dot.2 = bf16[128,1024]{1,0} fusion(%f, %g), kind=kCustom, calls=%gemm_fusion_dot.2_computation, backend_config={"fusion_backend_config":{"kind":"__triton_gemm"}}, metadata={op_name="jit(train_step)/jvp(fc1_t1)/dot_general"}
+  %loop_multiply_fusion.7 = f32[3,3,64,64]{3,2,1,0} fusion(%h, %i), kind=kLoop, calls=%fused_multiply.7, metadata={op_name="jit(train_step)/sgd/mul"}
+  %input_transpose_fusion.1 = bf16[64,3,200,200]{3,2,1,0} fusion(%j), kind=kInput, calls=%fused_transpose.1
+  ROOT %loop_tanh_fusion = f32[64]{0} fusion(%k), kind=kLoop, calls=%fused_tanh, metadata={op_name="jit(train_step)/jvp(corrfusion)/tanh"}
+  %loop_select_fusion.4 = f32[32,32]{1,0} fusion(%l), kind=kLoop, calls=%fused_select.4, metadata={op_name="jit(train_step)/jit(solve)/lu"}
+""")
+    kernels = {(3, 3, 64, 64)}
+    got = {name: gpu_profile.classify_hlo(info, kernels, name) for name, info in hlo.items()}
+    assert got == {"custom-call.3": "conv_fwd", "custom-call.9": "conv_bwd_data",
+                   "custom-call.10": "conv_bwd_filter", "gemm_fusion_dot.2": "gemm",
+                   "loop_multiply_fusion.7": "optimizer", "input_transpose_fusion.1": "copies",
+                   "loop_tanh_fusion": "head_losses", "loop_select_fusion.4": "metrics"}
+    names = {"sm90_xmma_fprop_implicit_gemm_bf16bf16_bf16f32_f32_nhwckrsc_nhwc": "conv_fwd",
+             "sm90_xmma_dgrad_implicit_gemm_bf16bf16_bf16f32_f32_nhwckrsc_nchw": "conv_bwd_data",
+             "sm90_xmma_wgrad_implicit_gemm_bf16bf16_bf16f32_f32_nhwckrsc_nhwc": "conv_bwd_filter",
+             "nvjet_tst_128x64_64x8_1x2_h_bz_coopA_TNT": "gemm",
+             "void at::native::multi_tensor_apply_kernel<...>": "optimizer",
+             "Memcpy DtoD (Device -> Device)": "copies"}
+    assert {n: gpu_profile.classify_torch(n) for n in names} == names
+    assert gpu_profile.union_us([(0, 2), (1, 3), (5, 6)]) == 4
+
+
+def test_gpu_profile_skips_gpu_only_flags_on_the_cpu_and_refuses_bad_variants(tmp_path, capsys):
+    """The second device call's form (--sweep_only) on the CPU: the GPU-only XLA flags are skipped
+    with a note, the tables are still written; an unknown variant is a one-line error."""
+    out = tmp_path / "out"
+    assert gpu_profile.main(["--device", "cpu", "--sweep_only", "--sweep", "no_triton_gemm,latency_hiding",
+                             "--out", str(out)]) == 0
+    res = json.loads((out / "profile.json").read_text())
+    assert res["sweep"]["latency_hiding"]["skipped"] == "skipped: GPU-only XLA flag on the CPU"
+    sweep = (out / "sweep.csv").read_text()
+    assert "no_triton_gemm" in sweep and "--xla_gpu_enable_triton_gemm=false" in sweep
+    capsys.readouterr()
+    assert gpu_profile.main(["--device", "cpu", "--sweep", "fastest", "--out", str(tmp_path / "x")]) == 2
+    assert capsys.readouterr().err.startswith("error: --sweep: unknown variant(s) fastest")
+    assert not (tmp_path / "x").exists()
+
+
+@pytest.mark.slow  # end to end: a child process per part, tens of seconds on a CPU
+def test_gpu_profile_runs_tiny_on_the_cpu(tmp_path):
+    """The one device call's script, end to end at a tiny size: the Keras step profiled and timed,
+    GPU-only flags skipped with a note, tables written; the torch half where torch is installed."""
+    import importlib.util
+
+    torch_mode = "eager" if importlib.util.find_spec("torch") else "none"
+    out = tmp_path / "out"
+    rc = gpu_profile.main(["--device", "cpu", "--backbone", "small", "--size", "32", "--batch", "2",
+                           "--hidden", "8", "--steps", "1", "--reps", "1", "--warmup", "1",
+                           "--profile_steps", "1", "--torch", torch_mode, "--sweep", "no_triton_gemm",
+                           "--out", str(out)])
+    res = json.loads((out / "profile.json").read_text())
+    assert rc == 0, res
+    ms = res["keras-jax"]["profile"]["ms_per_step"]
+    assert ms["conv_fwd"] > 0 and ms["conv_bwd_data"] + ms["conv_bwd_filter"] > 0 and ms["optimizer"] > 0
+    assert res["sweep"]["no_triton_gemm"]["skipped"].startswith("skipped: GPU-only")
+    assert res["sweep"]["base"]["ms_per_step"] > 0
+    if torch_mode != "none":
+        assert res["torch"]["profile"]["ms_per_step"]["conv_fwd"] > 0
+    assert {p.name for p in out.iterdir()} == {"profile.json", "profile.md", "profile.csv", "sweep.csv"}
+    assert gpu_profile.main(["--device", "cpu", "--out", str(out)]) == 2  # never over a profile
+
+
+@pytest.mark.slow  # a child process with JAX: tens of seconds on a CPU
+def test_step_overhead_runs_tiny(tmp_path):
+    import subprocess
+
+    out = tmp_path / "so.json"
+    proc = subprocess.run([sys.executable, "-m", "benchmarks.step_overhead", "--steps", "2", "--reps", "1",
+                           "--warmup", "1", "--parts_calls", "2", "--modes", "jit_step,train_on_batch",
+                           "--json", str(out)], cwd=common.ROOT, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    res = json.loads(out.read_text())
+    assert res["train_on_batch"]["s_per_step"] > 0 and res["jit_step"]["s_per_step"] > 0
+    assert res["host_parts_s"]["state_sync"] > 0 and res["variables"]["metrics"] > 0

@@ -5,6 +5,7 @@ already started Python, TensorFlow and JAX for the model tests (the backend is f
 from __future__ import annotations
 
 import json
+import zipfile
 
 import keras
 
@@ -27,6 +28,10 @@ def test_trains_and_evaluates_on_the_jax_backend(demo_data, tmp_path, caplog):
     assert json.loads((workdir / "args.json").read_text())["devices"]["backend"] == "jax"
     assert not list(workdir.rglob("*tfevents*"))
     assert (workdir / "checkpoints" / "best.keras").is_file()
+    # without --jit the JAX steps are jit-compiled: jit_compile=False runs every operation on its
+    # own, 70-130x slower per step (issue 25, benchmarks/RESULTS.md section 4)
+    with zipfile.ZipFile(workdir / "checkpoints" / "best.keras") as z:
+        assert json.loads(z.read("config.json"))["compile_config"]["jit_compile"] is True
     results = json.loads((workdir / "results" / "tst" / "results.json").read_text())
     assert 0.0 <= results["metrics"]["OA_t1"] <= 1.0
     # the loss guard runs in Keras' callback thread on JAX: still stops, names the step

@@ -277,3 +277,28 @@ def test_fusion_histograms_split_changed_and_unchanged_pairs(tmp_path):
     assert {g: value(f"dist/{g}")[:, 2].sum() for g in ("changed", "unchanged")} == {
         "changed": 3, "unchanged": 4}
     assert 0 <= float(value("fusion_weight_mean/unchanged")) <= 1
+
+
+def test_no_callback_of_ours_makes_fit_wait_for_every_step():
+    """Keras' fit on JAX dispatches the next step while the device runs this one unless a callback
+    with a batch-end hook is not ``async_safe``: then every step's logs are read back first, the
+    per-call sync that makes ``train_on_batch`` slow (issue 25)."""
+    import inspect
+
+    from utils import callbacks
+
+    ours = [c for _, c in inspect.getmembers(callbacks, inspect.isclass)
+            if issubclass(c, keras.callbacks.Callback) and c.__module__ == callbacks.__name__]
+    assert FiniteLossGuard in ours and len(ours) >= 6
+    for cls in ours:
+        cb = object.__new__(cls)  # the hooks and the flag are class attributes
+        assert callbacks.per_step_waits([cb]) == [], cls.__name__
+
+    class Printer(keras.callbacks.Callback):
+        def on_train_batch_end(self, batch, logs=None):
+            print(logs)
+
+    class SafePrinter(Printer):
+        async_safe = True
+
+    assert callbacks.per_step_waits([Printer(), SafePrinter(), keras.callbacks.History()]) == ["Printer"]

@@ -98,3 +98,11 @@ def test_requested_gpus_that_are_not_there_are_said(monkeypatch, caplog, visible
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "-1")
     devices.warn_missing_gpus([], "tensorflow")  # -g cpu: silent
     assert "requested" not in caplog.text
+
+
+def test_jit_defaults_to_on_for_jax_and_off_for_tensorflow():
+    # Keras' JAX trainer runs the step op by op without jit_compile (issue 25)
+    assert devices.resolve_jit(None, "jax") is True
+    assert devices.resolve_jit(None, "tensorflow") is False
+    assert devices.resolve_jit(False, "jax") is False and devices.resolve_jit(True, "tensorflow") is True
+    assert devices.resolve_jit(None) is (keras.backend.backend() == "jax")
