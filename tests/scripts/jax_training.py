@@ -5,13 +5,19 @@ already started Python, TensorFlow and JAX for the model tests (the backend is f
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 import zipfile
+from pathlib import Path
 
 import keras
 
 import train_cnn
 from tests._runs import FAST
 from utils.cli import run_main
+
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def messages(caplog):
@@ -34,11 +40,14 @@ def test_trains_and_evaluates_on_the_jax_backend(demo_data, tmp_path, caplog):
         assert json.loads(z.read("config.json"))["compile_config"]["jit_compile"] is True
     results = json.loads((workdir / "results" / "tst" / "results.json").read_text())
     assert 0.0 <= results["metrics"]["OA_t1"] <= 1.0
-    # the loss guard runs in Keras' callback thread on JAX: still stops, names the step
-    caplog.clear()
+    # the loss guard runs in Keras' callback thread on JAX: still stops, names the step. A process
+    # of its own: a second jit-compiled JAX training in this process fails with "Buffer has been
+    # deleted or donated" (seen 2026-12-04 after issue 25's jit_compile on JAX; not yet resolved)
     nan_dir = tmp_path / "jax_nan"
-    rc = run_main(train_cnn.main, ["--data_dir", str(demo_data), "--workdir", str(nan_dir), *FAST,
-                                   "-e", "2", "--lr", "1e30", "-sm", "true"])
-    assert rc == 1, messages(caplog)[-20:]
-    assert any("non-finite loss" in m and "epoch 1, step" in m for m in messages(caplog))
+    proc = subprocess.run([sys.executable, "train_cnn.py", "--data_dir", str(demo_data),
+                           "--workdir", str(nan_dir), *FAST, "-e", "2", "--lr", "1e30", "-sm", "true"],
+                          cwd=ROOT, env={**os.environ, "KERAS_BACKEND": "jax"}, capture_output=True,
+                          text=True, timeout=600)
+    assert proc.returncode == 1, proc.stderr[-3000:]
+    assert "non-finite loss" in proc.stderr and "epoch 1, step" in proc.stderr
     assert not (nan_dir / "checkpoints" / "last.keras").exists()
