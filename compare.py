@@ -56,12 +56,21 @@ RESERVED = ("method", "runs", "workdir", "seed", "resume", "overwrite", "backbon
 
 # --------------------------------------------------------------------------------------- arguments
 def method_list(value: str) -> list[str]:
-    names = [m.strip().lower() for m in value.split(",") if m.strip()]
+    """``--methods a,b``: known names, each once, no empty item (a typo is refused, not dropped)."""
+    parts = [m.strip().lower() for m in value.split(",")]
+    names = [m for m in parts if m]
     bad = [m for m in names if m not in ALL_METHODS]
     if not names or bad:
         raise argparse.ArgumentTypeError(
             f"unknown method(s) {', '.join(bad) or value!r}; choose from {', '.join(ALL_METHODS)}")
-    return list(dict.fromkeys(names))
+    if len(names) != len(parts):
+        raise argparse.ArgumentTypeError(f"an empty method name in {value!r}; expected "
+                                         "comma-separated names, e.g. baseline,corrfusion")
+    repeated = sorted({m for m in names if names.count(m) > 1})
+    if repeated:
+        raise argparse.ArgumentTypeError(f"{', '.join(repeated)} given more than once in "
+                                         f"{value!r}; name each method once")
+    return names
 
 
 def compare_parser() -> argparse.ArgumentParser:

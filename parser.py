@@ -21,6 +21,7 @@ from model.config import (
     DECOV_PENALTIES,
     DIST_EPSILONS,
     FUSION_INITS,
+    INPUT_NORMS,
     METHODS,
     POOLINGS,
     RESNET_INITS,
@@ -43,8 +44,8 @@ PRESETS = {
     "original": {
         "backbone": "resnet50", "shared": False, "pooling": "flatten", "bn": "frozen",
         "l2": 1e-4, "decov_init": "orthogonal", "decov_penalty": "original",
-        "fusion_init": "glorot_uniform", "hidden": 1024, "reduction": 2, "lambda1": 0.1,
-        "lambda2": 1e-4, "corr_norm": "batch", "optimizer": "sgd", "lr": [1e-3],
+        "fusion_init": "glorot_uniform", "input_norm": "shard_max", "hidden": 1024,
+        "reduction": 2, "lambda1": 0.1, "lambda2": 1e-4, "corr_norm": "batch", "optimizer": "sgd", "lr": [1e-3],
         "lr_boundaries": [], "momentum": 0.9, "nesterov": True, "batch_size": 32, "epochs": 100,
         "resnet_init": "keras_applications", "comparators": "original",
         "dist_epsilon": "per_feature", "eval_trn": True, "eval_tst": True, "runs": 1,
@@ -120,8 +121,9 @@ def float_list(value: str) -> list[float]:
         vals = [float(v) for v in value.split(",") if v.strip()]
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {value!r}") from None
-    if not vals or any(not v > 0 for v in vals):
-        raise argparse.ArgumentTypeError(f"expected comma-separated positive numbers, got {value!r}")
+    if not vals or any(not 0 < v < float("inf") for v in vals):  # NaN and inf fail too
+        raise argparse.ArgumentTypeError(
+            f"expected comma-separated finite positive numbers, got {value!r}")
     return vals
 
 
@@ -197,6 +199,9 @@ def train_parser() -> argparse.ArgumentParser:
                        help="one backbone for both dates (siamese); --no-shared: one per date")
     model.add_argument("--weights", type=weights_source, default=None,
                        help="backbone weights: none (random, default), imagenet, or a weights file path")
+    model.add_argument("--input_norm", choices=tuple(INPUT_NORMS), default=ModelConfig.input_norm,
+                       help="input normalisation, part of the model (saved in its checkpoints): "
+                            + "; ".join(f"{k}: {v}" for k, v in INPUT_NORMS.items()))
     model.add_argument("--hidden", type=positive_int, default=ModelConfig.hidden, help="width of the FC layers (d)")
     model.add_argument("--reduction", type=positive_int, default=ModelConfig.reduction, help="CorrFusion reduction ratio r")
     model.add_argument("--lambda1", type=non_negative_float, default=ModelConfig.lambda1, help="weight of the correlation loss")
@@ -319,6 +324,10 @@ def check_train_args(parser: argparse.ArgumentParser, args, argv=None) -> argpar
         apply_defaults(parser, args, argv, PRESETS[args.preset])
     if args.resume and args.overwrite:
         parser.error("--resume and --overwrite exclude each other")
+    if len(args.lr) == 1 and args.lr_boundaries:  # not ignored (and recorded) silently
+        parser.error(f"--lr_boundaries {','.join(map(str, args.lr_boundaries))}: needs "
+                     f"{len(args.lr_boundaries) + 1} --lr values (one per period), --lr has 1; "
+                     "give the learning rates, or drop --lr_boundaries for a constant rate")
     if len(args.lr) != len(args.lr_boundaries) + 1 and len(args.lr) != 1:
         parser.error(f"--lr has {len(args.lr)} values; it needs one more than --lr_boundaries "
                      f"({len(args.lr_boundaries)}) or a single value")
@@ -333,8 +342,12 @@ def eval_parser() -> argparse.ArgumentParser:
         formatter_class=HelpFormatter,
     )
     p.add_argument("-m", "--model", "--model_dir", dest="model", required=True,
-                   help="a .keras checkpoint, or a run directory (its checkpoints/best.keras); "
-                        "--model_dir is the original evaluate_model.py's name")
+                   help="a .keras checkpoint, or a run directory (its checkpoints/best.keras), or "
+                        "the http(s) URL of a .keras checkpoint (downloaded once into Keras' "
+                        "cache); --model_dir is the original evaluate_model.py's name")
+    p.add_argument("--sha256", default=None,
+                   help="with -m URL: the checkpoint's SHA-256; the download is refused when it "
+                        "differs")
     data = p.add_argument_group("data")
     _add_data_args(data)
     data.add_argument("--threshold", type=probability, default=0.5,

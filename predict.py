@@ -36,7 +36,11 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=HelpFormatter,
     )
     p.add_argument("-m", "--model", required=True,
-                   help="a .keras checkpoint, or a run directory (its checkpoints/best.keras)")
+                   help="a .keras checkpoint, or a run directory (its checkpoints/best.keras), or "
+                        "the http(s) URL of a .keras checkpoint (downloaded once into Keras' cache)")
+    p.add_argument("--sha256", default=None,
+                   help="with -m URL: the checkpoint's SHA-256; the download is refused when it "
+                        "differs")
     inp = p.add_argument_group("input")
     inp.add_argument("--t1", required=True, help="raster of date 1 (GeoTIFF)")
     inp.add_argument("--t2", required=True, help="raster of date 2, on the grid of --t1")
@@ -78,9 +82,15 @@ def parse_args(argv=None):
 
 
 # ------------------------------------------------------------------------------------------ steps
-def read_model_card(path) -> tuple[pathlib.Path, tuple, int, list | None]:
-    """Checkpoint, its input (H, W, C), K and the run's class names, without starting TensorFlow."""
-    ckpt, run_root = checkpoints.resolve_checkpoint(path)
+def read_model_card(path, sha256=None) -> tuple[pathlib.Path, tuple, int, list | None]:
+    """Checkpoint, its input (H, W, C), K and the run's class names, without starting TensorFlow
+    (but for a URL: downloaded once, checked against ``sha256``)."""
+    if checkpoints.is_url(path):
+        ckpt, run_root = checkpoints.download_checkpoint(path, sha256), None
+    elif sha256:
+        raise UsageError(f"--sha256: given with -m {path}; it checks a download (-m URL)")
+    else:
+        ckpt, run_root = checkpoints.resolve_checkpoint(path)
     config = checkpoints.read_checkpoint_config(ckpt)
     checkpoints.check_two_date_model(config, ckpt)
     shape, k = checkpoints.config_signature(config)
@@ -98,6 +108,13 @@ def class_names(given, saved, k, ckpt) -> list[str]:
     except ValueError as e:  # a list or file of names that cannot be used
         raise UsageError(str(e)) from None
     names = list(names) if names else [f"class {i + 1}" for i in range(k)]
+    if given and saved and list(names) != list(saved):
+        if sorted(names) == sorted(saved):  # the run's classes in another order: maps mislabelled
+            i = next(i for i, (a, b) in enumerate(zip(names, saved, strict=True)) if a != b)
+            raise UsageError(f"{ckpt}: --class_names: class {i + 1} is {names[i]!r}, the run "
+                             f"(args.json) trained it as {saved[i]!r}; expected the run's order "
+                             f"{list(saved)}")
+        log.warning("--class_names %s rename the run's classes %s", names, list(saved))
     if len(names) != k:
         raise UsageError(f"{ckpt}: --class_names: {len(names)} names; expected {k}, the number "
                          "of classes of the model")
@@ -147,7 +164,10 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     configure_logging(args.verbose)
     select_devices(args.gpu)
-    ckpt, shape, k, saved_names = read_model_card(args.model)
+    if checkpoints.is_url(args.model):  # the cheap checks before the download
+        checkpoints.check_download(args.model, args.sha256)
+        scene_map.check_output_dir(args.out)
+    ckpt, shape, k, saved_names = read_model_card(args.model, args.sha256)
     names = class_names(args.class_names, saved_names, k, ckpt)
     config = make_config(args, ckpt, shape)
     scene_map.check_output_dir(config.out)

@@ -41,8 +41,12 @@ def split_dirs(path) -> list[pathlib.Path]:
 def inspect_all(paths, num_classes=None) -> list[shards.SplitSummary]:
     """Validate every split found under ``paths`` (all of them, before anything is printed); every
     byte of the image data is read (CRC-32 checked), uncompressed members included."""
-    return [shards.inspect_split(d, num_classes, check_stored=True)
-            for p in paths for d in split_dirs(p)]
+    out = []
+    for p in paths:
+        found = [shards.inspect_split(d, num_classes, check_stored=True) for d in split_dirs(p)]
+        shards.check_class_names(found)  # the splits of one data directory name classes alike
+        out += found
+    return out
 
 
 def parse_args(argv=None):

@@ -1,9 +1,12 @@
 """Streaming loader over a split directory of npz shards (docs/DESIGN.md §2 scaling, §4 format).
 
-Yields batches ``((x1, x2), (y1, y2))``: x float32 (B, H, W, C) scaled per §2, y int32 0-based;
-with ``raw_integers=True`` integer images stay in their stored dtype (uint8/uint16) and the model
-scales them on the device (``model.backbones.scale_inputs``: the same numbers, a quarter or half of
-the bytes to copy to an accelerator and to hold in the prefetch buffers).
+Yields batches ``((x1, x2), (y1, y2))``: x float32 (B, H, W, C) dtype-scaled per §2, y int32
+0-based; with ``raw_integers=True`` integer images stay in their stored dtype (uint8/uint16) and the
+model normalises them on the device (``model.normalization.InputNormalization``: a quarter or half
+of the bytes to copy to an accelerator and to hold in the prefetch buffers). ``scaling`` says what
+the loader does for the model's ``--input_norm`` (``SCALINGS``, ``model.config.INPUT_SCALING``):
+the §2 dtype scaling (``dtype``), nothing (``raw``: values as stored, float32 where resized) or the
+original's per-shard maximum (``shard_max``: float32, applied per pair in ``_take``).
 
 How it works (the same pure functions serve both backends):
 
@@ -21,7 +24,7 @@ How it works (the same pure functions serve both backends):
   offset; such a shard is decoded whole with ``np.load(allow_pickle=False)`` and checked as it
   is read (logged once per split), and :class:`ShardCache` holds at most ONE of them: the
   previous one is released before the next is read.
-* :func:`gather_batch` builds a batch in the stored dtype; the cast to float32, the §2 scaling and
+* :func:`gather_batch` builds a batch in the stored dtype; the cast to float32, the scaling and
   the optional resize happen on the batch only (tf.data ``map`` on TensorFlow, NumPy/keras.ops in
   the ``PyDataset`` on other backends).
 * Pairs with label 0 on either date are skipped (counted and logged once per split).
@@ -161,10 +164,12 @@ class ShardCache:
             tests pass an instrumented one.
     """
 
-    def __init__(self, summary, num_classes=None, load_fn=None):
+    def __init__(self, summary, num_classes=None, load_fn=None, divisors=None):
         self.summary = summary
         self.num_classes = num_classes
         self.load_fn = load_fn or load_shard
+        #: (n_files, 2) per-shard, per-date divisors of ``scaling="shard_max"``, or None
+        self.divisors = divisors
         self.index = None
         self.data = None
         self.loads = 0
@@ -186,8 +191,17 @@ def _take(cache, f, start, stop, training, seed, epoch):
         data["order"] = pair_order(len(data["defined"]), training, seed, epoch, f)
         data["order_epoch"] = epoch
     idx = data["defined"][data["order"][start:stop]]
-    return [take_images(data, "image_t1", idx), take_images(data, "image_t2", idx),
-            data["label_t1"][idx].astype(np.int32) - 1, data["label_t2"][idx].astype(np.int32) - 1]
+    x1, x2 = take_images(data, "image_t1", idx), take_images(data, "image_t2", idx)
+    if cache.divisors is not None:
+        x1, x2 = (shard_max_scale(x, cache.divisors[f, d]) for d, x in enumerate((x1, x2)))
+    return [x1, x2, data["label_t1"][idx].astype(np.int32) - 1,
+            data["label_t2"][idx].astype(np.int32) - 1]
+
+
+def shard_max_scale(x, divisor) -> np.ndarray:
+    """``--input_norm shard_max``: the original's ``x.astype(float32) / np.max(x) − 0.5`` with the
+    max of the shard's whole array (``divisor``, from ``data.stats.shard_maxima``)."""
+    return x.astype(np.float32) / np.float32(divisor) - np.float32(shards.IMAGE_OFFSET)
 
 
 def gather_batch(segments, cache, training, seed, epoch):
@@ -199,9 +213,10 @@ def gather_batch(segments, cache, training, seed, epoch):
 
 
 def iter_batches(summary, batch_size, training, seed=0, epoch=0, drop_remainder=False,
-                 num_classes=None, load_fn=None, part=None):
-    """Generator of one epoch of raw batches ``(x1, x2, y1, y2)`` (images in stored dtype)."""
-    cache = ShardCache(summary, num_classes, load_fn)
+                 num_classes=None, load_fn=None, part=None, divisors=None):
+    """Generator of one epoch of raw batches ``(x1, x2, y1, y2)`` (images in stored dtype; with
+    ``divisors`` float32 scaled per shard, see :func:`shard_max_scale`)."""
+    cache = ShardCache(summary, num_classes, load_fn, divisors)
     for segments in batch_plan(summary.pairs_per_file, batch_size, training, seed, epoch,
                                drop_remainder, part):
         yield gather_batch(segments, cache, training, seed, epoch)
@@ -230,21 +245,35 @@ def warn_if_decoded_whole(summary) -> None:
                     "batch and never held", summary.split_dir, mib)
 
 
-def keeps_raw(summary, image_size, raw_integers) -> bool:
-    """Whether batches leave the loader unscaled: integer images, raw requested, no resize."""
-    return bool(raw_integers) and np.dtype(summary.dtype).kind == "u" and (
-        image_size is None or tuple(image_size) == tuple(summary.image_shape[:2]))
+#: what the loader does to the images before the model (``ModelConfig.input_norm`` picks one via
+#: ``model.config.INPUT_SCALING``): ``dtype``: the §2 dtype scaling (integer batches left to the
+#: model with ``raw_integers``); ``raw``: values as stored (cast to float32 only to resize or when
+#: integers are not wanted); ``shard_max``: each date of each shard divided by its maximum − 0.5
+SCALINGS = ("dtype", "raw", "shard_max")
+
+
+def keeps_raw(summary, image_size, raw_integers, scaling="dtype") -> bool:
+    """Whether batches leave the loader as they are read: no resize and, for ``dtype``, integer
+    images with ``raw_integers`` (``raw``: integers with ``raw_integers``, or float images;
+    ``shard_max``: always, the batches are scaled float32 already)."""
+    same = image_size is None or tuple(image_size) == tuple(summary.image_shape[:2])
+    kind = np.dtype(summary.dtype).kind
+    if scaling == "shard_max":
+        return same
+    if scaling == "raw":
+        return same and (bool(raw_integers) or kind == "f")
+    return bool(raw_integers) and kind == "u" and same
 
 
 def _tf_dataset(summary, batch_size, training, seed, image_size, num_classes, drop_remainder,
-                raw_integers=False, part=None):
+                raw_integers=False, part=None, scaling="dtype", divisors=None):
     import tensorflow as tf
 
     epochs = {"next": itertools.count()}  # the n-th iteration over the dataset is epoch n
 
     def generate():
         yield from iter_batches(summary, batch_size, training, seed, next(epochs["next"]),
-                                drop_remainder, num_classes, part=part)
+                                drop_remainder, num_classes, part=part, divisors=divisors)
 
     def set_epoch(epoch):
         """The next iteration over the dataset is epoch ``epoch`` (for resuming a run)."""
@@ -252,15 +281,19 @@ def _tf_dataset(summary, batch_size, training, seed, image_size, num_classes, dr
 
     h, w, c = summary.image_shape
     b = batch_size if drop_remainder and part is None else None
-    image_spec = tf.TensorSpec((b, h, w, c), tf.as_dtype(summary.dtype))
+    stored = tf.float32 if scaling == "shard_max" else tf.as_dtype(summary.dtype)
+    image_spec = tf.TensorSpec((b, h, w, c), stored)
     label_spec = tf.TensorSpec((b,), tf.int32)
     scale = shards.scale_factor(summary.dtype)
-    raw = keeps_raw(summary, image_size, raw_integers)
+    raw = keeps_raw(summary, image_size, raw_integers, scaling)
 
     def finish(x):
         if raw:
             return x
-        x = tf.cast(x, tf.float32) * scale - shards.IMAGE_OFFSET
+        if scaling == "dtype":
+            x = tf.cast(x, tf.float32) * scale - shards.IMAGE_OFFSET
+        else:  # raw values (the model normalises them) or scaled per shard already
+            x = tf.cast(x, tf.float32)
         if image_size is not None:
             x = tf.image.resize(x, image_size)
         return x
@@ -303,11 +336,13 @@ class ShardPyDataset(keras.utils.PyDataset):
     """
 
     def __init__(self, summary, batch_size, training, seed=0, image_size=None, num_classes=None,
-                 drop_remainder=False, raw_integers=False, part=None, load_fn=None, **kwargs):
+                 drop_remainder=False, raw_integers=False, part=None, scaling="dtype",
+                 divisors=None, load_fn=None, **kwargs):
         super().__init__(**kwargs)
         self.part = part
         self.summary = summary
-        self.raw = keeps_raw(summary, image_size, raw_integers)
+        self.scaling = scaling
+        self.raw = keeps_raw(summary, image_size, raw_integers, scaling)
         self.batch_size = batch_size
         self.training = training
         self.seed = seed
@@ -315,7 +350,7 @@ class ShardPyDataset(keras.utils.PyDataset):
         self.num_classes = num_classes
         self.drop_remainder = drop_remainder
         self.epoch = 0
-        self._cache = ShardCache(summary, num_classes, load_fn)
+        self._cache = ShardCache(summary, num_classes, load_fn, divisors)
         self._plan = self._make_plan()
 
     def _make_plan(self):
@@ -328,7 +363,7 @@ class ShardPyDataset(keras.utils.PyDataset):
     def _finish(self, x):
         if self.raw:
             return x
-        x = shards.scale_images(x)
+        x = shards.scale_images(x) if self.scaling == "dtype" else x.astype(np.float32)
         if self.image_size is not None and x.shape[1:3] != self.image_size:
             x = keras.ops.convert_to_numpy(keras.ops.image.resize(x, self.image_size))
         return x
@@ -351,7 +386,7 @@ class ShardPyDataset(keras.utils.PyDataset):
 
 
 def make_dataset(split_dir, batch_size, training, seed=0, image_size=None, num_classes=None,
-                 drop_remainder=False, raw_integers=False, part=None):
+                 drop_remainder=False, raw_integers=False, part=None, scaling="dtype"):
     """Streaming dataset over a split directory of §4 shards.
 
     Args:
@@ -367,6 +402,10 @@ def make_dataset(split_dir, batch_size, training, seed=0, image_size=None, num_c
             (``CorrFusionNet`` does); float images and resized batches are scaled here either way.
         part: ``(index, count)``: yield only part ``index`` of ``count`` of every batch (same
             batches, same order; see :func:`batch_plan`), for multi-worker training.
+        scaling: ``SCALINGS``: ``dtype`` (§2 dtype scaling, the default), ``raw`` (values as
+            stored: the model normalises them; float32 where resized) or ``shard_max`` (float32,
+            each date of each shard divided by its maximum − 0.5, as the original code; one
+            extra pass over the split finds the maxima).
 
     Returns:
         ``(dataset, summary)``: a ``tf.data.Dataset`` on the TensorFlow backend, else a
@@ -386,8 +425,27 @@ def make_dataset(split_dir, batch_size, training, seed=0, image_size=None, num_c
     warn_if_decoded_whole(summary)
     if image_size is not None:
         image_size = (int(image_size[0]), int(image_size[1]))
+    if scaling not in SCALINGS:
+        raise ValueError(f"scaling must be one of {SCALINGS}; received scaling={scaling!r}")
+    divisors = shard_divisors(summary) if scaling == "shard_max" else None
     args = (summary, batch_size, training, seed, image_size, num_classes, drop_remainder,
-            raw_integers, part)
+            raw_integers, part, scaling, divisors)
     if keras.backend.backend() == "tensorflow":
         return _tf_dataset(*args), summary
     return ShardPyDataset(*args), summary
+
+
+def shard_divisors(summary) -> np.ndarray:
+    """(n_files, 2) maxima of each shard's two image arrays (``data.stats.shard_maxima``); a
+    shard whose array holds only zeros is a ShardError naming it (nothing to divide by)."""
+    from data.stats import shard_maxima
+
+    maxima = shard_maxima(summary)
+    for f, d in zip(*np.nonzero(maxima <= 0), strict=True):
+        raise shards.ShardError(f"{summary.files[f]}: {shards.IMAGE_KEYS[d]}: every value is 0; "
+                                "expected imagery (--input_norm shard_max divides each shard by "
+                                "its maximum)")
+    log.info("%s: --input_norm shard_max: each shard's image_t1/image_t2 divided by its maximum "
+             "(%s)", summary.split_dir, "; ".join(f"{p.name} {a:g}/{b:g}" for p, (a, b)
+                                                 in zip(summary.files, maxima, strict=True)))
+    return maxima

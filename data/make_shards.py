@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import logging
 import os
 import pathlib
@@ -129,6 +130,87 @@ def read_image(path, bands=None, expected="an image") -> np.ndarray:
                                         f"(1..{array.shape[-1]})")
         array = array[..., [b - 1 for b in bands]]
     return as_shard_dtype(path, array)
+
+
+# ------------------------------------------------------------------- windowed raster reads
+#: GDAL's block cache while tiles are read by windows (MB; a tile touches a few blocks, read in
+#: random order: a larger cache hardly hits): without a bound GDAL keeps up to 5 %
+#: of the RAM of blocks read, so memory would grow with the scene
+WINDOW_CACHE_MB = 8
+
+
+@dataclasses.dataclass(frozen=True)
+class WindowedRaster:
+    """A raster read tile by tile (``read_tiles``) instead of whole: its (H, W, C) shape, dtype
+    and the 0-based bands kept. Made by ``open_windowed`` after the checks ``read_image`` makes."""
+
+    path: pathlib.Path
+    shape: tuple
+    dtype: np.dtype
+    bands: tuple
+
+    def read_tiles(self, rows, cols, tile) -> np.ndarray:
+        """(n, tile, tile, C) tiles (r, c) of the grid, each mirrored past the edges by its own
+        pixels (``data.rasters.pad_tile``), as the whole image cut in memory gives."""
+        import rasterio
+        from rasterio.windows import Window
+
+        h, w = self.shape[:2]
+        out = np.empty((len(rows), tile, tile, self.shape[2]),
+                       np.float32 if self.dtype.kind == "f" else self.dtype)
+        with rasterio.Env(GDAL_CACHEMAX=WINDOW_CACHE_MB), _quiet_georef(), \
+                rasterio.open(self.path) as src:
+            for i, (r, c) in enumerate(zip(rows, cols, strict=True)):
+                top, left = int(r) * tile, int(c) * tile
+                window = Window(left, top, min(tile, w - left), min(tile, h - top))
+                x = np.moveaxis(src.read([b + 1 for b in self.bands], window=window), 0, -1)
+                out[i] = rasters.pad_tile(as_shard_dtype(self.path, x), tile)
+        return out
+
+    def check_values(self, strip_rows=256) -> None:
+        """Float images: every value in [0, 1], read by strips of rows (before anything is
+        written, as the whole image's read did)."""
+        if self.dtype.kind != "f":
+            return
+        import rasterio
+        from rasterio.windows import Window
+
+        h, w = self.shape[:2]
+        with rasterio.Env(GDAL_CACHEMAX=WINDOW_CACHE_MB), _quiet_georef(), \
+                rasterio.open(self.path) as src:
+            for top in range(0, h, strip_rows):
+                window = Window(0, top, w, min(strip_rows, h - top))
+                as_shard_dtype(self.path, src.read([b + 1 for b in self.bands], window=window))
+
+
+@contextlib.contextmanager
+def _quiet_georef():
+    """Plain (non-georeferenced) TIFFs are fine here: rasterio's warning about them is hidden."""
+    import rasterio
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", rasterio.errors.NotGeoreferencedWarning)
+        yield
+
+
+def open_windowed(path, bands=None, expected="an image") -> WindowedRaster:
+    """The header of a raster that rasterio reads (not PNG/JPEG/...), checked as ``read_image``
+    checks the whole image: readable, ``bands`` within its band count, a dtype the shards take
+    (float values are checked by ``WindowedRaster.check_values``)."""
+    path = _check_file(path, expected)
+    try:
+        import rasterio
+
+        with _quiet_georef(), rasterio.open(path) as src:
+            shape, dtype = (src.height, src.width, src.count), np.dtype(src.dtypes[0])
+    except Exception as e:  # noqa: BLE001 - any reader failure is bad input, reported in one line
+        raise _err(path, "file", f"unreadable ({type(e).__name__}: {e}); expected {expected}") from None
+    if bands is not None and max(bands) > shape[-1]:
+        raise _err(path, "--bands", f"{bands}; the image has {shape[-1]} band(s) (1..{shape[-1]})")
+    keep = tuple(b - 1 for b in bands) if bands is not None else tuple(range(shape[-1]))
+    if dtype not in (np.uint8, np.uint16) and dtype.kind != "f":
+        raise _err(path, "dtype", f"{dtype}; expected uint8, uint16 or float in [0, 1]")
+    return WindowedRaster(path, (shape[0], shape[1], len(keep)), dtype, keep)
 
 
 # ----------------------------------------------------------------------------- class names
@@ -375,13 +457,15 @@ def check_label_names(path, labels, class_names) -> None:
 
 
 def raster_pairs(t1, t2, labels1, labels2, tile, bands=None, mat_key=None, transpose=False,
-                 class_names=None):
+                 class_names=None, stream=True):
     """Everything the writer needs for (b): a :class:`Pairs`.
 
     ``labels1``/``labels2``: label files, or both None for unlabelled shards (every label 0, for
     predicting only). ``class_names``: the ``--class_names`` given; a tile label above their
     number is an error naming the label file. Tiles past the right and bottom edges are padded
-    (each mirrors its own pixels, as predict.py's tiles do) rather than dropped.
+    (each mirrors its own pixels, as predict.py's tiles do) rather than dropped. ``stream``:
+    rasters that rasterio reads are read tile by tile when the shards are written
+    (``WindowedRaster``: memory flat in the scene size), not whole; the shards are the same.
     """
 
     if tile < 1:
@@ -390,11 +474,17 @@ def raster_pairs(t1, t2, labels1, labels2, tile, bands=None, mat_key=None, trans
         given = "--labels1" if labels1 is not None else "--labels2"
         raise ValueError(f"{given} without {'--labels2' if labels1 is not None else '--labels1'}: "
                          "expected labels for both dates, or neither (unlabelled shards)")
-    x1, x2 = read_image(t1, bands), read_image(t2, bands)
+    if stream and not any(pathlib.Path(t).suffix.lower() in PILLOW_SUFFIXES for t in (t1, t2)):
+        x1, x2 = open_windowed(t1, bands), open_windowed(t2, bands)  # read tile by tile
+    else:
+        x1, x2 = read_image(t1, bands), read_image(t2, bands)
     georef = georeference(t1, t2, tile)
     if x1.shape != x2.shape or x1.dtype != x2.dtype:
         raise _err(t2, "image", f"{x2.shape} {x2.dtype}; expected {x1.shape} {x1.dtype} as {t1} "
                                 "(co-registered images)")
+    if isinstance(x1, WindowedRaster):
+        x1.check_values()
+        x2.check_values()
     h, w = x1.shape[:2]
     raw = [] if labels1 is None else [load_label_array(labels1, mat_key),
                                       load_label_array(labels2, mat_key)]
@@ -413,10 +503,14 @@ def raster_pairs(t1, t2, labels1, labels2, tile, bands=None, mat_key=None, trans
     def cut(x, r, c):
         return rasters.pad_tile(x[r * tile:(r + 1) * tile, c * tile:(c + 1) * tile], tile)
 
+    def tiles(x, r, c):
+        if isinstance(x, WindowedRaster):
+            return x.read_tiles(r, c, tile)
+        return np.stack([cut(x, a, b) for a, b in zip(r, c, strict=True)])
+
     def get_pairs(idx):
         r, c = row[idx], col[idx]
-        out = {"image_t1": np.stack([cut(x1, a, b) for a, b in zip(r, c, strict=True)]),
-               "image_t2": np.stack([cut(x2, a, b) for a, b in zip(r, c, strict=True)]),
+        out = {"image_t1": tiles(x1, r, c), "image_t2": tiles(x2, r, c),
                "label_t1": y1[r, c].astype(np.int32), "label_t2": y2[r, c].astype(np.int32),
                "row": r, "col": c}
         out.update(georef)

@@ -377,7 +377,8 @@ def cut_tiles(strip, mask, grid: TileGrid, min_valid):
         strip = np.pad(strip, ((0, pad_h), (0, 0), (0, 0)), mode="symmetric")
         strip = np.pad(strip, ((0, 0), (0, pad_w), (0, 0)))
     tiles = np.lib.stride_tricks.sliding_window_view(strip, (t, t), axis=(0, 1))[0, ::s]
-    tiles = np.ascontiguousarray(np.moveaxis(tiles, 1, -1))  # (cols, t, t, C)
+    # a copy (never the read-only view: one column of tiles is already contiguous)
+    tiles = np.array(np.moveaxis(tiles, 1, -1), order="C")  # (cols, t, t, C)
     cols = grid.cols
     starts = np.arange(cols) * s
     widths = np.minimum(starts + t, w) - starts  # in-raster columns of each tile

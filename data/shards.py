@@ -45,9 +45,11 @@ GRID_KEYS = ("row", "col")
 GEO_KEYS = ("crs", "transform", "tile_size")  # optional georeferencing of the tile grid
 REQUIRED_KEYS = IMAGE_KEYS + LABEL_KEYS
 IMAGE_DTYPES = (np.dtype(np.uint8), np.dtype(np.uint16), np.dtype(np.float32))
-#: the largest class id accepted without ``class_names``/``num_classes`` (a per-class histogram and
-#: the model's heads are sized by it: a stray 10⁹ would allocate gigabytes)
-MAX_CLASSES = 10_000
+#: the most classes K a training or an evaluation accepts (and the largest label without
+#: ``class_names``/``num_classes``): the K x K confusion and transition matrices, their figures and
+#: TensorBoard images are tested up to it (tests/utils/test_many_classes.py: results of K = 1000
+#: written in under 5 GB); K = 5000 grew past 23 GB
+MAX_CLASSES = 1_000
 CHUNK_BYTES = 64 * 2**20  # decoded bytes per chunk when checking float image values
 VERIFY_CHUNK_BYTES = 16 * 2**20  # bytes per read when reading a member through for its CRC-32
 _READ_ERRORS = (OSError, ValueError, EOFError, zipfile.BadZipFile, zlib.error, KeyError)
@@ -234,7 +236,7 @@ def check_labels(path, labels: dict, num_classes: int | None) -> int:
             raise _err(path, key, f"label {int(y.max())} > {num_classes}; expected class ids 1..{num_classes}")
         if num_classes is None and top > MAX_CLASSES:
             raise _err(path, key, f"label {top}; expected class ids 1..K with K <= {MAX_CLASSES} "
-                                  "(a shard with class_names may name more)")
+                                  "(the most classes training and evaluation support)")
     return top
 
 
@@ -658,9 +660,44 @@ def inspect_split(split_dir, num_classes=None, check_values=True, check_stored=F
                         infos[0].geo, any(i.max_label > 0 for i in infos))
 
 
+def check_class_names(summaries, reference=None, reference_name=None) -> None:
+    """Refuse splits whose ``class_names`` differ (names in another order put every class under
+    another's name): every summary with names (``{split: SplitSummary}``, or a list) against the
+    first one's, or against ``reference`` (a checkpoint's names, ``reference_name`` saying whose)
+    when given. Splits without names are not compared."""
+    items = list(summaries.values()) if isinstance(summaries, dict) else list(summaries)
+    if reference is not None:
+        ref, ref_where = list(reference), reference_name or "the checkpoint's"
+    else:
+        first = next((s for s in items if s.class_names is not None), None)
+        if first is None:
+            return
+        ref, ref_where = first.class_names, f"those of {first.split_dir}"
+    for s in items:
+        if s.class_names is not None and list(s.class_names) != ref:
+            diff = next(i for i, (a, b) in enumerate(zip(s.class_names, ref, strict=True)) if a != b) \
+                if len(s.class_names) == len(ref) else None
+            at = "" if diff is None else (f" (class {diff + 1} is {s.class_names[diff]!r} here, "
+                                          f"{ref[diff]!r} there)")
+            raise ShardError(f"{s.split_dir}: class_names: {list(s.class_names)}; expected "
+                             f"{ref_where}, {ref}{at}")
+
+
+def check_class_count(k: int, where: str) -> None:
+    """Refuse more than ``MAX_CLASSES`` classes (``where`` names the flag, file or checkpoint that
+    sets K) before anything is written or TensorFlow starts."""
+    if k > MAX_CLASSES:
+        raise ShardError(f"{where}: {k} classes; expected at most {MAX_CLASSES} (the K x K "
+                         "confusion and transition matrices and their figures are bounded and "
+                         "tested up to that)")
+
+
 def require_labels(summary: SplitSummary, split: str, use: str) -> None:
     """Refuse a split whose shards carry no labels at all (label 0 everywhere, as ``make_shards
     raster`` writes without --labels1/--labels2) for ``use`` (training, evaluation)."""
+    if summary.n_pairs + summary.n_skipped == 0:
+        raise ShardError(f"{summary.split_dir}: {split} split: 0 pairs in "
+                         f"{len(summary.files)} shard(s); expected at least one pair for {use}")
     if not summary.labelled:
         raise ShardError(f"{summary.split_dir}: {split} split: label_t1/label_t2 are 0 everywhere: "
                          f"the shards have no labels (make_shards raster without --labels1/--labels2; "

@@ -30,6 +30,13 @@ Command line::
                              [--seed K] [--shard_size M]
                              [--degrade t1|t2|both|either] [--haze H] [--cloud_cover C]
                              [--noise SIGMA] [--blur SIGMA]
+                             [--dtype uint8|uint16] [--value_range LO,HI] [--date_shift GAIN[,OFFSET]]
+
+Radiometry (optional; the defaults give today's uint8 over 0..255, bit for bit): ``--dtype``,
+``--value_range LO,HI`` (the stored values of intensity 0 and 1, so that images fill only part of
+their dtype as real sensors do: 6,116 dark uint8, 0,10000 Sentinel-2 style uint16, 0,4095 12-bit)
+and ``--date_shift GAIN[,OFFSET]`` (date 2's intensities are GAIN·x + OFFSET: a radiometric
+difference between the dates). The scenes, labels and splits do not depend on them.
 """
 
 from __future__ import annotations
@@ -279,13 +286,46 @@ def second_date(rng, canvas1, canvas2_new, changed, s):
     return canvas[np.arange(n)[:, None, None], rows[:, :, None], cols[:, None, :]]
 
 
-def _to_uint8(x, rng, noise):
+def value_range_of(dtype="uint8", value_range=None) -> tuple[int, int]:
+    """``(lo, hi)``: the stored values that intensity 0 and 1 map to (default: the dtype's range)."""
+    if value_range is None:
+        return 0, int(np.iinfo(np.dtype(dtype)).max)
+    return int(value_range[0]), int(value_range[1])
+
+
+def _quantize(x, dtype, lo, hi):
+    """Intensities ``x`` (0..1) to stored values ``lo + x·(hi − lo)``, rounded and clipped."""
+    x = x * (hi - lo)
+    if lo:
+        x = x + lo
+    return np.clip(np.rint(x), lo, hi).astype(dtype)
+
+
+def _to_unit(x, lo, hi):
+    """Stored values back to float32 intensities (the inverse of :func:`_quantize`)."""
+    x = x.astype(np.float32)
+    if lo:
+        x = x - np.float32(lo)
+    return x / (hi - lo)
+
+
+def _to_stored(x, rng, noise, dtype, lo, hi):
     x = x + rng.normal(0, 1, x.shape).astype(np.float32) * noise
-    return np.clip(np.rint(x * 255), 0, 255).astype(np.uint8)
+    return _quantize(x, dtype, lo, hi)
 
 
-def make_pairs(n, size=64, classes=8, change_rate=0.05, seed=0):
-    """All pairs in memory: dict of image_t1/t2 (n, size, size, 3) uint8, labels 1..K, row, col."""
+def make_pairs(n, size=64, classes=8, change_rate=0.05, seed=0, dtype="uint8", value_range=None,
+               date_shift=(1.0, 0.0)):
+    """All pairs in memory: dict of image_t1/t2 (n, size, size, 3), labels 1..K, row, col.
+
+    Radiometry (the defaults give uint8 over 0..255, the same bytes as before these options):
+    ``dtype`` uint8 or uint16; ``value_range`` ``(lo, hi)``: the stored values of intensity 0 and 1,
+    so that the images fill only that part of the dtype as real sensors do (e.g. ``(6, 116)`` for
+    dark uint8 imagery, ``(0, 10000)`` for Sentinel-2 L2A style uint16, ``(0, 4095)`` for 12-bit
+    data); ``date_shift`` ``(gain, offset)``: date 2's intensities are ``gain·x + offset`` (a
+    radiometric difference between the dates on top of the per-pair illumination), before the
+    noise and the rounding. The random draws do not depend on these options: the same scenes.
+    """
     rng = np.random.default_rng(seed)
     label_t1 = rng.permutation(np.arange(n) % classes)
     n_change = int(round(change_rate * n))
@@ -293,7 +333,9 @@ def make_pairs(n, size=64, classes=8, change_rate=0.05, seed=0):
     changed[rng.choice(n, n_change, replace=False)] = True
     label_t2 = label_t1.copy()
     label_t2[changed] = (label_t1[changed] + rng.integers(1, classes, n_change)) % classes
-    x1 = np.empty((n, size, size, 3), np.uint8)
+    lo, hi = value_range_of(dtype, value_range)
+    gain, offset = (float(v) for v in date_shift)
+    x1 = np.empty((n, size, size, 3), np.dtype(dtype))
     x2 = np.empty_like(x1)
     c = size + 2 * MARGIN
     for start in range(0, n, CHUNK):
@@ -302,8 +344,12 @@ def make_pairs(n, size=64, classes=8, change_rate=0.05, seed=0):
         canvas1 = colourise(r, render_patterns(r, label_t1[sl], c))
         canvas2 = colourise(r, render_patterns(r, label_t2[sl], c))  # used where changed
         noise = r.uniform(0.01, 0.03, (sl.stop - sl.start, 1, 1, 1)).astype(np.float32)
-        x1[sl] = _to_uint8(canvas1[:, MARGIN:MARGIN + size, MARGIN:MARGIN + size], r, noise)
-        x2[sl] = _to_uint8(second_date(r, canvas1, canvas2, changed[sl], size), r, noise)
+        x1[sl] = _to_stored(canvas1[:, MARGIN:MARGIN + size, MARGIN:MARGIN + size], r, noise,
+                            dtype, lo, hi)
+        date2 = second_date(r, canvas1, canvas2, changed[sl], size)
+        if (gain, offset) != (1.0, 0.0):
+            date2 = date2 * np.float32(gain) + np.float32(offset)
+        x2[sl] = _to_stored(date2, r, noise, dtype, lo, hi)
     ncols = math.ceil(math.sqrt(n))
     pos = np.arange(n)
     return {"image_t1": x1, "image_t2": x2, "label_t1": (label_t1 + 1).astype(np.int32),
@@ -336,8 +382,13 @@ def _degrade(rng, x, haze, cloud_cover, noise, blur):
     return x + noise * grain
 
 
-def degrade_pairs(data, seed=0, date="t2", haze=0.0, cloud_cover=0.0, noise=0.0, blur=0.0):
+def degrade_pairs(data, seed=0, date="t2", haze=0.0, cloud_cover=0.0, noise=0.0, blur=0.0,
+                  value_range=None):
     """``data`` (from :func:`make_pairs`) with ``date``'s images degraded; the input is not changed.
+
+    ``value_range``: the ``(lo, hi)`` that ``make_pairs`` mapped intensities 0..1 to (default: the
+    images' dtype range); the degradation works on intensities, so its strengths mean the same
+    whatever the dtype and range.
 
     ``date``: t1, t2, both, or either (one date per pair, each with probability 1/2). With every
     strength 0 the same dict comes back. The random stream is ``(seed, 0xDE6, chunk)``, apart from
@@ -350,6 +401,7 @@ def degrade_pairs(data, seed=0, date="t2", haze=0.0, cloud_cover=0.0, noise=0.0,
     out = dict(data)
     x1, x2 = data["image_t1"].copy(), data["image_t2"].copy()
     n = len(x1)
+    lo, hi = value_range_of(x1.dtype, value_range)
     for start in range(0, n, CHUNK):
         sl = slice(start, min(n, start + CHUNK))
         r = np.random.default_rng([seed, _DEGRADE_STREAM, start // CHUNK])
@@ -357,15 +409,38 @@ def degrade_pairs(data, seed=0, date="t2", haze=0.0, cloud_cover=0.0, noise=0.0,
         mask = {"t1": {"t1": True, "t2": False, "both": True, "either": pick_t1}[date],
                 "t2": {"t1": False, "t2": True, "both": True, "either": ~pick_t1}[date]}
         for name, x in (("t1", x1), ("t2", x2)):
-            d = _degrade(r, x[sl].astype(np.float32) / 255, haze, cloud_cover, noise, blur)
-            d = np.clip(np.rint(d * 255), 0, 255).astype(np.uint8)
+            d = _degrade(r, _to_unit(x[sl], lo, hi), haze, cloud_cover, noise, blur)
+            d = _quantize(d, x.dtype, lo, hi)
             x[sl] = np.where(np.reshape(mask[name], (-1, 1, 1, 1)), d, x[sl])
     out["image_t1"], out["image_t2"] = x1, x2
     return out
 
 
-def check_args(pairs, size, classes, change_rate, shard_size, degradation=None):
+#: the radiometry options of :func:`make_pairs` / :func:`generate` and their defaults (today's uint8)
+RADIOMETRY = {"dtype": "uint8", "value_range": None, "date_shift": (1.0, 0.0)}
+DTYPES = ("uint8", "uint16")
+
+
+def check_radiometry(dtype="uint8", value_range=None, date_shift=(1.0, 0.0)):
+    """ValueError (one line naming the option) for a dtype, value range or date shift outside
+    what the generator supports."""
+    if dtype not in DTYPES:
+        raise ValueError(f"--dtype {dtype}: expected one of {', '.join(DTYPES)}")
+    top = int(np.iinfo(np.dtype(dtype)).max)
+    if value_range is not None:
+        lo, hi = value_range
+        if not (float(lo).is_integer() and float(hi).is_integer() and 0 <= lo < hi <= top):
+            raise ValueError(f"--value_range {lo},{hi}: expected integers 0 <= LO < HI <= {top} "
+                             f"(the {dtype} range)")
+    gain, offset = date_shift
+    if not (math.isfinite(gain) and 0 < gain <= 10 and math.isfinite(offset) and -1 <= offset <= 1):
+        raise ValueError(f"--date_shift {gain},{offset}: expected GAIN in (0, 10] and OFFSET in "
+                         "[-1, 1] (intensity units)")
+
+
+def check_args(pairs, size, classes, change_rate, shard_size, degradation=None, radiometry=None):
     """ValueError (one line) for arguments outside what the generator supports."""
+    check_radiometry(**(radiometry or {}))
     if pairs < 10:
         raise ValueError(f"--pairs {pairs}: expected at least 10")
     if not 8 <= size <= 1024:
@@ -388,16 +463,19 @@ def check_args(pairs, size, classes, change_rate, shard_size, degradation=None):
 
 
 def generate(out_dir, pairs=1000, size=64, classes=8, change_rate=0.05, seed=0, shard_size=None,
-             degradation=None):
+             degradation=None, radiometry=None):
     """Write ``out_dir/{trn,val,tst}`` (70/10/20) of demo pairs; returns ``{split: [paths]}``.
 
     ``degradation``: keyword arguments of :func:`degrade_pairs` (``date``, ``haze``, ...), or None.
+    ``radiometry``: keyword arguments of :func:`make_pairs` (``dtype``, ``value_range``,
+    ``date_shift``; ``RADIOMETRY`` has the defaults), or None.
     Refuses (ShardError) output split directories that exist and are not empty.
     """
-    check_args(pairs, size, classes, change_rate, shard_size, degradation)
+    radiometry = {**RADIOMETRY, **(radiometry or {})}
+    check_args(pairs, size, classes, change_rate, shard_size, degradation, radiometry)
     splits.check_output_dir(out_dir)
-    data = degrade_pairs(make_pairs(pairs, size, classes, change_rate, seed), seed,
-                         **(degradation or {}))
+    data = degrade_pairs(make_pairs(pairs, size, classes, change_rate, seed, **radiometry), seed,
+                         **(degradation or {}), value_range=radiometry["value_range"])
     parts = splits.split_indices(pairs, splits.DEFAULT_FRACTIONS, seed)
     return splits.write_splits(out_dir, parts, lambda idx: {k: v[idx] for k, v in data.items()},
                                shard_size, list(CLASS_NAMES[:classes]))
@@ -448,6 +526,15 @@ def parse_args(argv=None):
     gen.add_argument("--change_rate", type=float, default=0.05,
                      help="fraction of pairs whose class changes (default 0.05)")
     gen.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    rad = p.add_argument_group("radiometry (the defaults: uint8 over 0..255, no shift between dates)")
+    rad.add_argument("--dtype", choices=DTYPES, default="uint8", help="stored dtype (default uint8)")
+    rad.add_argument("--value_range", type=_int_pair, default=None, metavar="LO,HI",
+                     help="stored values of intensity 0 and 1: the images fill only this part of "
+                          "the dtype, as real sensors do (e.g. 6,116 dark uint8; 0,10000 "
+                          "Sentinel-2 style uint16; 0,4095 12-bit; default: the whole dtype)")
+    rad.add_argument("--date_shift", type=_shift, default=(1.0, 0.0), metavar="GAIN[,OFFSET]",
+                     help="date 2 intensities = GAIN * x + OFFSET (a radiometric difference "
+                          "between the dates; intensities in 0..1; default 1,0)")
     deg = p.add_argument_group("degradation of one date (all strengths 0 = none, the default)")
     deg.add_argument("--degrade", choices=DEGRADE_DATES, default="t2",
                      help="the date degraded: t1, t2 (default), both, or either (one at random "
@@ -462,6 +549,29 @@ def parse_args(argv=None):
     return p.parse_args(argv)
 
 
+def _int_pair(value):
+    try:
+        lo, hi = (int(v) for v in value.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected LO,HI (two integers), got {value!r}") from None
+    return lo, hi
+
+
+def _shift(value):
+    try:
+        parts = [float(v) for v in value.split(",")]
+    except ValueError:
+        parts = []
+    if len(parts) not in (1, 2):
+        raise argparse.ArgumentTypeError(f"expected GAIN or GAIN,OFFSET (numbers), got {value!r}")
+    return parts[0], (parts[1] if len(parts) == 2 else 0.0)
+
+
+def radiometry_of(args) -> dict:
+    """The ``radiometry`` argument of :func:`generate` from parsed arguments."""
+    return {k: getattr(args, k) for k in RADIOMETRY}
+
+
 def degradation_of(args) -> dict:
     """The ``degradation`` argument of :func:`generate` from parsed arguments."""
     return {"date": args.degrade, **{k: getattr(args, k) for k in DEGRADATION_KEYS}}
@@ -472,7 +582,7 @@ def main(argv=None):
     args = parse_args(argv)
     try:
         written = generate(args.out, args.pairs, args.size, args.classes, args.change_rate,
-                           args.seed, args.shard_size, degradation_of(args))
+                           args.seed, args.shard_size, degradation_of(args), radiometry_of(args))
     except (ValueError, OSError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -4,9 +4,10 @@
 mapping (N, H, W, C) images to a (N, h, w, F) feature map. The ``keras.applications`` networks
 are used with ``include_top=False``; ``small`` is a compact CNN for CPU runs and tests.
 
-Input scaling: the network receives images already scaled to [-0.5, 0.5] (docs/DESIGN.md §2, input
-scaling); ``scale_inputs`` applies that scaling on the device to integer images (the model calls it,
-so loaders can feed uint8/uint16 batches, a quarter/half of the float32 bytes). With random weights that is used as is. With pretrained weights (``"imagenet"`` or a
+Input scaling: the network receives images normalised by ``model.normalization``
+(docs/DESIGN.md §2, input normalisation); ``scale_inputs`` is its ``dtype`` mode, the §2 dtype
+scaling to [-0.5, 0.5] of integer images on the device (so loaders can feed uint8/uint16 batches, a
+quarter/half of the float32 bytes). With random weights that is used as is. With pretrained weights (``"imagenet"`` or a
 weights file, which is assumed to hold ImageNet-trained weights of the same architecture), an
 ``ImagenetInputMapping`` layer first maps [-0.5, 0.5] to what that network was trained on
 (the "caffe" BGR mean-subtracted 0–255 range for VGG/ResNet, [-1, 1] for InceptionV3, ImageNet

@@ -105,10 +105,29 @@ ORIGINAL_SOFT_DCCA = {"lambda1": 1e-2, "lambda2": 1e-3, "decov_init": "zeros",
 #: √(Σ_j Δ_j² + (d/r)·ε) over the d/r view features
 DIST_EPSILONS = ("once", "per_feature")
 
+#: ``input_norm``: how the model normalises its input images (``model.normalization``,
+#: docs/DESIGN.md §2). The statistics of ``bands``/``bands_per_date`` are computed by
+#: ``data.stats`` over the training split and stored in the model (its checkpoint).
+INPUT_NORMS = {
+    "bands": "per-band mean/std of the training split, pooled over both dates (default)",
+    "bands_per_date": "per-band mean/std of the training split, separately for t1 and t2",
+    "dtype": "integers / dtype max, floats as [0, 1]; then - 0.5 (the scaling before input_norm existed)",
+    "shard_max": "each date of each shard / the largest value in that shard's array, - 0.5 "
+                 "(the original code's LoadNpy)",
+}
+#: input_norm -> what the loader does before the model (``data.loader.SCALINGS``): raw values for
+#: the model to standardise, the §2 dtype scaling, or the per-shard maximum scaling
+INPUT_SCALING = {"bands": "raw", "bands_per_date": "raw", "dtype": "dtype", "shard_max": "shard_max"}
+#: the ``input_norm`` modes whose statistics come from the training split
+STAT_NORMS = ("bands", "bands_per_date")
+#: what a checkpoint saved before ``input_norm`` existed was fed: dtype scaling
+LEGACY_INPUT_NORM = "dtype"
+
 #: the ModelConfig fields with a fixed set of values (parser.py offers them as choices)
-CHOICES = {"corr_norm": CORR_NORMS, "bn": BN_MODES, "pooling": POOLINGS,
-           "decov_init": DECOV_INITS, "decov_penalty": DECOV_PENALTIES, "fusion_init": FUSION_INITS,
-           "resnet_init": RESNET_INITS, "comparators": COMPARATORS, "dist_epsilon": DIST_EPSILONS}
+CHOICES = {"input_norm": tuple(INPUT_NORMS), "corr_norm": CORR_NORMS, "bn": BN_MODES,
+           "pooling": POOLINGS, "decov_init": DECOV_INITS, "decov_penalty": DECOV_PENALTIES,
+           "fusion_init": FUSION_INITS, "resnet_init": RESNET_INITS, "comparators": COMPARATORS,
+           "dist_epsilon": DIST_EPSILONS}
 
 
 @dataclass(frozen=True)
@@ -155,6 +174,8 @@ class ModelConfig:
         seed: seed of the head/fusion initialisers and of the small CNN.
         input_mapping: map [-0.5, 0.5] to the pretrained network's input range; None → when
             ``weights`` is given and the backbone has a mapping.
+        input_norm: ``INPUT_NORMS``: the input normalisation (``model.normalization``). A config
+            without this field (a checkpoint saved before it existed) means ``dtype``.
     """
 
     num_classes: int | None = None
@@ -182,6 +203,7 @@ class ModelConfig:
     ce_weights: tuple[tuple[float, ...], tuple[float, ...]] | None = None
     seed: int | None = None
     input_mapping: bool | None = None
+    input_norm: str = "bands"
 
     def __post_init__(self):
         if self.image_size is not None:

@@ -25,19 +25,23 @@ Training (``fit``/``evaluate``) takes labels ``(y1, y2)`` (int, 0-based); ``comp
 ``CE_t1 + CE_t2 + the method's named losses + Σ model.losses`` and logs every term by name.
 """
 
+import logging
+
 import keras
+import numpy as np
 from keras import ops
 
 from model.backbones import (
+    _TORCH_MEAN,
+    _TORCH_STD,
     BACKBONES,
     ImagenetInputMapping,
     build_backbone,
     has_batch_statistics,
-    scale_inputs,
 )
 from model.cca import canonical_correlation
+from model.config import LEGACY_INPUT_NORM, ORIGINAL_SOFT_DCCA, STAT_NORMS, MethodInfo, ModelConfig
 from model.config import METHODS as METHOD_INFO
-from model.config import ORIGINAL_SOFT_DCCA, MethodInfo, ModelConfig
 from model.corrfusion import CorrFusion
 from model.losses import (
     SoftDecorrelation,
@@ -46,6 +50,9 @@ from model.losses import (
     dcca_loss,
     pair_distance,
 )
+from model.normalization import InputNormalization
+
+log = logging.getLogger(__name__)
 
 __all__ = ["CorrFusionNet", "METHODS", "MethodSpec", "ModelConfig", "build_model", "load_model"]
 
@@ -255,8 +262,11 @@ class CorrFusionNet(keras.Model):
             (``CorrFusionNet(num_classes=6, backbone="small")``).
 
     Call arguments:
-        inputs: ``(x1, x2)`` (N, H, W, C) images: float, scaled to [-0.5, 0.5]; or uint8/uint16
-            as stored, scaled in the graph (``model.backbones.scale_inputs``, docs/DESIGN.md §2).
+        inputs: ``(x1, x2)`` (N, H, W, C) images as the loader hands them over for
+            ``config.input_norm``, normalised in the graph by the ``input_norm`` layer
+            (``model.normalization.InputNormalization``, docs/DESIGN.md §2): uint8/uint16 as
+            stored, or float (raw values for ``bands``/``bands_per_date``, already scaled to
+            [-0.5, 0.5] for ``dtype`` and ``shard_max``).
         training: bool.
 
     Returns:
@@ -279,6 +289,7 @@ class CorrFusionNet(keras.Model):
         c = config
 
         input_shape = (*c.image_size, c.channels)
+        self.input_norm = InputNormalization(c.input_norm, c.channels, name="input_norm")
         if c.input_mapping:
             self.mapping = ImagenetInputMapping(BACKBONES[c.backbone].mapping, name="input_mapping")
         if c.shared:
@@ -349,8 +360,23 @@ class CorrFusionNet(keras.Model):
         self._forward((x1, x2), training=False)
         self.built = True
 
+    def set_input_statistics(self, mean, variance):
+        """The input normalisation's statistics (``bands``: (C,); ``bands_per_date``: (2, C))."""
+        self.input_norm.set_statistics(mean, variance)
+
+    def input_statistics(self) -> dict | None:
+        """``{"mean", "std"}`` per date of the input normalisation (None for dtype/shard_max)."""
+        return self.input_norm.statistics()
+
     def _pooled(self, x, backbone, training):
         if self.config.input_mapping:
+            if self.config.input_norm in STAT_NORMS:
+                # standardised bands -> ImageNet's per-channel mean and std in [0, 1] (as the
+                # mapping's [-0.5, 0.5] input): what the pretrained weights saw
+                c = self.config.channels
+                mean = np.asarray(_TORCH_MEAN if c == 3 else [np.mean(_TORCH_MEAN)] * c, "float32")
+                std = np.asarray(_TORCH_STD if c == 3 else [np.mean(_TORCH_STD)] * c, "float32")
+                x = x * std + (mean - np.float32(0.5))
             x = self.mapping(x)
         return self.pool(backbone(x, training=self.bn_training(training)))
 
@@ -365,7 +391,7 @@ class CorrFusionNet(keras.Model):
                 f"CorrFusionNet expects inputs (x1, x2); received {type(inputs).__name__} "
                 f"of length {len(inputs) if hasattr(inputs, '__len__') else '?'}."
             )
-        x1, x2 = (scale_inputs(x) for x in inputs)  # uint8/uint16 batches are scaled here
+        x1, x2 = self.input_norm(list(inputs))  # raw uint8/uint16 batches are normalised here
         if self.one_pass:
             # A shared backbone without batch statistics gives the same features for both dates
             # run as one batch of 2N: half the kernel launches, larger matrix products.
@@ -459,8 +485,14 @@ class CorrFusionNet(keras.Model):
     @classmethod
     def from_config(cls, config):
         config = dict(config)
+        fields = dict(config.pop("config"))
+        if "input_norm" not in fields:  # saved before input_norm existed: its inputs were dtype-scaled
+            log.warning("checkpoint saved before input normalisation was a model option: its "
+                        "inputs are scaled as it was trained (input_norm %s: integers / dtype max "
+                        "- 0.5)", LEGACY_INPUT_NORM)
+            fields["input_norm"] = LEGACY_INPUT_NORM
         # Weights come from the saved file; never re-download or re-read the original source.
-        model_config = ModelConfig.from_dict(dict(config.pop("config"), weights=None))
+        model_config = ModelConfig.from_dict(dict(fields, weights=None))
         return cls(model_config, **config)
 
     def get_build_config(self):

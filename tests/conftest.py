@@ -1,5 +1,6 @@
 """Shared fixtures of the test suite."""
 
+import logging
 import os
 import resource
 import time
@@ -51,7 +52,20 @@ def resumed_run(demo_data, tmp_path_factory):
     assert train(demo_data, workdir, epochs=1) == 0
     assert json.loads((workdir / "checkpoints" / "last_state.json").read_text())["epoch"] == 1
     shutil.copytree(workdir / "checkpoints", root / "epoch1")
-    assert train(demo_data, workdir, "--resume", epochs=2) == 0
+    messages = []
+    keep = logging.Handler(logging.INFO)
+    keep.emit = lambda record: messages.append(record.getMessage())
+    top = logging.getLogger()
+    level = top.level
+    top.addHandler(keep)
+    top.setLevel(logging.INFO)
+    try:
+        assert train(demo_data, workdir, "--resume", epochs=2) == 0
+    finally:
+        top.removeHandler(keep)
+        top.setLevel(level)
+    # the input statistics come from the checkpoint: not computed again
+    assert not any("statistics of the training split" in m for m in messages)
     return workdir, root / "epoch1"
 
 # ----------------------------------------------------------------- CPU seconds per test (optional)

@@ -127,13 +127,40 @@ class Checkpoints(keras.callbacks.Callback):
         logs = logs or {}
         score = float(logs.get("val_oa_t1", 0.0)) + float(logs.get("val_oa_t2", 0.0))
         best_score = self.state.get("best_score")
-        if best_score is None or not math.isfinite(best_score) or score > best_score:
-            atomic_save_model(self.model, self.best)
+        new_best = best_score is None or not math.isfinite(best_score) or score > best_score
+        if new_best:
             self.state.update(best_score=score, best_epoch=epoch + 1)
-            log.info("epoch %d: new best val OA_t1+OA_t2 = %.4f -> %s", epoch + 1, score, self.best)
         self.state.update(epoch=epoch + 1, **self.run_info)
+        # last.keras first: a kill before best.keras lands leaves a state whose best epoch is
+        # last.keras's own, from which the resume restores best.keras (restore_best)
         atomic_save_model(self.model, self.last, state=self.state)
         atomic_write_json(self.state_path, self.state)
+        if new_best:
+            atomic_save_model(self.model, self.best, state={"epoch": epoch + 1,
+                                                            "best_score": score,
+                                                            "best_epoch": epoch + 1})
+            log.info("epoch %d: new best val OA_t1+OA_t2 = %.4f -> %s", epoch + 1, score, self.best)
+
+
+def restore_best(best: Path, last: Path, state: dict) -> bool:
+    """--resume after a kill between an epoch's ``last.keras`` and its new ``best.keras``
+    (``Checkpoints`` writes them in that order): the state's best epoch is last.keras's own epoch,
+    and best.keras is missing or holds another epoch (its embedded ``epoch``); then last.keras is
+    that best, and is copied to best.keras (atomically). A best.keras of an older version, without
+    an embedded epoch, is left as it is. Returns whether it was restored."""
+    from utils.rundir import atomic_write_bytes, read_embedded_state
+
+    best_epoch = state.get("best_epoch")
+    if best_epoch is None or best_epoch != state.get("epoch") or not Path(last).is_file():
+        return False
+    if Path(best).is_file():
+        saved = read_embedded_state(best)
+        if saved is None or saved.get("epoch") == best_epoch:
+            return False
+    atomic_write_bytes(best, Path(last).read_bytes())
+    log.warning("%s: restored from %s (epoch %d, the best, was cut off before its best "
+                "checkpoint was written)", best, last, best_epoch)
+    return True
 
 
 class EpochLog(keras.callbacks.Callback):
@@ -392,8 +419,8 @@ class TensorBoardLogger(keras.callbacks.Callback):
         return self.writers[split]
 
     def on_train_begin(self, logs=None):
-        if not self.hparams:
-            return
+        if not self.hparams or hparams_sessions(self.tb_dir / "val"):
+            return  # a resumed run has its session already: one row per run in the HParams tab
         from tensorboard.plugins.hparams import api as hp
 
         with self.writer("val").as_default():
@@ -485,6 +512,26 @@ def remove_event_files(tb_dir: Path) -> None:
             if f.is_file():
                 f.unlink()
                 log.info("removed the old run's %s", f)
+
+
+#: the tag of the hparams plugin's session record (``hp.hparams``), one per run
+HPARAMS_SESSION_TAG = "_hparams_/session_start_info"
+
+
+def hparams_sessions(split_dir: Path) -> int:
+    """How many hparams session records the event files of ``split_dir`` hold (a cut record ends
+    the count of its file)."""
+    import tensorflow as tf
+
+    count = 0
+    for f in sorted(Path(split_dir).glob("events.out.tfevents.*")):
+        try:
+            for record in tf.data.TFRecordDataset(str(f)):
+                event = tf.compat.v1.Event.FromString(record.numpy())
+                count += sum(v.tag == HPARAMS_SESSION_TAG for v in event.summary.value)
+        except tf.errors.DataLossError:
+            continue
+    return count
 
 
 def truncate_event_files(tb_dir: Path, epoch: int) -> None:

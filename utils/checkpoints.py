@@ -9,6 +9,9 @@ eval.py, compare.py and predict.py load checkpoints through this module.
 from __future__ import annotations
 
 import json
+import os
+import re
+import urllib.parse
 import zipfile
 from pathlib import Path
 
@@ -16,6 +19,63 @@ from utils.cli import UsageError
 
 BEST = Path("checkpoints") / "best.keras"
 EXPECTED = "expected a CorrFusionNet checkpoint (train_cnn.py's checkpoints/best.keras)"
+
+
+def is_url(text) -> bool:
+    """``-m`` names a checkpoint to download (http or https)."""
+    return str(text).lower().startswith(("http://", "https://"))
+
+
+def url_stem(url: str) -> str:
+    """The checkpoint's name in a URL (``.../cf_vgg16.keras`` -> ``cf_vgg16``)."""
+    return Path(urllib.parse.urlparse(url).path).stem
+
+
+def check_download(url: str, sha256: str | None) -> None:
+    """A URL of a ``.keras`` file and a SHA-256 of 64 hex digits (or none), before anything."""
+    name = Path(urllib.parse.urlparse(url).path).name
+    if not name.endswith(".keras"):
+        raise UsageError(f"{url}: -m: expected the URL of a .keras file")
+    if sha256 is not None and not re.fullmatch(r"[0-9a-fA-F]{64}", sha256):
+        raise UsageError(f"--sha256 {sha256}: expected 64 hexadecimal digits")
+
+
+def download_checkpoint(url: str, sha256: str | None = None) -> Path:
+    """A checkpoint at an http(s) URL, downloaded once into Keras' cache (``keras.utils.get_file``:
+    ``$KERAS_HOME`` or ~/.keras, ``corrfusion_checkpoints/``) and checked against ``sha256`` when
+    given (a cached copy that does not match is downloaded again). A failed download (no network,
+    a 404) or a wrong hash is one UsageError line; nothing is kept of it."""
+    import contextlib
+    import hashlib
+    import io
+    import logging
+
+    from utils.cli import quiet_native_stderr
+
+    check_download(url, sha256)
+    name = Path(urllib.parse.urlparse(url).path).name
+    # one cache folder per URL: two URLs of the same file name are two checkpoints
+    subdir = str(Path("corrfusion_checkpoints") / hashlib.sha256(url.encode()).hexdigest()[:16])
+    with quiet_native_stderr():
+        import keras
+    home = Path(os.environ.get("KERAS_HOME") or Path.home() / ".keras")
+    home.mkdir(parents=True, exist_ok=True)  # else Keras falls back to /tmp/.keras
+    cache = home / subdir / name
+    if not cache.is_file():
+        logging.getLogger("corrfusion").info("downloading %s", url)
+    try:
+        with contextlib.redirect_stdout(io.StringIO()):  # Keras' progress bar
+            path = keras.utils.get_file(fname=name, origin=url, file_hash=sha256,
+                                        hash_algorithm="sha256" if sha256 else "auto",
+                                        cache_subdir=subdir, cache_dir=str(home))
+    except Exception as e:  # noqa: BLE001 - HTTP errors, no network, a wrong hash: one line
+        text = " ".join(str(e).split())
+        if "hash does not match" in text or "corrupted" in text:
+            cache.unlink(missing_ok=True)  # not the checkpoint asked for: not kept
+            raise UsageError(f"{url}: downloaded file's SHA-256 differs from --sha256 {sha256}; "
+                             "expected the checkpoint the hash names") from None
+        raise UsageError(f"{url}: download failed ({type(e).__name__}: {text[:200]})") from None
+    return Path(path)
 
 
 def resolve_checkpoint(path) -> tuple[Path, Path | None]:
@@ -141,6 +201,11 @@ def load_checkpoint(path, require_optimizer=False):
     try:
         net = cfn.load_model(path)
     except Exception as e:  # noqa: BLE001 - any failure to read means "not a usable checkpoint"
+        if "safe_mode" in str(e) or "arbitrary code execution" in str(e):
+            what = "a `Lambda` layer" if "Lambda" in str(e) else "Python code"
+            raise UsageError(f"{path}: refused: it holds {what} (Python code that loading would "
+                             "run; unsafe, Keras safe_mode); expected a CorrFusionNet checkpoint, "
+                             "which holds none") from None
         first = (str(e).strip().splitlines() or [""])[0][:200]
         raise UsageError(
             f"{path}: not a readable Keras checkpoint ({type(e).__name__}: {first})"
@@ -208,6 +273,10 @@ def check_checkpoint(path, splits: dict, summaries: dict, image_size=None) -> tu
     config = read_checkpoint_config(path)
     check_two_date_model(config, path)
     signature = config_signature(config)
+    if signature[1] is not None:
+        from data.shards import check_class_count
+
+        check_class_count(signature[1], f"checkpoint {path}")
     for name, split_dir in splits.items():
         check_compatible(signature, summaries[name], image_size, split_dir, f"checkpoint {path}")
     return signature

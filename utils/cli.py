@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import errno
 import logging
 import os
 import re
@@ -48,7 +49,10 @@ TF_STARTUP_NOISE = re.compile(
     r"failed call to cuInit|cuda_platform\.cc|cuda_executor\.cc|cuda_diagnostics|"
     r"Unable to register cu(DNN|FFT|BLAS) factory|computation_placer\.cc|TF-TRT Warning|"
     r"oneDNN custom operations are on|port\.cc:\d+\] oneDNN|"
-    r"successful NUMA node read|gpu_device\.cc.*Skipping registering GPU devices")
+    r"successful NUMA node read|gpu_device\.cc.*Skipping registering GPU devices|"
+    # a multi-worker (TF_CONFIG) start: the coordination service's and gRPC server's lines
+    r"coordination_service(_agent)?\.(cc|h)|grpc_server_lib\.cc|collective_param_resolver|"
+    r"^/job:(worker|chief)/replica:\d+/task:\d+\s*$")
 
 #: environment variable that ``configure_logging(verbose=True)`` sets: native start-up lines shown
 VERBOSE_ENV = "CORRFUSION_VERBOSE"
@@ -115,6 +119,30 @@ def progress_verbose() -> int:
 #: exceptions that mean "the user's input is wrong": one line and exit status 2
 BAD_INPUT = (UsageError, FileNotFoundError)
 
+#: exit status of a command stopped by a full disk, a quota or a file-size limit (``ulimit -f``):
+#: sysexits' EX_IOERR; its one line says what happened and how to go on (``DiskFull``)
+DISK_FULL_STATUS = 74
+#: the errors a write gets from a full disk (ENOSPC), a file-size limit (EFBIG), a quota (EDQUOT)
+DISK_FULL_ERRNOS = frozenset({errno.ENOSPC, errno.EFBIG, errno.EDQUOT})
+
+
+class DiskFull(Exception):
+    """A write failed for want of space (``DISK_FULL_ERRNOS``): the message says where and how to
+    go on; ``run_main`` prints it as one line and exits with ``DISK_FULL_STATUS``."""
+
+
+def is_disk_full(e: BaseException) -> bool:
+    return isinstance(e, OSError) and e.errno in DISK_FULL_ERRNOS
+
+
+def disk_full(e: OSError, then: str = "free space and run the command again") -> DiskFull:
+    """The ``DiskFull`` of a write's OSError: the file (when known), the system's reason, that
+    every file written before is whole (they are replaced only once complete) and ``then``."""
+    where = f"{e.filename}: " if e.filename else ""
+    reason = e.strerror or errno.errorcode.get(e.errno, str(e.errno))
+    return DiskFull(f"{where}disk full, write failed ({reason}, errno {e.errno}); files written "
+                    f"before are whole (each is replaced only once complete): {then}")
+
 
 class Terminated(BaseException):
     """SIGTERM arrived (``run_main``): unwinds like Ctrl-C, so that ``finally`` blocks remove
@@ -139,7 +167,8 @@ def sigterm_unwinds():
 
 
 def run_main(main, argv=None) -> int:
-    """Call main(argv); bad input -> 'error: ...' on stderr and exit status 2, no traceback;
+    """Call main(argv); bad input -> 'error: ...' on stderr and exit status 2, no traceback; a
+    full disk (``DISK_FULL_ERRNOS``) -> one 'error:' line and ``DISK_FULL_STATUS`` (74);
     Ctrl-C -> "interrupted", 130; SIGTERM -> "terminated", 143 (128 + 15), after the same
     clean-up (temporary files removed, locks released; checkpoints are whole files)."""
     try:
@@ -149,6 +178,13 @@ def run_main(main, argv=None) -> int:
         msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         print(f"error: {msg}", file=sys.stderr)
         return 2
+    except (DiskFull, OSError) as e:
+        if not isinstance(e, DiskFull):
+            if not is_disk_full(e):
+                raise
+            e = disk_full(e)
+        print(f"error: {str(e).strip().splitlines()[0]}", file=sys.stderr)
+        return DISK_FULL_STATUS
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130

@@ -116,6 +116,7 @@ class EvalConfig:
     mixed_precision: bool
     jit: bool | None  # None: utils.devices.resolve_jit's backend default
     verbose: bool
+    sha256: str | None = None  # with a URL as model: the download's expected SHA-256
 
     @classmethod
     def from_args(cls, args) -> EvalConfig:

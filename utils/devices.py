@@ -74,7 +74,12 @@ def cluster_from_env(backend: str | None = None) -> Cluster | None:
 
 
 def backend_name() -> str:
-    import keras
+    """Keras' backend; importing Keras imports TensorFlow, whose start-up lines are hidden here
+    as in ``start_backend`` (unless --verbose)."""
+    from utils.cli import quiet_native_stderr
+
+    with quiet_native_stderr():
+        import keras
 
     return keras.backend.backend()
 
@@ -177,8 +182,10 @@ def make_strategy(info: dict):
 
     cluster = cluster_from_env(info["backend"])
     if cluster is not None:
+        from utils.multiworker import wait_for_workers
+
         try:
-            strategy = tf.distribute.MultiWorkerMirroredStrategy()
+            strategy = wait_for_workers(tf.distribute.MultiWorkerMirroredStrategy, cluster)
         except RuntimeError as e:  # the runtime was started before: a bug of the caller's order
             raise RuntimeError(f"{e}: make_strategy must run before TensorFlow's runtime starts "
                                "(before any tensor or tf.data pipeline)") from e

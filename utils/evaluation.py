@@ -25,15 +25,19 @@ from pathlib import Path
 import numpy as np
 import scipy.io
 
-from data.shards import inspect_split, read_labels, require_labels
+from data.shards import check_class_names, inspect_split, read_labels, require_labels
 from data.splits import SPLITS, resolve_split_dirs
 from utils import plots, scene_map
 from utils.checkpoints import (
     check_checkpoint,
     check_compatible,
+    check_download,
+    download_checkpoint,
+    is_url,
     load_checkpoint,
     model_signature,
     resolve_checkpoint,
+    url_stem,
 )
 from utils.cli import UsageError, progress_verbose
 from utils.config import EvalConfig
@@ -53,6 +57,14 @@ log = logging.getLogger("corrfusion.eval")
 
 
 # ---------------------------------------------------------------------------------------- evaluate
+def input_scaling(net) -> str:
+    """What the loader does before ``net`` (``data.loader.SCALINGS``): from its
+    ``config.input_norm`` (a model without one: ``dtype``, how every model used to be fed)."""
+    from model.config import INPUT_SCALING, LEGACY_INPUT_NORM
+
+    return INPUT_SCALING[getattr(getattr(net, "config", None), "input_norm", LEGACY_INPUT_NORM)]
+
+
 def evaluate_split(net, split_dir, batch_size=32, threshold=0.5, class_names=None, image_size=None,
                    check_values=True):
     """Predict one split in its fixed order and compute every metric of docs/DESIGN.md §3.
@@ -89,7 +101,8 @@ def evaluate_split(net, split_dir, batch_size=32, threshold=0.5, class_names=Non
         raise UsageError(f"{split_dir}: class_names: {len(names)} names; expected {k}")
     dataset, summary = make_dataset(
         split_dir, batch_size, training=False, image_size=image_size, num_classes=k,
-        raw_integers=True,  # CorrFusionNet scales uint8/uint16 batches in the graph
+        raw_integers=True,  # CorrFusionNet normalises uint8/uint16 batches in the graph
+        scaling=input_scaling(net),
     )
     labels = read_labels(split_dir, num_classes=k)
     skipped = f" ({summary.n_skipped} undefined pairs skipped)" if summary.n_skipped else ""
@@ -461,10 +474,21 @@ def evaluate_checkpoint(config: EvalConfig, command=None) -> dict:
     Returns ``{split: metrics}``.
     """
     select_devices(config.gpu)  # before TensorFlow starts
-    ckpt, run_root = resolve_checkpoint(config.model)
+    if is_url(config.model):  # downloaded (once) after the cheap checks; results in ./NAME_eval
+        check_download(config.model, config.sha256)
+        splits = eval_splits(config, {})
+        out_dir = Path(config.result_path or f"{url_stem(config.model)}_eval")
+        check_writable_dir(out_dir, config.overwrite, "result directory")
+        ckpt, run_root = download_checkpoint(config.model, config.sha256), None
+    elif config.sha256:
+        raise UsageError(f"--sha256: given with -m {config.model}; it checks a download (-m URL)")
+    else:
+        ckpt, run_root = resolve_checkpoint(config.model)
     saved = run_args(run_root)
     splits = eval_splits(config, saved)
-    out_dir = Path(config.result_path) if config.result_path else default_result_dir(ckpt, run_root)
+    out_dir = Path(config.result_path) if config.result_path else (
+        Path(f"{url_stem(config.model)}_eval") if is_url(config.model)
+        else default_result_dir(ckpt, run_root))
     size = config.image_size or saved.get("args", {}).get("image_size")
     image_size = tuple(size) if size else None
     check_writable_dir(out_dir, config.overwrite, "result directory")
@@ -472,6 +496,8 @@ def evaluate_checkpoint(config: EvalConfig, command=None) -> dict:
     for split, summary in summaries.items():
         require_labels(summary, split, "evaluation")
     check_checkpoint(ckpt, splits, summaries, image_size)
+    check_class_names(summaries, saved.get("class_names"),
+                      f"the class names of {ckpt}'s run (args.json)")
     with DirLock(out_dir):  # one writer per result directory, until everything is written
         check_writable_dir(out_dir, config.overwrite, "result directory")  # again, under the lock
         return predict_and_write(config, ckpt, saved, splits, summaries, image_size, out_dir,

@@ -177,6 +177,7 @@ def fit(net, config, data, callbacks, guard, strategy, initial_epoch: int) -> No
     ``initial_epoch`` on this worker's slices of the batches, with the callbacks of
     ``utils.training.make_callbacks`` (their ``SplitEvaluation`` is done here, distributed)."""
     from data.loader import make_dataset
+    from model.config import INPUT_SCALING
     from utils.callbacks import SplitEvaluation, current_learning_rate
 
     n_sync = synchronize_batch_statistics(net)
@@ -190,7 +191,8 @@ def fit(net, config, data, callbacks, guard, strategy, initial_epoch: int) -> No
             part = (ctx.input_pipeline_id, ctx.num_input_pipelines)
             ds, _ = make_dataset(dirs[split], config.batch_size, training=training,
                                  seed=config.seed, image_size=config.image_size,
-                                 num_classes=data.num_classes, raw_integers=True, part=part)
+                                 num_classes=data.num_classes, raw_integers=True, part=part,
+                                 scaling=INPUT_SCALING[config.model.input_norm])
             loaders[(split, training)] = ds
             return ds
 
@@ -232,3 +234,21 @@ def fit(net, config, data, callbacks, guard, strategy, initial_epoch: int) -> No
             break
     for cb in callbacks:
         cb.on_train_end()
+
+
+
+# ------------------------------------------------------------------------------------ joining
+def wait_for_workers(create, cluster):
+    """``create()`` (the strategy's constructor, which waits in TensorFlow's native code until
+    every worker of TF_CONFIG has connected), with a "waiting for workers" log line before and
+    "all workers joined" after; TensorFlow's start-up lines (coordination service, gRPC server)
+    hidden unless --verbose. The native wait holds Python's GIL and TensorFlow catches SIGTERM
+    there itself, so it cannot be bounded or interrupted from Python (README: Limits)."""
+    from utils.cli import quiet_native_stderr
+
+    log.info("waiting for workers: %s %d of %d, for the %d other(s) in TF_CONFIG to join",
+             cluster.task_type, cluster.task_index, cluster.num_workers, cluster.num_workers - 1)
+    with quiet_native_stderr():
+        strategy = create()
+    log.info("all %d workers joined", cluster.num_workers)
+    return strategy

@@ -108,6 +108,19 @@ def _matrix_size(k: int) -> tuple[float, float]:
     return side + 1.5, side
 
 
+#: up to this many classes a matrix figure names every class on its axes; above, every n-th
+#: (a label per class would cost a text measure each: minutes and gigabytes at K = 1000)
+MAX_TICK_LABELS = 40
+#: up to this many classes each matrix cell shows its count
+MAX_ANNOTATED = 20
+
+
+def _ticks(names):
+    """Seaborn's tick labels: every name, or every n-th class (ticks at most ``MAX_TICK_LABELS``)."""
+    k = len(names)
+    return names if k <= MAX_TICK_LABELS else -(-k // MAX_TICK_LABELS)
+
+
 def _short(names, width=20):
     """Class names as shown: underscores as spaces, at most ``width`` characters."""
     names = [str(n).replace("_", " ") for n in names]
@@ -130,7 +143,7 @@ def plot_confusion_matrix(cm, class_names, path, title="Confusion matrix", norma
         data = np.divide(cm, totals, out=np.zeros_like(cm), where=totals > 0)
         fmt, vmax = "", 1.0
         annot = np.array([[f"{int(c)}\n{100 * f:.0f}%" if c else "0" for c, f in zip(rc, rf, strict=True)]
-                          for rc, rf in zip(cm, data, strict=True)])
+                          for rc, rf in zip(cm, data, strict=True)]) if k <= MAX_ANNOTATED else False
     else:
         data, fmt, vmax = cm, ".0f", None
         annot = True
@@ -139,14 +152,14 @@ def plot_confusion_matrix(cm, class_names, path, title="Confusion matrix", norma
     sns.heatmap(
         data,
         ax=ax,
-        annot=annot if k <= 20 else False,
+        annot=annot if k <= MAX_ANNOTATED else False,
         fmt=fmt,
         cmap="Blues",
         vmin=0.0,
         vmax=vmax,
         square=True,
-        xticklabels=names,
-        yticklabels=names,
+        xticklabels=_ticks(names),
+        yticklabels=_ticks(names),
         cbar_kws={"shrink": 0.8, "label": "share of the true class (row)" if normalize else "pairs"},
         annot_kws={"fontsize": 7 if k > 10 else 8},
     )
@@ -174,16 +187,16 @@ def plot_transition_matrices(
         sns.heatmap(
             np.where(m > 0, m, np.nan),
             ax=ax,
-            annot=m if k <= 20 else False,
+            annot=m if k <= MAX_ANNOTATED else False,
             fmt=".0f",
             cmap="viridis",
             norm=LogNorm(vmin=1.0, vmax=vmax),
             square=True,
-            xticklabels=names,
-            yticklabels=names,
+            xticklabels=_ticks(names),
+            yticklabels=_ticks(names),
             cbar_kws={"shrink": 0.8, "label": "pairs (log scale)"},
             annot_kws={"fontsize": 8},
-            linewidths=0.3,
+            linewidths=0.3 if k <= MAX_TICK_LABELS else 0,
             linecolor="#dddddd",
         )
         ax.set_facecolor("#f7f7f7")

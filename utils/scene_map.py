@@ -99,7 +99,23 @@ def check_output_dir(out) -> pathlib.Path:
     if out.is_dir() and any(out.iterdir()):
         raise UsageError(f"{out}: --out: exists and is not empty; expected a new or empty "
                          "directory (nothing is replaced)")
+    check_can_stage(out)
     return out
+
+
+def check_can_stage(out) -> None:
+    """The maps are written beside ``out`` (``staging_dir``): refuse, before any work, a
+    location where no file can be created (read-only mount, permissions, /sys, /proc)."""
+    from utils.rundir import check_can_write_in
+
+    parent = pathlib.Path(out).absolute().parent
+    for q in (parent, *parent.parents):
+        if q.exists():
+            try:
+                check_can_write_in(q, pathlib.Path(out))
+            except UsageError as e:
+                raise UsageError(f"--out {e}") from None
+            return
 
 
 def staging_dir(out) -> tuple[pathlib.Path, list[pathlib.Path]]:
@@ -149,20 +165,32 @@ class TilePredictor:
     """
 
     def __init__(self, net, batch_size=32, image_size=None):
+        from model.config import INPUT_SCALING, LEGACY_INPUT_NORM
+
         self.net = net
+        config = getattr(net, "config", None)
+        #: what is done to the tiles before the model (``data.loader.SCALINGS``)
+        self.scaling = INPUT_SCALING[getattr(config, "input_norm", LEGACY_INPUT_NORM)]
+        if self.scaling == "shard_max":
+            raise UsageError("the model was trained with --input_norm shard_max (each shard "
+                             "divided by its own maximum, as the original code): a scene has no "
+                             "shards to take that maximum from; map scenes with a model trained "
+                             "with --input_norm bands, bands_per_date or dtype")
         self.batch_size = int(batch_size)
         self.image_size = None if image_size is None else tuple(int(s) for s in image_size)
         self.seconds = 0.0  # time inside the model
         self.tiles = 0
 
     def prepare(self, x):
-        """uint8/uint16 tiles as stored (the model scales them); float or resized ones scaled."""
+        """As the loader hands batches to the model: uint8/uint16 tiles as stored (the model
+        normalises them); float or resized ones dtype-scaled (``dtype``) or cast to float32 as
+        they are (``bands``/``bands_per_date``: raw values, the model standardises them)."""
         from data.shards import scale_images
 
         resize = self.image_size is not None and tuple(x.shape[1:3]) != self.image_size
-        if x.dtype.kind == "u" and not resize:
+        if (x.dtype.kind == "u" or self.scaling == "raw") and not resize:
             return x
-        x = scale_images(x)
+        x = scale_images(x) if self.scaling == "dtype" else x.astype(np.float32)
         if resize:
             import keras
 

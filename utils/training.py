@@ -13,17 +13,24 @@ after the devices are chosen.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import math
 import os
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
-from data.shards import ShardError, inspect_split, require_labels
+from data.shards import (
+    ShardError,
+    check_class_count,
+    check_class_names,
+    inspect_split,
+    require_labels,
+)
 from data.splits import resolve_split_dirs
 from data.synthetic import demo_data_dir, ensure_demo_data
 from utils.checkpoints import (
@@ -31,9 +38,10 @@ from utils.checkpoints import (
     checkpoint_signature,
     is_compiled,
     load_checkpoint,
+    model_fields,
     read_checkpoint_config,
 )
-from utils.cli import UsageError, progress_verbose
+from utils.cli import UsageError, disk_full, is_disk_full, progress_verbose
 from utils.config import TrainConfig
 from utils.devices import cluster_from_env, make_strategy, select_devices, setup_backend
 from utils.evaluation import evaluate_split, write_outputs
@@ -70,12 +78,18 @@ def train(config: TrainConfig, checked_splits=()) -> int:
     """
     select_devices(config.gpu)  # before TensorFlow starts
     cluster = cluster_from_env()  # TF_CONFIG: multi-worker training (utils.multiworker)
-    if cluster is not None and not cluster.is_chief:
-        from utils.multiworker import temporary_workdir
+    try:
+        if cluster is not None and not cluster.is_chief:
+            from utils.multiworker import temporary_workdir
 
-        with temporary_workdir(config) as worker_config:  # only the chief writes the run dir
-            return _train(worker_config, checked_splits, cluster)
-    return _train(config, checked_splits, cluster)
+            with temporary_workdir(config) as worker_config:  # only the chief writes the run dir
+                return _train(worker_config, checked_splits, cluster)
+        return _train(config, checked_splits, cluster)
+    except OSError as e:  # a full disk while writing: one line, and how to go on
+        if not is_disk_full(e):
+            raise
+        raise disk_full(e, "free space, then run the same command with --resume to continue "
+                           "after the last finished epoch") from None
 
 
 def _train(config: TrainConfig, checked_splits, cluster) -> int:
@@ -89,12 +103,18 @@ def _train(config: TrainConfig, checked_splits, cluster) -> int:
 
         check_batches(config, plan.summaries, cluster.num_workers)
     check_model_inputs(config, plan, modes)
+    config = resumed_input_norm(config, modes)
     check_memory(config, plan)
     config = config.replace(ce_weights=class_weights(config.class_weight, plan))
+    plan = input_statistics(config, plan, modes)  # a constant band: one line, nothing written
+    if cluster is not None:  # the workers join before anything is written
+        device_info = setup_backend(config.mixed_precision)
+        strategy = make_strategy(device_info)
     with lock_dirs(output_roots(config)):  # one writer per directory, until the end
         modes = check_outputs(config)  # again: another process may have written meanwhile
-        device_info = setup_backend(config.mixed_precision)  # TensorFlow starts (quietly) here
-        strategy = make_strategy(device_info)  # before TensorFlow's runtime starts (in load_data)
+        if cluster is None:
+            device_info = setup_backend(config.mixed_precision)  # TensorFlow starts (quietly)
+            strategy = make_strategy(device_info)  # before TensorFlow's runtime starts (load_data)
         data = load_data(config, plan)
         try:
             results = [finished_run_results(config, k) if mode == "done" else
@@ -128,6 +148,8 @@ class DataPlan:
     image_size: tuple
     channels: int
     class_names: list | None
+    #: data.stats.BandStatistics of trn (--input_norm bands*, set by ``input_statistics``), or None
+    input_stats: object = field(default=None, kw_only=True)
 
 
 @dataclass
@@ -156,8 +178,14 @@ def check_data(config, checked_splits=()) -> DataPlan:
         if summaries[split].n_pairs == 0:
             raise ShardError(f"{split_dir}: label_t1/label_t2: no usable pairs; expected at least "
                              "one pair with labels > 0 on both dates")
+    check_class_names(summaries)  # the same classes under the same names in every split
     k_data = max(s.num_classes for s in summaries.values())
     num_classes = config.num_classes or k_data
+    if config.num_classes:
+        check_class_count(num_classes, f"-n/--num_classes {num_classes}")
+    else:
+        worst = max(summaries.items(), key=lambda kv: kv[1].num_classes)
+        check_class_count(num_classes, f"{splits[worst[0]]}: class_names/labels")
     if num_classes < k_data:
         worst = max(summaries.items(), key=lambda kv: kv[1].num_classes)
         raise UsageError(f"{splits[worst[0]]}: labels go up to {k_data} but -n/--num_classes is "
@@ -208,6 +236,43 @@ def class_weights(name: str, plan: DataPlan):
                  ", ".join(f"{names[k]} {w:.3g}" for k, w in enumerate(weights)))
         out.append(weights)
     return tuple(out)
+
+
+def input_statistics(config, plan: DataPlan, modes) -> DataPlan:
+    """``plan`` with ``input_stats``: the trn split's band statistics (``data.stats``, one
+    streaming pass, NumPy only) when ``--input_norm`` needs them and a run starts from scratch;
+    a resumed run keeps those in its checkpoint. Logs one line per band."""
+    from data.stats import band_statistics
+    from model.config import STAT_NORMS
+
+    mode = config.model.input_norm
+    if mode not in STAT_NORMS or "fresh" not in modes:
+        return plan
+    stats = band_statistics(plan.splits["trn"], "trn", plan.summaries["trn"])
+    log.info("--input_norm %s: statistics of the training split (%d + %d data pixels, %d + %d "
+             "nodata pixels left out):", mode, *stats.count, *stats.nodata)
+    for line in stats.lines(mode):
+        log.info("  %s", line)
+    return dataclasses.replace(plan, input_stats=stats)
+
+
+def resumed_input_norm(config, modes):
+    """With --resume of runs saved before ``input_norm`` existed (their checkpoints have no such
+    field; their inputs were dtype-scaled): the config takes the runs' ``dtype``, said in one
+    log line, so that the loaders feed them what they were trained on. Runs saved since then
+    carry it in args.json, and a different one is refused by ``check_resume_settings``."""
+    from model.config import LEGACY_INPUT_NORM
+
+    if config.model.input_norm == LEGACY_INPUT_NORM:
+        return config
+    legacy = [k for k, mode in enumerate(modes) if mode != "fresh" and "input_norm" not in
+              model_fields(read_checkpoint_config(run_paths(config, k).last))]
+    if legacy:
+        log.warning("run(s) %s saved before input normalisation was a model option: resuming "
+                    "with their dtype scaling (--input_norm %s)",
+                    ", ".join(str(k) for k in legacy), LEGACY_INPUT_NORM)
+        return config.replace(input_norm=LEGACY_INPUT_NORM)
+    return config
 
 
 def check_model_inputs(config, plan: DataPlan, modes=None) -> None:
@@ -289,7 +354,10 @@ def check_memory(config, plan: DataPlan) -> None:
     need, have = activation_bytes(config, plan), available_memory()
     if have is not None and need > have:
         h, w = plan.image_size
-        raise UsageError(f"--image_size {h},{w}: a training batch of {config.batch_size} pairs "
+        flag = (f"--image_size {h},{w}" if config.image_size is not None
+                else f"-b/--batch_size {config.batch_size}")  # the flag the user gave
+        size = "" if config.image_size is not None else f" of {h}x{w} (the shards' size)"
+        raise UsageError(f"{flag}: a training batch of {config.batch_size} pairs{size} "
                          f"needs at least {need / 2**30:.1f} GiB for the {config.backbone} "
                          f"backbone's activations, more than the {have / 2**30:.1f} GiB of memory "
                          "here; use a smaller --image_size or -b/--batch_size")
@@ -298,6 +366,7 @@ def check_memory(config, plan: DataPlan) -> None:
 def load_data(config, plan: DataPlan) -> Data:
     """The streaming loaders of the checked splits."""
     from data.loader import make_dataset, steps_per_epoch  # Keras: the loader is the backend's
+    from model.config import INPUT_SCALING
 
     for s in plan.summaries.values():
         log.info("%s", s.format())
@@ -305,8 +374,8 @@ def load_data(config, plan: DataPlan) -> Data:
     def loader(split, training):
         ds, _ = make_dataset(plan.splits[split], config.batch_size, training=training,
                              seed=config.seed, image_size=config.image_size,
-                             num_classes=plan.num_classes,
-                             raw_integers=True)  # the model scales uint8/uint16 on the device
+                             num_classes=plan.num_classes, raw_integers=True,
+                             scaling=INPUT_SCALING[config.model.input_norm])  # the model normalises
         return ds
 
     return Data(**vars(plan), trn=loader("trn", True), val=loader("val", False),
@@ -352,6 +421,8 @@ def build_or_resume(config, data: Data, paths: RunPaths, seed: int):
         raise UsageError(f"{e.path}: --weights: {e.reason}") from None
     except ValueError as e:
         raise UsageError(f"--backbone {config.backbone}: {e}") from None
+    if data.input_stats is not None:
+        net.set_input_statistics(*data.input_stats.for_mode(config.model.input_norm))
     net.compile(optimizer=build_optimizer(config, data.steps_per_epoch),
                 jit_compile=resolve_jit(config.jit))
     return net, {"epoch": 0, "best_score": -math.inf, "best_epoch": None}
@@ -379,6 +450,7 @@ def check_iterations(net, state: dict, steps_per_epoch: int, path: Path) -> None
 def make_callbacks(config, data: Data, paths: RunPaths, state: dict, run_info: dict,
                    multi_worker: bool = False):
     from data.loader import make_dataset
+    from model.config import INPUT_SCALING
     from utils.callbacks import (
         Checkpoints,
         EpochLog,
@@ -396,7 +468,8 @@ def make_callbacks(config, data: Data, paths: RunPaths, state: dict, run_info: d
     if config.eval_trn:
         extra["trn"], _ = make_dataset(config.trn_dir, config.batch_size, training=False,
                                        image_size=config.image_size, num_classes=data.num_classes,
-                                       raw_integers=True)
+                                       raw_integers=True,
+                                       scaling=INPUT_SCALING[config.model.input_norm])
     # the epoch's log rows before its checkpoint: a kill in between leaves rows past the
     # checkpoint's epoch, which a resume drops (EpochLog, truncate_event_files), never a gap
     cbs = [guard, SplitEvaluation(extra, guard), EpochSummary()]
@@ -451,6 +524,10 @@ def train_one_run(config, data: Data, k: int, strategy, device_info: dict) -> di
     make_run_dirs(config, paths)
     for d in (paths.ckpt_dir, paths.result_dir / "tst", paths.log_dir):
         remove_stale_temp_files(d)
+    if config.resume and config.save_model:
+        from utils.callbacks import restore_best
+
+        restore_best(paths.best, paths.last, state)  # a kill between last.keras and best.keras
     if not config.resume:  # a new run: not the event files of the one it replaces
         from utils.callbacks import remove_event_files
 
@@ -459,7 +536,8 @@ def train_one_run(config, data: Data, k: int, strategy, device_info: dict) -> di
         "args": config.to_args(), "run": k, "seed": seed, "devices": device_info, "versions": versions(),
         "data": {s: v.to_dict() for s, v in data.summaries.items()},
         "num_classes": data.num_classes, "class_names": data.class_names,
-        "image_size": list(data.image_size), "command": sys.argv})
+        "image_size": list(data.image_size), "command": sys.argv,
+        "input_norm": {"mode": net.config.input_norm, **(net.input_statistics() or {})}})
     from utils.multiworker import uses_custom_loop, writes_results
 
     callbacks, guard = make_callbacks(config, data, paths, state, run_info,

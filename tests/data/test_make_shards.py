@@ -483,3 +483,42 @@ def test_block_split_needs_grid_positions(tmp_path, capsys):
     assert make_shards.main(["folders", "--t1", str(root / "d1"), "--t2", str(root / "d2"),
                              "--out", str(root / "o"), "--split_mode", "block"]) == 2
     assert "--split_mode block: the tiles have no grid position" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("dtype, bands", [(np.uint16, None), (np.uint8, [3, 1]),
+                                          (np.float32, None)])
+def test_windowed_reads_give_the_shards_of_the_whole_image(tmp_path, dtype, bands):
+    """Issue 24: rasters are read tile by tile (memory flat in the scene size); the tiles, the
+    edge padding included (a raster of 250 x 333 px, tile 64), equal those cut from the whole
+    image in memory, byte for byte."""
+    rng = np.random.default_rng(0)
+    top = 1.0 if dtype == np.float32 else np.iinfo(dtype).max
+    images = [(rng.random((250, 333, 4)) * top).astype(dtype) for _ in range(2)]
+    t1, t2 = tmp_path / "t1.tif", tmp_path / "t2.tif"
+    for path, x in zip((t1, t2), images, strict=True):
+        _geotiff(path, x)
+    labels = rng.integers(1, 4, size=(4, 6)).astype(np.int32)
+    np.save(tmp_path / "y1.npy", labels)
+    np.save(tmp_path / "y2.npy", labels[::-1])
+    kw = dict(t1=t1, t2=t2, labels1=tmp_path / "y1.npy", labels2=tmp_path / "y2.npy", tile=64,
+              bands=bands)
+    streamed = make_shards.raster_pairs(**kw, stream=True)
+    whole = make_shards.raster_pairs(**kw, stream=False)
+    idx = rng.permutation(streamed.n)
+    a, b = streamed.get_pairs(idx), whole.get_pairs(idx)
+    assert sorted(a) == sorted(b)
+    for key in a:
+        assert np.asarray(a[key]).dtype == np.asarray(b[key]).dtype, key
+        np.testing.assert_array_equal(a[key], b[key], err_msg=key)
+    assert a["image_t1"].shape == (24, 64, 64, 4 if bands is None else 2)
+
+
+def test_a_float_raster_out_of_range_is_refused_before_writing(tmp_path, capsys):
+    x = np.full((70, 70, 3), 0.5, np.float32)
+    x[69, 69, 2] = 1.5
+    t1 = tmp_path / "a.tif"
+    _geotiff(t1, x)
+    rc = make_shards.main(["raster", "--t1", str(t1), "--t2", str(t1), "--tile", "32",
+                           "--out", str(tmp_path / "out")])
+    assert rc == 2 and "float values outside [0, 1]" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()

@@ -179,3 +179,51 @@ def test_bad_degradation_arguments(tmp_path, capsys, argv, message):
     err = capsys.readouterr().err
     assert err == f"error: {message}\n"
     assert not (tmp_path / "x").exists()
+
+
+# ----------------------------------------------------------------------------- radiometry
+def test_radiometry_defaults_are_todays_data_bit_for_bit(tmp_path):
+    synthetic.generate(tmp_path / "plain", pairs=40, size=16, classes=3, seed=4)
+    synthetic.main(["--out", str(tmp_path / "same"), "--pairs", "40", "--size", "16",
+                    "--classes", "3", "--seed", "4", "--dtype", "uint8", "--value_range", "0,255",
+                    "--date_shift", "1,0"])
+    plain, same = _files(tmp_path / "plain"), _files(tmp_path / "same")
+    assert plain and plain == same
+
+
+@pytest.mark.parametrize("dtype, lo, hi", [("uint8", 6, 116), ("uint16", 0, 10000),
+                                           ("uint16", 0, 4095)])
+def test_value_range_is_filled_and_the_scenes_are_the_same(dtype, lo, hi):
+    ref = synthetic.make_pairs(60, size=16, classes=4, seed=2)
+    d = synthetic.make_pairs(60, size=16, classes=4, seed=2, dtype=dtype, value_range=(lo, hi))
+    for key in ("label_t1", "label_t2", "row", "col"):
+        np.testing.assert_array_equal(d[key], ref[key])
+    for t in ("t1", "t2"):
+        x = d[f"image_{t}"]
+        assert x.dtype == np.dtype(dtype) and lo <= x.min() and x.max() <= hi
+        assert x.max() - x.min() > 0.8 * (hi - lo)  # most of the range is used
+        # the same intensities, stored in another range (rounding apart)
+        unit = (x.astype(np.float64) - lo) / (hi - lo)
+        np.testing.assert_allclose(unit, ref[f"image_{t}"] / 255.0, atol=1 / 255 + 1 / (hi - lo))
+
+
+def test_date_shift_changes_date_2_only_and_degradation_follows_the_range():
+    ref = synthetic.make_pairs(60, size=16, classes=4, seed=5, dtype="uint16", value_range=(0, 4095))
+    d = synthetic.make_pairs(60, size=16, classes=4, seed=5, dtype="uint16", value_range=(0, 4095),
+                             date_shift=(0.7, -0.05))
+    np.testing.assert_array_equal(d["image_t1"], ref["image_t1"])
+    ratio = (d["image_t2"].mean() + 0.05 * 4095) / ref["image_t2"].mean()
+    assert abs(ratio - 0.7) < 0.02
+    hazy = synthetic.degrade_pairs(d, seed=5, date="t2", haze=1.0, value_range=(0, 4095))
+    assert hazy["image_t2"].max() <= 4095 and hazy["image_t2"].mean() > 0.6 * 4095  # bright veil
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--value_range", "0,300"], "--value_range 0,300: expected integers 0 <= LO < HI <= 255"),
+    (["--value_range", "10,5"], "--value_range 10,5: expected integers 0 <= LO < HI <= 255"),
+    (["--date_shift", "0,0.1"], "--date_shift 0.0,0.1: expected GAIN in (0, 10]"),
+])
+def test_bad_radiometry_arguments(tmp_path, capsys, argv, message):
+    assert synthetic.main(["--out", str(tmp_path / "x"), "--pairs", "20", "--size", "16", *argv]) == 2
+    assert capsys.readouterr().err.startswith(f"error: {message}")
+    assert not (tmp_path / "x").exists()

@@ -103,10 +103,11 @@ def test_separate_backbones_per_date():
 @pytest.mark.parametrize("dtype", [np.uint8, np.uint16])
 @pytest.mark.parametrize("training", [False, True])
 def test_integer_images_scaled_in_the_graph(dtype, training):
-    """uint8/uint16 batches (as the loader leaves them) give the float32 batch's outputs exactly."""
+    """--input_norm dtype: uint8/uint16 batches (as the loader leaves them) give the float32
+    batch's outputs exactly (tests/model/test_normalization.py: the other modes)."""
     from data.shards import scale_images
 
-    model = _small()
+    model = _small(input_norm="dtype")
     rng = np.random.default_rng(4)
     raw = tuple(rng.integers(0, int(np.iinfo(dtype).max) + 1, (6, 16, 16, 3)).astype(dtype)
                 for _ in range(2))

@@ -122,6 +122,7 @@ def test_the_original_preset_sets_every_row_that_has_a_flag():
     assert (m.resnet_init, m.comparators, m.dist_epsilon) == ("keras_applications", "original",
                                                               "per_feature")
     assert (config.eval_trn, config.eval_tst, config.runs) == (True, True, 1)
+    assert m.input_norm == "shard_max"  # the original's LoadNpy: each shard / its maximum
     saved = json.loads(json.dumps(config.to_args()))
     assert {k: saved[k] for k in ("resnet_init", "comparators", "dist_epsilon", "eval_trn", "runs")} == {
         "resnet_init": "keras_applications", "comparators": "original", "dist_epsilon": "per_feature",

@@ -32,7 +32,15 @@ def trained(trained_run):
 
 
 def test_run_directory_holds_what_a_user_looks_at(trained, demo_data):
+    from data.stats import band_statistics
+
     args = json.loads((trained / "args.json").read_text())
+    # --input_norm bands (the default): the trn statistics, in the checkpoint and in args.json
+    want = band_statistics(demo_data / "trn")
+    assert args["args"]["input_norm"] == args["input_norm"]["mode"] == "bands"
+    for row in range(2):
+        np.testing.assert_allclose(args["input_norm"]["mean"][row], want.pooled_mean, rtol=1e-6)
+        np.testing.assert_allclose(args["input_norm"]["std"][row], want.pooled_std, rtol=1e-6)
     assert args["args"]["epochs"] == 2 and args["args"]["backbone"] == "small"
     assert args["num_classes"] >= 2 and "keras" in args["versions"]
     assert args["devices"]["backend"] == "tensorflow"
@@ -95,8 +103,12 @@ def test_tensorboard_event_files_have_the_tags(trained):
 
 def test_resume_matches_an_uninterrupted_run(trained, resumed_run):
     """1 epoch, then --resume -e 2 (the session's ``resumed_run``, which checks that the first
-    call stopped at epoch 1) = 2 epochs straight."""
+    call stopped at epoch 1 and that the resume did not compute the input statistics again) =
+    2 epochs straight."""
     workdir, _ = resumed_run
+    # the input statistics come from the checkpoint: the same in args.json
+    saved = json.loads((workdir / "args.json").read_text())["input_norm"]
+    assert saved == json.loads((trained / "args.json").read_text())["input_norm"]
     rows = read_history(workdir / "history.csv")
     assert [r["epoch"] for r in rows] == ["1", "2"]
     assert len((workdir / "log.txt").read_text().splitlines()) == 2
@@ -154,6 +166,29 @@ def test_bad_data_exits_2_with_one_line(tmp_path):
     assert proc.returncode == 2, proc.stderr
     lines = [ln for ln in proc.stderr.splitlines() if ln.strip()]  # no TensorFlow start-up lines
     assert len(lines) == 1 and lines[0].startswith("error:") and "a.npz" in lines[0], lines
+    assert not (tmp_path / "w").exists()
+
+
+def test_a_constant_band_exits_2_with_one_line_naming_split_and_band(tmp_path):
+    """--input_norm bands (the default) cannot standardise a constant band: one line naming the
+    split and the band, exit 2, before any run directory is written."""
+    from data.shards import write_shard
+
+    rng = np.random.default_rng(0)
+    for split in ("trn", "val", "tst"):
+        (tmp_path / "data" / split).mkdir(parents=True)
+        x1 = rng.integers(6, 117, (6, 16, 16, 3)).astype(np.uint8)
+        x2 = x1.copy()
+        x2[..., 2] = 40  # band 3 of date 2 constant
+        y = np.arange(6, dtype=np.int32) % 2 + 1
+        write_shard(tmp_path / "data" / split / "a.npz", x1, x2, y, y)
+    proc = subprocess.run([sys.executable, "train_cnn.py", "--data_dir", str(tmp_path / "data"),
+                           "--workdir", str(tmp_path / "w"), "--backbone", "small"],
+                          cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2, proc.stderr
+    lines = [ln for ln in proc.stderr.splitlines() if ln.strip()]
+    assert len(lines) == 1, lines
+    assert lines[0].startswith("error:") and "trn split, image_t2 band 3: constant" in lines[0]
     assert not (tmp_path / "w").exists()
 
 
@@ -408,3 +443,38 @@ def test_class_weight_balanced_trains_and_is_recorded(trained, demo_data, tmp_pa
     for key in ("ce_t1", "ce_t2", "val_ce_t1", "val_ce_t2"):
         assert np.isfinite(float(rows[0][key])), key
     assert (workdir / "results" / "tst" / "results.json").is_file()
+
+
+def _as_before_input_norm(run):
+    """Make a run look like one trained before --input_norm existed (dtype scaling): no
+    input_norm in its checkpoints' config.json nor in args.json."""
+    import zipfile
+
+    for ckpt in (run / "checkpoints").glob("*.keras"):
+        tmp = ckpt.with_suffix(".tmp")
+        with zipfile.ZipFile(ckpt) as zin, zipfile.ZipFile(tmp, "w") as zout:
+            for item in zin.infolist():
+                data = zin.read(item.filename)
+                if item.filename == "config.json":
+                    config = json.loads(data)
+                    del config["config"]["config"]["input_norm"]
+                    data = json.dumps(config).encode()
+                zout.writestr(item, data)
+        tmp.replace(ckpt)
+    args = json.loads((run / "args.json").read_text())
+    del args["args"]["input_norm"], args["input_norm"]
+    (run / "args.json").write_text(json.dumps(args))
+
+
+def test_resuming_a_run_from_before_input_norm_keeps_its_dtype_scaling(demo_data, tmp_path,
+                                                                        caplog):
+    workdir = tmp_path / "old"
+    assert train(demo_data, workdir, "--input_norm", "dtype", "-tb", "false", epochs=1) == 0
+    _as_before_input_norm(workdir)
+    caplog.set_level("INFO")
+    assert train(demo_data, workdir, "--resume", "-tb", "false", epochs=2) == 0  # default: bands
+    said = [r.getMessage() for r in caplog.records if "before input normalisation" in r.getMessage()]
+    assert said and "resuming with their dtype scaling" in said[0]
+    assert not any("statistics of the training split" in r.getMessage() for r in caplog.records)
+    assert [r["epoch"] for r in read_history(workdir / "history.csv")] == ["1", "2"]
+    assert json.loads((workdir / "args.json").read_text())["input_norm"] == {"mode": "dtype"}

@@ -279,6 +279,55 @@ def test_fusion_histograms_split_changed_and_unchanged_pairs(tmp_path):
     assert 0 <= float(value("fusion_weight_mean/unchanged")) <= 1
 
 
+def test_a_kill_before_a_new_best_checkpoint_is_restored_on_resume(tmp_path, monkeypatch):
+    """Issue 24: killed after epoch 2's last.keras (a new best) but before its best.keras: the
+    state names epoch 2 as the best, best.keras still holds epoch 1; the resume copies last.keras
+    (epoch 2's weights) to best.keras. Without the kill nothing is restored."""
+    from utils import callbacks
+    from utils.callbacks import restore_best
+    from utils.rundir import read_embedded_state
+
+    cb = _checkpoints(tmp_path)
+    _epoch(cb, 0, 0.5, 0.5)
+    assert read_embedded_state(cb.best)["epoch"] == 1
+    assert not restore_best(cb.best, cb.last, json.loads(cb.state_path.read_text()))
+    epoch1 = cb.best.read_bytes()
+    cb.model.layers[-1].kernel.assign(np.ones((3, 2), "float32"))  # epoch 2 trains on
+
+    real = callbacks.atomic_save_model
+
+    def killed_before_best(model, path, state=None):
+        if path == cb.best:
+            raise KeyboardInterrupt
+        real(model, path, state=state)
+
+    monkeypatch.setattr(callbacks, "atomic_save_model", killed_before_best)
+    with pytest.raises(KeyboardInterrupt):
+        _epoch(cb, 1, 0.7, 0.7)
+    state = json.loads(cb.state_path.read_text())
+    assert state["epoch"] == state["best_epoch"] == 2 and cb.best.read_bytes() == epoch1
+
+    assert restore_best(cb.best, cb.last, state)
+    assert cb.best.read_bytes() == cb.last.read_bytes()
+    restored = keras.saving.load_model(cb.best)
+    np.testing.assert_array_equal(restored.layers[-1].kernel.numpy(), np.ones((3, 2)))
+    assert not restore_best(cb.best, cb.last, state)  # once is enough
+
+
+def test_a_resumed_run_writes_its_hparams_session_once(tmp_path):
+    """Issue 24: the HParams tab has one row per run: a second TensorBoardLogger on the same
+    tb/ directory (a --resume) finds the session and writes none."""
+    from utils.callbacks import TensorBoardLogger, hparams_sessions
+
+    for _ in range(2):
+        tb = TensorBoardLogger(tmp_path / "tb", hparams={"method": "corrfusion", "lr": 0.01})
+        tb.on_train_begin()
+        for w in tb.writers.values():
+            w.close()
+    assert hparams_sessions(tmp_path / "tb" / "val") == 1
+    assert len(list((tmp_path / "tb" / "val").glob("events.out.tfevents.*"))) == 1
+
+
 def test_no_callback_of_ours_makes_fit_wait_for_every_step():
     """Keras' fit on JAX dispatches the next step while the device runs this one unless a callback
     with a batch-end hook is not ``async_safe``: then every step's logs are read back first, the

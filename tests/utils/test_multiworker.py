@@ -7,9 +7,11 @@ from __future__ import annotations
 import csv
 import json
 import os
+import re
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -211,3 +213,57 @@ def test_two_workers_on_loopback_train_as_one_process_and_only_the_chief_writes(
     tst = [json.loads((tmp_path / run / "results" / "tst" / "results.json").read_text())["metrics"]
            for run in ("mw", "one")]
     assert tst[0]["OA_t1"] == pytest.approx(tst[1]["OA_t1"])
+
+
+# ------------------------------------------------------------- a worker that never joins (issue 24)
+def start_lonely_worker(tmp_path, demo_data, *extra):
+    """Worker 0 of a two-worker TF_CONFIG whose worker 1 never starts."""
+    port, never = free_ports(2)
+    env = {**os.environ, "CUDA_VISIBLE_DEVICES": "-1", "MPLBACKEND": "Agg",
+           "TF_CONFIG": json.dumps({"cluster": {"worker": [f"127.0.0.1:{port}",
+                                                           f"127.0.0.1:{never}"]},
+                                    "task": {"type": "worker", "index": 0}})}
+    env.pop("TF_CPP_MIN_LOG_LEVEL", None)  # what a user has: the start-up lines must be hidden
+    return subprocess.Popen([sys.executable, str(ROOT / "train_cnn.py"), "--data_dir",
+                             str(demo_data), "--workdir", str(tmp_path / "w"), *ARGS, *extra],
+                            env=env, cwd=ROOT, stderr=subprocess.PIPE, text=True)
+
+
+def read_until_waiting(proc, timeout=240):
+    """stderr lines up to the 'waiting for workers' log line."""
+    lines, deadline = [], time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        line = proc.stderr.readline()
+        if not line:
+            break
+        lines.append(line.rstrip("\n"))
+        if "waiting for workers" in line:
+            return lines
+    proc.kill()
+    raise AssertionError(f"no 'waiting for workers' line: {lines}")
+
+
+def only_log_lines(lines):
+    """Nothing but the log format's lines (HH:MM:SS LEVEL ...) and the last words: no TensorFlow
+    start-up line."""
+    pattern = re.compile(r"^\d\d:\d\d:\d\d (INFO|WARNING|ERROR) |^error: |^interrupted$|^terminated$")
+    return [ln for ln in lines if ln.strip() and not pattern.match(ln)]
+
+
+@pytest.mark.slow
+def test_a_worker_waiting_for_its_peers_says_so_without_tensorflows_lines(demo_data, tmp_path):
+    """The wait for a worker that never starts is logged, TensorFlow's start-up lines stay
+    hidden, and nothing is written before the workers have joined (the process is killed)."""
+    proc = start_lonely_worker(tmp_path, demo_data)
+    try:
+        lines = read_until_waiting(proc)
+        time.sleep(3.0)  # inside TensorFlow's native wait
+        assert proc.poll() is None and not (tmp_path / "w").exists()
+    finally:
+        proc.kill()
+        _, rest = proc.communicate(timeout=60)
+    lines += rest.splitlines()
+    assert "waiting for workers: worker 0 of 2, for the 1 other(s) in TF_CONFIG to join" \
+        in lines[-1], lines
+    assert only_log_lines(lines) == [], lines
+    assert not (tmp_path / "w").exists()

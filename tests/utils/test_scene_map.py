@@ -213,3 +213,39 @@ def test_pixel_rows_average_overlapping_tiles():
     (block,) = acc.add(row, np.arange(2), p, p)
     assert block.p1.shape == (4, 6, 2) and block.row_off == 0
     np.testing.assert_allclose(block.p1[0, :, 0], [1, 1, 0.5, 0.5, 0, 0])
+
+
+# ----------------------------------------------------------------------------- input_norm
+class _Net:
+    """Stands for a CorrFusionNet: its config's input_norm and a record of what it was fed."""
+
+    def __init__(self, input_norm):
+        from model.config import ModelConfig
+
+        self.config = ModelConfig(num_classes=2, input_norm=input_norm)
+        self.fed = []
+
+    def predict_on_batch(self, x):
+        self.fed.append(x)
+        n = len(x[0])
+        return {"prob_t1": np.full((n, 2), 0.5, np.float32), "prob_t2": np.full((n, 2), 0.5, np.float32)}
+
+
+@pytest.mark.parametrize("input_norm", ["bands", "bands_per_date", "dtype"])
+def test_tiles_are_handed_over_as_the_loader_hands_batches(input_norm):
+    """As the loader: integers as stored; resized tiles float32, raw values for the bands modes
+    (the model standardises them), dtype-scaled for dtype."""
+    from data.shards import scale_images
+
+    x = np.random.default_rng(0).integers(0, 4096, (3, 8, 8, 3)).astype(np.uint16)
+    same = scene_map.TilePredictor(_Net(input_norm), 4, (8, 8))
+    assert same.prepare(x) is x
+    resized = scene_map.TilePredictor(_Net(input_norm), 4, (16, 16)).prepare(x)
+    assert resized.dtype == np.float32 and resized.shape == (3, 16, 16, 3)
+    want = scale_images(x) if input_norm == "dtype" else x.astype(np.float32)
+    np.testing.assert_allclose(resized.mean(), want.mean(), rtol=1e-3)
+
+
+def test_a_shard_max_model_is_refused_in_one_line():
+    with pytest.raises(UsageError, match="--input_norm shard_max.*a scene has no shards"):
+        scene_map.TilePredictor(_Net("shard_max"))
