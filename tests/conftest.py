@@ -1,5 +1,10 @@
 """Shared fixtures of the test suite."""
 
+import logging
+import os
+import resource
+import time
+
 import pytest
 
 
@@ -15,3 +20,86 @@ def demo_data(tmp_path_factory):
     root = tmp_path_factory.mktemp("demo_data")
     synthetic.generate(root, pairs=120, size=32, classes=4, change_rate=0.05, seed=0)
     return root
+
+
+
+# Trained once per session, read by many tests: do not write into them (copy with
+# tests._runs.copy_run first). Both are train_cnn.py runs of tests._runs.FAST on ``demo_data``,
+# with TensorBoard, seed 3.
+@pytest.fixture(scope="session")
+def trained_run(demo_data, tmp_path_factory):
+    """A finished run: 2 epochs, evaluated on tst (results/tst/), checkpoints best/last.keras,
+    history.csv, log.txt, tb/{trn,val,tst}. Returns its directory."""
+    from tests._runs import train
+
+    workdir = tmp_path_factory.mktemp("trained_run") / "run"
+    assert train(demo_data, workdir, epochs=2) == 0
+    return workdir
+
+
+@pytest.fixture(scope="session")
+def resumed_run(demo_data, tmp_path_factory):
+    """A run trained for 1 epoch, then resumed to 2 (``--resume -e 2``): returns ``(run,
+    epoch1)`` where ``epoch1`` is a copy of its checkpoints/ after epoch 1 (last.keras,
+    last_state.json, best.keras), to put back for "killed before epoch 2's checkpoint"."""
+    import json
+    import shutil
+
+    from tests._runs import train
+
+    root = tmp_path_factory.mktemp("resumed_run")
+    workdir = root / "run"
+    assert train(demo_data, workdir, epochs=1) == 0
+    assert json.loads((workdir / "checkpoints" / "last_state.json").read_text())["epoch"] == 1
+    shutil.copytree(workdir / "checkpoints", root / "epoch1")
+    messages = []
+    keep = logging.Handler(logging.INFO)
+    keep.emit = lambda record: messages.append(record.getMessage())
+    top = logging.getLogger()
+    level = top.level
+    top.addHandler(keep)
+    top.setLevel(logging.INFO)
+    try:
+        assert train(demo_data, workdir, "--resume", epochs=2) == 0
+    finally:
+        top.removeHandler(keep)
+        top.setLevel(level)
+    # the input statistics come from the checkpoint: not computed again
+    assert not any("statistics of the training split" in m for m in messages)
+    return workdir, root / "epoch1"
+
+# ----------------------------------------------------------------- CPU seconds per test (optional)
+# On a shared machine wall-clock durations (--durations) mostly measure the neighbours' load.
+# CORRFUSION_CPU_DURATIONS=FILE appends one CSV row per test phase: nodeid, phase, wall seconds,
+# CPU seconds of this process (every thread) and of the subprocesses it waited for. Used for the
+# tables in tests/README.md.
+_CPU_LOG = os.environ.get("CORRFUSION_CPU_DURATIONS")
+
+
+def _cpu_now():
+    own = resource.getrusage(resource.RUSAGE_SELF)
+    kids = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return time.perf_counter(), own.ru_utime + own.ru_stime, kids.ru_utime + kids.ru_stime
+
+
+if _CPU_LOG:
+    @pytest.hookimpl(hookwrapper=True)
+    def pytest_runtest_setup(item):
+        yield from _timed(item, "setup")
+
+    @pytest.hookimpl(hookwrapper=True)
+    def pytest_runtest_call(item):
+        yield from _timed(item, "call")
+
+    @pytest.hookimpl(hookwrapper=True)
+    def pytest_runtest_teardown(item):
+        yield from _timed(item, "teardown")
+
+
+def _timed(item, phase):
+    start = _cpu_now()
+    yield
+    end = _cpu_now()
+    with open(_CPU_LOG, "a") as fh:
+        fh.write(f"{item.nodeid},{phase},{end[0] - start[0]:.2f},{end[1] - start[1]:.2f},"
+                 f"{end[2] - start[2]:.2f}\n")

@@ -4,6 +4,7 @@ import importlib.util
 import subprocess
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -38,13 +39,27 @@ def test_original_setting_keeps_the_small_backbone(tmp_path, demo_data):
     assert Path(original.workdir) == tmp_path / "runs" / "original" / "s0.8"
 
 
+def compare_in_process(cmd, cwd=None, stdout=None, stderr=None):
+    """``subprocess.call`` of ``python compare.py ...`` (the experiment's one command) run as
+    compare.py's main through the CLI wrapper in this process: the same argv and exit status,
+    without a Python + TensorFlow start-up per level."""
+    import compare
+    from utils.cli import run_main
+
+    assert cmd[0] == sys.executable and Path(cmd[1]) == ROOT / "compare.py", cmd
+    return run_main(compare.main, [str(a) for a in cmd[2:]])
+
+
 @pytest.mark.slow
-def test_tiny_experiment_end_to_end(tmp_path):
+def test_tiny_experiment_end_to_end(tmp_path, monkeypatch):
+    fd = _module()
+    monkeypatch.setattr(fd, "subprocess", SimpleNamespace(call=compare_in_process,
+                                                         STDOUT=subprocess.STDOUT))
     out = tmp_path / "exp"
-    argv = [sys.executable, str(SCRIPT), "--out", str(out), "--levels", "0,0.9", "--pairs", "40",
+    argv = ["--out", str(out), "--levels", "0,0.9", "--pairs", "40",
             "--size", "16", "--classes", "3", "--methods", "baseline,corrfusion", "--seeds", "1",
             "--settings", "project", "--epochs", "1"]
-    subprocess.run(argv, check=True, cwd=ROOT, capture_output=True)
+    assert fd.main(argv) == 0
     rows = (out / "results.csv").read_text().splitlines()
     assert rows[0].startswith("setting,strength,method,seed,OA_t1,OA_t2,change_f1")
     assert sorted(r.split(",")[1:3] for r in rows[1:]) == [
@@ -53,7 +68,7 @@ def test_tiny_experiment_end_to_end(tmp_path):
     img = np.asarray(Image.open(out / "fusion_degradation.png").convert("L"), float)
     assert img.std() > 10 and (img < 128).mean() > 0.005  # axes, lines and text, not blank
     # resumable: a second call finds every run done and only redraws
-    subprocess.run(argv, check=True, cwd=ROOT, capture_output=True)
+    assert fd.main(argv) == 0
     assert (out / "results.csv").read_text().splitlines() == rows
 
 

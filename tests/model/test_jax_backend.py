@@ -2,7 +2,8 @@
 fixed per process): DCCA gradient (custom_gradient signature), running covariance inside fit
 (stateless scope), the small model training step (corrfusion, dcca), evaluate vs NumPy, save/load,
 integer images scaled in the graph, one backbone pass over both dates, the cross-entropy from
-logits, the original's SoftDCCANet."""
+logits, the original's SoftDCCANet; and, in the same process, train_cnn.py end to end on JAX
+(tests/scripts/jax_training.py: train, evaluate, the loss guard)."""
 
 import os
 import subprocess
@@ -36,6 +37,8 @@ SELECTED = [
     "tests/model/test_network.py::test_compute_loss_reads_the_logits",
     "tests/model/test_network.py::test_original_comparators_structure_and_what_the_heads_read[sdcca]",
     "tests/model/test_network.py::test_original_soft_dcca_loss_on_all_pairs",
+    # train_cnn.py on JAX: one epoch, the test evaluation, the non-finite loss guard
+    "tests/scripts/jax_training.py::test_trains_and_evaluates_on_the_jax_backend",
 ]
 
 
@@ -46,4 +49,4 @@ def test_model_tests_pass_under_jax():
         cwd=ROOT, env=env, capture_output=True, text=True, timeout=900,
     )
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-2000:]
-    assert "passed" in proc.stdout and "failed" not in proc.stdout
+    assert f"{len(SELECTED)} passed" in proc.stdout and "failed" not in proc.stdout

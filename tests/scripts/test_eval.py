@@ -86,12 +86,16 @@ def evaluated(run_dir, demo_data):
 
 
 def test_help_is_fast_and_imports_no_tensorflow():
-    code = "import sys, eval; print('tensorflow' in sys.modules, 'keras' in sys.modules)"
-    out = subprocess.run(
+    """One new process: importing eval.py loads neither TensorFlow nor Keras, and `eval.py -h`
+    (run as __main__) answers with exit status 0."""
+    code = ("import runpy, sys, eval\n"
+            "print('HEAVY', 'tensorflow' in sys.modules, 'keras' in sys.modules, flush=True)\n"
+            "sys.argv = ['eval.py', '-h']\n"
+            "runpy.run_path('eval.py', run_name='__main__')\n")
+    proc = subprocess.run(
         [sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=60
     )
-    assert out.stdout.split() == ["False", "False"], out.stderr
-    proc = run_eval("-h", timeout=60)
+    assert "HEAVY False False" in proc.stdout, proc.stderr
     assert proc.returncode == 0 and "--threshold" in proc.stdout and "-tst" in proc.stdout
 
 
@@ -181,7 +185,7 @@ def assert_one_line_error(proc, *fragments):
         assert f in errors[0], errors[0]
 
 
-def test_refusals_write_nothing(run_dir, demo_data, tmp_path):
+def test_refusals_write_nothing(run_dir, demo_data, tmp_path, capfd):
     import keras
 
     other = tiny_model(5)
@@ -208,20 +212,22 @@ def test_refusals_write_nothing(run_dir, demo_data, tmp_path):
         (("-m", best, "-tst", tmp_path / "empty_split"), ("empty_split",)),
         (("-m", best), ("no data",)),
     ]
-    for args, fragments in cases:
-        proc = run_eval(*args, "-rpath", out, timeout=120)
+    for args, fragments in cases:  # eval.py's main in this process; capfd: fd 2 as a whole
+        proc = run_in_process([*args, "-rpath", out], capfd)
         assert_one_line_error(proc, *fragments)
         assert not out.exists(), args
-    proc = run_eval("-m", best, "-tst", tst, "-rpath", full, timeout=120)
+    proc = run_in_process(["-m", best, "-tst", tst, "-rpath", full], capfd)
     assert_one_line_error(proc, "--overwrite")
     assert [p.name for p in full.iterdir()] == ["keep.txt"]
 
 
 def run_in_process(argv, capsys):
-    """eval.py's main through the CLI wrapper, in this process (TensorFlow is already loaded)."""
+    """eval.py's main through the CLI wrapper, in this process (TensorFlow is already loaded).
+    ``capsys``, or ``capfd`` to read file descriptor 2 (native lines) as well."""
     import eval as E
     from utils.cli import run_main
 
+    capsys.readouterr()
     rc = run_main(E.main, [str(a) for a in argv])
     captured = capsys.readouterr()
     return subprocess.CompletedProcess(argv, rc, captured.out, captured.err)
@@ -285,16 +291,13 @@ def test_overwrite_and_threshold(run_dir, demo_data, tmp_path, capsys):
     assert (tmp_path / "ck" / "best_eval" / "tst" / "predictions.npz").is_file()
 
 
-def test_reproduces_training_scripts_test_oa(demo_data, tmp_path, capsys):
-    """train_cnn.py's logged test OA of the best epoch = eval.py's OA on the best checkpoint."""
-    import train_cnn
-    from utils.cli import run_main
+def test_reproduces_training_scripts_test_oa(trained_run, tmp_path, capsys):
+    """train_cnn.py's logged test OA of the best epoch = eval.py's OA on the best checkpoint
+    (a copy of the session's 2-epoch ``trained_run``)."""
+    from tests._runs import copy_run
 
-    work = tmp_path / "w"
-    argv = ["--data_dir", demo_data, "--backbone", "small", "--hidden", 16, "-e", 1, "-b", 16,
-            "--lr", 0.01, "--workdir", work, "-tb", "false"]  # fmt: skip
-    assert run_main(train_cnn.main, [str(a) for a in argv]) == 0, capsys.readouterr().err[-2000:]
-    capsys.readouterr()
+    work = copy_run(trained_run, tmp_path / "w")
+    assert not (work / "results" / "eval").exists()
     proc = run_in_process(["-m", work, "-b", 8], capsys)  # splits from the run's args.json
     assert proc.returncode == 0, proc.stderr[-2000:]
     ours = json.loads((work / "results" / "eval" / "results.json").read_text())["splits"]
@@ -333,7 +336,7 @@ def test_split_without_rowcol_or_names(run_dir, tmp_path):
         assert "row" not in z.files and "fusion_weight" in z.files
 
 
-def test_bad_checkpoints_give_one_clean_line(run_dir, demo_data, tmp_path):
+def test_bad_checkpoints_give_one_clean_line(run_dir, demo_data, tmp_path, capfd):
     """No config.json: the message once, not wrapped in itself; a plain Keras model: refused from
     its config.json, without Keras' warning block; -rpath under a file: refused, file untouched."""
     import keras
@@ -352,15 +355,16 @@ def test_bad_checkpoints_give_one_clean_line(run_dir, demo_data, tmp_path):
     afile.write_text("user file\n")
     tst = demo_data / "tst"
     out = tmp_path / "out"
-    proc = run_eval("-m", tmp_path / "noconfig.keras", "-tst", tst, "-rpath", out, timeout=120)
+    proc = run_in_process(["-m", tmp_path / "noconfig.keras", "-tst", tst, "-rpath", out], capfd)
     assert_one_line_error(proc, "config.json: missing")
     assert proc.stderr.count("noconfig.keras") == 1 and "unreadable" not in proc.stderr
+    # a new process: Keras' warnings reach stderr there (pytest records them in this one)
     proc = run_eval("-m", tmp_path / "plain.keras", "-tst", tst, "-rpath", out, timeout=120)
     assert_one_line_error(proc, "plain.keras", "Sequential", "prob_t1")
     assert "Warning" not in proc.stderr and "warn" not in proc.stderr
     assert not out.exists()
     best = run_dir / "checkpoints" / "best.keras"
-    proc = run_eval("-m", best, "-tst", tst, "-rpath", afile / "out", timeout=120)
+    proc = run_in_process(["-m", best, "-tst", tst, "-rpath", afile / "out"], capfd)
     assert_one_line_error(proc, str(afile / "out"), "is a file")
     assert afile.read_text() == "user file\n"
 

@@ -14,6 +14,7 @@ import rasterio
 from affine import Affine
 
 from tests.data import _scenes as scenes
+from utils.cli import run_main
 
 ROOT = Path(__file__).resolve().parents[2]
 ENV = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "MPLBACKEND": "Agg", "CUDA_VISIBLE_DEVICES": "-1"}
@@ -25,7 +26,20 @@ def run(script, *args, timeout=300):
 
 
 def predict(*args, timeout=300):
+    """predict.py in a new Python process: the command line itself (start-up, exit status)."""
     return run([str(ROOT / "predict.py")], *args, timeout=timeout)
+
+
+def predict_here(capfd, *args):
+    """predict.py's ``main`` through the same CLI wrapper (``run_main``: exit status, one
+    ``error:`` line) in this process, without another Python + TensorFlow start-up; ``capfd``
+    reads file descriptors 1 and 2, so GDAL's or TensorFlow's native lines would count too."""
+    import predict as script
+
+    capfd.readouterr()
+    rc = run_main(script.main, [str(a) for a in args])
+    out = capfd.readouterr()
+    return subprocess.CompletedProcess(args, rc, out.out, out.err)
 
 
 def refused(proc, *words):
@@ -97,10 +111,10 @@ def test_maps_are_georeferenced_geotiffs(tmp_path, model_200, scene_1100):
 
 
 @pytest.mark.slow
-def test_stride_below_the_tile_maps_pixels(tmp_path, model_200, scene_1100):
+def test_stride_below_the_tile_maps_pixels(tmp_path, model_200, scene_1100, capfd):
     _, t1, t2 = scene_1100
     out = tmp_path / "maps"
-    proc = predict("-m", model_200, "--t1", t1, "--t2", t2, "--out", out, "--stride", 100,
+    proc = predict_here(capfd, "-m", model_200, "--t1", t1, "--t2", t2, "--out", out, "--stride", 100,
                    "--threshold", 0.3)
     assert proc.returncode == 0, proc.stderr
     change, meta = tif(out / "change.tif")
@@ -130,21 +144,21 @@ def shifted_date2(root, y, **kw):
     (dict(crs="EPSG:32651"), ["CRS EPSG:32650 vs EPSG:32651"]),
     (dict(size=(160, 150)), ["size 200x160 vs 150x160 pixels"]),
 ])
-def test_misaligned_pairs_are_refused(tmp_path, model_200, small_pair, kw, words):
+def test_misaligned_pairs_are_refused(tmp_path, model_200, small_pair, kw, words, capfd):
     root, t1, y = small_pair
     if "size" in kw:
         t2 = scenes.write_tif(tmp_path / "b.tif", scenes.render(y, 40, seed=2)[:, :150])
     else:
         t2 = scenes.write_tif(tmp_path / "b.tif", scenes.render(y, 40, seed=2), **kw)
     out = tmp_path / "maps"
-    line = refused(predict("-m", model_200, "--t1", t1, "--t2", t2, "--out", out, "--tile", 40),
+    line = refused(predict_here(capfd, "-m", model_200, "--t1", t1, "--t2", t2, "--out", out, "--tile", 40),
                    str(t1), str(t2), *words)
     assert "expected both dates on the same grid" in line
     assert not out.exists()
 
 
 @pytest.mark.slow
-def test_align_resamples_date_2(tmp_path, model_200, small_pair):
+def test_align_resamples_date_2(tmp_path, model_200, small_pair, capfd):
     root, t1, y = small_pair
     x2 = scenes.render(y, 40, seed=2)
     shifted = np.zeros_like(x2)
@@ -152,8 +166,8 @@ def test_align_resamples_date_2(tmp_path, model_200, small_pair):
     t2 = scenes.write_tif(tmp_path / "b.tif", shifted,
                           tf=scenes.transform((scenes.ORIGIN[0] + 30, scenes.ORIGIN[1])))
     args = ("-m", model_200, "--t1", t1, "--t2", t2, "--tile", 40)
-    refused(predict(*args, "--out", tmp_path / "no"), "3.0 pixels")
-    proc = predict(*args, "--out", tmp_path / "maps", "--align")
+    refused(predict_here(capfd, *args, "--out", tmp_path / "no"), "3.0 pixels")
+    proc = predict_here(capfd, *args, "--out", tmp_path / "maps", "--align")
     assert proc.returncode == 0, proc.stderr
     summary = json.loads((tmp_path / "maps" / "summary.json").read_text())
     assert summary["inputs"]["date2_resampled"] is True
@@ -162,36 +176,36 @@ def test_align_resamples_date_2(tmp_path, model_200, small_pair):
     assert meta["size"] == (5, 4)
 
 
-def test_bad_input_is_one_line_and_writes_nothing(tmp_path, model_200, small_pair):
+def test_bad_input_is_one_line_and_writes_nothing(tmp_path, model_200, small_pair, capfd):
     root, t1, y = small_pair
     t2 = shifted_date2(tmp_path, y)
     out = tmp_path / "maps"
     base = ("--t1", t1, "--t2", t2, "--tile", 40)
-    refused(predict("-m", model_200, "--t1", t1, "--t2", tmp_path / "nope.tif", "--out", out,
+    refused(predict_here(capfd, "-m", model_200, "--t1", t1, "--t2", tmp_path / "nope.tif", "--out", out,
                     "--tile", 40), "nope.tif: no such file")
-    refused(predict("-m", model_200, *base, "--out", out, "--bands", "1,2,5"),
+    refused(predict_here(capfd, "-m", model_200, *base, "--out", out, "--bands", "1,2,5"),
             "--bands 1,2,5: the raster has 3 band(s)")
-    refused(predict("-m", model_200, *base, "--out", out, "--bands", "1,2"),
+    refused(predict_here(capfd, "-m", model_200, *base, "--out", out, "--bands", "1,2"),
             "2 band(s) selected; expected 3")
-    refused(predict("-m", model_200, *base, "--out", out, "--stride", 50),
+    refused(predict_here(capfd, "-m", model_200, *base, "--out", out, "--stride", 50),
             "--stride 50: expected at most the tile (40)")
-    refused(predict("-m", tmp_path / "none.keras", *base, "--out", out), "none.keras")
-    refused(predict("-m", model_200, *base, "--out", out, "--class_names", "a,b"),
+    refused(predict_here(capfd, "-m", tmp_path / "none.keras", *base, "--out", out), "none.keras")
+    refused(predict_here(capfd, "-m", model_200, *base, "--out", out, "--class_names", "a,b"),
             "--class_names: 2 names; expected 3")
     assert not out.exists()
     out.mkdir()
     (out / "mine.txt").write_text("keep")
-    refused(predict("-m", model_200, *base, "--out", out), "exists and is not empty")
+    refused(predict_here(capfd, "-m", model_200, *base, "--out", out), "exists and is not empty")
     assert [p.name for p in out.iterdir()] == ["mine.txt"]
     junk = tmp_path / "junk.tif"
     junk.write_bytes(b"II*\x00 not really")
-    refused(predict("-m", model_200, "--t1", junk, "--t2", t2, "--out", tmp_path / "m2"),
+    refused(predict_here(capfd, "-m", model_200, "--t1", junk, "--t2", t2, "--out", tmp_path / "m2"),
             "junk.tif: unreadable")
     assert not (tmp_path / "m2").exists()
 
 
 @pytest.mark.slow
-def test_a_trained_model_finds_the_changed_block(tmp_path):
+def test_a_trained_model_finds_the_changed_block(tmp_path, capfd):
     """Shards cut from the scene by make_shards, a few epochs of the small backbone, then the
     scene mapped: the changed block is where the scene put it."""
     import keras
@@ -204,10 +218,12 @@ def test_a_trained_model_finds_the_changed_block(tmp_path):
     np.save(tmp_path / "y1.npy", y1)
     np.save(tmp_path / "y2.npy", y2)
     data = tmp_path / "shards"
-    proc = run(["-m", "data.make_shards"], "raster", "--t1", t1, "--t2", t2, "--labels1",
-               tmp_path / "y1.npy", "--labels2", tmp_path / "y2.npy", "--tile", 32, "--out", data,
-               "--split", "0.8,0.1,0.1", "--class_names", ",".join(scenes.CLASS_NAMES))
-    assert proc.returncode == 0, proc.stderr
+    from data import make_shards
+
+    assert make_shards.main([str(a) for a in (
+        "raster", "--t1", t1, "--t2", t2, "--labels1", tmp_path / "y1.npy", "--labels2",
+        tmp_path / "y2.npy", "--tile", 32, "--out", data, "--split", "0.8,0.1,0.1",
+        "--class_names", ",".join(scenes.CLASS_NAMES))]) == 0
     keras.utils.set_random_seed(0)
     net = cfn.build_model(3, image_size=(32, 32), backbone="small", hidden=32, seed=0)
     net.compile(optimizer=keras.optimizers.Adam(3e-3))
@@ -215,8 +231,8 @@ def test_a_trained_model_finds_the_changed_block(tmp_path):
     net.fit(ds, epochs=6, verbose=0)
     net.save(tmp_path / "m.keras")
     out = tmp_path / "maps"
-    proc = predict("-m", tmp_path / "m.keras", "--t1", t1, "--t2", t2, "--out", out,
-                   "--class_names", ",".join(scenes.CLASS_NAMES))
+    proc = predict_here(capfd, "-m", tmp_path / "m.keras", "--t1", t1, "--t2", t2, "--out", out,
+                        "--class_names", ",".join(scenes.CLASS_NAMES))
     assert proc.returncode == 0, proc.stderr
     change, meta = tif(out / "change.tif")
     assert meta["crs"].to_epsg() == 32650 and meta["size"] == (16, 12)

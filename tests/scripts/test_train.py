@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import csv
 import json
 import subprocess
 import sys
@@ -12,18 +11,12 @@ import numpy as np
 import pytest
 
 import train_cnn
+from tests._runs import FAST, read_history, train
 from utils.cli import run_main
 
 pytestmark = pytest.mark.slow  # every test here trains, or needs a trained run
 
 ROOT = Path(__file__).resolve().parents[2]
-FAST = ["--backbone", "small", "--hidden", "32", "-b", "16", "--lr", "0.01", "--seed", "3"]
-
-
-def train(data_dir, workdir, *extra, epochs=2):
-    argv = ["--data_dir", str(data_dir), "--workdir", str(workdir), "-e", str(epochs), *FAST,
-            *extra]
-    return run_main(train_cnn.main, argv)
 
 
 def weights_of(path):
@@ -32,16 +25,10 @@ def weights_of(path):
     return [np.asarray(w) for w in cfn.load_model(path).weights]
 
 
-@pytest.fixture(scope="module")
-def trained(demo_data, tmp_path_factory):
-    workdir = tmp_path_factory.mktemp("train") / "run"
-    assert train(demo_data, workdir) == 0
-    return workdir
-
-
-def read_history(path):
-    with open(path, newline="") as fh:
-        return list(csv.DictReader(fh))
+@pytest.fixture
+def trained(trained_run):
+    """The session's finished 2-epoch run (tests/conftest.py): read-only."""
+    return trained_run
 
 
 def test_run_directory_holds_what_a_user_looks_at(trained, demo_data):
@@ -114,15 +101,12 @@ def test_tensorboard_event_files_have_the_tags(trained):
     assert start.hparams["hidden"].number_value == 32
 
 
-def test_resume_matches_an_uninterrupted_run(trained, demo_data, tmp_path, caplog):
-    workdir = tmp_path / "resumed"
-    assert train(demo_data, workdir, epochs=1) == 0
-    assert json.loads((workdir / "checkpoints" / "last_state.json").read_text())["epoch"] == 1
-    caplog.clear()
-    caplog.set_level("INFO")
-    assert train(demo_data, workdir, "--resume", epochs=2) == 0
-    # the input statistics come from the checkpoint: not computed again, the same in args.json
-    assert not any("statistics of the training split" in r.getMessage() for r in caplog.records)
+def test_resume_matches_an_uninterrupted_run(trained, resumed_run):
+    """1 epoch, then --resume -e 2 (the session's ``resumed_run``, which checks that the first
+    call stopped at epoch 1 and that the resume did not compute the input statistics again) =
+    2 epochs straight."""
+    workdir, _ = resumed_run
+    # the input statistics come from the checkpoint: the same in args.json
     saved = json.loads((workdir / "args.json").read_text())["input_norm"]
     assert saved == json.loads((trained / "args.json").read_text())["input_norm"]
     rows = read_history(workdir / "history.csv")
@@ -217,38 +201,6 @@ def test_help_is_fast_and_imports_no_tensorflow():
                           timeout=60)
     assert "--epoches" in proc.stdout and "--use_tfboard" in proc.stdout
     assert "HEAVY []" in proc.stdout
-
-
-def test_trains_and_evaluates_on_the_jax_backend(demo_data, tmp_path):
-    pytest.importorskip("jax")
-    import os
-
-    env = {**os.environ, "KERAS_BACKEND": "jax"}
-    workdir = tmp_path / "jax"
-    proc = subprocess.run([sys.executable, "train_cnn.py", "--data_dir", str(demo_data),
-                           "--workdir", str(workdir), "-e", "1", *FAST], cwd=ROOT, env=env,
-                          capture_output=True, text=True, timeout=600)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    assert "TensorBoard logging needs the TensorFlow backend" in proc.stderr
-    assert json.loads((workdir / "args.json").read_text())["devices"]["backend"] == "jax"
-    assert not list(workdir.rglob("*tfevents*"))
-    assert (workdir / "checkpoints" / "best.keras").is_file()
-    # without --jit the JAX steps are jit-compiled: jit_compile=False runs every operation on its
-    # own, 70-130x slower per step (issue 25, benchmarks/RESULTS.md section 4)
-    import zipfile
-
-    with zipfile.ZipFile(workdir / "checkpoints" / "best.keras") as z:
-        assert json.loads(z.read("config.json"))["compile_config"]["jit_compile"] is True
-    results = json.loads((workdir / "results" / "tst" / "results.json").read_text())
-    assert 0.0 <= results["metrics"]["OA_t1"] <= 1.0
-    # the loss guard runs in Keras' callback thread on JAX: still stops, names the step
-    nan_dir = tmp_path / "jax_nan"
-    proc = subprocess.run([sys.executable, "train_cnn.py", "--data_dir", str(demo_data),
-                           "--workdir", str(nan_dir), *FAST, "-e", "2", "--lr", "1e30", "-sm", "true"],
-                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
-    assert proc.returncode == 1, proc.stderr[-3000:]
-    assert "non-finite loss" in proc.stderr and "epoch 1, step" in proc.stderr
-    assert not (nan_dir / "checkpoints" / "last.keras").exists()
 
 
 def test_a_split_of_another_image_size_is_named(demo_data, tmp_path, capsys):
@@ -428,14 +380,20 @@ def test_weights_file_that_is_not_weights_names_the_flag_and_file(demo_data, tmp
     assert one_error_line(capsys).startswith(f"error: {tmp_path / 'nope.weights.h5'}: --weights")
 
 
-def test_the_original_preset_trains_resnet50_per_date(demo_data, tmp_path):
+def test_the_original_preset_trains_resnet50_per_date(tmp_path):
     """issue 11: --preset original builds the original's network (ResNet50 per date, flatten,
-    frozen BN, Glorot-uniform CorrFusion kernels, orthogonal SDL start) and trains a few steps
-    with constant 1e-3 Nesterov SGD; args.json records the preset and every resolved value."""
+    frozen BN, Glorot-uniform CorrFusion kernels, orthogonal SDL start) and trains a step
+    with constant 1e-3 Nesterov SGD; args.json records the preset and every resolved value.
+    On 22 pairs (16 / 2 / 4: one training step of -b 16): two ResNet50s cost their build, trace
+    and checkpoints whatever the data, the steps are what a smaller set saves."""
     import zipfile
 
+    from data import synthetic
+
+    data = tmp_path / "data"
+    synthetic.generate(data, pairs=22, size=32, classes=4, change_rate=0.05, seed=0)
     workdir = tmp_path / "orig"
-    argv = ["--data_dir", str(demo_data), "--workdir", str(workdir), "--preset", "original",
+    argv = ["--data_dir", str(data), "--workdir", str(workdir), "--preset", "original",
             "-e", "1", "-b", "16", "--hidden", "64", "-tb", "false"]
     assert run_main(train_cnn.main, argv) == 0
     saved = json.loads((workdir / "args.json").read_text())["args"]

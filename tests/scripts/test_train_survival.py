@@ -15,6 +15,7 @@ import pytest
 
 import eval as eval_script
 import train_cnn
+from tests._runs import copy_run
 from tests.utils.test_rundir_survival import hold_lock
 from utils.cli import run_main
 
@@ -164,16 +165,14 @@ def test_overwrite_replaces_the_old_runs_event_files(two_runs, demo_data, copy_o
 
 
 @pytest.mark.slow
-def test_a_kill_between_the_writes_of_an_epoch_resumes_exactly(demo_data, tmp_path):
+def test_a_kill_between_the_writes_of_an_epoch_resumes_exactly(resumed_run, demo_data, tmp_path):
     """Issue 15 item 8: (a) killed after epoch 2's log rows and TensorBoard events but before its
     checkpoint: the resume trains epoch 2 again and every file has each epoch once; (b) killed
     between last.keras and last_state.json: the resume goes on after the epoch last.keras holds
-    (the optimiser's step count says so), not one epoch early."""
-    w = tmp_path / "w"
-    assert train(demo_data, w) == 0
-    epoch1 = tmp_path / "epoch1"
-    shutil.copytree(w / "checkpoints", epoch1)
-    assert train(demo_data, w, "--resume", epochs=2) == 0
+    (the optimiser's step count says so), not one epoch early. Starts from a copy of the session's
+    ``resumed_run`` (1 epoch, then --resume -e 2; its checkpoints after epoch 1 kept)."""
+    run, epoch1 = resumed_run
+    w = copy_run(run, tmp_path / "w")
     for name in ("last.keras", "last_state.json"):  # (a): epoch 2's checkpoint never landed
         shutil.copy(epoch1 / name, w / "checkpoints" / name)
     assert train(demo_data, w, "--resume", epochs=2) == 0
