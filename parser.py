@@ -20,6 +20,8 @@ from model.config import (
     DECOV_INITS,
     DECOV_PENALTIES,
     DIST_EPSILONS,
+    FUSION_BNS,
+    FUSION_DISTANCES,
     FUSION_INITS,
     INPUT_NORMS,
     METHODS,
@@ -44,8 +46,9 @@ PRESETS = {
     "original": {
         "backbone": "resnet50", "shared": False, "pooling": "flatten", "bn": "frozen",
         "l2": 1e-4, "decov_init": "orthogonal", "decov_penalty": "original",
-        "fusion_init": "glorot_uniform", "input_norm": "shard_max", "hidden": 1024,
-        "reduction": 2, "lambda1": 0.1, "lambda2": 1e-4, "corr_norm": "batch", "optimizer": "sgd", "lr": [1e-3],
+        "fusion_init": "glorot_uniform", "input_norm": "shard_max", "hidden": 1024, "reduction": 2,
+        "lambda1": 0.1, "fusion_distance": "euclidean", "fusion_bn": "frozen",
+        "lambda2": 1e-4, "corr_norm": "batch", "optimizer": "sgd", "lr": [1e-3],
         "lr_boundaries": [], "momentum": 0.9, "nesterov": True, "batch_size": 32, "epochs": 100,
         "resnet_init": "keras_applications", "comparators": "original",
         "dist_epsilon": "per_feature", "eval_trn": True, "eval_tst": True, "runs": 1,
@@ -226,6 +229,12 @@ def train_parser() -> argparse.ArgumentParser:
                        help="offdiag: sum_{j!=k} |C_jk|; original: sum |C| - sum diag(C)")
     model.add_argument("--fusion_init", choices=FUSION_INITS, default=ModelConfig.fusion_init,
                        help="initialiser of CorrFusion's squeeze/excite kernels (the original: glorot_uniform)")
+    model.add_argument("--fusion_distance", choices=FUSION_DISTANCES, default=ModelConfig.fusion_distance,
+                       help="the distance CorrFusion's w = 1 - tanh(dist) reads: euclidean (the paper's) "
+                            "or rms (the same divided by sqrt(d/r), independent of the width)")
+    model.add_argument("--fusion_bn", choices=FUSION_BNS, default=ModelConfig.fusion_bn,
+                       help="BN inside the CorrFusion module, independent of --bn: batch statistics "
+                            "in training, or frozen (moving mean 0 / variance 1, the original's)")
     model.add_argument("--resnet_init", choices=RESNET_INITS, default=ModelConfig.resnet_init,
                        help="start of the resnet50 backbone: keras (Keras 3's: Glorot-uniform kernels, "
                             "BN eps 1.001e-5) or keras_applications (the original's TF 1.11: "

@@ -82,6 +82,34 @@ DECOV_PENALTIES = ("offdiag", "original")
 #: ``fusion_init``: initialiser of CorrFusion's squeeze/excite kernels (the original left
 #: ``tf.layers.dense``'s Glorot-uniform default there)
 FUSION_INITS = ("glorot_normal", "glorot_uniform")
+#: ``fusion_distance``: the distance CorrFusion's weight w = 1 − tanh(dist) reads (and the
+#: correlation loss sums): ``euclidean`` √(Σ_j ΔX_bn² + ε), the paper's; ``rms`` the same ÷ √(d/r),
+#: the root-mean-square difference per feature, whose scale does not grow with the width d/r
+#: (README "Choosing the defaults")
+FUSION_DISTANCES = ("euclidean", "rms")
+#: ``fusion_bn``: the BatchNormalization inside the CorrFusion module, independent of ``bn`` (the
+#: backbone's and the views'): ``batch`` statistics in training, or ``frozen`` (inference mode for
+#: ever, moving mean 0 / variance 1: a trainable affine map, the original's TF1 graph)
+FUSION_BNS = ("batch", "frozen")
+
+#: ``input_norm``: how the model normalises its input images (``model.normalization``,
+#: docs/DESIGN.md §2). The statistics of ``bands``/``bands_per_date`` are computed by
+#: ``data.stats`` over the training split and stored in the model (its checkpoint).
+INPUT_NORMS = {
+    "bands": "per-band mean/std of the training split, pooled over both dates (default)",
+    "bands_per_date": "per-band mean/std of the training split, separately for t1 and t2",
+    "dtype": "integers / dtype max, floats as [0, 1]; then - 0.5 (the scaling before input_norm existed)",
+    "shard_max": "each date of each shard / the largest value in that shard's array, - 0.5 "
+                 "(the original code's LoadNpy)",
+}
+#: input_norm -> what the loader does before the model (``data.loader.SCALINGS``): raw values for
+#: the model to standardise, the §2 dtype scaling, or the per-shard maximum scaling
+INPUT_SCALING = {"bands": "raw", "bands_per_date": "raw", "dtype": "dtype", "shard_max": "shard_max"}
+#: the ``input_norm`` modes whose statistics come from the training split
+STAT_NORMS = ("bands", "bands_per_date")
+#: what a checkpoint saved before ``input_norm`` existed was fed: dtype scaling
+LEGACY_INPUT_NORM = "dtype"
+
 #: ``resnet_init``: how the ``resnet50`` backbone starts. ``keras``: Keras 3's ResNet50 (Glorot-uniform
 #: conv kernels, BN ε = 1.001e-5). ``keras_applications``: what the original's TF 1.11
 #: ``tf.keras.applications.ResNet50`` built from keras_applications' ``resnet50.py`` (1.0.6; the same in
@@ -105,29 +133,11 @@ ORIGINAL_SOFT_DCCA = {"lambda1": 1e-2, "lambda2": 1e-3, "decov_init": "zeros",
 #: √(Σ_j Δ_j² + (d/r)·ε) over the d/r view features
 DIST_EPSILONS = ("once", "per_feature")
 
-#: ``input_norm``: how the model normalises its input images (``model.normalization``,
-#: docs/DESIGN.md §2). The statistics of ``bands``/``bands_per_date`` are computed by
-#: ``data.stats`` over the training split and stored in the model (its checkpoint).
-INPUT_NORMS = {
-    "bands": "per-band mean/std of the training split, pooled over both dates (default)",
-    "bands_per_date": "per-band mean/std of the training split, separately for t1 and t2",
-    "dtype": "integers / dtype max, floats as [0, 1]; then - 0.5 (the scaling before input_norm existed)",
-    "shard_max": "each date of each shard / the largest value in that shard's array, - 0.5 "
-                 "(the original code's LoadNpy)",
-}
-#: input_norm -> what the loader does before the model (``data.loader.SCALINGS``): raw values for
-#: the model to standardise, the §2 dtype scaling, or the per-shard maximum scaling
-INPUT_SCALING = {"bands": "raw", "bands_per_date": "raw", "dtype": "dtype", "shard_max": "shard_max"}
-#: the ``input_norm`` modes whose statistics come from the training split
-STAT_NORMS = ("bands", "bands_per_date")
-#: what a checkpoint saved before ``input_norm`` existed was fed: dtype scaling
-LEGACY_INPUT_NORM = "dtype"
-
 #: the ModelConfig fields with a fixed set of values (parser.py offers them as choices)
-CHOICES = {"input_norm": tuple(INPUT_NORMS), "corr_norm": CORR_NORMS, "bn": BN_MODES,
-           "pooling": POOLINGS, "decov_init": DECOV_INITS, "decov_penalty": DECOV_PENALTIES,
-           "fusion_init": FUSION_INITS, "resnet_init": RESNET_INITS, "comparators": COMPARATORS,
-           "dist_epsilon": DIST_EPSILONS}
+CHOICES = {"input_norm": tuple(INPUT_NORMS), "corr_norm": CORR_NORMS, "bn": BN_MODES, "pooling": POOLINGS,
+           "decov_init": DECOV_INITS, "decov_penalty": DECOV_PENALTIES, "fusion_init": FUSION_INITS,
+           "fusion_distance": FUSION_DISTANCES, "fusion_bn": FUSION_BNS,
+           "resnet_init": RESNET_INITS, "comparators": COMPARATORS, "dist_epsilon": DIST_EPSILONS}
 
 
 @dataclass(frozen=True)
@@ -158,6 +168,8 @@ class ModelConfig:
         decov_init: ``DECOV_INITS``: start of the soft-decorrelation running covariances.
         decov_penalty: ``DECOV_PENALTIES``: the soft-decorrelation penalty's form.
         fusion_init: ``FUSION_INITS``: initialiser of CorrFusion's squeeze/excite kernels.
+        fusion_distance: ``FUSION_DISTANCES``: the distance w = 1 − tanh(dist) reads.
+        fusion_bn: ``FUSION_BNS``: the CorrFusion module's own BN mode (independent of ``bn``).
         resnet_init: ``RESNET_INITS``: Keras 3's ResNet50 start or keras_applications' (He-normal
             kernels, BN ε = 1e-3); only the ``resnet50`` backbone reads it.
         comparators: ``COMPARATORS``: this project's ``baseline``/``sdcca`` or the original's
@@ -197,6 +209,8 @@ class ModelConfig:
     decov_init: str = "identity"
     decov_penalty: str = "offdiag"
     fusion_init: str = "glorot_normal"
+    fusion_distance: str = "rms"
+    fusion_bn: str = "batch"
     resnet_init: str = "keras"
     comparators: str = "project"
     dist_epsilon: str = "once"

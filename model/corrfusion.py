@@ -3,6 +3,7 @@
 import keras
 from keras import ops
 
+from model.config import FUSION_DISTANCES
 from model.losses import SoftDecorrelation, pair_distance
 
 __all__ = ["CorrFusion", "clone_initializer"]
@@ -31,7 +32,8 @@ class CorrFusion(keras.layers.Layer):
         X_fc = ReLU(X·A1 + a1)              (squeeze_t1, d → d/r)   Y likewise (squeeze_t2)
         X_bn = BN1(X_fc)                     (bn_t1)                 Y_bn = BN2(Y_fc) (bn_t2)
         X_re = ReLU(X_bn·B1 + b1)           (excite_t1, d/r → d)    Y likewise (excite_t2)
-        dist = sqrt(Σ_j (X_bn − Y_bn)² + ε)
+        dist = sqrt(Σ_j (X_bn − Y_bn)² + ε)          (distance="euclidean", the paper's)
+        dist = sqrt(Σ_j (X_bn − Y_bn)² + ε) / √(d/r) (distance="rms": per-feature RMS difference)
         w    = 1 − tanh(dist)
         X_phi = X + w ⊙ Y_re,  Y_phi = Y + w ⊙ X_re
 
@@ -52,6 +54,9 @@ class CorrFusion(keras.layers.Layer):
         return_views: also return the batch-normalised views ``X_bn``, ``Y_bn``.
         frozen_bn: run BN1, BN2 in inference mode always (moving mean 0, variance 1 for ever: a
             trainable affine map γ·x/√(1 + ε) + β), as the original's TF1 graph did.
+        distance: ``"euclidean"`` (the paper's) or ``"rms"`` (÷ √(d/r): with batch-statistics BN
+            every feature has unit variance, so the Euclidean distance grows like √(d/r) and w
+            vanishes at the paper's width; the RMS difference does not depend on the width).
         kernel_initializer: initializer of the four Dense kernels.
         bias_initializer: initializer of the four Dense biases.
         kernel_regularizer: optional regularizer of the four Dense kernels.
@@ -74,6 +79,7 @@ class CorrFusion(keras.layers.Layer):
         epsilon=1e-12,
         return_views=False,
         frozen_bn=False,
+        distance="euclidean",
         kernel_initializer="glorot_normal",
         bias_initializer="zeros",
         kernel_regularizer=None,
@@ -88,6 +94,9 @@ class CorrFusion(keras.layers.Layer):
             raise ValueError(f"lambda2 must be >= 0; received lambda2={lambda2!r}.")
         if float(epsilon) < 0:
             raise ValueError(f"epsilon must be >= 0; received epsilon={epsilon!r}.")
+        if distance not in FUSION_DISTANCES:
+            raise ValueError(f"distance must be one of {FUSION_DISTANCES}; received distance={distance!r}.")
+        self.distance = distance
         self.reduction = int(reduction)
         self.lambda2 = float(lambda2)
         self.rho = float(rho)
@@ -163,6 +172,8 @@ class CorrFusion(keras.layers.Layer):
         x_re = self.excite_t1(x_bn)
         y_re = self.excite_t2(y_bn)
         dist = pair_distance(x_bn, y_bn, self.epsilon)
+        if self.distance == "rms":
+            dist = dist / float(x_bn.shape[-1]) ** 0.5
         w = ops.cast(1.0 - ops.tanh(dist), x_re.dtype)[:, None]
         x_phi = x + w * y_re
         y_phi = y + w * x_re
@@ -203,6 +214,7 @@ class CorrFusion(keras.layers.Layer):
                 "epsilon": self.epsilon,
                 "return_views": self.return_views,
                 "frozen_bn": self.frozen_bn,
+                "distance": self.distance,
                 "kernel_initializer": keras.initializers.serialize(self.kernel_initializer),
                 "bias_initializer": keras.initializers.serialize(self.bias_initializer),
                 "kernel_regularizer": keras.regularizers.serialize(self.kernel_regularizer),

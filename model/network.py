@@ -7,7 +7,8 @@ loads back with ``safe_mode=True`` on every backend (``model.load_model``).
 Forward pass (``model((x1, x2))`` / ``model.predict``) returns a dict:
 
 * ``prob_t1``, ``prob_t2`` — (N, K) float32 softmax probabilities;
-* ``dist``, ``fusion_weight`` — (N,) CorrFusion distance and ``1 − tanh(dist)`` (corrfusion);
+* ``dist``, ``fusion_weight`` — (N,) CorrFusion distance (``config.fusion_distance``) and
+  ``1 − tanh(dist)`` (corrfusion);
   ``dist`` is also returned by ``sdcca`` (distance of the two BN views);
 * ``view_t1``, ``view_t2`` — the two batch-normalised views that the canonical correlation
   metric (and the DCCA loss) read: (N, hidden/reduction) for corrfusion, (N, hidden) for
@@ -166,7 +167,8 @@ class _CorrFusionMethod(_Decorrelated):
             # the original adds ε to each of the d/r squared differences: √(ΣΔ² + (d/r)·ε)
             epsilon=DIST_EPSILON * (c.hidden // c.reduction if c.dist_epsilon == "per_feature" else 1),
             return_views=True,
-            frozen_bn=model.config.bn == "frozen",
+            frozen_bn=model.config.fusion_bn == "frozen",
+            distance=model.config.fusion_distance,
             kernel_initializer=model._initializer(100, model.config.fusion_init),
             name="corrfusion",
         )
@@ -492,7 +494,12 @@ class CorrFusionNet(keras.Model):
                         "- 0.5)", LEGACY_INPUT_NORM)
             fields["input_norm"] = LEGACY_INPUT_NORM
         # Weights come from the saved file; never re-download or re-read the original source.
-        model_config = ModelConfig.from_dict(dict(fields, weights=None))
+        saved = dict(fields, weights=None)
+        # Saved before the module had its own settings: its BN followed ``bn``, the distance was
+        # the paper's; keep what the checkpoint was trained with (not today's defaults).
+        saved.setdefault("fusion_bn", saved.get("bn", "batch"))
+        saved.setdefault("fusion_distance", "euclidean")
+        model_config = ModelConfig.from_dict(saved)
         return cls(model_config, **config)
 
     def get_build_config(self):

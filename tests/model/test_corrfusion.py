@@ -31,7 +31,9 @@ def _randomize(layer, rng):
 
 
 def np_corrfusion(layer, x, y, training, eps=1e-12):
-    """NumPy §2.1 steps 1-6 with the layer's weights; returns x_phi, y_phi, dist, x_bn, y_bn."""
+    """NumPy §2.1 steps 1-6 with the layer's weights (its ``distance`` and ``frozen_bn``); returns
+    x_phi, y_phi, dist, x_bn, y_bn."""
+    training = training and not layer.frozen_bn
 
     def dense(sub, v):
         return np.maximum(v @ _np(sub.kernel) + _np(sub.bias), 0.0)
@@ -47,6 +49,8 @@ def np_corrfusion(layer, x, y, training, eps=1e-12):
     y_bn = bn(layer.bn_t2, dense(layer.squeeze_t2, y))
     x_re, y_re = dense(layer.excite_t1, x_bn), dense(layer.excite_t2, y_bn)
     dist = np.sqrt(((x_bn - y_bn) ** 2).sum(-1) + eps)
+    if layer.distance == "rms":
+        dist = dist / np.sqrt(x_bn.shape[1])
     w = (1 - np.tanh(dist))[:, None]
     return x + w * y_re, y + w * x_re, dist, x_bn, y_bn
 
@@ -71,6 +75,80 @@ def test_layer_contract():
     )
 
 
+def test_layer_contract_of_the_fusion_variants():
+    x, y = _data(np.random.default_rng(0))
+    for kwargs in ({"distance": "rms"}, {"distance": "rms", "frozen_bn": True}):
+        run_layer_test(
+            CorrFusion, {"reduction": 2, "lambda2": 1e-3, **kwargs}, [x, y],
+            [(12, 8), (12, 8), (12,)],
+            expected_num_trainable_weights=12, expected_num_non_trainable_weights=6,
+        )
+    assert CorrFusion(distance="rms").get_config()["distance"] == "rms"
+    assert CorrFusion().get_config()["distance"] == "euclidean"  # the paper's by default
+
+
+def _randomize_wide(layer, rng):
+    """Weights of a training-sized layer (d = 1024): kernels ~ N(0, 1/fan_in), random BN state."""
+    for sub in (layer.squeeze_t1, layer.squeeze_t2, layer.excite_t1, layer.excite_t2):
+        fan_in = sub.kernel.shape[0]
+        sub.kernel.assign(rng.normal(scale=fan_in ** -0.5, size=sub.kernel.shape).astype("float32"))
+        sub.bias.assign(rng.normal(scale=0.1, size=sub.bias.shape).astype("float32"))
+    for bn in (layer.bn_t1, layer.bn_t2):
+        m = bn.gamma.shape[0]
+        bn.gamma.assign(rng.uniform(0.5, 1.5, m).astype("float32"))
+        bn.beta.assign(rng.normal(scale=0.1, size=m).astype("float32"))
+        bn.moving_mean.assign(rng.uniform(0.0, 0.5, m).astype("float32"))
+        bn.moving_variance.assign(rng.uniform(0.05, 0.5, m).astype("float32"))
+
+
+@pytest.mark.parametrize("distance", ["euclidean", "rms"])
+@pytest.mark.parametrize("frozen_bn,training", [(False, True), (False, False), (True, True)])
+def test_fusion_variants_match_float64_at_training_size(distance, frozen_bn, training):
+    """Batch 32, d = 1024, r = 2 (512 squeezed features): distance, w and the fused features
+    against a float64 NumPy reference, for the paper's distance and the RMS one, with batch
+    statistics and with the module's BN frozen (training mode then uses the layer's moving
+    statistics, never the batch's)."""
+    rng = np.random.default_rng(5)
+    x = np.abs(rng.normal(size=(32, 1024))).astype("float32")
+    y = (0.9 * x + 0.45 * np.abs(rng.normal(size=(32, 1024)))).astype("float32")
+    layer = CorrFusion(reduction=2, lambda2=0.0, return_views=True, distance=distance,
+                       frozen_bn=frozen_bn)
+    layer.build([x.shape, y.shape])
+    _randomize_wide(layer, rng)
+    # date 2's weights close to date 1's: the distances lie where tanh is not saturated
+    for a, b in (("squeeze_t1", "squeeze_t2"), ("bn_t1", "bn_t2")):
+        getattr(layer, b).set_weights([w + rng.normal(scale=0.01, size=w.shape).astype("float32")
+                                       for w in getattr(layer, a).get_weights()])
+    got = [_np(v) for v in layer([x, y], training=training)]
+    ref = np_corrfusion(layer, x.astype(np.float64), y.astype(np.float64), training)
+    for g, r, name in zip(got, ref, ("x_phi", "y_phi", "dist", "x_bn", "y_bn"), strict=True):
+        np.testing.assert_allclose(g, r, rtol=2e-4, atol=2e-4, err_msg=name)
+    if distance == "rms":
+        assert 0.02 < (1 - np.tanh(ref[2])).mean() < 0.98  # a weight, neither 0 nor 1
+        np.testing.assert_allclose(
+            got[2], np.sqrt(((ref[3] - ref[4]) ** 2).mean(-1)), rtol=1e-4)  # the RMS difference
+
+
+def test_rms_distance_does_not_grow_with_the_width():
+    """With batch-statistics BN the Euclidean distance of views that agree to a correlation ρ
+    grows like √(2·m·(1 − ρ)) with the width m = d/r; the RMS distance stays near √(2(1 − ρ))."""
+    rng = np.random.default_rng(3)
+    out = {}
+    for d in (64, 1024):
+        x = rng.normal(size=(32, d)).astype("float32")
+        y = (0.95 * x + np.sqrt(1 - 0.95 ** 2) * rng.normal(size=(32, d))).astype("float32")
+        for distance in ("euclidean", "rms"):
+            layer = CorrFusion(reduction=1, lambda2=0.0, distance=distance)
+            layer.build([x.shape, y.shape])
+            eye = np.eye(d, dtype="float32")
+            for sub in (layer.squeeze_t1, layer.squeeze_t2):  # identity squeeze: ReLU(x)
+                sub.kernel.assign(eye)
+            out[d, distance] = float(_np(layer([x, y], training=True)[2]).mean())
+    assert out[1024, "euclidean"] / out[64, "euclidean"] == pytest.approx(4.0, rel=0.1)
+    assert out[1024, "rms"] == pytest.approx(out[64, "rms"], rel=0.1)
+    assert 1 - np.tanh(out[1024, "euclidean"]) < 1e-6 < 0.3 < 1 - np.tanh(out[1024, "rms"])
+
+
 def test_sublayer_names_and_covariance_weights():
     layer = CorrFusion(reduction=2)
     layer.build([(None, 8), (None, 8)])
@@ -86,6 +164,8 @@ def test_rejects_bad_arguments_and_shapes():
         CorrFusion(reduction=0)
     with pytest.raises(ValueError, match="rho=1.5"):
         CorrFusion(rho=1.5)
+    with pytest.raises(ValueError, match="distance='cosine'"):
+        CorrFusion(distance="cosine")
     with pytest.raises(ValueError, match=r"x=\(None, 8\), y=\(None, 6\)"):
         CorrFusion().build([(None, 8), (None, 6)])
     with pytest.raises(ValueError, match="d=9 is not divisible by reduction=2"):

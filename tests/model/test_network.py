@@ -286,7 +286,7 @@ def test_the_original_codes_options(method):
     Glorot-uniform squeeze/excite kernels, L2 as l2·Σw²/2."""
     x, y = _data()
     model = _small(method, shared=False, bn="frozen", pooling="flatten", decov_init="orthogonal",
-                   decov_penalty="original", fusion_init="glorot_uniform")
+                   decov_penalty="original", fusion_init="glorot_uniform", fusion_bn="frozen")
     assert isinstance(model.pool, keras.layers.Flatten)
     assert model.backbone_t1 is not model.backbone_t2
     bns = _bn_layers(model)
@@ -343,6 +343,26 @@ def test_original_options_survive_save_and_load(tmp_path):
                                ops.convert_to_numpy(model(x)["prob_t1"]), atol=1e-6)
     np.testing.assert_allclose(ops.convert_to_numpy(back.decorrelation.cov_t1),
                                ops.convert_to_numpy(model.decorrelation.cov_t1))
+
+
+def test_the_module_bn_is_independent_of_the_backbone_bn():
+    """issue 23: --fusion_bn sets CorrFusion's own BN; --bn the backbone's and the views'."""
+    a = _small("corrfusion", bn="batch", fusion_bn="frozen", fusion_distance="rms")
+    assert a.corrfusion.frozen_bn and a.corrfusion.distance == "rms" and not a.one_pass
+    b = _small("corrfusion", bn="frozen", fusion_bn="batch")
+    assert not b.corrfusion.frozen_bn and b.bn_training(True) is False
+
+
+def test_a_checkpoint_from_before_the_module_settings_keeps_its_module():
+    """A saved config without fusion_bn / fusion_distance (before issue 23) had the module's BN
+    follow ``bn`` and the paper's distance: it loads so, whatever today's defaults are."""
+    for bn in ("batch", "frozen"):
+        saved = _small("corrfusion", bn=bn).get_config()
+        for key in ("fusion_bn", "fusion_distance"):
+            saved["config"].pop(key)
+        net = CorrFusionNet.from_config(saved)
+        assert (net.config.fusion_bn, net.config.fusion_distance) == (bn, "euclidean")
+        assert net.corrfusion.frozen_bn == (bn == "frozen")
 
 
 # ------------------------------------------------------------------ issue 22: the original's comparators
@@ -449,7 +469,7 @@ def test_corrfusion_distance_epsilon(dist_epsilon):
     size (batch 32, d = 1024) against a float64 reference, with identical dates for half the batch
     (Δ = 0: dist = √(512·1e-12) = 2.3e-5 against √1e-12 = 1e-6)."""
     model = build_model(K, backbone="small", image_size=(16, 16), hidden=1024, seed=2,
-                        dist_epsilon=dist_epsilon)
+                        dist_epsilon=dist_epsilon, fusion_distance="euclidean")
     for a, b in (("fc1_t1", "fc1_t2"), ("fc2_t1", "fc2_t2")):
         getattr(model, b).set_weights(getattr(model, a).get_weights())
     cf = model.corrfusion

@@ -97,6 +97,7 @@ def test_the_original_preset_and_explicit_flags_over_it():
     assert (m.backbone, m.shared, m.bn, m.pooling) == ("resnet50", False, "frozen", "flatten")
     assert (m.decov_init, m.decov_penalty, m.fusion_init, m.l2) == ("orthogonal", "original",
                                                                      "glorot_uniform", 1e-4)
+    assert (m.fusion_bn, m.fusion_distance) == ("frozen", "euclidean")  # the paper's formula
     assert (config.optimizer, config.lr, config.lr_boundaries, config.momentum, config.nesterov) == (
         "sgd", (1e-3,), (), 0.9, True)
     assert config.preset == "original" and config.to_args()["preset"] == "original"
