@@ -176,7 +176,8 @@ def child_model(a, steps_per_epoch: int):
     targs = train_config(["-trn", a.trn or a.val, "-val", a.val, "--backbone", "small",
                           "-b", str(a.batch), "--hidden", str(a.hidden)])
     data = types.SimpleNamespace(num_classes=a.classes, image_size=(a.size, a.size), channels=3,
-                                 steps_per_epoch=steps_per_epoch)
+                                 steps_per_epoch=steps_per_epoch,
+                                 input_stats=None)  # memory only: the layer's unit statistics do
     net, _ = build_or_resume(targs, data, None, seed=0)
     return targs, net
 
