@@ -1,5 +1,6 @@
 """Smoke tests of the benchmark scripts at tiny sizes (no timing is asserted)."""
 
+import csv
 import json
 import sys
 
@@ -213,7 +214,25 @@ def test_gpu_profile_skips_gpu_only_flags_on_the_cpu_and_refuses_bad_variants(tm
     assert res["sweep"]["latency_hiding"]["skipped"] == "skipped: GPU-only XLA flag on the CPU"
     sweep = (out / "sweep.csv").read_text()
     assert "no_triton_gemm" in sweep and "--xla_gpu_enable_triton_gemm=false" in sweep
+    # no profile ran: the sweep table only, no empty per-class table
+    assert not (out / "profile.csv").exists() and "| class |" not in (out / "profile.md").read_text()
+    # --base_json: an earlier run's figures fill the "vs" columns; a bad file is a one-line error
+    prev = tmp_path / "prev.json"
+    prev.write_text(json.dumps({"date": "d", "keras-jax": {"ms_per_step": 20.0},
+                                "torch": {"ms_per_step": 16.0}}))
+    res["sweep"]["no_triton_gemm"] = {"ms_per_step": 25.0}
+    res["base_from"] = {"path": str(prev), "keras_ms_per_step": 20.0, "torch_ms_per_step": 16.0}
+    gpu_profile.write_tables(out, res)
+    row = next(r for r in csv.DictReader((out / "sweep.csv").open()) if r["variant"] == "no_triton_gemm")
+    assert (float(row["vs_base"]), float(row["vs_torch"])) == (0.8, 0.64)
+    assert gpu_profile.main(["--device", "cpu", "--sweep_only", "--sweep", "no_triton_gemm",
+                             "--base_json", str(prev), "--out", str(tmp_path / "b")]) == 0
+    assert json.loads((tmp_path / "b" / "profile.json").read_text())["base_from"]["torch_ms_per_step"] == 16.0
     capsys.readouterr()
+    assert gpu_profile.main(["--device", "cpu", "--sweep_only", "--base_json", str(tmp_path / "nope.json"),
+                             "--out", str(tmp_path / "c")]) == 2
+    assert capsys.readouterr().err.startswith("error: --base_json ")
+    assert not (tmp_path / "c").exists()
     assert gpu_profile.main(["--device", "cpu", "--sweep", "fastest", "--out", str(tmp_path / "x")]) == 2
     assert capsys.readouterr().err.startswith("error: --sweep: unknown variant(s) fastest")
     assert not (tmp_path / "x").exists()
