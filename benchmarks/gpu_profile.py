@@ -29,7 +29,10 @@ Each part runs in its own child process (XLA flags are read once per process):
 
 Output in ``--out``: ``profile.md`` (both tables), ``profile.csv`` (class, ms/step and share per
 framework), ``sweep.csv``, ``profile.json`` (everything, with the top operations), and the two
-traces (``keras_trace.json.gz``, ``torch_trace.json.gz``) when ``--keep_traces``.
+traces (``keras_trace.json.gz``, ``torch_trace.json.gz``) when ``--keep_traces``. With
+``--sweep_only`` no profile runs: ``profile.md`` holds only the sweep table (no ``profile.csv``),
+and ``--base_json`` (an earlier run's ``profile.json``) supplies the base and torch ms/step of its
+"vs base" / "vs torch" columns.
 """
 
 from __future__ import annotations
@@ -149,8 +152,8 @@ def classify_hlo(info: dict | None, kernel_shapes: set, name: str = "") -> str:
         return "conv_bwd_data" if (not op_name or "transpose(" in op_name) else "conv_fwd"
     if _COPY_NAME.match(name):
         return "copies"  # layout and dtype conversions
-    if "reduce-window" in name or "select-and-scatter" in name:
-        return "backbone_fusions"  # pooling and its gradient
+    if re.search(r"reduce[-_]window|select[-_]and[-_]scatter", name):
+        return "backbone_fusions"  # pooling and its gradient (loop_reduce_window_fusion: no name stack)
     if opcode == "dot" or op_name.endswith("dot_general") or "gemm" in target or "matmul" in target or "cublas" in target \
             or "triton_gemm" in info["line"] or "cudnn$fusion" in info["line"]:
         return "gemm"

@@ -187,13 +187,15 @@ def test_gpu_profile_classes_gpu_hlo_and_kernel_names():
   %input_transpose_fusion.1 = bf16[64,3,200,200]{3,2,1,0} fusion(%j), kind=kInput, calls=%fused_transpose.1
   ROOT %loop_tanh_fusion = f32[64]{0} fusion(%k), kind=kLoop, calls=%fused_tanh, metadata={op_name="jit(train_step)/jvp(corrfusion)/tanh"}
   %loop_select_fusion.4 = f32[32,32]{1,0} fusion(%l), kind=kLoop, calls=%fused_select.4, metadata={op_name="jit(train_step)/jit(solve)/lu"}
+  %loop_reduce_window_fusion.1 = bf16[64,50,50,128]{3,2,1,0} fusion(%m), kind=kLoop, calls=%fused_reduce_window.1
 """)
     kernels = {(3, 3, 64, 64)}
     got = {name: gpu_profile.classify_hlo(info, kernels, name) for name, info in hlo.items()}
     assert got == {"custom-call.3": "conv_fwd", "custom-call.9": "conv_bwd_data",
                    "custom-call.10": "conv_bwd_filter", "gemm_fusion_dot.2": "gemm",
                    "loop_multiply_fusion.7": "optimizer", "input_transpose_fusion.1": "copies",
-                   "loop_tanh_fusion": "head_losses", "loop_select_fusion.4": "metrics"}
+                   "loop_tanh_fusion": "head_losses", "loop_select_fusion.4": "metrics",
+                   "loop_reduce_window_fusion.1": "backbone_fusions"}
     names = {"sm90_xmma_fprop_implicit_gemm_bf16bf16_bf16f32_f32_nhwckrsc_nhwc": "conv_fwd",
              "sm90_xmma_dgrad_implicit_gemm_bf16bf16_bf16f32_f32_nhwckrsc_nchw": "conv_bwd_data",
              "sm90_xmma_wgrad_implicit_gemm_bf16bf16_bf16f32_f32_nhwckrsc_nhwc": "conv_bwd_filter",
