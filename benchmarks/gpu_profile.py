@@ -29,7 +29,10 @@ Each part runs in its own child process (XLA flags are read once per process):
 
 Output in ``--out``: ``profile.md`` (both tables), ``profile.csv`` (class, ms/step and share per
 framework), ``sweep.csv``, ``profile.json`` (everything, with the top operations), and the two
-traces (``keras_trace.json.gz``, ``torch_trace.json.gz``) when ``--keep_traces``.
+traces (``keras_trace.json.gz``, ``torch_trace.json.gz``) when ``--keep_traces``. With
+``--sweep_only`` no profile runs: ``profile.md`` holds only the sweep table (no ``profile.csv``),
+and ``--base_json`` (an earlier run's ``profile.json``) supplies the base and torch ms/step of its
+"vs base" / "vs torch" columns.
 """
 
 from __future__ import annotations
@@ -149,8 +152,8 @@ def classify_hlo(info: dict | None, kernel_shapes: set, name: str = "") -> str:
         return "conv_bwd_data" if (not op_name or "transpose(" in op_name) else "conv_fwd"
     if _COPY_NAME.match(name):
         return "copies"  # layout and dtype conversions
-    if "reduce-window" in name or "select-and-scatter" in name:
-        return "backbone_fusions"  # pooling and its gradient
+    if re.search(r"reduce[-_]window|select[-_]and[-_]scatter", name):
+        return "backbone_fusions"  # pooling and its gradient (loop_reduce_window_fusion: no name stack)
     if opcode == "dot" or op_name.endswith("dot_general") or "gemm" in target or "matmul" in target or "cublas" in target \
             or "triton_gemm" in info["line"] or "cudnn$fusion" in info["line"]:
         return "gemm"
@@ -518,6 +521,9 @@ def parse_args(argv=None):
     p.add_argument("--keep_traces", action="store_true", help="copy both traces into --out")
     p.add_argument("--sweep_only", action="store_true",
                    help="no profiles: only the sweep's variants (a second, shorter device call)")
+    p.add_argument("--base_json", default=None,
+                   help="with --sweep_only: an earlier run's profile.json whose keras-jax and torch "
+                        "ms/step fill the sweep's 'vs base' / 'vs torch' columns")
     p.add_argument("--out", default=None, help="directory of the tables (created)")
     p.add_argument("--child", choices=("keras-jax", "torch"), default=None, help=argparse.SUPPRESS)
     p.add_argument("--variant", default="base", help=argparse.SUPPRESS)
@@ -557,8 +563,11 @@ def run_child(kind, a, variant="base", profile=False) -> dict:
 
 
 def write_tables(out: Path, res: dict) -> None:
+    """``profile.md``, ``sweep.csv`` and, when a profile ran (not ``--sweep_only``),
+    ``profile.csv`` and the per-class table."""
     keras_p = (res.get("keras-jax") or {}).get("profile")
     torch_p = (res.get("torch") or {}).get("profile")
+    with_classes = not res["config"].get("sweep_only")
     rows = []
     for c in CLASSES:
         k = keras_p["ms_per_step"][c] if keras_p else None
@@ -568,13 +577,18 @@ def write_tables(out: Path, res: dict) -> None:
                      "torch_ms": t, "torch_share": t / torch_p["wall_ms_per_step"]
                      if torch_p and torch_p["wall_ms_per_step"] else None,
                      "keras_minus_torch_ms": k - t if k is not None and t is not None else None})
-    with open(out / "profile.csv", "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=list(rows[0]))
-        w.writeheader()
-        w.writerows(rows)
+    if with_classes:
+        with open(out / "profile.csv", "w", newline="") as f:
+            w = csv.DictWriter(f, fieldnames=list(rows[0]))
+            w.writeheader()
+            w.writerows(rows)
+    def fmt(v, spec=".2f"):
+        return "" if v is None else format(v, spec)
+
     sweep = res.get("sweep", {})
-    base_ms = (res.get("keras-jax") or {}).get("ms_per_step")
-    torch_ms = (res.get("torch") or {}).get("ms_per_step")
+    base = res.get("base_from") or {}
+    base_ms = (res.get("keras-jax") or {}).get("ms_per_step") or base.get("keras_ms_per_step")
+    torch_ms = (res.get("torch") or {}).get("ms_per_step") or base.get("torch_ms_per_step")
     srows = []
     for name, r in sweep.items():
         ms = r.get("ms_per_step")
@@ -590,14 +604,17 @@ def write_tables(out: Path, res: dict) -> None:
         w.writeheader()
         w.writerows(srows)
 
-    def fmt(v, spec=".2f"):
-        return "" if v is None else format(v, spec)
-
-    md = [f"# Training-step profile ({res['config']['device']}, {res['config']['backbone']} "
-          f"{res['config']['size']} px, batch {res['config']['batch']}, {res['date']})", "",
-          "| class | keras-jax ms/step | share | torch-" + res["config"]["torch"]
-          + " ms/step | share | keras − torch ms |", "|---|---:|---:|---:|---:|---:|"]
-    for r in rows:
+    md = [f"# Training-step {'profile' if with_classes else 'XLA-flag sweep'} "
+          f"({res['config']['device']}, {res['config']['backbone']} "
+          f"{res['config']['size']} px, batch {res['config']['batch']}, {res['date']})", ""]
+    if with_classes:
+        md += ["| class | keras-jax ms/step | share | torch-" + res["config"]["torch"]
+               + " ms/step | share | keras − torch ms |", "|---|---:|---:|---:|---:|---:|"]
+    elif base:
+        md.append(f"vs base / vs torch: against {base['path']} ({base.get('date', '')}): keras-jax "
+                  f"{fmt(base.get('keras_ms_per_step'))} ms/step, torch "
+                  f"{fmt(base.get('torch_ms_per_step'))} ms/step")
+    for r in rows if with_classes else ():
         md.append(f"| {r['class']} | {fmt(r['keras_ms'])} | {fmt(r['keras_share'], '.1%')} | "
                   f"{fmt(r['torch_ms'])} | {fmt(r['torch_share'], '.1%')} | "
                   f"{fmt(r['keras_minus_torch_ms'])} |")
@@ -616,7 +633,8 @@ def write_tables(out: Path, res: dict) -> None:
         md.append(f"\nkeras-jax per-call costs: the step waiting for its loss every call "
                   f"{fmt(k['ms_per_step_waiting_each'])} ms/step (vs {fmt(k.get('ms_per_step'))}); "
                   f"train_on_batch's host parts per call (ms): {parts}")
-    md += ["", "| variant | flags | status | compile s | ms/step | pairs/s | vs base | vs torch |",
+    md += [""] if md[-1] else []
+    md += ["| variant | flags | status | compile s | ms/step | pairs/s | vs base | vs torch |",
            "|---|---|---|---:|---:|---:|---:|---:|"]
     for r in srows:
         md.append(f"| {r['variant']} | `{r['flags']}` | {r['status']} | {fmt(r['compile_s'], '.1f')} "
@@ -650,6 +668,17 @@ def main(argv=None) -> int:
     if not a.out:
         sys.stderr.write("error: --out: give the directory for the tables\n")
         return 2
+    base = None
+    if a.base_json:
+        try:
+            prev = json.loads(Path(a.base_json).read_text())
+            base = {"path": a.base_json, "date": prev.get("date", ""),
+                    "keras_ms_per_step": prev["keras-jax"]["ms_per_step"],
+                    "torch_ms_per_step": (prev.get("torch") or {}).get("ms_per_step")}
+        except (OSError, ValueError, KeyError, TypeError) as e:
+            sys.stderr.write(f"error: --base_json {a.base_json}: not a profile.json with a keras-jax "
+                             f"ms_per_step ({type(e).__name__}: {e})\n")
+            return 2
     out = Path(a.out)
     if out.exists() and any(out.glob("profile*")):
         sys.stderr.write(f"error: --out {out}: holds profile files already; choose a new directory\n")
@@ -658,7 +687,10 @@ def main(argv=None) -> int:
     start = time.perf_counter()
     res = {"benchmark": "gpu_profile", "config": {k: getattr(a, k) for k in (
         "device", "backbone", "size", "batch", "hidden", "classes", "steps", "reps", "warmup",
-        "profile_steps", "torch")}, "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"), "sweep": {}}
+        "profile_steps", "torch", "sweep_only")}, "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
+        "sweep": {}}
+    if base:
+        res["base_from"] = base
 
     def save():
         (out / "profile.json").write_text(json.dumps(res, indent=2) + "\n")

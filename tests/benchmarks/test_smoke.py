@@ -1,5 +1,6 @@
 """Smoke tests of the benchmark scripts at tiny sizes (no timing is asserted)."""
 
+import csv
 import json
 import sys
 
@@ -186,13 +187,15 @@ def test_gpu_profile_classes_gpu_hlo_and_kernel_names():
   %input_transpose_fusion.1 = bf16[64,3,200,200]{3,2,1,0} fusion(%j), kind=kInput, calls=%fused_transpose.1
   ROOT %loop_tanh_fusion = f32[64]{0} fusion(%k), kind=kLoop, calls=%fused_tanh, metadata={op_name="jit(train_step)/jvp(corrfusion)/tanh"}
   %loop_select_fusion.4 = f32[32,32]{1,0} fusion(%l), kind=kLoop, calls=%fused_select.4, metadata={op_name="jit(train_step)/jit(solve)/lu"}
+  %loop_reduce_window_fusion.1 = bf16[64,50,50,128]{3,2,1,0} fusion(%m), kind=kLoop, calls=%fused_reduce_window.1
 """)
     kernels = {(3, 3, 64, 64)}
     got = {name: gpu_profile.classify_hlo(info, kernels, name) for name, info in hlo.items()}
     assert got == {"custom-call.3": "conv_fwd", "custom-call.9": "conv_bwd_data",
                    "custom-call.10": "conv_bwd_filter", "gemm_fusion_dot.2": "gemm",
                    "loop_multiply_fusion.7": "optimizer", "input_transpose_fusion.1": "copies",
-                   "loop_tanh_fusion": "head_losses", "loop_select_fusion.4": "metrics"}
+                   "loop_tanh_fusion": "head_losses", "loop_select_fusion.4": "metrics",
+                   "loop_reduce_window_fusion.1": "backbone_fusions"}
     names = {"sm90_xmma_fprop_implicit_gemm_bf16bf16_bf16f32_f32_nhwckrsc_nhwc": "conv_fwd",
              "sm90_xmma_dgrad_implicit_gemm_bf16bf16_bf16f32_f32_nhwckrsc_nchw": "conv_bwd_data",
              "sm90_xmma_wgrad_implicit_gemm_bf16bf16_bf16f32_f32_nhwckrsc_nhwc": "conv_bwd_filter",
@@ -213,7 +216,25 @@ def test_gpu_profile_skips_gpu_only_flags_on_the_cpu_and_refuses_bad_variants(tm
     assert res["sweep"]["latency_hiding"]["skipped"] == "skipped: GPU-only XLA flag on the CPU"
     sweep = (out / "sweep.csv").read_text()
     assert "no_triton_gemm" in sweep and "--xla_gpu_enable_triton_gemm=false" in sweep
+    # no profile ran: the sweep table only, no empty per-class table
+    assert not (out / "profile.csv").exists() and "| class |" not in (out / "profile.md").read_text()
+    # --base_json: an earlier run's figures fill the "vs" columns; a bad file is a one-line error
+    prev = tmp_path / "prev.json"
+    prev.write_text(json.dumps({"date": "d", "keras-jax": {"ms_per_step": 20.0},
+                                "torch": {"ms_per_step": 16.0}}))
+    res["sweep"]["no_triton_gemm"] = {"ms_per_step": 25.0}
+    res["base_from"] = {"path": str(prev), "keras_ms_per_step": 20.0, "torch_ms_per_step": 16.0}
+    gpu_profile.write_tables(out, res)
+    row = next(r for r in csv.DictReader((out / "sweep.csv").open()) if r["variant"] == "no_triton_gemm")
+    assert (float(row["vs_base"]), float(row["vs_torch"])) == (0.8, 0.64)
+    assert gpu_profile.main(["--device", "cpu", "--sweep_only", "--sweep", "no_triton_gemm",
+                             "--base_json", str(prev), "--out", str(tmp_path / "b")]) == 0
+    assert json.loads((tmp_path / "b" / "profile.json").read_text())["base_from"]["torch_ms_per_step"] == 16.0
     capsys.readouterr()
+    assert gpu_profile.main(["--device", "cpu", "--sweep_only", "--base_json", str(tmp_path / "nope.json"),
+                             "--out", str(tmp_path / "c")]) == 2
+    assert capsys.readouterr().err.startswith("error: --base_json ")
+    assert not (tmp_path / "c").exists()
     assert gpu_profile.main(["--device", "cpu", "--sweep", "fastest", "--out", str(tmp_path / "x")]) == 2
     assert capsys.readouterr().err.startswith("error: --sweep: unknown variant(s) fastest")
     assert not (tmp_path / "x").exists()
