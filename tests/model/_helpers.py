@@ -1,7 +1,10 @@
 """Backend-agnostic helpers for the model tests (value and gradient on TF or JAX)."""
 
+import functools
+
 import keras
 import numpy as np
+from threadpoolctl import threadpool_limits
 
 
 def value_and_grads(fn, *args):
@@ -26,6 +29,20 @@ def value_and_grads(fn, *args):
     raise NotImplementedError(backend)
 
 
+def one_blas_thread(fn):
+    """Run a float64 NumPy reference on one BLAS thread: beside another pytest-xdist worker (and
+    TensorFlow's threads) OpenBLAS's spinning threads made the d = 1024 references several times
+    slower than on one idle core."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        with threadpool_limits(limits=1):
+            return fn(*args, **kwargs)
+
+    return wrapper
+
+
+@one_blas_thread
 def np_cca(h1, h2, r=1e-4, eps=1e-12):
     """NumPy float64 reference of §2.1/§2.2: returns (T, canonical_correlation, dcca_loss)."""
     h1 = np.asarray(h1, np.float64)
@@ -47,6 +64,7 @@ def np_cca(h1, h2, r=1e-4, eps=1e-12):
     return t, np.sqrt((t**2).sum() + eps), -sv[sv**2 > eps].sum()
 
 
+@one_blas_thread
 def np_dcca_grad(h1, h2, r=1e-4):
     """Float64 reference of the DCCA loss and the closed-form gradient of the *loss* (§2.2), formed
     in d-space as docs/DESIGN.md §2.2 writes it: returns (loss, dloss/dh1, dloss/dh2).
