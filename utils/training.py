@@ -78,6 +78,13 @@ def train(config: TrainConfig, checked_splits=()) -> int:
     """
     select_devices(config.gpu)  # before TensorFlow starts
     cluster = cluster_from_env()  # TF_CONFIG: multi-worker training (utils.multiworker)
+    if cluster is not None:
+        from utils.multiworker import supervise, supervised
+
+        if not supervised():  # the training in a child process: the join it waits in cannot
+            # be bounded or interrupted from inside (--join_timeout, SIGTERM/SIGINT); the
+            # child's exit status is this command's
+            raise SystemExit(supervise(cluster, config.join_timeout))
     try:
         if cluster is not None and not cluster.is_chief:
             from utils.multiworker import temporary_workdir
