@@ -261,9 +261,10 @@ def test_a_worker_waiting_for_its_peers_says_so_without_tensorflows_lines(demo_d
         time.sleep(3.0)  # inside TensorFlow's native wait
         assert proc.poll() is None and not (tmp_path / "w").exists()
     finally:
-        proc.kill()
+        proc.kill()  # SIGKILL: the supervised child dies with it (PR_SET_PDEATHSIG)
         _, rest = proc.communicate(timeout=60)
     lines += rest.splitlines()
+    assert not child_alive(tmp_path)
     assert "waiting for workers: worker 0 of 2, for the 1 other(s) in TF_CONFIG to join" \
         in lines[-1], lines
     assert only_log_lines(lines) == [], lines
@@ -309,8 +310,10 @@ def test_a_worker_whose_peer_never_joins_gives_up_after_join_timeout(demo_data, 
     assert not (tmp_path / "w").exists()
 
 
-@pytest.mark.parametrize("sig, status, word", [(signal.SIGTERM, 143, "terminated"),
-                                               (signal.SIGINT, 130, "interrupted")])
+@pytest.mark.parametrize("sig, status, word", [
+    (signal.SIGTERM, 143, "terminated"),
+    pytest.param(signal.SIGINT, 130, "interrupted", marks=pytest.mark.slow),  # the same path
+])
 def test_sigterm_or_ctrl_c_while_waiting_for_workers_ends_it(demo_data, tmp_path, sig, status,
                                                              word):
     """SIGTERM/SIGINT during TensorFlow's join: 143/130 within seconds with the single-worker
@@ -330,5 +333,10 @@ def test_sigterm_or_ctrl_c_while_waiting_for_workers_ends_it(demo_data, tmp_path
     assert elapsed < 10, elapsed
     assert not (tmp_path / "w").exists()
     # the supervised child (same command line, with the marker) has not outlived it
+    assert not child_alive(tmp_path)
+
+
+def child_alive(tmp_path) -> bool:
+    """A process of start_lonely_worker's command line (the supervised child has the same)."""
     out = subprocess.run(["ps", "-eo", "args"], capture_output=True, text=True).stdout
-    assert str(tmp_path / "w") not in out
+    return str(tmp_path / "w") in out
