@@ -295,6 +295,13 @@ def supervise(cluster, join_timeout: float) -> int:
     run does (its own line and status), or is killed after ``GRACE_S`` seconds. The child runs in
     its own process group, so Ctrl-C reaches it once, through here, and dies with this process
     (Linux: even a ``kill -9`` of this one ends it); its output is this one's."""
+    # the child's temporary files (a non-chief worker's run directory) in a directory removed
+    # when it has ended, however it ended
+    with tempfile.TemporaryDirectory(prefix="corrfusion-supervised-") as tmp:
+        return _supervise(cluster, join_timeout, {**os.environ, "TMPDIR": tmp})
+
+
+def _supervise(cluster, join_timeout: float, env: dict) -> int:
     import select
     import signal
     import subprocess
@@ -302,7 +309,7 @@ def supervise(cluster, join_timeout: float) -> int:
     from utils.cli import JoinTimeout
 
     read_fd, write_fd = os.pipe()
-    env = {**os.environ, SUPERVISED_ENV: str(write_fd)}
+    env = {**env, SUPERVISED_ENV: str(write_fd)}
     try:
         child = subprocess.Popen([sys.executable, *sys.orig_argv[1:]], env=env,
                                  pass_fds=(write_fd,), process_group=0,
