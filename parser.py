@@ -302,6 +302,9 @@ def train_parser() -> argparse.ArgumentParser:
 
     dev = p.add_argument_group("devices")
     _add_device_args(dev)
+    dev.add_argument("--join_timeout", type=non_negative_float, default=600.0, metavar="SECONDS",
+                     help="multi-worker (TF_CONFIG): give up when the other workers have not all "
+                          "joined within SECONDS (exit status 75, nothing written; 0: wait forever)")
     return p
 
 

@@ -51,7 +51,7 @@ def main(argv=None, checked_splits=()) -> int:
     # the library after parsing: -h and usage errors are answered without NumPy or TensorFlow
     from utils.training import train
 
-    return train(config, checked_splits)
+    return train(config, checked_splits, supervise_join=True)  # TF_CONFIG: --join_timeout
 
 
 if __name__ == "__main__":

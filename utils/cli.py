@@ -122,6 +122,8 @@ BAD_INPUT = (UsageError, FileNotFoundError)
 #: exit status of a command stopped by a full disk, a quota or a file-size limit (``ulimit -f``):
 #: sysexits' EX_IOERR; its one line says what happened and how to go on (``DiskFull``)
 DISK_FULL_STATUS = 74
+#: a multi-worker run whose peers did not join within --join_timeout (EX_TEMPFAIL: try again)
+JOIN_TIMEOUT_STATUS = 75
 #: the errors a write gets from a full disk (ENOSPC), a file-size limit (EFBIG), a quota (EDQUOT)
 DISK_FULL_ERRNOS = frozenset({errno.ENOSPC, errno.EFBIG, errno.EDQUOT})
 
@@ -142,6 +144,10 @@ def disk_full(e: OSError, then: str = "free space and run the command again") ->
     reason = e.strerror or errno.errorcode.get(e.errno, str(e.errno))
     return DiskFull(f"{where}disk full, write failed ({reason}, errno {e.errno}); files written "
                     f"before are whole (each is replaced only once complete): {then}")
+
+
+class JoinTimeout(Exception):
+    """The other workers of TF_CONFIG did not join in time (``run_main``: one line, status 75)."""
 
 
 class Terminated(BaseException):
@@ -169,8 +175,9 @@ def sigterm_unwinds():
 def run_main(main, argv=None) -> int:
     """Call main(argv); bad input -> 'error: ...' on stderr and exit status 2, no traceback; a
     full disk (``DISK_FULL_ERRNOS``) -> one 'error:' line and ``DISK_FULL_STATUS`` (74);
-    Ctrl-C -> "interrupted", 130; SIGTERM -> "terminated", 143 (128 + 15), after the same
-    clean-up (temporary files removed, locks released; checkpoints are whole files)."""
+    the other workers of a multi-worker run not joining in time -> one 'error:' line and
+    ``JOIN_TIMEOUT_STATUS`` (75); Ctrl-C -> "interrupted", 130; SIGTERM -> "terminated", 143
+    (128 + 15), after the same clean-up (temporary files removed, locks released; checkpoints are whole files)."""
     try:
         with sigterm_unwinds():
             rc = main(argv)
@@ -185,6 +192,9 @@ def run_main(main, argv=None) -> int:
             e = disk_full(e)
         print(f"error: {str(e).strip().splitlines()[0]}", file=sys.stderr)
         return DISK_FULL_STATUS
+    except JoinTimeout as e:
+        print(f"error: {e}", file=sys.stderr)
+        return JOIN_TIMEOUT_STATUS
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130

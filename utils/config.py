@@ -69,6 +69,7 @@ class TrainConfig:
     gpu: str | None
     mixed_precision: bool
     jit: bool | None  # None: utils.devices.resolve_jit's backend default
+    join_timeout: float  # multi-worker: seconds to wait for the other workers (0: forever)
     verbose: bool  # debug log and TensorFlow's start-up lines (utils.cli.configure_logging)
 
     @classmethod

@@ -34,9 +34,11 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
+import os
 import shutil
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 from utils.cli import UsageError
@@ -243,12 +245,128 @@ def wait_for_workers(create, cluster):
     every worker of TF_CONFIG has connected), with a "waiting for workers" log line before and
     "all workers joined" after; TensorFlow's start-up lines (coordination service, gRPC server)
     hidden unless --verbose. The native wait holds Python's GIL and TensorFlow catches SIGTERM
-    there itself, so it cannot be bounded or interrupted from Python (README: Limits)."""
+    there itself, so it cannot be bounded or interrupted from Python: ``supervise``, the parent
+    process, does that (--join_timeout, SIGTERM/SIGINT)."""
     from utils.cli import quiet_native_stderr
 
     log.info("waiting for workers: %s %d of %d, for the %d other(s) in TF_CONFIG to join",
              cluster.task_type, cluster.task_index, cluster.num_workers, cluster.num_workers - 1)
+    _tell_supervisor(_WAITING)
     with quiet_native_stderr():
         strategy = create()
+    _tell_supervisor(_JOINED)
     log.info("all %d workers joined", cluster.num_workers)
     return strategy
+
+
+# ------------------------------------------------------------------------------- supervision
+#: set in the supervised child (``supervise``): the write end of the parent's pipe, as a number
+SUPERVISED_ENV = "CORRFUSION_SUPERVISED"
+#: seconds a supervised child has, after a forwarded SIGTERM/SIGINT, to end on its own once the
+#: workers have joined (its own clean-up); before, nothing is written and it is killed at once
+GRACE_S = 10.0
+_WAITING, _JOINED = b"w", b"j"
+
+
+def supervised() -> bool:
+    """This process is the training child of ``supervise``."""
+    return bool(os.environ.get(SUPERVISED_ENV))
+
+
+def _tell_supervisor(marker: bytes) -> None:
+    fd = os.environ.get(SUPERVISED_ENV)
+    if fd:
+        try:
+            os.write(int(fd), marker)
+        except (OSError, ValueError):  # no supervisor (a bad or closed fd): nothing to tell
+            pass
+
+
+def supervise(cluster, join_timeout: float) -> int:
+    """Run this command again in a child process (same interpreter, arguments and environment,
+    plus ``CORRFUSION_SUPERVISED``) and wait for it; the child's exit status.
+
+    TensorFlow's join (``wait_for_workers``) holds Python's GIL and catches SIGTERM itself, so a
+    worker cannot bound or end its own wait; its parent can. The child tells through an inherited
+    pipe when it starts waiting and when all workers have joined. Until they have (nothing is
+    written before): more than ``join_timeout`` seconds of waiting (0: no limit) kill it and
+    raise ``JoinTimeout``; SIGTERM/SIGINT kill it and unwind as ``Terminated``/KeyboardInterrupt
+    (``run_main``: 143/130). After: the signal is forwarded, and the child ends as a single-worker
+    run does (its own line and status), or is killed after ``GRACE_S`` seconds. The child runs in
+    its own process group, so Ctrl-C reaches it once, through here, and dies with this process
+    (Linux: even a ``kill -9`` of this one ends it); its output is this one's."""
+    # the child's temporary files (a non-chief worker's run directory) in a directory removed
+    # when it has ended, however it ended
+    with tempfile.TemporaryDirectory(prefix="corrfusion-supervised-") as tmp:
+        return _supervise(cluster, join_timeout, {**os.environ, "TMPDIR": tmp})
+
+
+def _supervise(cluster, join_timeout: float, env: dict) -> int:
+    import select
+    import signal
+    import subprocess
+
+    from utils.cli import JoinTimeout
+
+    read_fd, write_fd = os.pipe()
+    env = {**env, SUPERVISED_ENV: str(write_fd)}
+    try:
+        child = subprocess.Popen([sys.executable, *sys.orig_argv[1:]], env=env,
+                                 pass_fds=(write_fd,), process_group=0,
+                                 preexec_fn=_die_with_parent)
+    finally:
+        os.close(write_fd)
+    waiting_since, joined, eof = None, False, False
+    try:
+        while child.poll() is None:
+            if not eof and select.select([read_fd], [], [], 0.2)[0]:
+                data = os.read(read_fd, 64)
+                eof = not data
+                if _WAITING in data and waiting_since is None:
+                    waiting_since = time.monotonic()
+                joined = joined or _JOINED in data
+            elif eof:
+                time.sleep(0.2)
+            if (not joined and waiting_since is not None and join_timeout > 0
+                    and time.monotonic() - waiting_since > join_timeout):
+                _kill(child)
+                raise JoinTimeout(
+                    f"TF_CONFIG: the other {cluster.num_workers - 1} worker(s) did not join "
+                    f"{cluster.task_type} {cluster.task_index} within {join_timeout:g} s "
+                    "(--join_timeout); nothing was written")
+        return child.returncode
+    except BaseException as e:  # SIGTERM (Terminated), Ctrl-C, or an error of this process
+        if not eof and select.select([read_fd], [], [], 0)[0]:  # a "joined" not read yet
+            joined = joined or _JOINED in os.read(read_fd, 64)
+        if child.poll() is None:
+            sig = signal.SIGINT if isinstance(e, KeyboardInterrupt) else signal.SIGTERM
+            if joined:
+                child.send_signal(sig)
+                try:
+                    rc = child.wait(timeout=GRACE_S)
+                except subprocess.TimeoutExpired:
+                    _kill(child)
+                else:  # it ended on its own: its line has been written, its status is ours
+                    raise SystemExit(rc) from None
+            else:
+                _kill(child)
+        raise
+    finally:
+        os.close(read_fd)
+
+
+def _die_with_parent() -> None:
+    """In the child before it starts (Linux): SIGKILL when the supervisor dies, even by
+    SIGKILL, so that no orphan waits for its peers forever (elsewhere: nothing)."""
+    if not sys.platform.startswith("linux"):
+        return
+    import ctypes
+    import signal
+
+    PR_SET_PDEATHSIG = 1
+    ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, int(signal.SIGKILL), 0, 0, 0)
+
+
+def _kill(child) -> None:
+    child.kill()
+    child.wait()

@@ -415,7 +415,7 @@ RESUME_MAY_CHANGE = frozenset({
     "workdir", "log_path", "model_path", "tb_path", "result_path",
     "use_tfboard", "save_model", "save_log", "eval_trn",
     "gpu", "jit", "ce_weights",  # ce_weights: derived from --class_weight and the data
-    "verbose",
+    "verbose", "join_timeout",
 })
 
 

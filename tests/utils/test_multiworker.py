@@ -8,6 +8,7 @@ import csv
 import json
 import os
 import re
+import signal
 import socket
 import subprocess
 import sys
@@ -260,10 +261,82 @@ def test_a_worker_waiting_for_its_peers_says_so_without_tensorflows_lines(demo_d
         time.sleep(3.0)  # inside TensorFlow's native wait
         assert proc.poll() is None and not (tmp_path / "w").exists()
     finally:
-        proc.kill()
+        proc.kill()  # SIGKILL: the supervised child dies with it (PR_SET_PDEATHSIG)
         _, rest = proc.communicate(timeout=60)
     lines += rest.splitlines()
+    assert not child_alive(tmp_path)
     assert "waiting for workers: worker 0 of 2, for the 1 other(s) in TF_CONFIG to join" \
         in lines[-1], lines
     assert only_log_lines(lines) == [], lines
     assert not (tmp_path / "w").exists()
+
+
+@pytest.mark.parametrize("value", ["-1", "inf", "nan", "soon"])
+def test_a_bad_join_timeout_is_a_usage_error_in_one_line(value, capsys):
+    from parser import train_parser
+
+    with pytest.raises(SystemExit) as e:
+        train_parser().parse_args(["--join_timeout", value])
+    assert e.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert "--join_timeout" in err and "a finite number >= 0" in err, err
+
+
+def test_join_timeout_defaults_to_600_s_and_0_is_no_limit():
+    from parser import train_parser
+
+    assert train_parser().parse_args([]).join_timeout == 600
+    assert train_parser().parse_args(["--join_timeout", "0"]).join_timeout == 0
+
+
+def test_a_worker_whose_peer_never_joins_gives_up_after_join_timeout(demo_data, tmp_path):
+    """--join_timeout 5: one 'error:' line naming TF_CONFIG and the timeout, exit status 75
+    (README), no process left, nothing written."""
+    from utils.cli import JOIN_TIMEOUT_STATUS
+
+    start = time.monotonic()
+    proc = start_lonely_worker(tmp_path, demo_data, "--join_timeout", "5")
+    try:
+        _, err = proc.communicate(timeout=120)
+    finally:
+        proc.kill()
+    lines = err.strip().splitlines()
+    assert proc.returncode == JOIN_TIMEOUT_STATUS == 75, err
+    assert lines[-1] == ("error: TF_CONFIG: the other 1 worker(s) did not join worker 0 within "
+                         "5 s (--join_timeout); nothing was written"), err
+    assert any("waiting for workers" in ln for ln in lines), err
+    assert only_log_lines(lines) == [], lines
+    assert time.monotonic() - start < 90
+    assert not (tmp_path / "w").exists()
+
+
+@pytest.mark.parametrize("sig, status, word", [
+    (signal.SIGTERM, 143, "terminated"),
+    pytest.param(signal.SIGINT, 130, "interrupted", marks=pytest.mark.slow),  # the same path
+])
+def test_sigterm_or_ctrl_c_while_waiting_for_workers_ends_it(demo_data, tmp_path, sig, status,
+                                                             word):
+    """SIGTERM/SIGINT during TensorFlow's join: 143/130 within seconds with the single-worker
+    run's line, the training child gone too, nothing written."""
+    proc = start_lonely_worker(tmp_path, demo_data)
+    try:
+        read_until_waiting(proc)
+        time.sleep(1.0)  # inside TensorFlow's native wait
+        sent = time.monotonic()
+        proc.send_signal(sig)
+        _, rest = proc.communicate(timeout=30)
+        elapsed = time.monotonic() - sent
+    finally:
+        proc.kill()
+    assert proc.returncode == status, rest
+    assert rest.strip().splitlines()[-1] == word, rest
+    assert elapsed < 10, elapsed
+    assert not (tmp_path / "w").exists()
+    # the supervised child (same command line, with the marker) has not outlived it
+    assert not child_alive(tmp_path)
+
+
+def child_alive(tmp_path) -> bool:
+    """A process of start_lonely_worker's command line (the supervised child has the same)."""
+    out = subprocess.run(["ps", "-eo", "args"], capture_output=True, text=True).stdout
+    return str(tmp_path / "w") in out
