@@ -249,7 +249,6 @@ def collect(args) -> list[dict]:
 
 
 def summarize(rows: list[dict]) -> list[dict]:
-    import numpy as np
 
     groups: dict = {}
     for r in rows:
@@ -257,21 +256,13 @@ def summarize(rows: list[dict]) -> list[dict]:
     out = []
     for (variant, s, method), rs in groups.items():
         row = {"variant": variant, "strength": s, "method": method, "runs": len(rs)}
-        for key in COLUMNS:
-            v = np.array([r[key] for r in rs if r[key] is not None], float)
-            row[key + "_mean"] = float(v.mean()) if len(v) else None
-            row[key + "_std"] = float(v.std(ddof=1)) if len(v) > 1 else None
+        row.update(fd.mean_std_row(rs, COLUMNS))
         out.append(row)
     return out
 
 
 def table(summary: list[dict]) -> str:
-    def cell(r, key, scale=100, fmt="{:.1f}"):
-        m, sd = r[key + "_mean"], r[key + "_std"]
-        if m is None:
-            return "—"
-        return fmt.format(scale * m) + ("" if sd is None else " ± " + fmt.format(scale * sd))
-
+    cell = fd.mean_std_cell
     lines = ["| variant | s | method | runs | OA_t1 (%) | OA_t2 (%) | change F1 (%) | w unchanged "
              "| w changed | AUC of w |",
              "|---|---:|---|---:|---:|---:|---:|---:|---:|---:|"]

@@ -193,7 +193,6 @@ def fusion_means(npz: Path) -> dict:
 
 
 def summarize(rows: list[dict]) -> list[dict]:
-    import numpy as np
 
     groups: dict = {}
     for r in rows:
@@ -201,21 +200,32 @@ def summarize(rows: list[dict]) -> list[dict]:
     out = []
     for (setting, s, method), rs in groups.items():
         row = {"setting": setting, "strength": s, "method": method, "runs": len(rs)}
-        for key in [k for k, _ in METRICS] + list(FUSION):
-            v = np.array([r[key] for r in rs if r[key] is not None], float)
-            row[key + "_mean"] = float(v.mean()) if len(v) else None
-            row[key + "_std"] = float(v.std(ddof=1)) if len(v) > 1 else None
+        row.update(mean_std_row(rs, [k for k, _ in METRICS] + list(FUSION)))
         out.append(row)
     return out
 
 
-def table(summary: list[dict]) -> str:
-    def cell(r, key, scale=100, fmt="{:.1f}"):
-        m, sd = r[key + "_mean"], r[key + "_std"]
-        if m is None:
-            return "—"
-        return fmt.format(scale * m) + ("" if sd is None else " ± " + fmt.format(scale * sd))
+def mean_std_row(runs: list[dict], keys) -> dict:
+    """``{KEY_mean, KEY_std}`` of each key over the runs (None values left out; the sample std,
+    ``utils.metrics.mean_std``): one row of a results summary (also experiments/ablation.py's)."""
+    from utils.metrics import mean_std
 
+    row = {}
+    for key in keys:
+        row[key + "_mean"], row[key + "_std"] = mean_std(r[key] for r in runs if r[key] is not None)
+    return row
+
+
+def mean_std_cell(r: dict, key: str, scale=100, fmt="{:.1f}") -> str:
+    """``KEY_mean ± KEY_std`` of a summary row as a table cell (× scale; "—" without a value)."""
+    m, sd = r[key + "_mean"], r[key + "_std"]
+    if m is None:
+        return "—"
+    return fmt.format(scale * m) + ("" if sd is None else " ± " + fmt.format(scale * sd))
+
+
+def table(summary: list[dict]) -> str:
+    cell = mean_std_cell
     lines = ["| setting | s | method | runs | OA_t1 (%) | OA_t2 (%) | change F1 (%) | w unchanged "
              "| w changed | dist unchanged | dist changed |",
              "|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
