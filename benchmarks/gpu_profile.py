@@ -317,17 +317,10 @@ def jax_trace_table(trace_path, hlo: dict, kernel_shapes: set, steps: int,
 
 # ------------------------------------------------------------------------------------ children
 def _windows(step, sync, warmup, steps, reps) -> list[float]:
-    for _ in range(warmup):
-        step()
-    sync()
-    out = []
-    for _ in range(reps):
-        t = time.perf_counter()
-        for _ in range(steps):
-            step()
-        sync()
-        out.append((time.perf_counter() - t) / steps)
-    return out
+    """Seconds per step in each of ``reps`` windows (``gpu_bench.timed_windows``, per step)."""
+    from benchmarks.gpu_bench import timed_windows
+
+    return [w / steps for w in timed_windows(step, sync, warmup, steps, reps)]
 
 
 def patch_losses_bf16():
