@@ -3,10 +3,10 @@
     python compare.py --data_dir DATA --methods baseline,corrfusion,dcca,sdcca,bovw \\
         --backbone vgg16 --runs 3 --workdir runs/compare -- -e 100 -b 32
 
-Every CNN run goes through ``utils.training.train`` with train_cnn.py's config (training, best
-checkpoint, test evaluation with ``utils.evaluation``); the BoVW baselines through
-``model.bovw.run_bovw`` and ``utils.evaluation.write_bovw_outputs``; the table is
-``utils.comparison``'s. Run k
+Every CNN run goes through ``training.fit.train`` with train_cnn.py's config (training, best
+checkpoint, test evaluation with ``evaluation.evaluate``); the BoVW baselines through
+``evaluation.baselines.run_bovw`` and ``evaluation.evaluate.write_bovw_outputs``; the table is
+``evaluation.comparison``'s. Run k
 of every method uses seed SEED + k. Each run lives in WORKDIR/METHOD/k/ with the usual run-directory
 layout; a run whose results/tst/results.json exists is not redone, and a CNN run that stopped
 half-way resumes from its last checkpoint, so an interrupted comparison is continued by running the
@@ -23,7 +23,9 @@ from pathlib import Path
 
 from data.shards import inspect_split
 from data.splits import resolve_split_dirs
-from model import bovw
+from evaluation import baselines
+from evaluation.comparison import bar_chart, csv_table, markdown_table, summarize
+from evaluation.evaluate import write_bovw_outputs
 from parser import (
     BACKBONE_NAMES,
     METHOD_NAMES,
@@ -32,18 +34,16 @@ from parser import (
     positive_int,
     train_parser,
 )
+from training.config import TrainConfig
+from training.fit import train
 from utils.cli import UsageError, configure_logging, run_main
-from utils.comparison import bar_chart, csv_table, markdown_table, summarize
-from utils.config import TrainConfig
 from utils.devices import select_devices
-from utils.evaluation import write_bovw_outputs
 from utils.rundir import (
     atomic_write_bytes,
     atomic_write_json,
     check_can_create_dir,
     is_nonempty_dir,
 )
-from utils.training import train
 
 log = logging.getLogger("corrfusion.compare")
 
@@ -178,7 +178,7 @@ def write_settings(args) -> None:
 
 
 def run_cnn(args, method: str, k: int, run_dir: Path) -> int:
-    """One CNN run through ``utils.training.train``: fresh, or resumed from its last checkpoint."""
+    """One CNN run through ``training.fit.train``: fresh, or resumed from its last checkpoint."""
     resume = (run_dir / "checkpoints" / "last.keras").is_file()  # its state is inside it
     if resume:
         log.info("%s run %d: resuming in %s", method, k, run_dir)
@@ -190,8 +190,8 @@ def run_cnn(args, method: str, k: int, run_dir: Path) -> int:
 
 
 def run_bovw(args, method: str, k: int, run_dir: Path) -> int:
-    """One BoVW run: model.bovw for the classifier, the same output files as a CNN run's."""
-    metrics, preds = bovw.run_bovw(args.trn_dir, args.tst_dir, method=BOVW_METHODS[method],
+    """One BoVW run: evaluation.baselines for the classifier, the same output files as a CNN run's."""
+    metrics, preds = baselines.run_bovw(args.trn_dir, args.tst_dir, method=BOVW_METHODS[method],
                                    val_dir=args.val_dir, words=args.bovw_words,
                                    patch=args.bovw_patch, seed=args.seed + k,
                                    check_values=False)  # main read the splits through

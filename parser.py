@@ -3,7 +3,7 @@
 Only the standard library (and ``model.config``, standard library only) is imported here, so `-h`
 and argument errors are answered before TensorFlow starts. The backbone and method choices are the
 keys of ``model.config.BACKBONES`` / ``METHODS``, and the model options' defaults are
-``ModelConfig``'s: one source each. Every ``dest`` is a field of ``utils.config.TrainConfig`` /
+``ModelConfig``'s: one source each. Every ``dest`` is a field of ``training.config.TrainConfig`` /
 ``EvalConfig`` or ``ModelConfig`` (``from_namespace`` copies them by name). The original CorrFusionNet flags keep their short and long names; the boolean
 ones accept true/false/1/0/yes/no (the original's ``type=bool`` turned ``-tb False`` into True).
 """
@@ -34,7 +34,7 @@ from utils.cli import HelpFormatter
 BACKBONE_NAMES = tuple(BACKBONES)
 METHOD_NAMES = tuple(METHODS)
 OPTIMIZER_NAMES = ("sgd", "adam", "adamw")
-#: ``--class_weight``: ``utils.training.CLASS_WEIGHTS`` has one builder per name
+#: ``--class_weight``: ``training.fit.CLASS_WEIGHTS`` has one builder per name
 CLASS_WEIGHTS = ("none", "balanced")
 
 #: ``--preset NAME`` -> {dest: value}, applied to every option not given on the command line.

@@ -5,7 +5,7 @@
         --bands 1,2,3 --threshold 0.3 --align
 
 Reads like a table of contents: parse -> checkpoint -> rasters -> model -> map -> report. The
-work is done by ``data.rasters`` (alignment, tiling grid, windowed reads) and ``utils.scene_map``
+work is done by ``data.rasters`` (alignment, tiling grid, windowed reads) and ``evaluation.scene_map``
 (prediction, GeoTIFFs, quick-look, summary). Everything that can be checked is checked before the
 model is loaded; bad input leaves one ``error:`` line on stderr, exit status 2 and nothing written.
 """
@@ -18,8 +18,9 @@ import pathlib
 import sys
 
 from data import rasters
+from evaluation import scene_map
+from model import checkpoints
 from parser import gpu_spec, positive_int, probability
-from utils import checkpoints, scene_map
 from utils.cli import HelpFormatter, UsageError, configure_logging, run_main
 from utils.devices import select_devices
 from utils.rundir import run_args

@@ -3,7 +3,7 @@
     python train_cnn.py --data_dir DATA --backbone vgg16 --method corrfusion -g 0
     python train_cnn.py --demo
 
-parse -> one ``TrainConfig`` -> ``utils.training.train``: the checks (before TensorFlow starts and
+parse -> one ``TrainConfig`` -> ``training.fit.train``: the checks (before TensorFlow starts and
 before anything is written), the loaders, the runs and their evaluation live in the library
 (docs/DESIGN.md §6); this script only turns the command line into the config.
 """
@@ -15,8 +15,8 @@ import time
 from pathlib import Path
 
 from parser import PRESETS, apply_defaults, check_train_args, train_parser
+from training.config import TrainConfig
 from utils.cli import configure_logging, run_main
-from utils.config import TrainConfig
 
 # The demo trains from scratch in a couple of minutes on 2 CPU cores: Adam converges far faster than
 # the paper's SGD schedule there (pass --optimizer sgd --lr ... to see the original's).
@@ -44,12 +44,12 @@ def apply_demo_defaults(parser, args, argv) -> None:
 
 
 def main(argv=None, checked_splits=()) -> int:
-    """checked_splits: see ``utils.training.train``."""
+    """checked_splits: see ``training.fit.train``."""
     args = parse_args(argv)
     config = TrainConfig.from_args(args)
     configure_logging(args.verbose)
     # the library after parsing: -h and usage errors are answered without NumPy or TensorFlow
-    from utils.training import train
+    from training.fit import train
 
     return train(config, checked_splits, supervise_join=True)  # TF_CONFIG: --join_timeout
 

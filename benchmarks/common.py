@@ -28,8 +28,8 @@ def ensure_repo_on_path() -> None:
 def train_config(argv):
     """train_cnn.py's ``TrainConfig`` for a command line, its splits resolved (no training)."""
     from parser import check_train_args, train_parser
-    from utils.config import TrainConfig
-    from utils.training import resolve_splits
+    from training.config import TrainConfig
+    from training.fit import resolve_splits
 
     parser = train_parser()
     return resolve_splits(TrainConfig.from_args(check_train_args(parser, parser.parse_args(argv), argv)))

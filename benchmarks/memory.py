@@ -171,7 +171,7 @@ def run_parent(a) -> dict:
 # ------------------------------------------------------------------------------------ child side
 def child_model(a, steps_per_epoch: int):
     from benchmarks.common import train_config
-    from utils.training import build_or_resume
+    from training.fit import build_or_resume
 
     targs = train_config(["-trn", a.trn or a.val, "-val", a.val, "--backbone", "small",
                           "-b", str(a.batch), "--hidden", str(a.hidden)])
@@ -289,7 +289,7 @@ def run_child_mode(a) -> dict:
         import functools
 
         from data import loader
-        from utils.training import check_data, load_data
+        from training.fit import check_data, load_data
 
         targs, net = child_model(a, 1)
         if a.child.startswith("whole"):  # the loader as it was for every shard: decode it whole

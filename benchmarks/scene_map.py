@@ -1,4 +1,4 @@
-"""Mapping whole scenes with utils.scene_map (predict.py's library): peak memory and tiles/s.
+"""Mapping whole scenes with evaluation.scene_map (predict.py's library): peak memory and tiles/s.
 
     python -m benchmarks.scene_map --sizes 2048,8192,16384 --tile 64 --batch 32 \\
         --json benchmarks/results/scene_map.json
@@ -9,7 +9,7 @@ resident set (``ru_maxrss``, and ``VmHWM`` as a cross-check):
 
 * ``map``: load a random-weight small-backbone CorrFusionNet (input ``--tile``), one warm-up
   ``predict_on_batch`` (compiles the predict function, as any later scene would find it), then
-  ``utils.scene_map.map_scene`` over the whole scene: windowed reads one row of tiles at a time,
+  ``evaluation.scene_map.map_scene`` over the whole scene: windowed reads one row of tiles at a time,
   prediction, the five GeoTIFFs, the quick-look and summary.json. Tiles/s over the wall time of
   ``map_scene``.
 * ``bare``: the same model, the first ``--bare_tiles`` tiles of the same scene read into memory
@@ -77,7 +77,7 @@ def child(args) -> dict:
     common.ensure_repo_on_path()
     import model as cfn
     from data import rasters
-    from utils import scene_map
+    from evaluation import scene_map
 
     net = cfn.load_model(args.model)
     t1, t2 = pathlib.Path(args.scene) / "t1.tif", pathlib.Path(args.scene) / "t2.tif"

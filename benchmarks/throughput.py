@@ -18,7 +18,7 @@ What is timed, per repetition (the two sides alternate order from one repetition
   compiled train function, two ways: ``model.fit`` on the in-memory tensors (no callbacks; timed
   like the full path) and a ``model.train_on_batch`` loop. The ratio is taken against the faster
   of the two in each repetition.
-* full evaluation: ``utils.evaluation.evaluate_split`` (shard checks, loader, predict, labels, every metric).
+* full evaluation: ``evaluation.evaluate.evaluate_split`` (shard checks, loader, predict, labels, every metric).
 * bare evaluation: ``model.predict`` on the split's images already scaled in memory (NumPy).
 * loader alone: iterating the training dataset without a model (the pipeline's own ceiling),
   with per-batch reads (uncompressed shards, the default) and with each shard decoded whole
@@ -96,7 +96,7 @@ def build_training(a, data_dir: Path, workdir: Path):
     import keras
 
     from benchmarks.common import train_config
-    from utils import training
+    from training import fit as training
     from utils.devices import make_strategy, setup_backend
     from utils.rundir import run_paths
 
@@ -194,7 +194,7 @@ def _run(a, tmp: Path) -> dict:
     data_dir = make_data(tmp / "data", a)
     log.info("data written in %.1f s: %s", time.perf_counter() - t, data_dir)
     targs, data, net, make_callbacks = build_training(a, data_dir, tmp / "run")
-    from utils.evaluation import evaluate_split
+    from evaluation.evaluate import evaluate_split
 
     watch = stopwatch_callback()
 

@@ -89,7 +89,7 @@ def batch_plan(pairs_per_file, batch_size, training, seed=0, epoch=0, drop_remai
 
     part: ``(index, count)``: only part ``index`` of each batch (:func:`part_range`): ``count``
     multi-worker processes together read the batches of one process, each its slice of every
-    batch (``utils.multiworker``).
+    batch (``training.multiworker``).
     """
     if batch_size < 1:
         raise ValueError(f"batch_size={batch_size}: expected >= 1")

@@ -47,7 +47,7 @@ REQUIRED_KEYS = IMAGE_KEYS + LABEL_KEYS
 IMAGE_DTYPES = (np.dtype(np.uint8), np.dtype(np.uint16), np.dtype(np.float32))
 #: the most classes K a training or an evaluation accepts (and the largest label without
 #: ``class_names``/``num_classes``): the K x K confusion and transition matrices, their figures and
-#: TensorBoard images are tested up to it (tests/utils/test_many_classes.py: results of K = 1000
+#: TensorBoard images are tested up to it (tests/evaluation/test_many_classes.py: results of K = 1000
 #: written in under 5 GB); K = 5000 grew past 23 GB
 MAX_CLASSES = 1_000
 CHUNK_BYTES = 64 * 2**20  # decoded bytes per chunk when checking float image values

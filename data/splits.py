@@ -30,7 +30,7 @@ SPLIT_MODES = ("random", "block")
 def resolve_split_dirs(data_dir, given: dict, fill=SPLITS, optional=()) -> dict:
     """The split directories a command reads: ``{"trn", "val", "tst"}`` -> path string or None.
 
-    The one rule for train_cnn.py, eval.py, compare.py and ``python -m model.bovw``: a split given
+    The one rule for train_cnn.py, eval.py, compare.py and ``python -m evaluation.baselines``: a split given
     explicitly (``given[split]``) wins; otherwise ``DATA_DIR/split`` for the splits in ``fill``,
     and for those in ``optional`` only where that directory exists.
     """

@@ -1,5 +1,5 @@
 """compare.py's table: rows methods, columns the paper's figures as mean ± std over runs (the
-sample standard deviation, ddof = 1: ``utils.metrics.mean_std``).
+sample standard deviation, ddof = 1: ``evaluation.metrics.mean_std``).
 
 ``summarize`` the runs' test metrics, then ``markdown_table``, ``csv_table`` and ``bar_chart``.
 """
@@ -12,7 +12,7 @@ import numpy as np
 import seaborn as sns
 from matplotlib.figure import Figure
 
-from utils.metrics import mean_std
+from evaluation.metrics import mean_std
 
 #: the table's columns: (key in results.json metrics, header)
 COLUMNS = (("OA_t1", "OA_t1"), ("OA_t2", "OA_t2"), ("OA_bi", "OA_bi"), ("OA_tr", "OA_tr"),

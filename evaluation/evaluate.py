@@ -1,7 +1,7 @@
 """Evaluation: predict a split, compute every metric, write the result files (docs/DESIGN.md §3).
 
 The one code path of eval.py (``evaluate_checkpoint``), of train_cnn.py's end-of-run test evaluation
-(``utils.training``), of compare.py's CNN and BoVW rows and of ``utils.figures`` (``write_figures``):
+(``training.fit``), of compare.py's CNN and BoVW rows and of ``evaluation.figures`` (``write_figures``):
 
 * ``evaluate_split`` — a model on one split: ``(metrics, predictions)``;
 * ``make_predictions`` — the per-pair arrays every output file is written from;
@@ -27,8 +27,10 @@ import scipy.io
 
 from data.shards import check_class_names, inspect_split, read_labels, require_labels
 from data.splits import SPLITS, resolve_split_dirs
-from utils import plots, scene_map
-from utils.checkpoints import (
+from evaluation import plots, scene_map
+from evaluation.config import EvalConfig
+from evaluation.metrics import change_probability, compute_metrics, format_table, per_class_csv
+from model.checkpoints import (
     check_checkpoint,
     check_compatible,
     check_download,
@@ -40,9 +42,7 @@ from utils.checkpoints import (
     url_stem,
 )
 from utils.cli import UsageError, progress_verbose
-from utils.config import EvalConfig
 from utils.devices import backend_name, resolve_jit, select_devices, setup_backend
-from utils.metrics import change_probability, compute_metrics, format_table, per_class_csv
 from utils.rundir import (
     DirLock,
     atomic_write_bytes,
@@ -79,10 +79,10 @@ def evaluate_split(net, split_dir, batch_size=32, threshold=0.5, class_names=Non
         image_size: (H, W) to resize the images to, as in training; default the shards' size.
         check_values: read the image data through before predicting (float values, CRC-32 of
             compressed members: ``data.shards.inspect_split``). False when the caller has checked
-            the split in full already (``evaluate_checkpoint``'s checks, ``utils.training.check_data``); the shards' headers and labels are checked either way.
+            the split in full already (``evaluate_checkpoint``'s checks, ``training.fit.check_data``); the shards' headers and labels are checked either way.
 
     Returns:
-        ``(metrics, predictions)``: ``utils.metrics.compute_metrics`` dict (plus ``split_dir``) and a
+        ``(metrics, predictions)``: ``evaluation.metrics.compute_metrics`` dict (plus ``split_dir``) and a
         dict of arrays: ``label_t1``, ``label_t2``, ``pred_t1``, ``pred_t2`` (0-based int32),
         ``prob_t1``, ``prob_t2`` (N, K float32), ``p_change`` (N,), ``changed_true``,
         ``changed_pred``, ``changed_pred_threshold`` (bool), ``fusion_weight`` / ``dist`` when the
@@ -256,8 +256,8 @@ def write_figures(out_dir, metrics, preds, colors=None, background=None, **save)
     """The PNGs of one split: confusion matrices, transitions, PR curve, and maps when row/col exist.
 
     ``colors``: {class name: colour} for the class maps; ``background``: the date-2 tile mosaic
-    drawn under the change maps (``utils.plots.tile_mosaic``); ``save``: ``dpi`` and ``formats`` (png,
-    pdf, svg) of ``utils.plots``. Row/col spanning a grid of more than ``utils.plots.MAX_GRID_CELLS`` cells (map coordinates
+    drawn under the change maps (``evaluation.plots.tile_mosaic``); ``save``: ``dpi`` and ``formats`` (png,
+    pdf, svg) of ``evaluation.plots``. Row/col spanning a grid of more than ``evaluation.plots.MAX_GRID_CELLS`` cells (map coordinates
     rather than tile grid indices) skip the maps with a warning; everything else is written.
     """
     out_dir = Path(out_dir)
@@ -428,7 +428,7 @@ def write_summary(out_dir, results: dict, info: dict) -> None:
 
 
 def write_bovw_outputs(out_dir, metrics, preds, info) -> Path:
-    """A BoVW baseline's results (``model.bovw.run_bovw``) as the same files as a CNN's."""
+    """A BoVW baseline's results (``evaluation.baselines.run_bovw``) as the same files as a CNN's."""
     names = metrics.get("class_names") or [f"class {i + 1}" for i in
                                            range(preds["prob_t1"].shape[1])]
     metrics = {**metrics, "class_names": names, "threshold": metrics.get("threshold", 0.5)}

@@ -1,7 +1,7 @@
 """Regenerate the figures the repository shows (figures/ and the README).
 
-    python -m utils.figures --overwrite                      # the two diagrams only (no run needed)
-    python -m utils.figures --run runs/demo-... --overwrite  # + curves, matrices, PR curve, maps
+    python -m evaluation.figures --overwrite                      # the two diagrams only (no run needed)
+    python -m evaluation.figures --run runs/demo-... --overwrite  # + curves, matrices, PR curve, maps
 
 The diagrams (network, CorrFusion module; docs/DESIGN.md §2, §2.1) are drawn by the project with
 matplotlib boxes and arrows. With ``--run`` the run's ``history.csv`` gives the training curves and
@@ -26,10 +26,10 @@ import numpy as np
 from matplotlib.figure import Figure
 from matplotlib.patches import FancyArrowPatch, FancyBboxPatch
 
+from evaluation import plots
+from evaluation.evaluate import figure_names, write_figures
 from model.config import ModelConfig
-from utils import plots
 from utils.cli import HelpFormatter, UsageError, configure_logging, run_main
-from utils.evaluation import figure_names, write_figures
 from utils.rundir import RunDirError, check_can_create_dir
 
 log = logging.getLogger("corrfusion.figures")
@@ -347,7 +347,7 @@ _MAP_KEYS = (
 
 
 def load_result_dir(result_dir) -> tuple[dict, dict]:
-    """(metrics, predictions) from a directory written by utils.evaluation.write_outputs.
+    """(metrics, predictions) from a directory written by evaluation.evaluate.write_outputs.
 
     Raises UsageError (one line naming the file) when results.json or predictions.npz is missing,
     unreadable, or lacks what the figures are drawn from.
@@ -427,7 +427,7 @@ def run_figure_names(data: dict) -> list[str]:
 
 def date2_mosaic(metrics, preds, cell=16) -> np.ndarray:
     """The date-2 tiles of the evaluated split (``results.json``'s ``split_dir``) on their row/col
-    grid (``utils.plots.tile_mosaic``), in the order of the predictions; UsageError when the
+    grid (``evaluation.plots.tile_mosaic``), in the order of the predictions; UsageError when the
     shards are not there or do not match the predictions."""
     from data.shards import ShardError, defined_mask, list_shards, load_arrays, scale_factor
 
@@ -481,7 +481,7 @@ def draw_run(run, out, data, colors=None, background=None, **save) -> list[Path]
 # -------------------------------------------------------------------------------------------- main
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
-        prog="python -m utils.figures",
+        prog="python -m evaluation.figures",
         description=__doc__.split("\n\n")[0],
         formatter_class=HelpFormatter,
     )

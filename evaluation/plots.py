@@ -2,7 +2,7 @@
 
 Every function draws on its own ``matplotlib.figure.Figure`` (Agg canvas, no pyplot state), writes
 one PNG and returns its path. Class names label the axes. Inputs are the dicts and arrays of
-``utils.metrics.compute_metrics`` and of ``utils.evaluation.evaluate_split`` predictions.
+``evaluation.metrics.compute_metrics`` and of ``evaluation.evaluate.evaluate_split`` predictions.
 """
 
 from __future__ import annotations

@@ -207,8 +207,8 @@ def summarize(rows: list[dict]) -> list[dict]:
 
 def mean_std_row(runs: list[dict], keys) -> dict:
     """``{KEY_mean, KEY_std}`` of each key over the runs (None values left out; the sample std,
-    ``utils.metrics.mean_std``): one row of a results summary (also experiments/ablation.py's)."""
-    from utils.metrics import mean_std
+    ``evaluation.metrics.mean_std``): one row of a results summary (also experiments/ablation.py's)."""
+    from evaluation.metrics import mean_std
 
     row = {}
     for key in keys:

@@ -1,7 +1,7 @@
 """CorrFusionNet model package (docs/DESIGN.md §2): backbones, CorrFusion, CCA/DCCA, losses, network.
 
-The Keras parts are imported on first use, so that `python -m model.bovw` (NumPy/scikit-learn only)
-starts without loading TensorFlow.
+The Keras parts are imported on first use, so that the NumPy/scikit-learn modules (`model.bovw`,
+`model.ksfa`, used by `python -m evaluation.baselines`) start without loading TensorFlow.
 """
 
 import importlib

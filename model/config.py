@@ -8,7 +8,7 @@ place, here, and the command line, the network and the checks follow.
 
 Adding a hyperparameter of the network: one field of ``ModelConfig`` (with its default and the
 check in ``ModelConfig.check``), one ``add_argument`` line in ``parser.py`` with the same ``dest``;
-``utils.config.from_namespace`` carries the parsed value into the config, ``CorrFusionNet`` reads it
+``utils.cli.from_namespace`` carries the parsed value into the config, ``CorrFusionNet`` reads it
 from ``self.config``, and ``get_config`` / ``.keras`` files carry it with the rest.
 """
 
@@ -25,7 +25,7 @@ class BackboneInfo:
     smallest legal input side, the ImageNet input mapping mode of its pretrained weights, and the
     values its layers output per input pixel of one image (summed over every layer, counted on a
     96 x 96 input, 160 for InceptionV3): what a forward pass keeps for the backward one, the
-    basis of ``utils.training.check_memory``'s estimate."""
+    basis of ``training.fit.check_memory``'s estimate."""
 
     application: str | None
     model_name: str
@@ -181,7 +181,7 @@ class ModelConfig:
             Σ_i w_{y_i}·CE_i / Σ_i w_{y_i} with date t's weights; evaluation (``training`` False:
             val/tst, ``evaluate``) logs the plain means, comparable across runs with and without
             weights. Set by ``train_cnn.py --class_weight balanced`` from the trn split's class
-            histograms (``utils.training.balanced_class_weights``); kept in ``.keras`` files, so
+            histograms (``training.fit.balanced_class_weights``); kept in ``.keras`` files, so
             ``--resume`` continues with them.
         seed: seed of the head/fusion initialisers and of the small CNN.
         input_mapping: map [-0.5, 0.5] to the pretrained network's input range; None → when

@@ -1,7 +1,7 @@
 """Kernel slow feature analysis (KSFA) change intensity and Bayesian soft fusion for BoVW.
 
 After Wu, Zhang, Du, "Kernel slow feature analysis for scene change detection", IEEE TGRS 2017.
-Pure NumPy / SciPy / scikit-learn; used by :func:`model.bovw.run_bovw` with ``method="ksfa"``.
+Pure NumPy / SciPy / scikit-learn; used by :func:`evaluation.baselines.run_bovw` with ``method="ksfa"``.
 
 Formulation implemented
 -----------------------
@@ -50,7 +50,7 @@ of a label pair is
 
 and the predicted labels are its maximiser (ĉ1, ĉ2). Outputs: the fused p_change = Σ_{c1≠c2}
 P(c1, c2 | ·) and, per date, the conditional posterior at the MAP pair, P(c1 | c2 = ĉ2, ·) and
-P(c2 | c1 = ĉ1, ·), whose argmax is exactly ĉ1 and ĉ2 (so utils.metrics, which takes argmax of
+P(c2 | c1 = ĉ1, ·), whose argmax is exactly ĉ1 and ĉ2 (so evaluation.metrics, which takes argmax of
 per-date probabilities, scores the fused labels).
 
 Behaviour of the fusion: the plain rule (argmax per date, changed if they differ) over-predicts

@@ -152,7 +152,7 @@ class SoftDecorrelation(keras.layers.Layer):
     Attribute ``synchronized`` (False; not part of the config): with the TensorFlow backend under
     a ``tf.distribute`` strategy the batch covariance is summed over the replicas
     (``replica_sum``), so each replica uses the covariance of the whole (global) batch, as
-    synchronised batch normalisation does; ``utils.multiworker`` sets it.
+    synchronised batch normalisation does; ``training.multiworker`` sets it.
 
     Returns:
         The float32 scalar loss (shape ``()``).

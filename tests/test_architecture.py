@@ -8,7 +8,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 SCRIPTS = {"train_cnn", "eval", "compare", "predict", "parser"}
-LIBRARY = ("model", "data", "utils")
+LIBRARY = ("model", "data", "utils", "training", "evaluation")
 PACKAGES = (*LIBRARY, "benchmarks")
 
 

@@ -445,8 +445,8 @@ class TensorBoardLogger(keras.callbacks.Callback):
         """Predict the validation split once; its change scores, matrices and PR curve."""
         from tensorboard.plugins.pr_curve import summary as pr_summary
 
-        from utils import plots
-        from utils.metrics import change_probability, compute_metrics
+        from evaluation import plots
+        from evaluation.metrics import change_probability, compute_metrics
 
         tf, fig = self.tf, self.figures
         out = self.model.predict(fig.dataset, verbose=0)

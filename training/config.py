@@ -1,9 +1,8 @@
-"""The frozen run configurations built from parsed arguments (standard library only).
+"""The frozen training configuration built from parsed arguments (standard library only).
 
-``TrainConfig`` is what ``utils.training.train`` runs and ``EvalConfig`` what
-``utils.evaluation.evaluate_checkpoint`` runs; each is made from an ``argparse.Namespace`` by
-``from_namespace``, which copies every field whose name is an argument's ``dest``. The network's
-hyperparameters live in ``model.config.ModelConfig`` inside ``TrainConfig.model``. So a new option is
+``TrainConfig`` is what ``training.fit.train`` runs (``evaluation.config.EvalConfig`` is eval.py's);
+it is made from an ``argparse.Namespace`` by ``utils.cli.from_namespace``, which copies every
+field whose name is an argument's ``dest``. The network's hyperparameters live in ``model.config.ModelConfig`` inside ``TrainConfig.model``. So a new option is
 one field here (or in ``ModelConfig``) and one ``add_argument`` line in ``parser.py``.
 """
 
@@ -13,16 +12,7 @@ import dataclasses
 from dataclasses import dataclass
 
 from model.config import ModelConfig
-
-
-def from_namespace(cls, namespace, **values):
-    """``cls(**fields)`` from the namespace's attributes of the same names (lists become tuples);
-    ``values`` win; a field the namespace lacks keeps its default (an error if it has none)."""
-    for f in dataclasses.fields(cls):
-        if f.name not in values and hasattr(namespace, f.name):
-            v = getattr(namespace, f.name)
-            values[f.name] = tuple(v) if isinstance(v, list) else v
-    return cls(**values)
+from utils.cli import from_namespace
 
 
 @dataclass(frozen=True)
@@ -97,28 +87,3 @@ class TrainConfig:
         out.update({f.name: getattr(self, f.name) for f in dataclasses.fields(self)
                     if f.name != "model"})
         return {k: list(v) if isinstance(v, tuple) else v for k, v in out.items()}
-
-
-@dataclass(frozen=True)
-class EvalConfig:
-    """Everything ``eval.py`` was asked to do."""
-
-    model: str
-    data_dir: str | None
-    trn_dir: str | None
-    val_dir: str | None
-    tst_dir: str | None
-    batch_size: int
-    image_size: tuple | None
-    threshold: float
-    result_path: str | None
-    overwrite: bool
-    gpu: str | None
-    mixed_precision: bool
-    jit: bool | None  # None: utils.devices.resolve_jit's backend default
-    verbose: bool
-    sha256: str | None = None  # with a URL as model: the download's expected SHA-256
-
-    @classmethod
-    def from_args(cls, args) -> EvalConfig:
-        return from_namespace(cls, args)

@@ -5,7 +5,7 @@ lock -> loaders -> per run (model -> fit -> evaluate the best checkpoint) -> sum
 that can be checked without TensorFlow is checked before it starts and before anything is written:
 every output path (``utils.rundir``: writable, and nothing a user made is replaced without --resume
 or --overwrite), every split, the activation memory of a batch, and with --resume each run's state,
-checkpoints and settings against the data and the command line (``utils.checkpoints``). Then every
+checkpoints and settings against the data and the command line (``model.checkpoints``). Then every
 output directory is locked for the whole training (one writer per directory) and TensorFlow starts
 in ``setup_backend`` (its native start-up lines hidden unless --verbose),
 after the devices are chosen.
@@ -33,7 +33,9 @@ from data.shards import (
 )
 from data.splits import resolve_split_dirs
 from data.synthetic import demo_data_dir, ensure_demo_data
-from utils.checkpoints import (
+from evaluation.evaluate import evaluate_split, write_outputs
+from evaluation.metrics import format_table, mean_std
+from model.checkpoints import (
     check_compatible,
     checkpoint_signature,
     is_compiled,
@@ -41,11 +43,10 @@ from utils.checkpoints import (
     model_fields,
     read_checkpoint_config,
 )
+from training.config import TrainConfig
+from training.multiworker import wait_for_workers
 from utils.cli import UsageError, disk_full, is_disk_full, progress_verbose
-from utils.config import TrainConfig
 from utils.devices import cluster_from_env, make_strategy, select_devices, setup_backend
-from utils.evaluation import evaluate_split, write_outputs
-from utils.metrics import format_table, mean_std
 from utils.rundir import (
     RunPaths,
     atomic_write_bytes,
@@ -77,13 +78,13 @@ def train(config: TrainConfig, checked_splits=(), supervise_join: bool = False) 
     is not read again. Bad input raises ``UsageError`` (or a subclass) before anything is written.
     supervise_join: with TF_CONFIG, run this process's command line again as a child that does
     the training, bounded by --join_timeout and ended on SIGTERM/SIGINT while it waits for the
-    other workers (``utils.multiworker.supervise``; SystemExit with the child's status); for a
+    other workers (``training.multiworker.supervise``; SystemExit with the child's status); for a
     command whose whole work is this call (train_cnn.py).
     """
     select_devices(config.gpu)  # before TensorFlow starts
-    cluster = cluster_from_env()  # TF_CONFIG: multi-worker training (utils.multiworker)
+    cluster = cluster_from_env()  # TF_CONFIG: multi-worker training (training.multiworker)
     if cluster is not None and supervise_join:
-        from utils.multiworker import supervise, supervised
+        from training.multiworker import supervise, supervised
 
         if not supervised():  # the training in a child process: the join it waits in cannot
             # be bounded or interrupted from inside (--join_timeout, SIGTERM/SIGINT); the
@@ -91,7 +92,7 @@ def train(config: TrainConfig, checked_splits=(), supervise_join: bool = False) 
             raise SystemExit(supervise(cluster, config.join_timeout))
     try:
         if cluster is not None and not cluster.is_chief:
-            from utils.multiworker import temporary_workdir
+            from training.multiworker import temporary_workdir
 
             with temporary_workdir(config) as worker_config:  # only the chief writes the run dir
                 return _train(worker_config, checked_splits, cluster)
@@ -110,7 +111,7 @@ def _train(config: TrainConfig, checked_splits, cluster) -> int:
         ensure_demo_data()
     plan = check_data(config, checked_splits)  # NumPy only: a data error is one line
     if cluster is not None:
-        from utils.multiworker import check_batches
+        from training.multiworker import check_batches
 
         check_batches(config, plan.summaries, cluster.num_workers)
     check_model_inputs(config, plan, modes)
@@ -120,12 +121,12 @@ def _train(config: TrainConfig, checked_splits, cluster) -> int:
     plan = input_statistics(config, plan, modes)  # a constant band: one line, nothing written
     if cluster is not None:  # the workers join before anything is written
         device_info = setup_backend(config.mixed_precision)
-        strategy = make_strategy(device_info)
+        strategy = make_strategy(device_info, join=wait_for_workers)
     with lock_dirs(output_roots(config)):  # one writer per directory, until the end
         modes = check_outputs(config)  # again: another process may have written meanwhile
         if cluster is None:
             device_info = setup_backend(config.mixed_precision)  # TensorFlow starts (quietly)
-            strategy = make_strategy(device_info)  # before TensorFlow's runtime starts (load_data)
+            strategy = make_strategy(device_info, join=wait_for_workers)  # before load_data
         data = load_data(config, plan)
         try:
             results = [finished_run_results(config, k) if mode == "done" else
@@ -318,7 +319,7 @@ def check_resumable(config, plan: DataPlan, paths: RunPaths, adopt: bool) -> Non
 
 
 def check_checkpoint_fits(config, plan: DataPlan, ckpt: Path, saved: dict, adopt=False) -> None:
-    """The checkpoint's input (H, W, C) and class count K fit every split (``utils.checkpoints.check_compatible``).
+    """The checkpoint's input (H, W, C) and class count K fit every split (``model.checkpoints.check_compatible``).
     adopt: a K above the data's largest label becomes the run's class count (trained with -n K)."""
     signature = checkpoint_signature(ckpt, saved)
     for split, summary in plan.summaries.items():
@@ -462,7 +463,7 @@ def make_callbacks(config, data: Data, paths: RunPaths, state: dict, run_info: d
                    multi_worker: bool = False):
     from data.loader import make_dataset
     from model.config import INPUT_SCALING
-    from utils.callbacks import (
+    from training.callbacks import (
         Checkpoints,
         EpochLog,
         EpochSummary,
@@ -511,7 +512,7 @@ def make_callbacks(config, data: Data, paths: RunPaths, state: dict, run_info: d
 def validation_figures(config, data: Data):
     """What TensorBoard's validation figures are drawn from (None with ``--tb_images 0``)."""
     from data.shards import read_labels
-    from utils.callbacks import ValidationFigures
+    from training.callbacks import ValidationFigures
 
     if not config.tb_images:
         return None
@@ -536,11 +537,11 @@ def train_one_run(config, data: Data, k: int, strategy, device_info: dict) -> di
     for d in (paths.ckpt_dir, paths.result_dir / "tst", paths.log_dir):
         remove_stale_temp_files(d)
     if config.resume and config.save_model:
-        from utils.callbacks import restore_best
+        from training.callbacks import restore_best
 
         restore_best(paths.best, paths.last, state)  # a kill between last.keras and best.keras
     if not config.resume:  # a new run: not the event files of the one it replaces
-        from utils.callbacks import remove_event_files
+        from training.callbacks import remove_event_files
 
         remove_event_files(paths.tb_dir)
     atomic_write_json(paths.root / "args.json", {
@@ -549,7 +550,7 @@ def train_one_run(config, data: Data, k: int, strategy, device_info: dict) -> di
         "num_classes": data.num_classes, "class_names": data.class_names,
         "image_size": list(data.image_size), "command": sys.argv,
         "input_norm": {"mode": net.config.input_norm, **(net.input_statistics() or {})}})
-    from utils.multiworker import uses_custom_loop, writes_results
+    from training.multiworker import uses_custom_loop, writes_results
 
     callbacks, guard = make_callbacks(config, data, paths, state, run_info,
                                       multi_worker=uses_custom_loop(strategy))
@@ -568,13 +569,13 @@ def train_one_run(config, data: Data, k: int, strategy, device_info: dict) -> di
 
 def fit(net, config, data: Data, callbacks, guard, strategy, initial_epoch: int) -> None:
     """``model.fit``, or under MultiWorkerMirroredStrategy (TF_CONFIG) the loop of
-    ``utils.multiworker``, which Keras' fit does not run under."""
-    from utils import multiworker
+    ``training.multiworker``, which Keras' fit does not run under."""
+    from training import multiworker
 
     if multiworker.uses_custom_loop(strategy):
         multiworker.fit(net, config, data, callbacks, guard, strategy, initial_epoch)
         return
-    from utils.callbacks import per_step_waits
+    from training.callbacks import per_step_waits
 
     waits = per_step_waits(callbacks)
     if waits:

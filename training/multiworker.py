@@ -2,7 +2,7 @@
 
 Keras 3's ``model.fit`` does not run under ``tf.distribute.MultiWorkerMirroredStrategy``
 (keras-team/keras issue 20585: ``ValueError: Attempt to convert a value (PerReplica:{...})``), so
-under that strategy ``utils.training`` calls :func:`fit` here instead. What it keeps identical to a
+under that strategy ``training.fit`` calls :func:`fit` here instead. What it keeps identical to a
 one-process ``model.fit`` run with the same global batch ``-b``:
 
 * **Batches.** Every worker walks the one-process batch order (same seed, same shuffle) and
@@ -24,7 +24,7 @@ Not identical (computed per replica on its slice, then averaged): class-weighted
 
 The callbacks' duties run here on every worker in the same order (their reads of synchronised
 variables are collective operations): the epoch's validation (and test, full-trn) figures by a
-distributed evaluation, the learning rate, then ``utils.callbacks``' checkpoints, epoch log and
+distributed evaluation, the learning rate, then ``training.callbacks``' checkpoints, epoch log and
 TensorBoard, driven by hand. Only the chief writes the run directory; the other workers run with a
 temporary one (:func:`temporary_workdir`), removed at the end.
 """
@@ -177,10 +177,10 @@ def _results(net) -> dict:
 def fit(net, config, data, callbacks, guard, strategy, initial_epoch: int) -> None:
     """``net.fit`` under MultiWorkerMirroredStrategy: ``config.epochs`` epochs from
     ``initial_epoch`` on this worker's slices of the batches, with the callbacks of
-    ``utils.training.make_callbacks`` (their ``SplitEvaluation`` is done here, distributed)."""
+    ``training.fit.make_callbacks`` (their ``SplitEvaluation`` is done here, distributed)."""
     from data.loader import make_dataset
     from model.config import INPUT_SCALING
-    from utils.callbacks import SplitEvaluation, current_learning_rate
+    from training.callbacks import SplitEvaluation, current_learning_rate
 
     n_sync = synchronize_batch_statistics(net)
     extra = next((cb.splits for cb in callbacks if isinstance(cb, SplitEvaluation)), {})

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import errno
 import logging
 import os
@@ -109,7 +110,7 @@ def quiet_native_stderr():
 
 def progress_verbose() -> int:
     """Keras' ``verbose`` for fit/predict: 1 (a progress bar) when stdout is a terminal, 0 in a
-    file or pipe (one log line per epoch instead: ``utils.callbacks.EpochSummary``)."""
+    file or pipe (one log line per epoch instead: ``training.callbacks.EpochSummary``)."""
     try:
         return 1 if sys.stdout.isatty() else 0
     except (AttributeError, ValueError):  # closed or replaced stdout
@@ -202,3 +203,13 @@ def run_main(main, argv=None) -> int:
         print("terminated", file=sys.stderr)
         return 128 + signal.SIGTERM
     return int(rc or 0)
+
+
+def from_namespace(cls, namespace, **values):
+    """``cls(**fields)`` from the namespace's attributes of the same names (lists become tuples);
+    ``values`` win; a field the namespace lacks keeps its default (an error if it has none)."""
+    for f in dataclasses.fields(cls):
+        if f.name not in values and hasattr(namespace, f.name):
+            v = getattr(namespace, f.name)
+            values[f.name] = tuple(v) if isinstance(v, list) else v
+    return cls(**values)

@@ -164,8 +164,12 @@ def _wants_float16(gpus) -> bool:
         return False
 
 
-def make_strategy(info: dict):
+def make_strategy(info: dict, join=None):
     """A strategy to build the model under (`with strategy.scope():`).
+
+    ``join(create, cluster)`` makes the multi-worker strategy (``create()`` waits until every
+    worker of TF_CONFIG has connected); training passes ``training.multiworker.wait_for_workers``
+    (its log lines and the supervisor's protocol); without it, ``create()`` is called as it is.
 
     MultiWorkerMirrored when TF_CONFIG is set (call this before anything initialises TensorFlow's
     runtime, see the module docstring; one device per worker), Mirrored for several GPUs, else
@@ -182,10 +186,9 @@ def make_strategy(info: dict):
 
     cluster = cluster_from_env(info["backend"])
     if cluster is not None:
-        from utils.multiworker import wait_for_workers
-
+        join = join or (lambda create, _cluster: create())
         try:
-            strategy = wait_for_workers(tf.distribute.MultiWorkerMirroredStrategy, cluster)
+            strategy = join(tf.distribute.MultiWorkerMirroredStrategy, cluster)
         except RuntimeError as e:  # the runtime was started before: a bug of the caller's order
             raise RuntimeError(f"{e}: make_strategy must run before TensorFlow's runtime starts "
                                "(before any tensor or tf.data pipeline)") from e

@@ -2,7 +2,7 @@
 (``check_outputs``), resuming state (``resume_state``, ``resume_modes``, ``check_resume_settings``),
 one writer per directory (``DirLock``), atomic writes and their temporary files, args.json facts.
 
-The checks take the run's ``utils.config.TrainConfig`` and run before TensorFlow starts: every
+The checks take the run's ``training.config.TrainConfig`` and run before TensorFlow starts: every
 output path is checked (it can be created and written), and nothing a run would write exists yet
 unless ``--resume`` (the run's own files) or ``--overwrite`` was given.
 """

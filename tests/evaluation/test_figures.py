@@ -1,17 +1,17 @@
-"""utils.figures: the diagrams need no run; run figures come from history.csv + an eval result dir."""
+"""evaluation.figures: the diagrams need no run; run figures come from history.csv + an eval result dir."""
 
 import numpy as np
 import pytest
 
-from tests.utils._images import assert_png
-from utils import figures as F
-from utils.metrics import change_probability, compute_metrics
+from evaluation import figures as F
+from evaluation.metrics import change_probability, compute_metrics
+from tests.evaluation._images import assert_png
 
 
 @pytest.fixture
 def fake_run(tmp_path):
     """A run directory as train_cnn.py + eval.py leave it, with made-up predictions (no TensorFlow)."""
-    from utils import evaluation as E
+    from evaluation import evaluate as E
 
     rng = np.random.default_rng(0)
     n, k = 30, 3
@@ -131,7 +131,7 @@ def test_map_coordinates_skip_the_maps(fake_run, tmp_path, caplog):
     """row/col far apart (map coordinates): every figure but the maps, and a warning saying why."""
     import json
 
-    from utils import evaluation as E
+    from evaluation import evaluate as E
 
     res = fake_run / "results" / "tst"
     metrics = json.loads((res / "results.json").read_text())["metrics"]

@@ -16,8 +16,8 @@ SCRIPT = """
 import json, resource, sys, time
 import numpy as np
 from data.shards import MAX_CLASSES
-from utils.evaluation import make_predictions, write_outputs
-from utils.metrics import compute_metrics
+from evaluation.evaluate import make_predictions, write_outputs
+from evaluation.metrics import compute_metrics
 
 k, n = MAX_CLASSES, 240
 rng = np.random.default_rng(0)

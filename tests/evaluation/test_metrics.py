@@ -1,4 +1,4 @@
-"""utils.metrics against small hand-computed cases (docs/DESIGN.md §3)."""
+"""evaluation.metrics against small hand-computed cases (docs/DESIGN.md §3)."""
 
 import csv
 import io
@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from sklearn.metrics import cohen_kappa_score
 
-from utils import metrics as M
+from evaluation import metrics as M
 
 
 def onehot(idx, k):
@@ -190,7 +190,7 @@ def test_table_and_per_class_csv():
 
 
 def test_mean_std_over_runs_is_the_sample_standard_deviation():
-    from utils.metrics import mean_std
+    from evaluation.metrics import mean_std
 
     mean, std = mean_std([0.9, 0.92, 0.97])
     assert mean == pytest.approx(np.mean([0.9, 0.92, 0.97]))

@@ -1,12 +1,12 @@
-"""utils.plots: every figure is written as a real PNG of reasonable size that shows something:
+"""evaluation.plots: every figure is written as a real PNG of reasonable size that shows something:
 its pixels vary and a fair part of it is not background (a blank figure fails)."""
 
 import numpy as np
 import pytest
 
-from tests.utils._images import assert_png
-from utils import metrics as M
-from utils import plots as P
+from evaluation import metrics as M
+from evaluation import plots as P
+from tests.evaluation._images import assert_png
 
 NAMES = ["water", "farmland", "residential", "industrial"]
 

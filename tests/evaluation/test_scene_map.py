@@ -1,4 +1,4 @@
-"""utils.scene_map on synthetic GeoTIFF scenes, with a stub model that tells classes by colour.
+"""evaluation.scene_map on synthetic GeoTIFF scenes, with a stub model that tells classes by colour.
 
 The stub makes the expected maps exact (the changed block is exactly where the scene put it);
 predict.py with a real (trained) model is tested in tests/scripts/test_predict.py.
@@ -12,8 +12,8 @@ import rasterio
 from affine import Affine
 
 from data import rasters
+from evaluation import scene_map
 from tests.data import _scenes as scenes
-from utils import scene_map
 from utils.cli import UsageError
 
 NAMES = list(scenes.CLASS_NAMES)

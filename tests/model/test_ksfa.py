@@ -84,17 +84,6 @@ def test_fusion_change_f1_at_least_per_date_classifier(toy):
     assert out2["info"]["calibration"].startswith("held-out")
 
 
-def test_bovw_ksfa_end_to_end(demo_data):
-    from model import bovw
-
-    metrics, preds = bovw.run_bovw(demo_data / "trn", demo_data / "tst", method="ksfa",
-                                   val_dir=demo_data / "val", patch=8, words=50, seed=0)
-    assert metrics["method"] == "bovw_ksfa" and "ksfa" in metrics
-    assert metrics["OA_t1"] >= 0.6 and metrics["OA_t2"] >= 0.6, metrics
-    np.testing.assert_array_equal(preds["pred_t1"], preds["prob_t1"].argmax(1))
-    assert preds["intensity"].shape == preds["label_t1"].shape
-
-
 def test_bad_arguments():
     with pytest.raises(ValueError, match="kernel"):
         ksfa.KSFA(kernel="linear")

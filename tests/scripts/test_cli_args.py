@@ -12,8 +12,9 @@ import pytest
 import compare
 import parser as cli
 import train_cnn
+from evaluation.config import EvalConfig
 from model.config import BACKBONES, METHODS, ModelConfig
-from utils.config import EvalConfig, TrainConfig
+from training.config import TrainConfig
 
 
 @pytest.mark.parametrize("value,expected", [("False", False), ("0", False), ("no", False),
@@ -197,7 +198,7 @@ def _line(text: str, flag: str) -> str:
 
 def test_help_texts_say_each_default_once_and_readably():
     import predict
-    from utils import figures
+    from evaluation import figures
 
     train = _help(cli.train_parser)
     assert "(default: 0)" in _line(train, "--seed")

@@ -158,8 +158,8 @@ def test_every_output_exists_and_loads(evaluated):
 def test_in_process_api_matches_cli(run_dir, demo_data, evaluated, tmp_path):
     """evaluate_split / write_outputs (train_cnn.py's path) give the CLI's numbers."""
     import model as cfn
-    from utils import evaluation as E
-    from utils.metrics import format_table
+    from evaluation import evaluate as E
+    from evaluation.metrics import format_table
 
     net = cfn.load_model(run_dir / "checkpoints" / "best.keras")
     metrics, preds = E.evaluate_split(net, demo_data / "tst", batch_size=5, threshold=0.5)
@@ -317,7 +317,7 @@ def test_split_without_rowcol_or_names(run_dir, tmp_path):
     """No row/col: no maps, no row/col keys; no class_names: "class k" names; label 0 skipped."""
     import model as cfn
     from data.shards import write_shard
-    from utils import evaluation as E
+    from evaluation import evaluate as E
 
     rng = np.random.default_rng(0)
     split = tmp_path / "plain"
@@ -375,7 +375,7 @@ def test_model_without_two_date_outputs_warns_nothing(demo_data):
 
     import keras
 
-    from utils import evaluation as E
+    from evaluation import evaluate as E
     from utils.cli import UsageError
 
     plain = keras.Sequential(
@@ -397,7 +397,7 @@ def test_map_coordinates_skip_the_maps_and_write_the_rest(run_dir, demo_data, tm
     and a warning names the split and explains row/col (train_cnn's end-of-run path as well)."""
     import model as cfn
     from data.shards import write_shard
-    from utils import evaluation as E
+    from evaluation import evaluate as E
 
     with np.load(next((demo_data / "tst").glob("*.npz"))) as z:
         a = {k: z[k] for k in z.files}

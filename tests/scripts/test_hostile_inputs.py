@@ -209,7 +209,7 @@ def test_a_full_disk_in_training_is_one_line_and_a_distinct_status(demo_data, tm
     that nothing written is lost and that --resume continues; exit status 74, no traceback."""
     import errno
 
-    from utils import training
+    from training import fit as training
     from utils.cli import DISK_FULL_STATUS
 
     def full(path, obj):
@@ -275,7 +275,7 @@ def test_a_file_size_limit_is_one_line_and_a_distinct_status(named_run, demo_dat
 def test_an_unsafe_lambda_checkpoint_is_refused_by_name(tmp_path):
     import keras
 
-    from utils.checkpoints import load_checkpoint
+    from model.checkpoints import load_checkpoint
     from utils.cli import UsageError
 
     inp = keras.Input((3,))
@@ -312,8 +312,8 @@ def test_compare_refuses_an_empty_or_repeated_method(demo_data, tmp_path, capsys
 
 # ------------------------------------------------------------------------- left open: resume
 def test_a_resume_with_another_class_weight_is_refused(tmp_path):
+    from training.config import TrainConfig
     from utils.cli import UsageError
-    from utils.config import TrainConfig
     from utils.rundir import check_resume_settings, run_paths
 
     def config(*extra):

@@ -1,4 +1,4 @@
-"""utils.callbacks: the best-checkpoint rule (highest validation OA_t1 + OA_t2, strictly better,
+"""training.callbacks: the best-checkpoint rule (highest validation OA_t1 + OA_t2, strictly better,
 never from a broken epoch), last checkpoint and state every epoch, the epoch log."""
 
 import io
@@ -8,7 +8,7 @@ import keras
 import numpy as np
 import pytest
 
-from utils.callbacks import Checkpoints, EpochLog, FiniteLossGuard, format_epoch_line
+from training.callbacks import Checkpoints, EpochLog, FiniteLossGuard, format_epoch_line
 
 
 def _model():
@@ -166,7 +166,7 @@ def test_tensorboard_groups_tags_describes_them_and_draws_validation_figures(tmp
     from PIL import Image
     from tensorboard.plugins.hparams import metadata as hp_metadata
 
-    from utils.callbacks import TensorBoardLogger, ValidationFigures
+    from training.callbacks import TensorBoardLogger, ValidationFigures
 
     rng = np.random.default_rng(0)
     n = 24
@@ -217,7 +217,7 @@ def test_tensorboard_groups_tags_describes_them_and_draws_validation_figures(tmp
 
 
 def test_every_logged_name_has_a_group_and_description():
-    from utils.callbacks import TB_SCALARS, tb_scalar_tag
+    from training.callbacks import TB_SCALARS, tb_scalar_tag
 
     for name in ("loss", "ce_t1", "ce_t2", "corr_loss", "decov_loss", "dcca_loss", "l2", "oa_t1",
                  "oa_t2", "oa_bi", "oa_tr", "cancorr", "learning_rate"):
@@ -228,7 +228,7 @@ def test_every_logged_name_has_a_group_and_description():
 
 
 def test_epoch_summary_is_one_concise_line(caplog):
-    from utils.callbacks import EpochSummary, format_epoch_summary
+    from training.callbacks import EpochSummary, format_epoch_summary
 
     logs = {"loss": 0.51234, "oa_t1": 0.8125, "oa_t2": 0.79, "ce_t1": 0.3, "corr_loss": 0.01,
             "val_loss": 0.7, "val_oa_t1": 0.75, "val_oa_t2": 0.701, "val_oa_bi": 0.9,
@@ -250,7 +250,7 @@ def test_fusion_histograms_split_changed_and_unchanged_pairs(tmp_path):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     import model as cfn
-    from utils.callbacks import FusionHistograms
+    from training.callbacks import FusionHistograms
 
     assert FusionHistograms.create(tmp_path, [], "baseline") is None  # no fusion module
     net = cfn.build_model(3, image_size=(16, 16), backbone="small", hidden=8, seed=0)
@@ -283,8 +283,8 @@ def test_a_kill_before_a_new_best_checkpoint_is_restored_on_resume(tmp_path, mon
     """Issue 24: killed after epoch 2's last.keras (a new best) but before its best.keras: the
     state names epoch 2 as the best, best.keras still holds epoch 1; the resume copies last.keras
     (epoch 2's weights) to best.keras. Without the kill nothing is restored."""
-    from utils import callbacks
-    from utils.callbacks import restore_best
+    from training import callbacks
+    from training.callbacks import restore_best
     from utils.rundir import read_embedded_state
 
     cb = _checkpoints(tmp_path)
@@ -317,7 +317,7 @@ def test_a_kill_before_a_new_best_checkpoint_is_restored_on_resume(tmp_path, mon
 def test_a_resumed_run_writes_its_hparams_session_once(tmp_path):
     """Issue 24: the HParams tab has one row per run: a second TensorBoardLogger on the same
     tb/ directory (a --resume) finds the session and writes none."""
-    from utils.callbacks import TensorBoardLogger, hparams_sessions
+    from training.callbacks import TensorBoardLogger, hparams_sessions
 
     for _ in range(2):
         tb = TensorBoardLogger(tmp_path / "tb", hparams={"method": "corrfusion", "lr": 0.01})
@@ -334,7 +334,7 @@ def test_no_callback_of_ours_makes_fit_wait_for_every_step():
     per-call sync that makes ``train_on_batch`` slow (issue 25)."""
     import inspect
 
-    from utils import callbacks
+    from training import callbacks
 
     ours = [c for _, c in inspect.getmembers(callbacks, inspect.isclass)
             if issubclass(c, keras.callbacks.Callback) and c.__module__ == callbacks.__name__]

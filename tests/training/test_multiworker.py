@@ -1,4 +1,4 @@
-"""utils.multiworker and the TF_CONFIG path: batch slices, the cluster from TF_CONFIG, the checks
+"""training.multiworker and the TF_CONFIG path: batch slices, the cluster from TF_CONFIG, the checks
 before TensorFlow starts, and (slow) two worker processes on 127.0.0.1 against one model.fit
 process with the same global batch."""
 
@@ -19,7 +19,8 @@ import numpy as np
 import pytest
 
 from data.loader import batch_plan
-from utils import devices, multiworker
+from training import multiworker
+from utils import devices
 from utils.cli import UsageError, run_main
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -107,7 +108,7 @@ def test_a_last_batch_smaller_than_the_workers_is_refused():
 
 
 def test_a_non_chief_workdir_is_temporary_and_takes_the_chiefs_resume_files(tmp_path, monkeypatch):
-    from utils.config import TrainConfig
+    from training.config import TrainConfig
     from utils.rundir import run_paths
 
     monkeypatch.setenv("TMPDIR", str(tmp_path / "tmp"))

@@ -177,7 +177,7 @@ def test_atomic_save_model_stores_the_state_in_the_file(tmp_path):
 
 def _config(**kw):
     from parser import train_parser
-    from utils.config import TrainConfig
+    from training.config import TrainConfig
 
     argv = ["--data_dir", "d", "--backbone", "small", "--hidden", "64", "--lr", "0.01"]
     for k, v in kw.items():
