@@ -21,7 +21,7 @@ import logging
 import sys
 from pathlib import Path
 
-from data.shards import inspect_split
+from data.split_summary import inspect_split
 from data.splits import resolve_split_dirs
 from evaluation import baselines
 from evaluation.comparison import bar_chart, csv_table, markdown_table, summarize

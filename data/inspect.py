@@ -20,7 +20,7 @@ import logging
 import pathlib
 import sys
 
-from data import shards
+from data import shards, split_summary
 from utils.cli import configure_logging
 
 log = logging.getLogger(__name__)
@@ -38,13 +38,13 @@ def split_dirs(path) -> list[pathlib.Path]:
     return subs or [path]
 
 
-def inspect_all(paths, num_classes=None) -> list[shards.SplitSummary]:
+def inspect_all(paths, num_classes=None) -> list[split_summary.SplitSummary]:
     """Validate every split found under ``paths`` (all of them, before anything is printed); every
     byte of the image data is read (CRC-32 checked), uncompressed members included."""
     out = []
     for p in paths:
-        found = [shards.inspect_split(d, num_classes, check_stored=True) for d in split_dirs(p)]
-        shards.check_class_names(found)  # the splits of one data directory name classes alike
+        found = [split_summary.inspect_split(d, num_classes, check_stored=True) for d in split_dirs(p)]
+        split_summary.check_class_names(found)  # the splits of one data directory name classes alike
         out += found
     return out
 

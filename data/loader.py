@@ -39,7 +39,7 @@ import math
 import keras
 import numpy as np
 
-from data import shards
+from data import shard_rows, shards, split_summary
 
 log = logging.getLogger(__name__)
 
@@ -51,7 +51,7 @@ PREFETCH_BATCHES = 2  # finished batches kept ready ahead of the model
 
 
 def steps_per_epoch(summary, batch_size, drop_remainder=False) -> int:
-    """Batches per epoch for a :class:`data.shards.SplitSummary`."""
+    """Batches per epoch for a :class:`data.split_summary.SplitSummary`."""
     if drop_remainder:
         return summary.n_pairs // batch_size
     return math.ceil(summary.n_pairs / batch_size)
@@ -119,7 +119,7 @@ def load_shard(path, summary, num_classes=None, per_batch=None) -> dict:
     """Open and check one shard: labels, ``defined`` (usable indices) and the way to its images.
 
     Shards whose image members are stored uncompressed (what the project's writers produce) are
-    read per batch: the dict holds each member's :class:`data.shards.MemberLayout` under
+    read per batch: the dict holds each member's :class:`data.shard_rows.MemberLayout` under
     ``layouts`` and :func:`take_images` reads a batch's pairs with ``os.preadv`` (values of float
     images checked per batch). Compressed members cannot be addressed by offset, so they are
     decoded whole into the dict (``image_t1``/``image_t2``, stored dtype, values checked now).
@@ -148,7 +148,7 @@ def load_shard(path, summary, num_classes=None, per_batch=None) -> dict:
 def take_images(data, key, idx) -> np.ndarray:
     """Images ``idx`` of one shard opened by :func:`load_shard`, in that order (stored dtype)."""
     if "layouts" in data:
-        return shards.read_rows(data["path"], data["layouts"][key], idx)
+        return shard_rows.read_rows(data["path"], data["layouts"][key], idx)
     return data[key][idx]
 
 
@@ -158,7 +158,7 @@ class ShardCache:
     With per-batch reads the opened shard is its labels and byte layout only (no images).
 
     Args:
-        summary: the split's :class:`data.shards.SplitSummary`.
+        summary: the split's :class:`data.split_summary.SplitSummary`.
         num_classes: K to check labels against (default ``summary.num_classes``).
         load_fn: ``load_fn(path, summary, num_classes) -> dict`` (default :func:`load_shard`);
             tests pass an instrumented one.
@@ -228,9 +228,9 @@ def iter_batches(summary, batch_size, training, seed=0, epoch=0, drop_remainder=
 def per_batch_layouts(path):
     """Byte layouts of the image members of one shard, or None when they must be decoded whole
     (compressed or Fortran-ordered members, or no positioned reads on this platform)."""
-    if not shards.per_batch_reads_supported():
+    if not shard_rows.per_batch_reads_supported():
         return None
-    layouts = {key: shards.stored_layout(path, key) for key in shards.IMAGE_KEYS}
+    layouts = {key: shard_rows.stored_layout(path, key) for key in shards.IMAGE_KEYS}
     return None if any(v is None for v in layouts.values()) else layouts
 
 
@@ -393,7 +393,7 @@ def make_dataset(split_dir, batch_size, training, seed=0, image_size=None, num_c
         split_dir: directory of ``.npz`` shards.
         batch_size: pairs per batch.
         training: shuffle shards and pairs from ``seed`` (new order each epoch, deterministic);
-            False keeps the fixed order of :func:`data.shards.read_labels`.
+            False keeps the fixed order of :func:`data.split_summary.read_labels`.
         seed: shuffle seed.
         image_size: optional ``(height, width)`` to resize batches to (bilinear).
         num_classes: K; labels above it are an error (default: from the shards).
@@ -415,7 +415,7 @@ def make_dataset(split_dir, batch_size, training, seed=0, image_size=None, num_c
     Raises:
         data.shards.ShardError: the split breaks the §4 format (file, key, expectation).
     """
-    summary = shards.inspect_split(split_dir, num_classes, check_values=False)
+    summary = split_summary.inspect_split(split_dir, num_classes, check_values=False)
     if summary.n_pairs == 0:
         raise shards.ShardError(f"{split_dir}: label_t1/label_t2: no usable pairs; expected at "
                                 "least one pair with labels > 0 on both dates")

@@ -35,7 +35,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from data import shards
+from data import shard_rows, shards, split_summary
 
 log = logging.getLogger(__name__)
 
@@ -122,8 +122,8 @@ def _open(path, summary) -> dict:
     _, arrays = shards.check_shard(path, summary.num_classes)
     data = {"path": path, "n": len(arrays["label_t1"]),
             "defined": np.flatnonzero(shards.defined_mask(arrays["label_t1"], arrays["label_t2"]))}
-    layouts = ({key: shards.stored_layout(path, key) for key in shards.IMAGE_KEYS}
-               if shards.per_batch_reads_supported() else {})
+    layouts = ({key: shard_rows.stored_layout(path, key) for key in shards.IMAGE_KEYS}
+               if shard_rows.per_batch_reads_supported() else {})
     for key in shards.IMAGE_KEYS:
         if layouts.get(key) is None:
             images = shards.load_arrays(path, [key])[key]
@@ -141,7 +141,7 @@ def _chunks(data, key, idx):
         if key in data:
             yield data[key][part]
         else:
-            yield shards.read_rows(data["path"], data[key + "_layout"], part)
+            yield shard_rows.read_rows(data["path"], data[key + "_layout"], part)
 
 
 def band_statistics(split_dir, split="trn", summary=None) -> BandStatistics:
@@ -152,7 +152,7 @@ def band_statistics(split_dir, split="trn", summary=None) -> BandStatistics:
             the directory, the date and the band).
         data.shards.ShardError: the split breaks the §4 format.
     """
-    summary = summary or shards.inspect_split(split_dir, check_values=False)
+    summary = summary or split_summary.inspect_split(split_dir, check_values=False)
     channels = summary.image_shape[-1]
     moments = [_Moments(channels), _Moments(channels)]
     nodata = np.zeros(2, np.int64)
@@ -191,7 +191,7 @@ def band_statistics(split_dir, split="trn", summary=None) -> BandStatistics:
 
 def shard_maxima(summary) -> np.ndarray:
     """(n_files, 2) float64: the largest value of ``image_t1`` and ``image_t2`` of each shard of a
-    :class:`data.shards.SplitSummary` (every pair, undefined ones included, as the original's
+    :class:`data.split_summary.SplitSummary` (every pair, undefined ones included, as the original's
     ``np.max(image_t1)``), read in chunks. A shard whose array is all 0 gets 0 (the loader
     refuses to divide by it, naming the shard)."""
     out = np.zeros((len(summary.files), 2), np.float64)

@@ -52,7 +52,7 @@ from pathlib import Path
 
 import numpy as np
 
-from data import shards, splits
+from data import split_summary, splits
 from utils.cli import configure_logging
 
 log = logging.getLogger(__name__)
@@ -587,7 +587,7 @@ def main(argv=None):
         print(f"error: {e}", file=sys.stderr)
         return 2
     for name in written:
-        log.info("%s", shards.inspect_split(f"{args.out}/{name}").format())
+        log.info("%s", split_summary.inspect_split(f"{args.out}/{name}").format())
     return 0
 
 

@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 import scipy.io
 
-from data.shards import check_class_names, inspect_split, read_labels, require_labels
+from data.split_summary import check_class_names, inspect_split, read_labels, require_labels
 from data.splits import SPLITS, resolve_split_dirs
 from evaluation import plots, scene_map
 from evaluation.config import EvalConfig
@@ -78,7 +78,7 @@ def evaluate_split(net, split_dir, batch_size=32, threshold=0.5, class_names=Non
         class_names: names of the K classes; default the shards' names, else "class 1".."class K".
         image_size: (H, W) to resize the images to, as in training; default the shards' size.
         check_values: read the image data through before predicting (float values, CRC-32 of
-            compressed members: ``data.shards.inspect_split``). False when the caller has checked
+            compressed members: ``data.split_summary.inspect_split``). False when the caller has checked
             the split in full already (``evaluate_checkpoint``'s checks, ``training.fit.check_data``); the shards' headers and labels are checked either way.
 
     Returns:

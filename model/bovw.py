@@ -58,7 +58,7 @@ from sklearn.model_selection import StratifiedKFold
 from sklearn.preprocessing import StandardScaler
 from sklearn.svm import SVC
 
-from data import shards
+from data import shards, split_summary
 from data.shards import ShardError
 from model.kernels import hik_gram
 
@@ -122,11 +122,11 @@ def _load_shard(path):
 
 
 def inspect(split_dir, check_values=True):
-    """Validate a split with data.shards.inspect_split: (n_pairs, num_classes, names).
+    """Validate a split with data.split_summary.inspect_split: (n_pairs, num_classes, names).
 
     check_values=False: headers and labels only, for a split read through already (compare.py).
     """
-    s = shards.inspect_split(split_dir, check_values=check_values)
+    s = split_summary.inspect_split(split_dir, check_values=check_values)
     return s.n_pairs, s.num_classes, s.class_names
 
 
@@ -134,7 +134,7 @@ def iter_split(split_dir):
     """Yield one dict per shard of ``split_dir`` (sorted order), undefined pairs removed.
 
     Keys: ``file``, ``image_t1``, ``image_t2`` (N, H, W, C), ``label_t1``, ``label_t2`` (N,) int32
-    0-based, ``row``, ``col`` (N,) or None. Same pair order as data.shards.read_labels. The split
+    0-based, ``row``, ``col`` (N,) or None. Same pair order as data.split_summary.read_labels. The split
     should have been validated with :func:`inspect` first.
     """
     for path in shards.list_shards(split_dir):

@@ -274,7 +274,7 @@ def check_checkpoint(path, splits: dict, summaries: dict, image_size=None) -> tu
     check_two_date_model(config, path)
     signature = config_signature(config)
     if signature[1] is not None:
-        from data.shards import check_class_count
+        from data.split_summary import check_class_count
 
         check_class_count(signature[1], f"checkpoint {path}")
     for name, split_dir in splits.items():

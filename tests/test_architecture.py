@@ -1,5 +1,17 @@
-"""The layering of the code, read from the source (AST): the library never imports a script, and
-no project modules import each other in a cycle (imports inside functions count too)."""
+"""The layering of the code, read from the source (AST; imports inside functions count too).
+
+The library is built in floors (docs/architecture.md); a module imports its own package and the
+floors below it, never one above:
+
+    scripts (train_cnn, eval, compare, predict), parser.py, benchmarks/, experiments/
+    training/     the fit loop, multi-worker, callbacks, optimisers and class weights, TrainConfig
+    evaluation/   metrics, evaluation, plots, figures, scene maps, comparison, BoVW runs
+    model/        layers, losses, network, checkpoint loading, the BoVW/KSFA models
+    data/         the shard format, loader, converters
+    utils/        command-line errors and logging, run directories and locks, devices
+
+Training may use evaluation (it evaluates and plots during and after fitting); evaluation never
+imports training. No project modules import each other in a cycle."""
 
 from __future__ import annotations
 
@@ -8,7 +20,9 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 SCRIPTS = {"train_cnn", "eval", "compare", "predict", "parser"}
-LIBRARY = ("model", "data", "utils", "training", "evaluation")
+#: the library's floors, lowest first: each package may import its own modules and lower floors
+FLOORS = ("utils", "data", "model", "evaluation", "training")
+LIBRARY = FLOORS
 PACKAGES = (*LIBRARY, "benchmarks")
 
 
@@ -44,6 +58,55 @@ def imports_of(path: Path, modules: dict) -> set[str]:
 def import_graph() -> dict[str, set[str]]:
     modules = project_modules()
     return {m: imports_of(p, modules) - {m} for m, p in modules.items()}
+
+
+def floor_violations(graph: dict[str, set[str]]) -> dict[str, list[str]]:
+    """``{module: [imported modules on a higher floor]}`` for every library module of ``graph``;
+    scripts count as the top floor."""
+    def floor(module):
+        top = module.split(".")[0]
+        return FLOORS.index(top) if top in FLOORS else len(FLOORS)
+
+    bad = {}
+    for m, deps in graph.items():
+        if m.split(".")[0] in FLOORS:
+            up = sorted(d for d in deps if floor(d) > floor(m))
+            if up:
+                bad[m] = up
+    return bad
+
+
+def test_no_import_runs_up_the_floors():
+    bad = floor_violations(import_graph())
+    assert not bad, f"imports of a higher floor (see this file's docstring): {bad}"
+
+
+def test_the_floor_check_catches_a_planted_violation(tmp_path):
+    """The check is not vacuous: an upward arrow planted into the real graph, and one parsed
+    from a planted source file, are both reported."""
+    graph = import_graph()
+    assert {"utils.cli", "data.shards", "model.network", "evaluation.metrics",
+            "training.fit"} <= set(graph)  # the graph holds every floor
+    planted = {m: set(d) for m, d in graph.items()}
+    planted["utils.cli"].add("data.shards")
+    planted["evaluation.metrics"].add("training.fit")
+    planted["model.network"].add("train_cnn")
+    assert floor_violations(planted) == {"utils.cli": ["data.shards"],
+                                         "evaluation.metrics": ["training.fit"],
+                                         "model.network": ["train_cnn"]}
+    src = tmp_path / "planted.py"
+    src.write_text("def f():\n    from training.fit import train\n    return train\n")
+    deps = imports_of(src, project_modules())
+    assert deps == {"training.fit"}
+    assert floor_violations({"data.planted": deps}) == {"data.planted": ["training.fit"]}
+
+
+def test_utils_is_the_ground_floor():
+    """utils/ imports no other project package (it is plumbing every package may use)."""
+    graph = import_graph()
+    bad = {m: sorted(d for d in deps if not d.startswith("utils"))
+           for m, deps in graph.items() if m.split(".")[0] == "utils"}
+    assert not {m: d for m, d in bad.items() if d}, bad
 
 
 def test_the_library_never_imports_a_script():

@@ -24,13 +24,8 @@ from pathlib import Path
 
 import numpy as np
 
-from data.shards import (
-    ShardError,
-    check_class_count,
-    check_class_names,
-    inspect_split,
-    require_labels,
-)
+from data.shards import ShardError
+from data.split_summary import check_class_count, check_class_names, inspect_split, require_labels
 from data.splits import resolve_split_dirs
 from data.synthetic import demo_data_dir, ensure_demo_data
 from evaluation.evaluate import evaluate_split, write_outputs
@@ -511,7 +506,7 @@ def make_callbacks(config, data: Data, paths: RunPaths, state: dict, run_info: d
 
 def validation_figures(config, data: Data):
     """What TensorBoard's validation figures are drawn from (None with ``--tb_images 0``)."""
-    from data.shards import read_labels
+    from data.split_summary import read_labels
     from training.callbacks import ValidationFigures
 
     if not config.tb_images:

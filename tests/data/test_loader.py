@@ -12,7 +12,7 @@ import weakref
 import numpy as np
 import pytest
 
-from data import loader, shards
+from data import loader, shard_rows, shards, split_summary
 from tests.data._helpers import make_split
 
 SIZES = (7, 5, 6)
@@ -48,7 +48,7 @@ def test_eval_order_matches_read_labels(split):
     assert summary.n_pairs == len(DEFINED) and summary.n_skipped == len(UNDEFINED)
     ids, y1 = _epoch(ds)
     np.testing.assert_array_equal(ids, DEFINED)  # undefined pairs skipped, stored order
-    labels = shards.read_labels(split)
+    labels = split_summary.read_labels(split)
     np.testing.assert_array_equal(y1, labels["label_t1"])
     ids2, _ = _epoch(ds)
     np.testing.assert_array_equal(ids2, ids)  # fixed from epoch to epoch
@@ -69,7 +69,7 @@ def test_training_shuffles_per_epoch_deterministically(split):
 
 
 def test_shuffle_mixes_across_and_within_shards(split):
-    summary = shards.inspect_split(split)
+    summary = split_summary.inspect_split(split)
     orders = [_raw_ids(summary, True, 0, epoch) for epoch in range(6)]
     first_shard = {int(np.searchsorted(np.cumsum(SIZES), o[0], "right")) for o in orders}
     assert len(first_shard) > 1  # shard order changes
@@ -110,7 +110,7 @@ def test_raw_integers_left_for_the_model(tmp_path, dtype, backend):
         (x1, x2), _ = next(iter(ds))
         x1, x2 = np.asarray(x1), np.asarray(x2)
     else:
-        summary = shards.inspect_split(split)
+        summary = split_summary.inspect_split(split)
         (x1, x2), _ = loader.ShardPyDataset(summary, 5, training=False, raw_integers=True)[0]
     with np.load(split / "shard_000.npz") as z:
         raw1, raw2 = z["image_t1"], z["image_t2"]
@@ -159,7 +159,7 @@ def test_tf_pipeline_known_length_without_autotuning(split):
 
 
 def test_pydataset_matches_tf_pipeline(split):
-    summary = shards.inspect_split(split)
+    summary = split_summary.inspect_split(split)
     pyds = loader.ShardPyDataset(summary, 4, training=False)
     assert len(pyds) == loader.steps_per_epoch(summary, 4)
     ids = np.concatenate([_ids(pyds[i][0][0]) for i in range(len(pyds))])
@@ -192,7 +192,7 @@ def test_float_values_checked_when_read(tmp_path, bad, expected, compressed):
         expected = expected.replace("in pair 3", "(in|near) pair [03]")
     with pytest.raises(Exception, match=r"shard_001\.npz: image_t2: " + expected):
         list(ds)
-    summary = shards.inspect_split(split, check_values=False)
+    summary = split_summary.inspect_split(split, check_values=False)
     batches = loader.iter_batches(summary, 4, training=False)
     assert next(batches)[0].shape[0] == 4  # the good batch of shard_000 comes out first
     with pytest.raises(shards.ShardError, match=r"shard_001\.npz: image_t2: " + expected):
@@ -226,7 +226,7 @@ def test_per_batch_reads_equal_whole_shard_reads(tmp_path, dtype):
     """Stored shards are read per batch (no images in the opened shard) and give exactly the
     batches of the whole-shard reader: same pairs, same order, undefined pairs skipped."""
     split = make_split(tmp_path / "s", sizes=SIZES, undefined=UNDEFINED, dtype=dtype, size=5)
-    summary = shards.inspect_split(split)
+    summary = split_summary.inspect_split(split)
     opened = loader.load_shard(summary.files[0], summary)
     assert "layouts" in opened and "image_t1" not in opened
     whole = functools.partial(loader.load_shard, per_batch=False)
@@ -242,20 +242,20 @@ def test_per_batch_reads_equal_whole_shard_reads(tmp_path, dtype):
 
 def test_per_batch_read_scatters_into_batch_order(tmp_path):
     path = make_split(tmp_path / "s", sizes=(20,), size=3)
-    layout = shards.stored_layout(path / "shard_000.npz", "image_t2")
+    layout = shard_rows.stored_layout(path / "shard_000.npz", "image_t2")
     with np.load(path / "shard_000.npz") as z:
         ref = z["image_t2"]
     for idx in ([7, 3, 4, 5, 19, 0, 1, 6], [2], [], list(range(20))[::-1]):
-        got = shards.read_rows(path / "shard_000.npz", layout, np.array(idx, dtype=np.int64))
+        got = shard_rows.read_rows(path / "shard_000.npz", layout, np.array(idx, dtype=np.int64))
         np.testing.assert_array_equal(got, ref[idx])
 
 
 def test_compressed_shards_decoded_whole_and_warned_once_per_dataset(tmp_path, caplog):
     split = make_split(tmp_path / "s", sizes=SIZES, undefined=UNDEFINED)
-    summary = shards.inspect_split(split)
+    summary = split_summary.inspect_split(split)
     stored = _batches(summary)
     _compress_split(split)
-    summary = shards.inspect_split(split)
+    summary = split_summary.inspect_split(split)
     opened = loader.load_shard(summary.files[0], summary)
     assert "layouts" not in opened and "image_t1" in opened
     _assert_same_batches(_batches(summary), stored)
@@ -271,7 +271,7 @@ def test_holds_at_most_one_shard(tmp_path):
     """Instrumented loader on compressed shards (decoded whole): when a shard is read, no
     earlier shard's images are still alive."""
     split = _compress_split(make_split(tmp_path / "trn", sizes=SIZES, undefined=UNDEFINED))
-    summary = shards.inspect_split(split)
+    summary = split_summary.inspect_split(split)
     alive, peak = [], []
 
     def load(path, summary, num_classes):
@@ -303,7 +303,7 @@ def _epoch_peak(summary, batch_size):
 def test_peak_memory_stored_shards_is_about_one_batch(tmp_path):
     """tracemalloc: an epoch over 6 stored shards allocates about one batch, no shard at all."""
     split = make_split(tmp_path / "big", sizes=(400,) * 6, size=32)
-    summary = shards.inspect_split(split)
+    summary = split_summary.inspect_split(split)
     shard_bytes = 2 * 400 * 32 * 32 * 3  # 2.4 MB of images per shard
     batch_bytes = 2 * 16 * 32 * 32 * 3  # 98 KB per batch
     peak = _epoch_peak(summary, 16)
@@ -317,7 +317,7 @@ def test_peak_memory_compressed_shards_bounded_by_one_shard(tmp_path):
     large enough here for that constant not to matter.)
     """
     split = _compress_split(make_split(tmp_path / "big", sizes=(400,) * 6, size=32))
-    summary = shards.inspect_split(split)
+    summary = split_summary.inspect_split(split)
     shard_bytes = 2 * 400 * 32 * 32 * 3
     peak = _epoch_peak(summary, 16)
     assert shard_bytes < peak < 2 * shard_bytes, (peak, shard_bytes)
@@ -335,8 +335,8 @@ def test_other_backend_gets_pydataset(split):
                           cwd=pathlib.Path(__file__).parents[2], timeout=120)
     assert proc.returncode == 0, proc.stderr[-2000:]
     name_line, labels_line = proc.stdout.strip().splitlines()[-2:]
-    assert name_line == f"ShardPyDataset {loader.steps_per_epoch(shards.inspect_split(split), 4)}"
-    assert [int(v) for v in labels_line.split()] == shards.read_labels(split)["label_t1"].tolist()
+    assert name_line == f"ShardPyDataset {loader.steps_per_epoch(split_summary.inspect_split(split), 4)}"
+    assert [int(v) for v in labels_line.split()] == split_summary.read_labels(split)["label_t1"].tolist()
 
 
 def test_georeferenced_shards_load(tmp_path):
@@ -358,9 +358,9 @@ def test_undefined_pairs_are_reported_once(split, caplog):
     """inspect, loader and labels each read the split: the count reaches the log once (the split
     summary, ``SplitSummary.format``), not once per reader."""
     with caplog.at_level("INFO"):
-        summary = shards.inspect_split(split)
+        summary = split_summary.inspect_split(split)
         loader.make_dataset(split, 4, training=False)
-        shards.read_labels(split)
+        split_summary.read_labels(split)
         text = summary.format()
     said = [r.getMessage() for r in caplog.records
             if r.levelname == "INFO" and "undefined" in r.getMessage()]

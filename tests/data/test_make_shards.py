@@ -11,7 +11,7 @@ import rasterio
 import scipy.io
 from PIL import Image
 
-from data import make_shards, shards, splits
+from data import make_shards, shards, split_summary, splits
 
 T = 8  # tile size
 
@@ -85,7 +85,7 @@ def test_folders_round_trip(folders):
     names = sorted({"water", "farm", "road", "bare"})
     sizes = []
     for split in ("trn", "val", "tst"):
-        s = shards.inspect_split(out / split)
+        s = split_summary.inspect_split(out / split)
         assert s.class_names == names and s.image_shape == (T, T, 3) and s.dtype == np.uint8
         assert max(s.pairs_per_file) <= 3
         sizes.append(s.n_pairs)
@@ -106,7 +106,7 @@ def test_folders_class_names_option(folders, tmp_path):
     out = tmp_path / "o"
     assert make_shards.main(["folders", "--t1", str(root / "d1"), "--t2", str(root / "d2"),
                              "--out", str(out), "--class_names", names]) == 0
-    assert shards.inspect_split(out / "trn").class_names == names.split(",")
+    assert split_summary.inspect_split(out / "trn").class_names == names.split(",")
     assert all(y1 == 1 for (r, c), (_, _, y1, _) in _all_pairs(out).items() if c == 2)
 
 
@@ -173,7 +173,7 @@ def test_geotiff_uint16_with_mat_grid_and_bands(tmp_path):
         "raster", "--t1", str(tmp_path / "t1.tif"), "--t2", str(tmp_path / "t2.tif"),
         "--labels1", str(tmp_path / "l1.mat"), "--labels2", str(tmp_path / "l2.mat"),
         "--tile", str(T), "--bands", "3,2,1", "--out", str(out), "--class_names", "a,b,c"]) == 0
-    s = shards.inspect_split(out / "trn")
+    s = split_summary.inspect_split(out / "trn")
     assert s.dtype == np.uint16 and s.image_shape == (T, T, 3) and s.class_names == ["a", "b", "c"]
     pairs = _all_pairs(out)
     assert len(pairs) == rows * cols
@@ -207,7 +207,7 @@ def test_png_with_npy_grid_and_label_raster(tmp_path):
                 for i in range(len(z["row"])):
                     pairs[(int(z["row"][i]), int(z["col"][i]))] = (int(z["label_t1"][i]), int(z["label_t2"][i]))
     assert pairs == {(r, c): (int(grid[r, c]), int(grid[r, ::-1][c])) for r in range(2) for c in range(3)}
-    total = sum(shards.inspect_split(out / s).n_pairs for s in ("trn", "val"))
+    total = sum(split_summary.inspect_split(out / s).n_pairs for s in ("trn", "val"))
     assert total == 4  # two pairs have label 0 at a date
 
 
@@ -222,7 +222,7 @@ def test_mat_needs_key_when_ambiguous(tmp_path, capsys):
     assert "l.mat: --mat_key: 2 2-D numeric variables" in capsys.readouterr().err
     assert not (tmp_path / "o").exists()
     assert make_shards.main(base + ["--mat_key", "y16"]) == 0
-    assert shards.inspect_split(tmp_path / "o" / "trn").hist_t1.tolist() == [0, 2]
+    assert split_summary.inspect_split(tmp_path / "o" / "trn").hist_t1.tolist() == [0, 2]
 
 
 @pytest.mark.parametrize("case", ["grid shape", "bands", "t2 size", "labels above names"])
@@ -271,7 +271,7 @@ def test_class_names_file(folders, tmp_path):
     out = tmp_path / "o"
     assert make_shards.main(["folders", "--t1", str(root / "d1"), "--t2", str(root / "d2"),
                              "--out", str(out), "--class_names", str(tmp_path / "names.txt")]) == 0
-    assert shards.inspect_split(out / "trn").class_names == ["road", "water", "farm", "bare"]
+    assert split_summary.inspect_split(out / "trn").class_names == ["road", "water", "farm", "bare"]
 
 
 def test_date_dir_that_is_a_file(folders, capsys):
@@ -370,7 +370,7 @@ def test_raster_shards_carry_crs_tile_transform_and_tile_size(tmp_path, capsys):
         # the transform maps a tile's (col, row) to its upper-left corner on the map
         r, c = int(z["row"][0]), int(z["col"][0])
         assert tf @ (c, r) == scenes.transform() @ (c * T, r * T)
-    summary = shards.inspect_split(out / "trn")
+    summary = split_summary.inspect_split(out / "trn")
     assert summary.geo["tile_size"] == T and summary.to_dict()["georeferencing"]["crs_name"] == \
         "WGS 84 / UTM zone 50N"
     assert inspect.main([str(out / "trn")]) == 0
@@ -410,7 +410,7 @@ def test_unlabelled_raster_shards_pad_the_edges(tmp_path):
     np.testing.assert_array_equal(edge[:5, 2:4], x1[4 * T:, 6 * T:][:, ::-1])
     np.testing.assert_array_equal(edge[5:8, :2], x1[4 * T:, 6 * T:][::-1][:3])
     np.testing.assert_array_equal(pairs[(1, 2)][1], x2[T:2 * T, 2 * T:3 * T])
-    summary = shards.inspect_split(out / "trn")  # readable; every pair undefined for training
+    summary = split_summary.inspect_split(out / "trn")  # readable; every pair undefined for training
     assert summary.n_pairs == 0 and summary.n_skipped == sum(
         len(np.load(p)["row"]) for p in shards.list_shards(out / "trn"))
 

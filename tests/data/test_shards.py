@@ -7,18 +7,18 @@ import re
 import numpy as np
 import pytest
 
-from data import shards
+from data import shard_rows, shards, split_summary
 from tests.data._helpers import make_split, shard_arrays, write_npz
 
 
 def test_inspect_split_summary(tmp_path):
     split = make_split(tmp_path / "trn", sizes=(7, 5, 6), undefined=(2, 9))
-    s = shards.inspect_split(split)
+    s = split_summary.inspect_split(split)
     assert [f.name for f in s.files] == ["shard_000.npz", "shard_001.npz", "shard_002.npz"]
     assert s.n_pairs == 16 and s.n_skipped == 2 and s.pairs_per_file == [6, 4, 6]
     assert s.image_shape == (4, 4, 3) and s.dtype == np.uint8 and s.has_rowcol
     assert s.num_classes == 3 and s.class_names == ["c1", "c2", "c3"]
-    labels = shards.read_labels(split)
+    labels = split_summary.read_labels(split)
     assert s.hist_t1.tolist() == np.bincount(labels["label_t1"], minlength=3).tolist()
     assert s.hist_t2.tolist() == np.bincount(labels["label_t2"], minlength=3).tolist()
     assert s.n_changed == int((labels["label_t1"] != labels["label_t2"]).sum()) > 0
@@ -29,7 +29,7 @@ def test_inspect_split_summary(tmp_path):
 
 def test_read_labels_order_and_shift(tmp_path):
     split = make_split(tmp_path / "val", sizes=(5, 4), undefined=(1,))
-    labels = shards.read_labels(split)
+    labels = split_summary.read_labels(split)
     ids = np.array([0, 2, 3, 4, 5, 6, 7, 8])
     assert labels["label_t1"].dtype == np.int32
     np.testing.assert_array_equal(labels["label_t1"], ids % 3)
@@ -41,10 +41,10 @@ def test_num_classes_from_labels_without_names(tmp_path):
     arrays = shard_arrays(classes=5)
     del arrays["class_names"], arrays["row"], arrays["col"]
     write_npz(tmp_path / "s" / "a.npz", **arrays)
-    s = shards.inspect_split(tmp_path / "s")
+    s = split_summary.inspect_split(tmp_path / "s")
     assert s.num_classes == 5 and s.class_names is None and not s.has_rowcol
-    assert shards.read_labels(tmp_path / "s")["row"] is None
-    assert shards.inspect_split(tmp_path / "s", num_classes=7).hist_t1.shape == (7,)
+    assert split_summary.read_labels(tmp_path / "s")["row"] is None
+    assert split_summary.inspect_split(tmp_path / "s", num_classes=7).hist_t1.shape == (7,)
 
 
 @pytest.mark.parametrize("dtype,value,expected", [
@@ -65,7 +65,7 @@ def test_write_shard_round_trip(tmp_path):
     with np.load(tmp_path / "s" / "x.npz", allow_pickle=False) as z:
         np.testing.assert_array_equal(z["image_t1"], a["image_t1"])
         assert z["image_t1"].dtype == np.uint16
-    assert shards.inspect_split(tmp_path / "s").class_names == ["c1", "c2", "c3"]
+    assert split_summary.inspect_split(tmp_path / "s").class_names == ["c1", "c2", "c3"]
     assert [p.name for p in (tmp_path / "s").iterdir()] == ["x.npz"]  # no temporary left
 
 
@@ -74,25 +74,25 @@ def test_write_shard_stores_uncompressed_by_default(tmp_path):
     path = shards.write_shard(tmp_path / "x.npz", a["image_t1"], a["image_t2"], a["label_t1"],
                               a["label_t2"])
     for key in shards.IMAGE_KEYS:
-        layout = shards.stored_layout(path, key)
+        layout = shard_rows.stored_layout(path, key)
         assert layout is not None and layout.shape == (5, 4, 4, 3) and layout.dtype == np.float32
-        np.testing.assert_array_equal(shards.read_rows(path, layout, [4, 0, 1]), a[key][[4, 0, 1]])
+        np.testing.assert_array_equal(shard_rows.read_rows(path, layout, [4, 0, 1]), a[key][[4, 0, 1]])
     shards.write_shard(tmp_path / "z.npz", a["image_t1"], a["image_t2"], a["label_t1"],
                        a["label_t2"], compress=True)
-    assert shards.stored_layout(tmp_path / "z.npz", "image_t1") is None  # compressed: no offsets
+    assert shard_rows.stored_layout(tmp_path / "z.npz", "image_t1") is None  # compressed: no offsets
 
 
 def test_per_batch_read_of_a_truncated_shard(tmp_path):
     a = shard_arrays(n=6)
     path = shards.write_shard(tmp_path / "x.npz", a["image_t1"], a["image_t2"], a["label_t1"],
                               a["label_t2"])
-    layout = shards.stored_layout(path, "image_t2")
+    layout = shard_rows.stored_layout(path, "image_t2")
     os.truncate(path, layout.offset + 2 * layout.row_bytes + 5)  # shrinks after it was opened
-    np.testing.assert_array_equal(shards.read_rows(path, layout, [1, 0]), a["image_t2"][[1, 0]])
+    np.testing.assert_array_equal(shard_rows.read_rows(path, layout, [1, 0]), a["image_t2"][[1, 0]])
     with pytest.raises(shards.ShardError, match=r"x\.npz: image_t2: unreadable \(read .* bytes\)"):
-        shards.read_rows(path, layout, [0, 3])
+        shard_rows.read_rows(path, layout, [0, 3])
     with pytest.raises(shards.ShardError, match=r"x\.npz: file: not a zip"):
-        shards.stored_layout(path, "image_t2")
+        shard_rows.stored_layout(path, "image_t2")
 
 
 def test_write_shard_refuses_bad_labels(tmp_path):
@@ -109,9 +109,9 @@ def test_float_check_is_chunked(tmp_path, monkeypatch):
     write_npz(tmp_path / "s" / "a.npz", **arrays)
     monkeypatch.setattr(shards, "CHUNK_BYTES", arrays["image_t1"][0].nbytes * 2)
     with pytest.raises(shards.ShardError, match=r"a\.npz: image_t2: NaN or inf in pair 8"):
-        shards.inspect_split(tmp_path / "s")
+        split_summary.inspect_split(tmp_path / "s")
     # header-only inspection (the loader's) does not decode images
-    assert shards.inspect_split(tmp_path / "s", check_values=False).n_pairs == 9
+    assert split_summary.inspect_split(tmp_path / "s", check_values=False).n_pairs == 9
 
 
 # ----------------------------------------------------------------------------- bad input
@@ -161,7 +161,7 @@ def test_bad_shard(tmp_path, case):
     changes, key, words = BAD[case]
     split = _bad(tmp_path, "shard_001.npz", **changes)
     with pytest.raises(shards.ShardError) as info:
-        shards.inspect_split(split)
+        split_summary.inspect_split(split)
     message = str(info.value)
     assert "\n" not in message
     assert message.startswith(f"{split / 'shard_001.npz'}: {key}: "), message
@@ -173,20 +173,20 @@ def test_float_images_out_of_range_or_nan(tmp_path):
     a["image_t1"][2, 0, 0, 1] = 1.5
     write_npz(tmp_path / "a" / "s.npz", **a)
     with pytest.raises(shards.ShardError, match=r"s\.npz: image_t1: values in \[.*1\.5\].*\[0, 1\]"):
-        shards.inspect_split(tmp_path / "a")
+        split_summary.inspect_split(tmp_path / "a")
     a = shard_arrays(dtype=np.float32)
     a["image_t2"][0, 0, 0, 0] = np.nan
     write_npz(tmp_path / "b" / "s.npz", **a)
     with pytest.raises(shards.ShardError, match=r"s\.npz: image_t2: NaN"):
-        shards.inspect_split(tmp_path / "b")
+        split_summary.inspect_split(tmp_path / "b")
 
 
 def test_num_classes_given_is_checked(tmp_path):
     split = make_split(tmp_path / "trn", sizes=(4,))
     with pytest.raises(shards.ShardError, match="label_t1: label 3 > 2"):
-        shards.inspect_split(split, num_classes=2)
+        split_summary.inspect_split(split, num_classes=2)
     with pytest.raises(shards.ShardError, match="class_names: 3 names; expected num_classes=4"):
-        shards.inspect_split(split, num_classes=4)
+        split_summary.inspect_split(split, num_classes=4)
 
 
 def test_missing_and_empty_split_dir(tmp_path):
@@ -195,18 +195,18 @@ def test_missing_and_empty_split_dir(tmp_path):
     (tmp_path / "empty").mkdir()
     (tmp_path / "empty" / "notes.txt").write_text("hi")
     with pytest.raises(shards.ShardError, match=r"empty: split: no \.npz files"):
-        shards.inspect_split(tmp_path / "empty")
+        split_summary.inspect_split(tmp_path / "empty")
 
 
 def test_not_a_zip(tmp_path):
     (tmp_path / "s").mkdir()
     (tmp_path / "s" / "a.npz").write_text("not a zip file")
     with pytest.raises(shards.ShardError, match=r"a\.npz: file: not a zip/npz"):
-        shards.inspect_split(tmp_path / "s")
+        split_summary.inspect_split(tmp_path / "s")
     np.save(tmp_path / "s" / "a.npy", np.zeros(3))  # a bare .npy renamed to .npz
     (tmp_path / "s" / "a.npy").replace(tmp_path / "s" / "a.npz")
     with pytest.raises(shards.ShardError, match="not a zip/npz"):
-        shards.inspect_split(tmp_path / "s")
+        split_summary.inspect_split(tmp_path / "s")
 
 
 @pytest.mark.parametrize("keep", [0.5, 0.97])
@@ -215,7 +215,7 @@ def test_truncated_npz(tmp_path, keep):
     data = path.read_bytes()
     path.write_bytes(data[: int(len(data) * keep)])
     with pytest.raises(shards.ShardError, match=r"a\.npz: file: "):
-        shards.inspect_split(tmp_path / "s")
+        split_summary.inspect_split(tmp_path / "s")
 
 
 def test_corrupt_member_data(tmp_path):
@@ -226,7 +226,7 @@ def test_corrupt_member_data(tmp_path):
     data[start:start + 50] = b"\xff" * 50
     path.write_bytes(bytes(data))
     with pytest.raises(shards.ShardError, match=r"a\.npz: image_t1: "):
-        shards.inspect_split(tmp_path / "s")
+        split_summary.inspect_split(tmp_path / "s")
 
 
 # ----------------------------------------------------------------------------- damaged data (CRC-32)
@@ -255,19 +255,19 @@ def test_corrupt_compressed_images_fail_the_default_check(tmp_path):
     np.savez_compressed(path, **shard_arrays(n=20, size=16))
     _damage(path, "image_t1", offset=1000)
     with pytest.raises(shards.ShardError) as info:
-        shards.inspect_split(tmp_path / "s")
+        split_summary.inspect_split(tmp_path / "s")
     message = str(info.value)
     assert message.startswith(f"{path}: image_t1: ") and "\n" not in message, message
-    assert shards.inspect_split(tmp_path / "s", check_values=False).n_pairs == 20
+    assert split_summary.inspect_split(tmp_path / "s", check_values=False).n_pairs == 20
 
 
 def test_corrupt_stored_images_fail_check_stored_only(tmp_path):
     """Uncompressed integer images are CRC-checked only on request (a full read of the split)."""
     path = write_npz(tmp_path / "s" / "a.npz", **shard_arrays(n=20, size=16))
     _damage(path, "image_t2")
-    assert shards.inspect_split(tmp_path / "s").n_pairs == 20  # cheap check: images not read
+    assert split_summary.inspect_split(tmp_path / "s").n_pairs == 20  # cheap check: images not read
     with pytest.raises(shards.ShardError) as info:
-        shards.inspect_split(tmp_path / "s", check_stored=True)
+        split_summary.inspect_split(tmp_path / "s", check_stored=True)
     assert str(info.value).startswith(f"{path}: image_t2: damaged data (Bad CRC-32"), info.value
 
 
@@ -300,7 +300,7 @@ def test_dangling_symlink_is_an_error(tmp_path):
     message = str(info.value)
     assert message.startswith(f"{link}: file: dangling symbolic link") and "\n" not in message
     with pytest.raises(shards.ShardError, match="dangling"):
-        shards.inspect_split(split, check_values=False)  # the loader's check
+        split_summary.inspect_split(split, check_values=False)  # the loader's check
 
 
 @pytest.mark.parametrize("case", ["0-255", "nan"])
@@ -315,7 +315,7 @@ def test_float_value_error_is_not_called_corruption(tmp_path, case):
         words = "image_t1: NaN or inf in pair 3; expected float images in [0, 1]"
     path = write_npz(tmp_path / "s" / "s.npz", **a)
     with pytest.raises(shards.ShardError) as info:
-        shards.inspect_split(tmp_path / "s")
+        split_summary.inspect_split(tmp_path / "s")
     message = str(info.value)
     assert message.startswith(f"{path}: {words}"), message
     assert "unreadable" not in message and "corrupt" not in message and message.count(str(path)) == 1
@@ -336,7 +336,7 @@ def _geo_shard(tmp_path, name="s.npz", **extra):
 
 def test_georeferencing_keys_are_summarised(tmp_path):
     _geo_shard(tmp_path)
-    s = shards.inspect_split(tmp_path / "split")
+    s = split_summary.inspect_split(tmp_path / "split")
     assert s.geo == {"crs": 'PROJCS["WGS 84 / UTM zone 50N"]',
                      "transform": (80.0, 0.0, 5e5, 0.0, -80.0, 3.4e6), "tile_size": 8}
     assert "georeferenced: WGS 84 / UTM zone 50N; tiles of 8 px" in s.format()
@@ -353,7 +353,7 @@ def test_georeferencing_keys_are_summarised(tmp_path):
 def test_bad_georeferencing_keys(tmp_path, extra, words):
     _geo_shard(tmp_path, **extra)
     with pytest.raises(shards.ShardError, match=re.escape(words)):
-        shards.inspect_split(tmp_path / "split")
+        split_summary.inspect_split(tmp_path / "split")
 
 
 def test_shards_of_a_split_share_one_grid(tmp_path):
@@ -361,7 +361,7 @@ def test_shards_of_a_split_share_one_grid(tmp_path):
     _geo_shard(tmp_path, "b.npz", transform=np.array([80.0, 0, 6e5, 0, -80.0, 3.4e6]))
     with pytest.raises(shards.ShardError, match="b.npz: transform: differs; expected the "
                                                 "transform of a.npz"):
-        shards.inspect_split(tmp_path / "split")
+        split_summary.inspect_split(tmp_path / "split")
 
 
 def test_a_huge_label_without_class_names_is_one_error_not_a_huge_histogram(tmp_path):
@@ -376,7 +376,7 @@ def test_a_huge_label_without_class_names_is_one_error_not_a_huge_histogram(tmp_
     arrays["label_t2"][3] = 10**9
     write_npz(tmp_path / "s" / "a.npz", **arrays)
     with pytest.raises(shards.ShardError, match=r"a\.npz: label_t2: label 1000000000; expected class ids 1\.\.K with K <= 1000"):
-        shards.inspect_split(tmp_path / "s")
+        split_summary.inspect_split(tmp_path / "s")
     proc = subprocess.run([sys.executable, "-m", "data.inspect", str(tmp_path / "s")],
                           capture_output=True, text=True, timeout=120,
                           cwd=os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
@@ -384,4 +384,4 @@ def test_a_huge_label_without_class_names_is_one_error_not_a_huge_histogram(tmp_
     # with names (or a num_classes) the bound is theirs
     arrays["label_t2"][3] = 5
     write_npz(tmp_path / "ok" / "a.npz", **arrays)
-    assert shards.inspect_split(tmp_path / "ok").num_classes == 5
+    assert split_summary.inspect_split(tmp_path / "ok").num_classes == 5

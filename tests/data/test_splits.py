@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from data import shards
+from data import shards, split_summary
 from data.splits import (
     check_output_dir,
     parse_fractions,
@@ -72,6 +72,6 @@ def test_write_splits_writes_valid_shards_in_place(tmp_path):
                            lambda idx: {k: v[idx] for k, v in data.items()}, shard_size=4,
                            class_names=names)
     assert [len(written["trn"]), len(written["tst"])] == [2, 1]
-    summary = shards.inspect_split(tmp_path / "out" / "trn")
+    summary = split_summary.inspect_split(tmp_path / "out" / "trn")
     assert summary.n_pairs == 6 and list(summary.class_names) == names
     assert not [p for p in (tmp_path / "out").iterdir() if p.name.startswith(".")]

@@ -9,7 +9,7 @@ import tracemalloc
 import numpy as np
 import pytest
 
-from data import shards, stats
+from data import shards, split_summary, stats
 from data.shards import write_shard
 
 SIZE = 200  # the Wuhan tiles
@@ -90,7 +90,7 @@ def test_memory_is_flat_in_the_number_of_shards(tmp_path, monkeypatch):
     for n_shards in (2, 6):
         split = tmp_path / f"s{n_shards}"
         _write_split(split, np.uint16, 0, 10000, sizes=(8,) * n_shards, nodata=False)
-        summary = shards.inspect_split(split, check_values=False)
+        summary = split_summary.inspect_split(split, check_values=False)
         tracemalloc.start()
         stats.band_statistics(split, summary=summary)
         peaks[n_shards] = tracemalloc.get_traced_memory()[1]
@@ -154,7 +154,7 @@ def test_shard_maxima_and_the_loaders_shard_max_batches_are_the_originals(tmp_pa
         y[2] = 0 if i == 1 else y[2]  # an undefined pair still counts for the max (as the original)
         write_shard(split / f"s{i}.npz", x1, x2, y, np.ones(4, np.int32) * 2)
         arrays.append((x1, x2, y))
-    summary = shards.inspect_split(split)
+    summary = split_summary.inspect_split(split)
     maxima = shard_divisors(summary)
     np.testing.assert_array_equal(maxima, [[x1.max(), x2.max()] for x1, x2, _ in arrays])
     want1 = np.concatenate([(x1.astype(np.float32) / np.max(x1) - 0.5)[y > 0]
@@ -177,7 +177,7 @@ def test_shard_max_refuses_an_all_zero_shard(tmp_path):
     x = np.zeros((2, 8, 8, 3), np.uint8)
     write_shard(split / "a.npz", x + 3, x, np.ones(2, np.int32), np.ones(2, np.int32))
     with pytest.raises(shards.ShardError, match=r"a\.npz: image_t2: every value is 0"):
-        shard_divisors(shards.inspect_split(split))
+        shard_divisors(split_summary.inspect_split(split))
 
 
 @pytest.mark.parametrize("dtype", [np.uint16, np.float32])

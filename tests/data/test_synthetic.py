@@ -6,19 +6,19 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
-from data import shards, synthetic
+from data import shards, split_summary, synthetic
 
 
 def test_demo_data_format(demo_data):
     sizes = {}
     for split in ("trn", "val", "tst"):
-        s = shards.inspect_split(demo_data / split)
+        s = split_summary.inspect_split(demo_data / split)
         assert s.image_shape == (32, 32, 3) and s.dtype == np.uint8 and s.has_rowcol
         assert s.class_names == list(synthetic.CLASS_NAMES[:4]) and s.n_skipped == 0
         sizes[split] = s.n_pairs
     assert sizes == {"trn": 84, "val": 12, "tst": 24}
-    rows = np.concatenate([shards.read_labels(demo_data / s)["row"] for s in sizes])
-    cols = np.concatenate([shards.read_labels(demo_data / s)["col"] for s in sizes])
+    rows = np.concatenate([split_summary.read_labels(demo_data / s)["row"] for s in sizes])
+    cols = np.concatenate([split_summary.read_labels(demo_data / s)["col"] for s in sizes])
     assert len(set(zip(rows.tolist(), cols.tolist(), strict=True))) == 120  # one grid cell per pair
 
 
@@ -100,7 +100,7 @@ def test_bad_arguments_and_shard_size(tmp_path, capsys):
     assert not (tmp_path / "a").exists()
     assert synthetic.main(["--out", str(tmp_path / "b"), "--pairs", "50", "--size", "16",
                            "--shard_size", "10", "--classes", "14", "--seed", "3"]) == 0
-    s = shards.inspect_split(tmp_path / "b" / "trn")
+    s = split_summary.inspect_split(tmp_path / "b" / "trn")
     assert s.pairs_per_file == [10, 10, 10, 5] and s.num_classes == 14
     assert sorted(p.name for p in (tmp_path / "b").iterdir()) == ["trn", "tst", "val"]
 

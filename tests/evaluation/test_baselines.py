@@ -11,7 +11,7 @@ FAST = {"patch": 8, "words": 50}  # 32x32 demo tiles -> 16 windows per image
 
 
 def test_bovw_hik_beats_chance(demo_data):
-    from data.shards import read_labels
+    from data.split_summary import read_labels
 
     metrics, preds = baselines.run_bovw(demo_data / "trn", demo_data / "tst", **FAST)
     labels = read_labels(demo_data / "tst")

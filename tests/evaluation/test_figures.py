@@ -201,7 +201,7 @@ def test_overlay_needs_the_evaluated_split(fake_run, tmp_path, capsys):
     # with the split that was evaluated: the maps are drawn over its date-2 tiles
     synthetic.generate(tmp_path / "data", pairs=40, size=16, classes=3, seed=0)
     split = tmp_path / "data" / "tst"
-    from data.shards import read_labels
+    from data.split_summary import read_labels
 
     labels = read_labels(split)
     res = fake_run / "results" / "tst"

@@ -12,7 +12,7 @@ import rasterio
 
 import eval as E
 import train_cnn
-from data import make_shards, shards
+from data import make_shards, split_summary
 from tests.data import _scenes as scenes
 from utils.cli import run_main
 
@@ -83,7 +83,7 @@ def test_eval_writes_geotiffs_on_the_shards_grid(scene_shards, checkpoint, tmp_p
     assert run_main(E.main, ["-m", str(checkpoint), "--data_dir", str(data), "-rpath",
                              str(out), "-b", "8"]) == 0
     for split in ("val", "tst"):
-        summary = shards.inspect_split(data / split)
+        summary = split_summary.inspect_split(data / split)
         geo = summary.geo
         with np.load(out / split / "predictions.npz") as z:
             row, col = z["row"], z["col"]

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from sklearn.utils.class_weight import compute_class_weight
 
-from data.shards import SplitSummary
+from data.split_summary import SplitSummary
 from training.fit import DataPlan, balanced_class_weights, class_weights
 
 
