@@ -465,10 +465,8 @@ def make_callbacks(config, data: Data, paths: RunPaths, state: dict, run_info: d
         FiniteLossGuard,
         FusionHistograms,
         SplitEvaluation,
-        TensorBoardLogger,
-        tb_hparams,
-        truncate_event_files,
     )
+    from training.tensorboard import TensorBoardLogger, tb_hparams, truncate_event_files
 
     guard = FiniteLossGuard()
     extra = {"tst": data.tst} if data.tst is not None and config.eval_tst else {}
@@ -507,7 +505,7 @@ def make_callbacks(config, data: Data, paths: RunPaths, state: dict, run_info: d
 def validation_figures(config, data: Data):
     """What TensorBoard's validation figures are drawn from (None with ``--tb_images 0``)."""
     from data.split_summary import read_labels
-    from training.callbacks import ValidationFigures
+    from training.tensorboard import ValidationFigures
 
     if not config.tb_images:
         return None
@@ -536,7 +534,7 @@ def train_one_run(config, data: Data, k: int, strategy, device_info: dict) -> di
 
         restore_best(paths.best, paths.last, state)  # a kill between last.keras and best.keras
     if not config.resume:  # a new run: not the event files of the one it replaces
-        from training.callbacks import remove_event_files
+        from training.tensorboard import remove_event_files
 
         remove_event_files(paths.tb_dir)
     atomic_write_json(paths.root / "args.json", {

@@ -166,7 +166,7 @@ def test_tensorboard_groups_tags_describes_them_and_draws_validation_figures(tmp
     from PIL import Image
     from tensorboard.plugins.hparams import metadata as hp_metadata
 
-    from training.callbacks import TensorBoardLogger, ValidationFigures
+    from training.tensorboard import TensorBoardLogger, ValidationFigures
 
     rng = np.random.default_rng(0)
     n = 24
@@ -217,7 +217,7 @@ def test_tensorboard_groups_tags_describes_them_and_draws_validation_figures(tmp
 
 
 def test_every_logged_name_has_a_group_and_description():
-    from training.callbacks import TB_SCALARS, tb_scalar_tag
+    from training.tensorboard import TB_SCALARS, tb_scalar_tag
 
     for name in ("loss", "ce_t1", "ce_t2", "corr_loss", "decov_loss", "dcca_loss", "l2", "oa_t1",
                  "oa_t2", "oa_bi", "oa_tr", "cancorr", "learning_rate"):
@@ -317,7 +317,7 @@ def test_a_kill_before_a_new_best_checkpoint_is_restored_on_resume(tmp_path, mon
 def test_a_resumed_run_writes_its_hparams_session_once(tmp_path):
     """Issue 24: the HParams tab has one row per run: a second TensorBoardLogger on the same
     tb/ directory (a --resume) finds the session and writes none."""
-    from training.callbacks import TensorBoardLogger, hparams_sessions
+    from training.tensorboard import TensorBoardLogger, hparams_sessions
 
     for _ in range(2):
         tb = TensorBoardLogger(tmp_path / "tb", hparams={"method": "corrfusion", "lr": 0.01})
