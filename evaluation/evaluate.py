@@ -27,7 +27,7 @@ import scipy.io
 
 from data.split_summary import check_class_names, inspect_split, read_labels, require_labels
 from data.splits import SPLITS, resolve_split_dirs
-from evaluation import plots, scene_map
+from evaluation import map_files, plots
 from evaluation.config import EvalConfig
 from evaluation.metrics import change_probability, compute_metrics, format_table, per_class_csv
 from model.checkpoints import (
@@ -354,7 +354,7 @@ def geotiff_names(metrics, preds, geo) -> list[str]:
         return []
     if "row" not in preds or map_problem(metrics, preds) is not None:
         return []
-    return [*scene_map.MAP_FILES, "from_to.json"]
+    return [*map_files.MAP_FILES, "from_to.json"]
 
 
 def write_geotiffs(out_dir, metrics, preds, geo) -> list[Path]:
@@ -363,7 +363,7 @@ def write_geotiffs(out_dir, metrics, preds, geo) -> list[Path]:
     ``SplitSummary.geo``: crs WKT, transform); nothing without a CRS and transform."""
     if not geotiff_names(metrics, preds, geo):
         return []
-    return scene_map.write_grid_maps(
+    return map_files.write_grid_maps(
         out_dir, geo["crs"], geo["transform"], preds["row"], preds["col"], preds["prob_t1"],
         preds["prob_t2"], metrics["class_names"])
 

@@ -12,7 +12,7 @@ import rasterio
 from affine import Affine
 
 from data import rasters
-from evaluation import scene_map
+from evaluation import map_files, scene_map
 from tests.data import _scenes as scenes
 from utils.cli import UsageError
 
@@ -80,7 +80,7 @@ def test_tile_resolution_maps_put_the_change_where_it_was_made(tmp_path, scene):
     assert src.transform == Affine(320.0, 0, scenes.ORIGIN[0], 0, -320.0, scenes.ORIGIN[1])
     assert (src.width, src.height) == (10, 8)
     assert src.descriptions[0].startswith("scene class at date 1: 1=water, 2=vegetation")
-    assert src.colormap(1)[1][:3] == scene_map.PALETTE[0]
+    assert src.colormap(1)[1][:3] == map_files.PALETTE[0]
     assert src.band_tags["CLASS_3"] == "built-up"
     np.testing.assert_array_equal(c1, y1)
     np.testing.assert_array_equal(read(out / "class_t2.tif")[0], y2)
