@@ -6,7 +6,7 @@
 For each size S, two synthetic uint8 3-band GeoTIFFs of S x S pixels (``benchmarks.scene_map.
 write_scene``, written by strips) are cut into shards by ``data.make_shards raster`` in a child
 process, which reports its own peak resident set (``VmHWM``; ``ru_maxrss`` too, which on Linux
-starts from the forking parent's resident set, so it reads high) and wall time. The rasters are read tile by tile (``data.make_shards.WindowedRaster``), so the
+starts from the forking parent's resident set, so it reads high) and wall time. The rasters are read tile by tile (``data.image_files.WindowedRaster``), so the
 peak should not grow with the scene: the goal is within ±10 % of the 2048² peak.
 """
 
