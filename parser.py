@@ -1,10 +1,13 @@
 """Command-line definitions shared by train_cnn.py, eval.py and compare.py.
 
-Only the standard library (and ``model.config``, standard library only) is imported here, so `-h`
-and argument errors are answered before TensorFlow starts. The backbone and method choices are the
-keys of ``model.config.BACKBONES`` / ``METHODS``, and the model options' defaults are
-``ModelConfig``'s: one source each. Every ``dest`` is a field of ``training.config.TrainConfig`` /
-``EvalConfig`` or ``ModelConfig`` (``from_namespace`` copies them by name). The original CorrFusionNet flags keep their short and long names; the boolean
+Only the standard library (and ``model.config``, ``training.optimizers``: standard library only) is
+imported here, so `-h` and argument errors are answered before NumPy or TensorFlow start. The
+backbone and method choices are the keys of ``model.config.BACKBONES`` / ``METHODS``, the optimiser
+and class-weight choices those of ``training.optimizers.OPTIMIZERS`` / ``CLASS_WEIGHTS``, and the
+model options' defaults are ``ModelConfig``'s: one source each. Every ``dest`` is a field of
+``training.config.TrainConfig`` / ``evaluation.config.EvalConfig`` or ``ModelConfig``
+(``utils.cli.from_namespace`` copies them by name). The original CorrFusionNet flags keep their
+short and long names; the boolean
 ones accept true/false/1/0/yes/no (the original's ``type=bool`` turned ``-tb False`` into True).
 """
 
@@ -29,13 +32,11 @@ from model.config import (
     RESNET_INITS,
     ModelConfig,
 )
+from training.optimizers import CLASS_WEIGHTS, OPTIMIZERS
 from utils.cli import HelpFormatter
 
 BACKBONE_NAMES = tuple(BACKBONES)
 METHOD_NAMES = tuple(METHODS)
-OPTIMIZER_NAMES = ("sgd", "adam", "adamw")
-#: ``--class_weight``: ``training.fit.CLASS_WEIGHTS`` has one builder per name
-CLASS_WEIGHTS = ("none", "balanced")
 
 #: ``--preset NAME`` -> {dest: value}, applied to every option not given on the command line.
 #: ``original``: what the original code that trained CorrFusion ran (rulixiang/CorrFusionNet at
@@ -256,7 +257,7 @@ def train_parser() -> argparse.ArgumentParser:
                      help="original: every setting of the original CorrFusion training code at once "
                           "(ResNet50 per date, flatten, frozen BN, constant 1e-3 Nesterov SGD, ...); "
                           "options given explicitly override it")
-    opt.add_argument("--optimizer", choices=OPTIMIZER_NAMES, default="sgd",
+    opt.add_argument("--optimizer", choices=tuple(OPTIMIZERS), default="sgd",
                      help="sgd = SGD with momentum (Nesterov unless --no-nesterov), as the original")
     opt.add_argument("--lr", type=float_list, default="1e-3",  # a string: argparse applies type
                      help="learning rate: one value = constant (the original: 1e-3), several = a "
@@ -271,7 +272,7 @@ def train_parser() -> argparse.ArgumentParser:
     opt.add_argument("--runs", type=positive_int, default=1,
                      help="independent runs, each in WORKDIR/k/ (the original's CorrFusion code "
                           "trained one; the 3-run loop came later with its DCCA baseline)")
-    opt.add_argument("--class_weight", choices=CLASS_WEIGHTS, default="none",
+    opt.add_argument("--class_weight", choices=tuple(CLASS_WEIGHTS), default="none",
                      help="balanced: weight each date's cross-entropy by n / (K * count_k) of the "
                           "trn split's class histogram at that date (classes absent from trn: 0); "
                           "in training only, val/tst losses stay plain means")

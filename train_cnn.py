@@ -21,7 +21,7 @@ from utils.cli import configure_logging, run_main
 # The demo trains from scratch in a couple of minutes on 2 CPU cores: Adam converges far faster than
 # the paper's SGD schedule there (pass --optimizer sgd --lr ... to see the original's).
 DEMO_TRAIN = {"backbone": "small", "method": "corrfusion", "epochs": 12, "batch_size": 32,
-              "hidden": 256, "optimizer": "adam", "lr": [1e-3], "lr_boundaries": []}
+              "hidden": 256, "optimizer": "adam"}  # --lr: parser.py's default (constant 1e-3)
 
 
 def parse_args(argv=None):

@@ -40,6 +40,7 @@ import keras
 import numpy as np
 
 from data import shard_rows, shards, split_summary
+from data.split_summary import input_size
 
 log = logging.getLogger(__name__)
 
@@ -256,7 +257,7 @@ def keeps_raw(summary, image_size, raw_integers, scaling="dtype") -> bool:
     """Whether batches leave the loader as they are read: no resize and, for ``dtype``, integer
     images with ``raw_integers`` (``raw``: integers with ``raw_integers``, or float images;
     ``shard_max``: always, the batches are scaled float32 already)."""
-    same = image_size is None or tuple(image_size) == tuple(summary.image_shape[:2])
+    same = input_size(summary, image_size) == tuple(summary.image_shape[:2])
     kind = np.dtype(summary.dtype).kind
     if scaling == "shard_max":
         return same
@@ -423,8 +424,8 @@ def make_dataset(split_dir, batch_size, training, seed=0, image_size=None, num_c
              summary.n_pairs, len(summary.files), summary.n_skipped, summary.image_shape,
              summary.dtype)
     warn_if_decoded_whole(summary)
-    if image_size is not None:
-        image_size = (int(image_size[0]), int(image_size[1]))
+    size = input_size(summary, image_size)
+    image_size = None if size == tuple(summary.image_shape[:2]) else size  # None: no resize
     if scaling not in SCALINGS:
         raise ValueError(f"scaling must be one of {SCALINGS}; received scaling={scaling!r}")
     divisors = shard_divisors(summary) if scaling == "shard_max" else None

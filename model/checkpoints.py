@@ -15,7 +15,9 @@ import urllib.parse
 import zipfile
 from pathlib import Path
 
-from utils.cli import UsageError
+from data.split_summary import check_class_count, input_size
+from utils.cli import UsageError, quiet_native_stderr
+from utils.devices import resolve_jit
 
 BEST = Path("checkpoints") / "best.keras"
 EXPECTED = "expected a CorrFusionNet checkpoint (train_cnn.py's checkpoints/best.keras)"
@@ -49,8 +51,6 @@ def download_checkpoint(url: str, sha256: str | None = None) -> Path:
     import hashlib
     import io
     import logging
-
-    from utils.cli import quiet_native_stderr
 
     check_download(url, sha256)
     name = Path(urllib.parse.urlparse(url).path).name
@@ -215,8 +215,6 @@ def load_checkpoint(path, require_optimizer=False):
         raise UsageError(f"{path}: saved without an optimiser (not compiled); expected the "
                          "last.keras train_cnn.py writes")
     if getattr(net, "compiled", False):
-        from utils.devices import resolve_jit
-
         # a checkpoint compiled with jit_compile=False (train_cnn.py's default before issue 25)
         # would predict op by op on JAX; callers with a --jit flag set it again after this
         net.jit_compile = net.jit_compile or resolve_jit(None)
@@ -257,7 +255,7 @@ def check_compatible(signature, summary, image_size, where, what="the checkpoint
                 f"{k}, the number of classes of {what}"
             )
     if shape is not None and None not in shape:
-        data_shape = (*(image_size or summary.image_shape[:2]), summary.image_shape[-1])
+        data_shape = (*input_size(summary, image_size), summary.image_shape[-1])
         if tuple(data_shape) != tuple(shape):
             hint = "; pass --image_size H,W to resize" if data_shape[-1] == shape[-1] else ""
             raise UsageError(
@@ -274,8 +272,6 @@ def check_checkpoint(path, splits: dict, summaries: dict, image_size=None) -> tu
     check_two_date_model(config, path)
     signature = config_signature(config)
     if signature[1] is not None:
-        from data.split_summary import check_class_count
-
         check_class_count(signature[1], f"checkpoint {path}")
     for name, split_dir in splits.items():
         check_compatible(signature, summaries[name], image_size, split_dir, f"checkpoint {path}")

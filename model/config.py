@@ -181,7 +181,7 @@ class ModelConfig:
             Σ_i w_{y_i}·CE_i / Σ_i w_{y_i} with date t's weights; evaluation (``training`` False:
             val/tst, ``evaluate``) logs the plain means, comparable across runs with and without
             weights. Set by ``train_cnn.py --class_weight balanced`` from the trn split's class
-            histograms (``training.fit.balanced_class_weights``); kept in ``.keras`` files, so
+            histograms (``training.optimizers.balanced_class_weights``); kept in ``.keras`` files, so
             ``--resume`` continues with them.
         seed: seed of the head/fusion initialisers and of the small CNN.
         input_mapping: map [-0.5, 0.5] to the pretrained network's input range; None → when

@@ -25,7 +25,13 @@ from pathlib import Path
 import numpy as np
 
 from data.shards import ShardError
-from data.split_summary import check_class_count, check_class_names, inspect_split, require_labels
+from data.split_summary import (
+    check_class_count,
+    check_class_names,
+    input_size,
+    inspect_split,
+    require_labels,
+)
 from data.splits import resolve_split_dirs
 from data.synthetic import demo_data_dir, ensure_demo_data
 from evaluation.evaluate import evaluate_split, write_outputs
@@ -40,6 +46,7 @@ from model.checkpoints import (
 )
 from training.config import TrainConfig
 from training.multiworker import wait_for_workers
+from training.optimizers import build_optimizer, class_weights
 from utils.cli import UsageError, disk_full, is_disk_full, progress_verbose
 from utils.devices import cluster_from_env, make_strategy, select_devices, setup_backend
 from utils.rundir import (
@@ -205,44 +212,8 @@ def check_data(config, checked_splits=()) -> DataPlan:
             raise UsageError(f"{splits[split]}: image shape {shape} differs from the training "
                              f"split's {trn_shape}{hint}")
     names = summaries["trn"].class_names
-    return DataPlan(splits, summaries, num_classes, tuple(config.image_size or trn_shape[:2]),
+    return DataPlan(splits, summaries, num_classes, input_size(summaries["trn"], config.image_size),
                     trn_shape[-1], list(names) if names is not None else None)
-
-
-def balanced_class_weights(hist) -> tuple[tuple[float, ...], list[int]]:
-    """scikit-learn's "balanced" weights n / (K · count_k) of one date's class histogram, K the
-    number of classes present; a class with no pair gets 0. Returns (weights, absent class ids
-    0-based)."""
-    hist = np.asarray(hist, np.float64)
-    present = hist > 0
-    weights = np.zeros_like(hist)
-    weights[present] = hist.sum() / (present.sum() * hist[present])
-    return tuple(float(w) for w in weights), [int(k) for k in np.flatnonzero(~present)]
-
-
-#: --class_weight name -> builder of one date's weights from its trn histogram (None: no weights)
-CLASS_WEIGHTS = {"none": None, "balanced": balanced_class_weights}
-
-
-def class_weights(name: str, plan: DataPlan):
-    """``ModelConfig.ce_weights`` for ``--class_weight name``: per date, from the trn split's
-    class histogram (padded to the run's class count); None for ``none``."""
-    builder = CLASS_WEIGHTS[name]
-    if builder is None:
-        return None
-    trn = plan.summaries["trn"]
-    names = plan.class_names or [f"class {k + 1}" for k in range(plan.num_classes)]
-    out = []
-    for date, hist in (("t1", trn.hist_t1), ("t2", trn.hist_t2)):
-        hist = np.pad(np.asarray(hist, np.int64), (0, plan.num_classes - len(hist)))
-        weights, absent = builder(hist)
-        if absent:
-            log.warning("--class_weight %s: %s at %s absent from the training split: weight 0",
-                        name, ", ".join(names[k] for k in absent), date)
-        log.info("--class_weight %s, %s: %s", name, date,
-                 ", ".join(f"{names[k]} {w:.3g}" for k, w in enumerate(weights)))
-        out.append(weights)
-    return tuple(out)
 
 
 def input_statistics(config, plan: DataPlan, modes) -> DataPlan:
@@ -318,7 +289,7 @@ def check_checkpoint_fits(config, plan: DataPlan, ckpt: Path, saved: dict, adopt
     adopt: a K above the data's largest label becomes the run's class count (trained with -n K)."""
     signature = checkpoint_signature(ckpt, saved)
     for split, summary in plan.summaries.items():
-        check_compatible(signature, summary, config.image_size, plan.splits[split],
+        check_compatible(signature, summary, plan.image_size, plan.splits[split],
                          f"checkpoint {ckpt}")
     if signature[1] != plan.num_classes:
         if not adopt:
@@ -380,7 +351,7 @@ def load_data(config, plan: DataPlan) -> Data:
 
     def loader(split, training):
         ds, _ = make_dataset(plan.splits[split], config.batch_size, training=training,
-                             seed=config.seed, image_size=config.image_size,
+                             seed=config.seed, image_size=plan.image_size,
                              num_classes=plan.num_classes, raw_integers=True,
                              scaling=INPUT_SCALING[config.model.input_norm])  # the model normalises
         return ds
@@ -391,22 +362,6 @@ def load_data(config, plan: DataPlan) -> Data:
 
 
 # ------------------------------------------------------------------------------------------- model
-def build_optimizer(config, steps_per_epoch: int):
-    import keras
-
-    if len(config.lr) == 1:
-        lr = config.lr[0]
-    else:
-        boundaries = [b * steps_per_epoch for b in config.lr_boundaries]
-        lr = keras.optimizers.schedules.PiecewiseConstantDecay(boundaries, list(config.lr))
-    if config.optimizer == "sgd":
-        return keras.optimizers.SGD(learning_rate=lr, momentum=config.momentum,
-                                    nesterov=config.nesterov)
-    if config.optimizer == "adam":
-        return keras.optimizers.Adam(learning_rate=lr)
-    return keras.optimizers.AdamW(learning_rate=lr)
-
-
 def build_or_resume(config, data: Data, paths: RunPaths, seed: int):
     """A fresh compiled model, or the last checkpoint (weights, optimiser, running covariances)."""
     import model as cfn
@@ -472,7 +427,7 @@ def make_callbacks(config, data: Data, paths: RunPaths, state: dict, run_info: d
     extra = {"tst": data.tst} if data.tst is not None and config.eval_tst else {}
     if config.eval_trn:
         extra["trn"], _ = make_dataset(config.trn_dir, config.batch_size, training=False,
-                                       image_size=config.image_size, num_classes=data.num_classes,
+                                       image_size=data.image_size, num_classes=data.num_classes,
                                        raw_integers=True,
                                        scaling=INPUT_SCALING[config.model.input_norm])
     # the epoch's log rows before its checkpoint: a kill in between leaves rows past the
@@ -609,7 +564,7 @@ def evaluate_run(config, data: Data, paths: RunPaths, net) -> dict:
     best = load_checkpoint(paths.best) if config.save_model and paths.best.is_file() else net
     metrics, preds = evaluate_split(best, config.tst_dir, batch_size=config.batch_size,
                                     threshold=0.5, class_names=data.class_names,
-                                    image_size=config.image_size,
+                                    image_size=data.image_size,
                                     check_values=False)  # check_data read it in full
     write_outputs(paths.result_dir / "tst", metrics, preds, data.class_names, overwrite=True,
                   geo=data.summaries["tst"].geo)

@@ -192,7 +192,7 @@ def fit(net, config, data, callbacks, guard, strategy, initial_epoch: int) -> No
         def dataset_fn(ctx):
             part = (ctx.input_pipeline_id, ctx.num_input_pipelines)
             ds, _ = make_dataset(dirs[split], config.batch_size, training=training,
-                                 seed=config.seed, image_size=config.image_size,
+                                 seed=config.seed, image_size=data.image_size,
                                  num_classes=data.num_classes, raw_integers=True, part=part,
                                  scaling=INPUT_SCALING[config.model.input_norm])
             loaders[(split, training)] = ds

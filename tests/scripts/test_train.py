@@ -426,7 +426,7 @@ def test_the_original_preset_trains_resnet50_per_date(tmp_path):
 
 def test_class_weight_balanced_trains_and_is_recorded(trained, demo_data, tmp_path):
     import model as cfn
-    from training.fit import balanced_class_weights
+    from training.optimizers import balanced_class_weights
 
     plain = json.loads((trained / "args.json").read_text())["args"]
     assert plain["class_weight"] == "none" and plain["ce_weights"] is None
