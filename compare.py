@@ -37,7 +37,7 @@ from parser import (
 from training.config import TrainConfig
 from training.fit import train
 from utils.cli import UsageError, configure_logging, run_main
-from utils.devices import select_devices
+from utils.devices import select_devices, start_backend
 from utils.rundir import (
     atomic_write_bytes,
     atomic_write_json,
@@ -204,7 +204,6 @@ def run_bovw(args, method: str, k: int, run_dir: Path) -> int:
 
 def run_all(args) -> dict:
     """Every method x run not finished yet; returns {method: [metrics of each finished run]}."""
-    from utils.devices import start_backend
 
     keras = start_backend()  # TensorFlow starts with the first run, after every check
 

@@ -18,11 +18,12 @@ import pathlib
 import sys
 
 from data import rasters
+from data.make_shards import parse_class_names
 from evaluation import scene_map
 from model import checkpoints
 from parser import gpu_spec, positive_int, probability
 from utils.cli import HelpFormatter, UsageError, configure_logging, run_main
-from utils.devices import select_devices
+from utils.devices import select_devices, setup_backend
 from utils.rundir import run_args
 
 log = logging.getLogger("corrfusion.predict")
@@ -102,7 +103,6 @@ def read_model_card(path, sha256=None) -> tuple[pathlib.Path, tuple, int, list |
 
 
 def class_names(given, saved, k, ckpt) -> list[str]:
-    from data.make_shards import parse_class_names
 
     try:
         names = parse_class_names(given) if given else saved
@@ -146,7 +146,6 @@ def make_config(args, ckpt, shape) -> scene_map.MapConfig:
 
 
 def load_model(ckpt):
-    from utils.devices import setup_backend
 
     setup_backend()
     return checkpoints.load_checkpoint(ckpt)

@@ -52,7 +52,7 @@ def read_image(path, bands=None, expected="an image") -> np.ndarray:
     path = check_file(path, expected)
     try:
         if path.suffix.lower() in PILLOW_SUFFIXES:
-            from PIL import Image
+            from PIL import Image  # deferred: Pillow loads on first use
 
             with Image.open(path) as img:
                 if img.mode in ("P", "PA", "CMYK", "YCbCr", "LAB", "HSV", "1"):
@@ -60,7 +60,7 @@ def read_image(path, bands=None, expected="an image") -> np.ndarray:
                 array = np.asarray(img)
             array = array[..., None] if array.ndim == 2 else array
         else:
-            import rasterio
+            import rasterio  # deferred: rasterio loads on first use
 
             with warnings.catch_warnings():  # plain (non-georeferenced) TIFFs are fine here
                 warnings.simplefilter("ignore", rasterio.errors.NotGeoreferencedWarning)
@@ -98,7 +98,7 @@ class WindowedRaster:
     def read_tiles(self, rows, cols, tile) -> np.ndarray:
         """(n, tile, tile, C) tiles (r, c) of the grid, each mirrored past the edges by its own
         pixels (``data.rasters.pad_tile``), as the whole image cut in memory gives."""
-        import rasterio
+        import rasterio  # deferred: rasterio loads on first use
         from rasterio.windows import Window
 
         h, w = self.shape[:2]
@@ -118,7 +118,7 @@ class WindowedRaster:
         written, as the whole image's read did)."""
         if self.dtype.kind != "f":
             return
-        import rasterio
+        import rasterio  # deferred: rasterio loads on first use
         from rasterio.windows import Window
 
         h, w = self.shape[:2]
@@ -132,7 +132,7 @@ class WindowedRaster:
 @contextlib.contextmanager
 def _quiet_georef():
     """Plain (non-georeferenced) TIFFs are fine here: rasterio's warning about them is hidden."""
-    import rasterio
+    import rasterio  # deferred: rasterio loads on first use
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", rasterio.errors.NotGeoreferencedWarning)
@@ -145,7 +145,7 @@ def open_windowed(path, bands=None, expected="an image") -> WindowedRaster:
     (float values are checked by ``WindowedRaster.check_values``)."""
     path = check_file(path, expected)
     try:
-        import rasterio
+        import rasterio  # deferred: rasterio loads on first use
 
         with _quiet_georef(), rasterio.open(path) as src:
             shape, dtype = (src.height, src.width, src.count), np.dtype(src.dtypes[0])

@@ -41,6 +41,7 @@ import numpy as np
 
 from data import shard_rows, shards, split_summary
 from data.split_summary import input_size
+from data.stats import shard_maxima
 
 log = logging.getLogger(__name__)
 
@@ -268,7 +269,7 @@ def keeps_raw(summary, image_size, raw_integers, scaling="dtype") -> bool:
 
 def _tf_dataset(summary, batch_size, training, seed, image_size, num_classes, drop_remainder,
                 raw_integers=False, part=None, scaling="dtype", divisors=None):
-    import tensorflow as tf
+    import tensorflow as tf  # deferred: TensorFlow loads on first use
 
     epochs = {"next": itertools.count()}  # the n-th iteration over the dataset is epoch n
 
@@ -439,7 +440,6 @@ def make_dataset(split_dir, batch_size, training, seed=0, image_size=None, num_c
 def shard_divisors(summary) -> np.ndarray:
     """(n_files, 2) maxima of each shard's two image arrays (``data.stats.shard_maxima``); a
     shard whose array holds only zeros is a ShardError naming it (nothing to divide by)."""
-    from data.stats import shard_maxima
 
     maxima = shard_maxima(summary)
     for f, d in zip(*np.nonzero(maxima <= 0), strict=True):

@@ -216,7 +216,7 @@ def load_label_array(path, mat_key=None) -> np.ndarray:
         if suffix == ".npy":
             array = np.load(path, allow_pickle=False)
         elif suffix == ".mat":
-            import scipy.io
+            import scipy.io  # deferred: SciPy loads on first use
 
             variables = {k: v for k, v in scipy.io.loadmat(path).items() if not k.startswith("__")}
             if mat_key is not None:
@@ -293,7 +293,7 @@ def georeference(t1, t2, tile) -> dict:
     """Shard keys ``crs`` (WKT), ``transform`` (of the tile grid) and ``tile_size`` for rasters
     read with rasterio, after checking that the two dates share one grid (as predict.py does);
     only ``tile_size`` for images without a CRS (PNG/JPEG, plain TIFF)."""
-    from affine import Affine
+    from affine import Affine  # deferred: rasterio's affine loads on first use
 
 
     keys = {"tile_size": np.asarray(tile, np.int64)}

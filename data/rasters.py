@@ -106,7 +106,7 @@ class TileGrid:
 
 def tile_transform(transform, grid: TileGrid):
     """The affine transform of a raster with one cell per tile (``grid.tile_resolution``)."""
-    from affine import Affine
+    from affine import Affine  # deferred: rasterio's affine loads on first use
 
     return transform @ Affine.scale(grid.stride)
 
@@ -185,7 +185,7 @@ def parse_bands(text):
 
 def open_raster(path):
     """``rasterio.open`` with a missing or unreadable file as a one-line RasterError."""
-    import rasterio
+    import rasterio  # deferred: rasterio loads on first use
 
     path = pathlib.Path(path)
     if not path.is_file():
@@ -299,7 +299,7 @@ def warp_onto(src, ref, path):
 
     Pixels outside ``src``'s footprint are masked (its nodata value, else an added alpha band).
     """
-    from rasterio.enums import Resampling
+    from rasterio.enums import Resampling  # deferred: rasterio loads on first use
     from rasterio.vrt import WarpedVRT
 
     if not src.crs:
@@ -336,7 +336,7 @@ class TileRow:
 
 def read_strip(src, path, bands, grid: TileGrid, r, dtype):
     """Pixel rows of tile row ``r`` (all columns): image (h, width, C) and data mask (h, width)."""
-    from rasterio.windows import Window
+    from rasterio.windows import Window  # deferred: rasterio loads on first use
 
     start, stop = grid.strip(r)
     window = Window(0, start, grid.width, stop - start)

@@ -11,6 +11,7 @@ import pathlib
 
 import numpy as np
 
+from data import shards
 from data.shards import (
     GRID_KEYS,
     IMAGE_KEYS,
@@ -19,7 +20,6 @@ from data.shards import (
     ShardError,
     _err,
     check_consistent,
-    check_image_data,
     check_shard,
     defined_mask,
     list_shards,
@@ -133,7 +133,7 @@ def inspect_split(split_dir, num_classes=None, check_values=True, check_stored=F
         check_values: also read image data that the loader cannot check before it is in the
             middle of an epoch: float images are value-checked (finite, in [0, 1]) by streaming
             each array in chunks, and compressed image members are read through once so that
-            their CRC-32 is verified (see :func:`check_image_data`). The loader passes False and
+            their CRC-32 is verified (see ``data.shards.check_image_data``). The loader passes False and
             checks each shard as it reads it.
         check_stored: also read uncompressed integer image members through to verify their
             CRC-32 (every byte of the split is read; ``python -m data.inspect`` does this).
@@ -146,7 +146,7 @@ def inspect_split(split_dir, num_classes=None, check_values=True, check_stored=F
     if check_values or check_stored:
         for path in files:
             for key in IMAGE_KEYS:
-                check_image_data(path, key, values=check_values, stored=check_stored)
+                shards.check_image_data(path, key, values=check_values, stored=check_stored)
     k = num_classes if num_classes is not None else (len(names) if names else
                                                      max(i.max_label for i in infos))
     hist1, hist2 = np.zeros(k, np.int64), np.zeros(k, np.int64)

@@ -36,6 +36,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from data import shard_rows, shards, split_summary
+from utils.cli import configure_logging
 
 log = logging.getLogger(__name__)
 
@@ -207,7 +208,6 @@ def shard_maxima(summary) -> np.ndarray:
 
 # ----------------------------------------------------------------------------- command line
 def main(argv=None) -> int:
-    from utils.cli import configure_logging
 
     configure_logging()
     p = argparse.ArgumentParser(prog="python -m data.stats", description=__doc__.split("\n")[0])

@@ -362,7 +362,7 @@ def make_pairs(n, size=64, classes=8, change_rate=0.05, seed=0, dtype="uint8", v
 def _degrade(rng, x, haze, cloud_cover, noise, blur):
     """One date's degradation of float tiles ``x`` (m, s, s, 3) in [0, 1]; draws a fixed set of
     random numbers whatever the strengths, so that every strength sees the same fields."""
-    from scipy.ndimage import gaussian_filter
+    from scipy.ndimage import gaussian_filter  # deferred: SciPy loads on first use
 
     m, s = x.shape[:2]
     airlight = (rng.uniform(0.7, 0.9, (m, 1, 1, 1)) + rng.uniform(-0.03, 0.03, (m, 1, 1, 3)))

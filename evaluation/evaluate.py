@@ -41,6 +41,7 @@ from model.checkpoints import (
     resolve_checkpoint,
     url_stem,
 )
+from model.config import INPUT_SCALING, LEGACY_INPUT_NORM
 from utils.cli import UsageError, progress_verbose
 from utils.devices import backend_name, resolve_jit, select_devices, setup_backend
 from utils.rundir import (
@@ -60,7 +61,6 @@ log = logging.getLogger("corrfusion.eval")
 def input_scaling(net) -> str:
     """What the loader does before ``net`` (``data.loader.SCALINGS``): from its
     ``config.input_norm`` (a model without one: ``dtype``, how every model used to be fed)."""
-    from model.config import INPUT_SCALING, LEGACY_INPUT_NORM
 
     return INPUT_SCALING[getattr(getattr(net, "config", None), "input_norm", LEGACY_INPUT_NORM)]
 

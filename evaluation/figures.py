@@ -23,13 +23,15 @@ import zipfile
 from pathlib import Path
 
 import numpy as np
+from matplotlib.colors import is_color_like
 
+from data.shards import ShardError, defined_mask, list_shards, load_arrays, scale_factor
 from evaluation import plots
 from evaluation.diagrams import draw_corrfusion, draw_network
 from evaluation.evaluate import figure_names, write_figures
 from model.config import ModelConfig
 from utils.cli import HelpFormatter, UsageError, configure_logging, run_main
-from utils.rundir import RunDirError, check_can_create_dir
+from utils.rundir import RunDirError, check_can_create_dir, run_args
 
 log = logging.getLogger("corrfusion.figures")
 
@@ -173,7 +175,6 @@ def date2_mosaic(metrics, preds, cell=16) -> np.ndarray:
     """The date-2 tiles of the evaluated split (``results.json``'s ``split_dir``) on their row/col
     grid (``evaluation.plots.tile_mosaic``), in the order of the predictions; UsageError when the
     shards are not there or do not match the predictions."""
-    from data.shards import ShardError, defined_mask, list_shards, load_arrays, scale_factor
 
     split_dir = metrics.get("split_dir")
     if not split_dir or not Path(split_dir).is_dir():
@@ -299,7 +300,6 @@ def positive_int(value: str) -> int:
 
 def color_map(value: str) -> dict:
     """``NAME=COLOUR,...`` -> {name: colour}; a colour matplotlib does not know is a usage error."""
-    from matplotlib.colors import is_color_like
 
     out = {}
     for item in (v for v in value.split(",") if v.strip()):
@@ -315,7 +315,6 @@ def color_map(value: str) -> dict:
 def diagram_settings(args) -> dict:
     """d, r, pooling, λ1, λ2 of the diagrams: the flags, else the run's args.json, else the
     defaults (``model.config.ModelConfig``)."""
-    from utils.rundir import run_args
 
     saved = run_args(Path(args.run)).get("args", {}) if args.run else {}
     out = {}

@@ -11,6 +11,7 @@ import pathlib
 import numpy as np
 
 from data.rasters import RasterPair
+from utils.rundir import atomic_write_json
 
 CLASS_FILES = ("class_t1.tif", "class_t2.tif")
 MAP_FILES = (*CLASS_FILES, "p_change.tif", "change.tif", "from_to.tif")
@@ -80,7 +81,7 @@ class MapWriter:
     """
 
     def __init__(self, out_dir, crs, transform, shape, names, threshold=None):
-        import rasterio
+        import rasterio  # deferred: rasterio loads on first use
 
         self.out_dir = pathlib.Path(out_dir)
         self.shape, self.names, self.threshold = shape, list(names), threshold
@@ -170,7 +171,7 @@ class MapWriter:
             self.flush()
 
     def flush(self) -> None:
-        from rasterio.windows import Window
+        from rasterio.windows import Window  # deferred: rasterio loads on first use
 
         if not self.pending:
             return
@@ -187,7 +188,6 @@ class MapWriter:
 
 def write_from_to_legend(out_dir, names) -> pathlib.Path:
     """from_to.json: the legend of from_to.tif's codes."""
-    from utils.rundir import atomic_write_json
 
     path = pathlib.Path(out_dir) / "from_to.json"
     atomic_write_json(path, {"code": f"(from - 1) * {len(names)} + to; 0 = nodata",
@@ -203,7 +203,7 @@ def write_grid_maps(out_dir, crs, transform, row, col, p1, p2, names,
     transform, 6 floats or an ``Affine``) is the files' transform; cells without a pair are nodata.
     ``p1``, ``p2``: (N, K) class probabilities. Written in blocks of rows (bounded memory).
     """
-    from affine import Affine
+    from affine import Affine  # deferred: rasterio's affine loads on first use
 
     row, col = np.asarray(row, np.int64), np.asarray(col, np.int64)
     p1, p2 = np.asarray(p1, np.float32), np.asarray(p2, np.float32)
@@ -249,7 +249,7 @@ def write_quicklook(path, pair: RasterPair, change_path, cell, size=QUICKLOOK_SI
 
     ``cell``: raster pixels per cell of change.tif (the tile for tile-resolution maps, else 1).
     """
-    import rasterio
+    import rasterio  # deferred: rasterio loads on first use
     from PIL import Image, ImageDraw
     from rasterio.enums import Resampling
     from rasterio.windows import Window

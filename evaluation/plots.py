@@ -14,9 +14,9 @@ from pathlib import Path
 import matplotlib
 import numpy as np
 import seaborn as sns
-from matplotlib.colors import ListedColormap, LogNorm
+from matplotlib.colors import ListedColormap, LogNorm, to_rgba
 from matplotlib.figure import Figure
-from matplotlib.patches import Patch
+from matplotlib.patches import Patch, Rectangle
 from matplotlib.ticker import FuncFormatter, MaxNLocator
 from sklearn.metrics import average_precision_score, precision_recall_curve
 
@@ -405,8 +405,6 @@ def plot_change_map(row, col, changed_true, changed_pred, path, title="Change de
     colors = list(CHANGE_COLORS.values())
     _map_axes(ax, grid, colors, title, origin)
     if background is not None:
-        from matplotlib.colors import to_rgba
-
         extent = (origin[1] - 0.5, origin[1] + w - 0.5, origin[0] + h - 0.5, origin[0] - 0.5)
         ax.images[0].remove()
         ax.imshow(np.clip(background, 0, 1), extent=extent, interpolation="nearest")
@@ -415,8 +413,6 @@ def plot_change_map(row, col, changed_true, changed_pred, path, title="Change de
             if code_value:  # TN stays clear: the image shows through
                 rgba[grid == code_value] = to_rgba(c, 0.6)
         ax.imshow(rgba, extent=extent, interpolation="nearest")
-        from matplotlib.patches import Rectangle
-
         for (r, c), code_value in np.ndenumerate(grid):  # and outlined, to find them
             if code_value > 0:
                 ax.add_patch(Rectangle((origin[1] + c - 0.5, origin[0] + r - 0.5), 1, 1,

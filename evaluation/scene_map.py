@@ -24,6 +24,7 @@ and one block of output rows, whatever the scene size.
 
 from __future__ import annotations
 
+import concurrent.futures
 import dataclasses
 import logging
 import os
@@ -35,7 +36,8 @@ import time
 
 import numpy as np
 
-from data.rasters import RasterPair, TileGrid, read_tile_row, tile_transform
+from data.rasters import RasterPair, TileGrid, block_cache_mb, read_tile_row, tile_transform
+from data.shards import scale_images
 from evaluation.map_files import (
     MAP_FILES,
     OTHER_FILES,
@@ -45,7 +47,9 @@ from evaluation.map_files import (
     write_from_to_legend,
     write_quicklook,
 )
+from model.config import INPUT_SCALING, LEGACY_INPUT_NORM
 from utils.cli import UsageError
+from utils.rundir import atomic_write_json, check_can_write_in
 
 log = logging.getLogger(__name__)
 
@@ -98,7 +102,6 @@ def check_output_dir(out) -> pathlib.Path:
 def check_can_stage(out) -> None:
     """The maps are written beside ``out`` (``staging_dir``): refuse, before any work, a
     location where no file can be created (read-only mount, permissions, /sys, /proc)."""
-    from utils.rundir import check_can_write_in
 
     parent = pathlib.Path(out).absolute().parent
     for q in (parent, *parent.parents):
@@ -157,7 +160,6 @@ class TilePredictor:
     """
 
     def __init__(self, net, batch_size=32, image_size=None):
-        from model.config import INPUT_SCALING, LEGACY_INPUT_NORM
 
         self.net = net
         config = getattr(net, "config", None)
@@ -177,14 +179,13 @@ class TilePredictor:
         """As the loader hands batches to the model: uint8/uint16 tiles as stored (the model
         normalises them); float or resized ones dtype-scaled (``dtype``) or cast to float32 as
         they are (``bands``/``bands_per_date``: raw values, the model standardises them)."""
-        from data.shards import scale_images
 
         resize = self.image_size is not None and tuple(x.shape[1:3]) != self.image_size
         if (x.dtype.kind == "u" or self.scaling == "raw") and not resize:
             return x
         x = scale_images(x) if self.scaling == "dtype" else x.astype(np.float32)
         if resize:
-            import keras
+            import keras  # deferred: Keras loads on first use
 
             x = keras.ops.convert_to_numpy(keras.ops.image.resize(x, self.image_size))
         return x
@@ -346,9 +347,7 @@ def map_scene(net, config: MapConfig, pair: RasterPair, names, image_size=None) 
     Everything is written into a staging directory renamed to ``config.out`` at the end; on any
     error it is removed and the error raised (nothing written).
     """
-    import rasterio
-
-    from data.rasters import block_cache_mb
+    import rasterio  # deferred: rasterio loads on first use
 
     grid = pair.grid(config.tile, config.stride)
     with rasterio.Env(GDAL_CACHEMAX=block_cache_mb(pair, grid)):
@@ -356,7 +355,6 @@ def map_scene(net, config: MapConfig, pair: RasterPair, names, image_size=None) 
 
 
 def _map_scene(net, config, pair, names, image_size, grid) -> dict:
-    from utils.rundir import atomic_write_json
 
     k = len(names)
     acc = (TileRows if grid.tile_resolution else PixelRows)(grid, k)
@@ -389,9 +387,8 @@ def stream(pair, grid, acc, predictor, writer, config) -> tuple[int, int]:
     The next row of tiles is read in a background thread while the model predicts the current one
     (the model releases the GIL), so at most two rows of tiles are in memory.
     """
-    import concurrent.futures
 
-    import keras
+    import keras  # deferred: Keras loads on first use
 
     bar = keras.utils.Progbar(grid.n_tiles, unit_name="tile",
                               verbose=(1 if sys.stdout.isatty() else 2) if config.progress else 0)

@@ -8,13 +8,18 @@ eval.py, compare.py and predict.py load checkpoints through this module.
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
+import io
 import json
+import logging
 import os
 import re
 import urllib.parse
 import zipfile
 from pathlib import Path
 
+import model as cfn  # the package: Keras loads on the first cfn.load_model, not here
 from data.split_summary import check_class_count, input_size
 from utils.cli import UsageError, quiet_native_stderr
 from utils.devices import resolve_jit
@@ -47,17 +52,13 @@ def download_checkpoint(url: str, sha256: str | None = None) -> Path:
     ``$KERAS_HOME`` or ~/.keras, ``corrfusion_checkpoints/``) and checked against ``sha256`` when
     given (a cached copy that does not match is downloaded again). A failed download (no network,
     a 404) or a wrong hash is one UsageError line; nothing is kept of it."""
-    import contextlib
-    import hashlib
-    import io
-    import logging
 
     check_download(url, sha256)
     name = Path(urllib.parse.urlparse(url).path).name
     # one cache folder per URL: two URLs of the same file name are two checkpoints
     subdir = str(Path("corrfusion_checkpoints") / hashlib.sha256(url.encode()).hexdigest()[:16])
     with quiet_native_stderr():
-        import keras
+        import keras  # deferred: Keras loads on first use
     home = Path(os.environ.get("KERAS_HOME") or Path.home() / ".keras")
     home.mkdir(parents=True, exist_ok=True)  # else Keras falls back to /tmp/.keras
     cache = home / subdir / name
@@ -196,8 +197,6 @@ def load_checkpoint(path, require_optimizer=False):
     ``require_optimizer`` a checkpoint saved without its optimiser is refused too (``--resume``).
     TensorFlow/Keras start here.
     """
-    import model as cfn  # Keras: imported when a checkpoint is loaded, not when this is imported
-
     try:
         net = cfn.load_model(path)
     except Exception as e:  # noqa: BLE001 - any failure to read means "not a usable checkpoint"

@@ -104,7 +104,7 @@ def replica_sum(x):
     replica context or with one replica."""
     if keras.backend.backend() != "tensorflow":
         return x
-    import tensorflow as tf
+    import tensorflow as tf  # deferred: TensorFlow loads on first use
 
     ctx = tf.distribute.get_replica_context()
     if ctx is None or ctx.num_replicas_in_sync == 1:

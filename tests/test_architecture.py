@@ -168,3 +168,92 @@ def test_scripts_stay_thin():
         path = ROOT / script
         if path.exists():
             assert len(path.read_text().splitlines()) <= 300, script
+
+
+# ------------------------------------------------------------------------ function-level imports
+#: third-party packages slow enough to import that a module may defer them to first use
+HEAVY = {"keras", "tensorflow", "jax", "torch", "tensorboard", "rasterio", "affine", "matplotlib",
+         "seaborn", "PIL", "scipy", "sklearn", "numpy"}
+#: light modules a function may still import, and why
+DEFERRED_LIGHT = {"fcntl": "POSIX only: the lock falls back when it is missing"}
+
+
+def _top_level_imports(path: Path, modules: dict) -> set[str]:
+    out = set()
+    for node in ast.parse(path.read_text(), str(path)).body:
+        if isinstance(node, ast.Import):
+            out |= {a.name for a in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            out.add(node.module)
+            out |= {f"{node.module}.{a.name}" for a in node.names
+                    if f"{node.module}.{a.name}" in modules}
+    return out
+
+
+def heavy_at_import(name: str, modules: dict, memo: dict) -> set[str]:
+    """The HEAVY packages importing ``name`` loads (its top-level imports, followed through the
+    project's modules and parent packages)."""
+    if name in memo:
+        return memo[name]
+    memo[name] = set()  # a cycle (there is none: test_no_import_cycles) would end here
+    found = name
+    while found and found not in modules:
+        found = found.rpartition(".")[0]
+    if not found:
+        memo[name] = {name.split(".")[0]} & HEAVY
+        return memo[name]
+    parts = found.split(".")
+    out = set()
+    for i in range(1, len(parts)):
+        out |= heavy_at_import(".".join(parts[:i]), modules, memo)
+    for dep in _top_level_imports(modules[found], modules):
+        out |= heavy_at_import(dep, modules, memo)
+    memo[name] = out
+    return out
+
+
+def light_deferred_imports(path: Path, module: str, modules: dict, memo: dict) -> list[str]:
+    """``file:line target`` of each import inside a function of ``path`` that defers nothing: the
+    target loads no HEAVY package the module's own top-level imports do not load already."""
+    own = heavy_at_import(module, modules, memo)
+    bad = []
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        if not isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef):
+            continue
+        for sub in ast.walk(node):
+            if isinstance(sub, ast.Import):
+                targets = [a.name for a in sub.names]
+            elif isinstance(sub, ast.ImportFrom) and sub.level == 0 and sub.module:
+                targets = [sub.module] + [f"{sub.module}.{a.name}" for a in sub.names
+                                          if f"{sub.module}.{a.name}" in modules]
+            else:
+                continue
+            if targets[0].split(".")[0] in DEFERRED_LIGHT:
+                continue
+            loads = set().union(*(heavy_at_import(t, modules, memo) for t in targets))
+            if not loads - own:
+                bad.append(f"{path.name}:{sub.lineno} {targets[0]}")
+    return bad
+
+
+def test_function_level_imports_only_defer_heavy_ones():
+    """An import inside a function is there to defer Keras, TensorFlow, rasterio, ... (start-up
+    time; ``select_devices`` before TensorFlow): anything else belongs at the top of the module."""
+    modules = project_modules()
+    memo: dict = {}
+    bad = []
+    for m, path in sorted(modules.items()):
+        if m.split(".")[0] in LIBRARY or m in SCRIPTS:
+            bad += light_deferred_imports(path, m, modules, memo)
+    assert not bad, f"function-level imports that defer nothing heavy: {bad}"
+
+
+def test_the_deferred_import_check_catches_a_planted_one(tmp_path):
+    modules = project_modules()
+    src = tmp_path / "planted.py"
+    src.write_text("import numpy as np\n\n\ndef f():\n    import json\n    from utils.cli import "
+                   "UsageError\n    import keras\n    from data.loader import make_dataset\n"
+                   "    import numpy\n    return json, UsageError, keras, make_dataset, np, numpy\n")
+    modules = {**modules, "planted": src}
+    bad = light_deferred_imports(src, "planted", modules, {})
+    assert bad == ["planted.py:5 json", "planted.py:6 utils.cli", "planted.py:9 numpy"]

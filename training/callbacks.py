@@ -17,7 +17,12 @@ from pathlib import Path
 import keras
 import numpy as np
 
-from utils.rundir import atomic_save_model, atomic_write_bytes, atomic_write_json
+from utils.rundir import (
+    atomic_save_model,
+    atomic_write_bytes,
+    atomic_write_json,
+    read_embedded_state,
+)
 
 log = logging.getLogger("corrfusion.train")
 
@@ -147,7 +152,6 @@ def restore_best(best: Path, last: Path, state: dict) -> bool:
     and best.keras is missing or holds another epoch (its embedded ``epoch``); then last.keras is
     that best, and is copied to best.keras (atomically). A best.keras of an older version, without
     an embedded epoch, is left as it is. Returns whether it was restored."""
-    from utils.rundir import atomic_write_bytes, read_embedded_state
 
     best_epoch = state.get("best_epoch")
     if best_epoch is None or best_epoch != state.get("epoch") or not Path(last).is_file():
@@ -328,7 +332,7 @@ class FusionHistograms(keras.callbacks.Callback):
 
     def __init__(self, tb_dir: Path, val, writer=None):
         super().__init__()
-        import tensorflow as tf
+        import tensorflow as tf  # deferred: TensorFlow loads on first use
 
         self.tf = tf
         self.val = val

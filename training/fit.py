@@ -24,15 +24,18 @@ from pathlib import Path
 
 import numpy as np
 
+import model as cfn
 from data.shards import ShardError
 from data.split_summary import (
     check_class_count,
     check_class_names,
     input_size,
     inspect_split,
+    read_labels,
     require_labels,
 )
 from data.splits import resolve_split_dirs
+from data.stats import band_statistics
 from data.synthetic import demo_data_dir, ensure_demo_data
 from evaluation.evaluate import evaluate_split, write_outputs
 from evaluation.metrics import format_table, mean_std
@@ -44,11 +47,19 @@ from model.checkpoints import (
     model_fields,
     read_checkpoint_config,
 )
+from model.config import BACKBONES, INPUT_SCALING, LEGACY_INPUT_NORM, STAT_NORMS
+from training import multiworker
 from training.config import TrainConfig
-from training.multiworker import wait_for_workers
+from training.multiworker import uses_custom_loop, wait_for_workers, writes_results
 from training.optimizers import build_optimizer, class_weights
 from utils.cli import UsageError, disk_full, is_disk_full, progress_verbose
-from utils.devices import cluster_from_env, make_strategy, select_devices, setup_backend
+from utils.devices import (
+    cluster_from_env,
+    make_strategy,
+    resolve_jit,
+    select_devices,
+    setup_backend,
+)
 from utils.rundir import (
     RunPaths,
     atomic_write_bytes,
@@ -86,17 +97,13 @@ def train(config: TrainConfig, checked_splits=(), supervise_join: bool = False) 
     select_devices(config.gpu)  # before TensorFlow starts
     cluster = cluster_from_env()  # TF_CONFIG: multi-worker training (training.multiworker)
     if cluster is not None and supervise_join:
-        from training.multiworker import supervise, supervised
-
-        if not supervised():  # the training in a child process: the join it waits in cannot
+        if not multiworker.supervised():  # the training in a child process: the join it waits in cannot
             # be bounded or interrupted from inside (--join_timeout, SIGTERM/SIGINT); the
             # child's exit status is this command's
-            raise SystemExit(supervise(cluster, config.join_timeout))
+            raise SystemExit(multiworker.supervise(cluster, config.join_timeout))
     try:
         if cluster is not None and not cluster.is_chief:
-            from training.multiworker import temporary_workdir
-
-            with temporary_workdir(config) as worker_config:  # only the chief writes the run dir
+            with multiworker.temporary_workdir(config) as worker_config:  # only the chief writes the run dir
                 return _train(worker_config, checked_splits, cluster)
         return _train(config, checked_splits, cluster)
     except OSError as e:  # a full disk while writing: one line, and how to go on
@@ -113,9 +120,7 @@ def _train(config: TrainConfig, checked_splits, cluster) -> int:
         ensure_demo_data()
     plan = check_data(config, checked_splits)  # NumPy only: a data error is one line
     if cluster is not None:
-        from training.multiworker import check_batches
-
-        check_batches(config, plan.summaries, cluster.num_workers)
+        multiworker.check_batches(config, plan.summaries, cluster.num_workers)
     check_model_inputs(config, plan, modes)
     config = resumed_input_norm(config, modes)
     check_memory(config, plan)
@@ -220,8 +225,6 @@ def input_statistics(config, plan: DataPlan, modes) -> DataPlan:
     """``plan`` with ``input_stats``: the trn split's band statistics (``data.stats``, one
     streaming pass, NumPy only) when ``--input_norm`` needs them and a run starts from scratch;
     a resumed run keeps those in its checkpoint. Logs one line per band."""
-    from data.stats import band_statistics
-    from model.config import STAT_NORMS
 
     mode = config.model.input_norm
     if mode not in STAT_NORMS or "fresh" not in modes:
@@ -239,7 +242,6 @@ def resumed_input_norm(config, modes):
     field; their inputs were dtype-scaled): the config takes the runs' ``dtype``, said in one
     log line, so that the loaders feed them what they were trained on. Runs saved since then
     carry it in args.json, and a different one is refused by ``check_resume_settings``."""
-    from model.config import LEGACY_INPUT_NORM
 
     if config.model.input_norm == LEGACY_INPUT_NORM:
         return config
@@ -318,7 +320,6 @@ def activation_bytes(config, plan: DataPlan) -> int:
     """A lower bound of the memory a training batch's backbone activations take: batch × 2 dates
     × H × W × the backbone's values per pixel (``model.config.BackboneInfo``) × bytes per value
     (2 with --mixed_precision, else 4). The gradients and the rest of the network come on top."""
-    from model.config import BACKBONES
 
     per_pixel = BACKBONES[config.backbone].activations_per_pixel
     h, w = plan.image_size
@@ -344,7 +345,6 @@ def check_memory(config, plan: DataPlan) -> None:
 def load_data(config, plan: DataPlan) -> Data:
     """The streaming loaders of the checked splits."""
     from data.loader import make_dataset, steps_per_epoch  # Keras: the loader is the backend's
-    from model.config import INPUT_SCALING
 
     for s in plan.summaries.values():
         log.info("%s", s.format())
@@ -364,9 +364,7 @@ def load_data(config, plan: DataPlan) -> Data:
 # ------------------------------------------------------------------------------------------- model
 def build_or_resume(config, data: Data, paths: RunPaths, seed: int):
     """A fresh compiled model, or the last checkpoint (weights, optimiser, running covariances)."""
-    import model as cfn
-    from model.backbones import WeightsError
-    from utils.devices import resolve_jit
+    from model.backbones import WeightsError  # deferred: model.backbones imports Keras
 
     if config.resume:
         state = dict(resume_state(paths))
@@ -411,8 +409,7 @@ def check_iterations(net, state: dict, steps_per_epoch: int, path: Path) -> None
 # --------------------------------------------------------------------------------------- callbacks
 def make_callbacks(config, data: Data, paths: RunPaths, state: dict, run_info: dict,
                    multi_worker: bool = False):
-    from data.loader import make_dataset
-    from model.config import INPUT_SCALING
+    from data.loader import make_dataset  # deferred: data.loader imports Keras
     from training.callbacks import (
         Checkpoints,
         EpochLog,
@@ -421,7 +418,11 @@ def make_callbacks(config, data: Data, paths: RunPaths, state: dict, run_info: d
         FusionHistograms,
         SplitEvaluation,
     )
-    from training.tensorboard import TensorBoardLogger, tb_hparams, truncate_event_files
+    from training.tensorboard import (  # deferred: training.tensorboard imports Keras
+        TensorBoardLogger,
+        tb_hparams,
+        truncate_event_files,
+    )
 
     guard = FiniteLossGuard()
     extra = {"tst": data.tst} if data.tst is not None and config.eval_tst else {}
@@ -459,8 +460,9 @@ def make_callbacks(config, data: Data, paths: RunPaths, state: dict, run_info: d
 
 def validation_figures(config, data: Data):
     """What TensorBoard's validation figures are drawn from (None with ``--tb_images 0``)."""
-    from data.split_summary import read_labels
-    from training.tensorboard import ValidationFigures
+    from training.tensorboard import (
+        ValidationFigures,  # deferred: training.tensorboard imports Keras
+    )
 
     if not config.tb_images:
         return None
@@ -472,7 +474,7 @@ def validation_figures(config, data: Data):
 
 # -------------------------------------------------------------------------------------------- runs
 def train_one_run(config, data: Data, k: int, strategy, device_info: dict) -> dict:
-    import keras
+    import keras  # deferred: Keras loads on first use
 
     paths = run_paths(config, k)
     seed = config.seed + k
@@ -485,11 +487,13 @@ def train_one_run(config, data: Data, k: int, strategy, device_info: dict) -> di
     for d in (paths.ckpt_dir, paths.result_dir / "tst", paths.log_dir):
         remove_stale_temp_files(d)
     if config.resume and config.save_model:
-        from training.callbacks import restore_best
+        from training.callbacks import restore_best  # deferred: training.callbacks imports Keras
 
         restore_best(paths.best, paths.last, state)  # a kill between last.keras and best.keras
     if not config.resume:  # a new run: not the event files of the one it replaces
-        from training.tensorboard import remove_event_files
+        from training.tensorboard import (
+            remove_event_files,  # deferred: training.tensorboard imports Keras
+        )
 
         remove_event_files(paths.tb_dir)
     atomic_write_json(paths.root / "args.json", {
@@ -498,7 +502,6 @@ def train_one_run(config, data: Data, k: int, strategy, device_info: dict) -> di
         "num_classes": data.num_classes, "class_names": data.class_names,
         "image_size": list(data.image_size), "command": sys.argv,
         "input_norm": {"mode": net.config.input_norm, **(net.input_statistics() or {})}})
-    from training.multiworker import uses_custom_loop, writes_results
 
     callbacks, guard = make_callbacks(config, data, paths, state, run_info,
                                       multi_worker=uses_custom_loop(strategy))
@@ -518,12 +521,11 @@ def train_one_run(config, data: Data, k: int, strategy, device_info: dict) -> di
 def fit(net, config, data: Data, callbacks, guard, strategy, initial_epoch: int) -> None:
     """``model.fit``, or under MultiWorkerMirroredStrategy (TF_CONFIG) the loop of
     ``training.multiworker``, which Keras' fit does not run under."""
-    from training import multiworker
 
     if multiworker.uses_custom_loop(strategy):
         multiworker.fit(net, config, data, callbacks, guard, strategy, initial_epoch)
         return
-    from training.callbacks import per_step_waits
+    from training.callbacks import per_step_waits  # deferred: training.callbacks imports Keras
 
     waits = per_step_waits(callbacks)
     if waits:

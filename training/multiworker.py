@@ -32,16 +32,21 @@ temporary one (:func:`temporary_workdir`), removed at the end.
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import logging
 import math
 import os
+import select
 import shutil
+import signal
+import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-from utils.cli import UsageError
+from model.config import INPUT_SCALING
+from utils.cli import JoinTimeout, UsageError, quiet_native_stderr
 from utils.rundir import run_paths
 
 log = logging.getLogger("corrfusion.train")
@@ -103,9 +108,9 @@ def check_batches(config, summaries: dict, workers: int) -> None:
 def synchronize_batch_statistics(net) -> int:
     """Batch normalisation and the soft decorrelation's covariance over the global batch on every
     replica (runtime switches, not saved: checkpoints stay the same). Returns how many layers."""
-    import keras
+    import keras  # deferred: Keras loads on first use
 
-    from model.losses import SoftDecorrelation
+    from model.losses import SoftDecorrelation  # deferred: model.losses imports Keras
 
     n = 0
     for layer in net._flatten_layers(include_self=False, recursive=True):
@@ -119,7 +124,7 @@ class _Steps:
     """The replica functions and their distributed ``tf.function`` steps for one model."""
 
     def __init__(self, net, strategy, spec):
-        import tensorflow as tf
+        import tensorflow as tf  # deferred: TensorFlow loads on first use
 
         self.tf, self.net, self.strategy = tf, net, strategy
         self.loss_tracker = next(m for m in net.metrics if m.name == "loss")  # Keras' own
@@ -178,8 +183,7 @@ def fit(net, config, data, callbacks, guard, strategy, initial_epoch: int) -> No
     """``net.fit`` under MultiWorkerMirroredStrategy: ``config.epochs`` epochs from
     ``initial_epoch`` on this worker's slices of the batches, with the callbacks of
     ``training.fit.make_callbacks`` (their ``SplitEvaluation`` is done here, distributed)."""
-    from data.loader import make_dataset
-    from model.config import INPUT_SCALING
+    from data.loader import make_dataset  # deferred: data.loader imports Keras
     from training.callbacks import SplitEvaluation, current_learning_rate
 
     n_sync = synchronize_batch_statistics(net)
@@ -247,7 +251,6 @@ def wait_for_workers(create, cluster):
     hidden unless --verbose. The native wait holds Python's GIL and TensorFlow catches SIGTERM
     there itself, so it cannot be bounded or interrupted from Python: ``supervise``, the parent
     process, does that (--join_timeout, SIGTERM/SIGINT)."""
-    from utils.cli import quiet_native_stderr
 
     log.info("waiting for workers: %s %d of %d, for the %d other(s) in TF_CONFIG to join",
              cluster.task_type, cluster.task_index, cluster.num_workers, cluster.num_workers - 1)
@@ -302,11 +305,6 @@ def supervise(cluster, join_timeout: float) -> int:
 
 
 def _supervise(cluster, join_timeout: float, env: dict) -> int:
-    import select
-    import signal
-    import subprocess
-
-    from utils.cli import JoinTimeout
 
     read_fd, write_fd = os.pipe()
     env = {**env, SUPERVISED_ENV: str(write_fd)}
@@ -360,8 +358,6 @@ def _die_with_parent() -> None:
     SIGKILL, so that no orphan waits for its peers forever (elsewhere: nothing)."""
     if not sys.platform.startswith("linux"):
         return
-    import ctypes
-    import signal
 
     PR_SET_PDEATHSIG = 1
     ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, int(signal.SIGKILL), 0, 0, 0)

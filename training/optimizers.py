@@ -34,7 +34,7 @@ OPTIMIZERS = {"sgd": _sgd, "adam": _adam, "adamw": _adamw}
 def keras_optimizers():
     """``keras.optimizers``, imported on first use: parser.py reads this module's tables, and
     ``-h`` is answered without Keras (and TensorFlow) loaded."""
-    import keras
+    import keras  # deferred: Keras loads on first use
 
     return keras.optimizers
 

@@ -123,7 +123,7 @@ class TensorBoardLogger(keras.callbacks.Callback):
     def __init__(self, tb_dir: Path, figures: ValidationFigures | None = None,
                  hparams: dict | None = None):
         super().__init__()
-        import tensorflow as tf
+        import tensorflow as tf  # deferred: TensorFlow loads on first use
 
         self.tf = tf
         self.tb_dir = Path(tb_dir)
@@ -139,7 +139,9 @@ class TensorBoardLogger(keras.callbacks.Callback):
     def on_train_begin(self, logs=None):
         if not self.hparams or hparams_sessions(self.tb_dir / "val"):
             return  # a resumed run has its session already: one row per run in the HParams tab
-        from tensorboard.plugins.hparams import api as hp
+        from tensorboard.plugins.hparams import (
+            api as hp,  # deferred: TensorBoard loads on first use
+        )
 
         with self.writer("val").as_default():
             hp.hparams_config(
@@ -161,9 +163,11 @@ class TensorBoardLogger(keras.callbacks.Callback):
 
     def write_figures(self, step: int) -> None:
         """Predict the validation split once; its change scores, matrices and PR curve."""
-        from tensorboard.plugins.pr_curve import summary as pr_summary
+        from tensorboard.plugins.pr_curve import (
+            summary as pr_summary,  # deferred: TensorBoard loads on first use
+        )
 
-        from evaluation import plots
+        from evaluation import plots  # deferred: evaluation imports matplotlib/scikit-learn
         from evaluation.metrics import change_probability, compute_metrics
 
         tf, fig = self.tf, self.figures
@@ -239,7 +243,7 @@ HPARAMS_SESSION_TAG = "_hparams_/session_start_info"
 def hparams_sessions(split_dir: Path) -> int:
     """How many hparams session records the event files of ``split_dir`` hold (a cut record ends
     the count of its file)."""
-    import tensorflow as tf
+    import tensorflow as tf  # deferred: TensorFlow loads on first use
 
     count = 0
     for f in sorted(Path(split_dir).glob("events.out.tfevents.*")):
@@ -257,7 +261,7 @@ def truncate_event_files(tb_dir: Path, epoch: int) -> None:
     ahead of their checkpoint) and a record cut by the kill from the event files of
     ``tb/{trn,val,tst}``, so each epoch is in TensorBoard once. A file is rewritten atomically,
     and only when something is dropped."""
-    import tensorflow as tf
+    import tensorflow as tf  # deferred: TensorFlow loads on first use
 
     for split in ("trn", "val", "tst"):
         for f in sorted((Path(tb_dir) / split).glob("events.out.tfevents.*")):

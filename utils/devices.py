@@ -17,7 +17,7 @@ import logging
 import os
 from dataclasses import dataclass
 
-from utils.cli import UsageError
+from utils.cli import UsageError, quiet_native_stderr
 
 log = logging.getLogger(__name__)
 
@@ -76,10 +76,9 @@ def cluster_from_env(backend: str | None = None) -> Cluster | None:
 def backend_name() -> str:
     """Keras' backend; importing Keras imports TensorFlow, whose start-up lines are hidden here
     as in ``start_backend`` (unless --verbose)."""
-    from utils.cli import quiet_native_stderr
 
     with quiet_native_stderr():
-        import keras
+        import keras  # deferred: Keras loads on first use
 
     return keras.backend.backend()
 
@@ -98,13 +97,12 @@ def resolve_jit(jit: bool | None, backend: str | None = None) -> bool:
 def start_backend():
     """Import Keras (and TensorFlow) and let it find its devices with its native start-up lines
     hidden unless --verbose (``utils.cli.quiet_native_stderr``); returns the keras module."""
-    from utils.cli import quiet_native_stderr
 
     with quiet_native_stderr():
-        import keras
+        import keras  # deferred: Keras loads on first use
 
         if keras.backend.backend() == "tensorflow":
-            import tensorflow as tf
+            import tensorflow as tf  # deferred: TensorFlow loads on first use
 
             tf.config.list_physical_devices("GPU")
     return keras
@@ -117,7 +115,7 @@ def setup_backend(mixed_precision: bool = False) -> dict:
     info: dict = {"backend": keras.backend.backend()}
     gpus: list = []
     if info["backend"] == "tensorflow":
-        import tensorflow as tf
+        import tensorflow as tf  # deferred: TensorFlow loads on first use
 
         gpus = tf.config.list_physical_devices("GPU")
         for g in gpus:
@@ -125,7 +123,7 @@ def setup_backend(mixed_precision: bool = False) -> dict:
                 tf.config.experimental.set_memory_growth(g, True)
         info["gpus"] = [g.name for g in gpus]
     elif info["backend"] == "jax":
-        import jax
+        import jax  # deferred: JAX loads on first use
 
         info["gpus"] = [str(d) for d in jax.devices() if d.platform == "gpu"]
         gpus = info["gpus"]
@@ -156,7 +154,7 @@ def warn_missing_gpus(gpus, backend: str) -> None:
 def _wants_float16(gpus) -> bool:
     """float16 only on GPUs without fast bfloat16 (compute capability < 8.0)."""
     try:
-        import tensorflow as tf
+        import tensorflow as tf  # deferred: TensorFlow loads on first use
 
         cc = tf.config.experimental.get_device_details(gpus[0]).get("compute_capability")
         return bool(cc) and tuple(cc) < (8, 0)
@@ -182,7 +180,7 @@ def make_strategy(info: dict, join=None):
                         "device with %s", info["backend"])
         info["strategy"] = "none"
         return NoStrategy()
-    import tensorflow as tf
+    import tensorflow as tf  # deferred: TensorFlow loads on first use
 
     cluster = cluster_from_env(info["backend"])
     if cluster is not None:

@@ -464,7 +464,7 @@ class DirLock:
 
     def acquire(self) -> DirLock:
         try:
-            import fcntl
+            import fcntl  # deferred: POSIX only (the except below)
         except ImportError:  # not POSIX: no lock, say so
             log.warning("%s: no file locking on this system: one writer per directory is not "
                         "enforced", self.dir)
