@@ -40,7 +40,7 @@ METHOD_NAMES = tuple(METHODS)
 
 #: ``--preset NAME`` -> {dest: value}, applied to every option not given on the command line.
 #: ``original``: what the original code that trained CorrFusion ran (rulixiang/CorrFusionNet at
-#: 611d99b / 7a4fe70 / fd37a24; README "Differences from the original code"), with the original's
+#: 611d99b / 7a4fe70 / fd37a24; docs/differences.md), with the original's
 #: comparators (NaiveResNet, SoftDCCANet at 1c33068) for ``baseline`` / ``sdcca``: one entry per
 #: row of that table that has a flag.
 PRESETS = {

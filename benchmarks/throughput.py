@@ -97,13 +97,14 @@ def build_training(a, data_dir: Path, workdir: Path):
 
     from benchmarks.common import train_config
     from training import fit as training
+    from training.run_data import check_data, load_data
     from utils.devices import make_strategy, setup_backend
     from utils.rundir import run_paths
 
     targs = train_config([
         "--data_dir", str(data_dir), "--backbone", a.backbone, "-b", str(a.batch),
         "--hidden", str(a.hidden), "-e", "1", "--workdir", str(workdir), "--overwrite"])
-    data = training.load_data(targs, training.check_data(targs))
+    data = load_data(targs, check_data(targs))
     info = setup_backend(targs.mixed_precision)
     strategy = make_strategy(info)
     paths = run_paths(targs, 0)

@@ -238,7 +238,7 @@ def read_labels(split_dir, num_classes=None) -> dict:
 def input_size(summary: SplitSummary, image_size=None) -> tuple[int, int]:
     """The (H, W) a model sees of this split's images: ``image_size`` (``--image_size``: a resize)
     or, when None, the split's own size. The one home of the rule "None means the data's size";
-    the resolved value is what flows on (``training.fit.DataPlan.image_size``)."""
+    the resolved value is what flows on (``training.run_data.DataPlan.image_size``)."""
     if image_size:
         return int(image_size[0]), int(image_size[1])
     return int(summary.image_shape[0]), int(summary.image_shape[1])

@@ -79,7 +79,7 @@ def evaluate_split(net, split_dir, batch_size=32, threshold=0.5, class_names=Non
         image_size: (H, W) to resize the images to, as in training; default the shards' size.
         check_values: read the image data through before predicting (float values, CRC-32 of
             compressed members: ``data.split_summary.inspect_split``). False when the caller has checked
-            the split in full already (``evaluate_checkpoint``'s checks, ``training.fit.check_data``); the shards' headers and labels are checked either way.
+            the split in full already (``evaluate_checkpoint``'s checks, ``training.run_data.check_data``); the shards' headers and labels are checked either way.
 
     Returns:
         ``(metrics, predictions)``: ``evaluation.metrics.compute_metrics`` dict (plus ``split_dir``) and a

@@ -1,4 +1,4 @@
-"""Regenerate the figures the repository shows (figures/ and the README).
+"""Regenerate the figures the repository shows (figures/, the README and docs/).
 
     python -m evaluation.figures --overwrite                      # the two diagrams only (no run needed)
     python -m evaluation.figures --run runs/demo-... --overwrite  # + curves, matrices, PR curve, maps

@@ -1,6 +1,6 @@
 """Does fusion help? A controlled experiment: the second date degraded with a growing strength.
 
-    python experiments/fusion_degradation.py                       # the README's run (small, CPU)
+    python experiments/fusion_degradation.py                       # the run of docs/experiments.md (small, CPU)
     python experiments/fusion_degradation.py --backbone vgg16 --out runs/fusion_vgg16 --epochs 30
 
 For each degradation strength s in ``--levels``, ``data.synthetic`` makes the same clean pairs

@@ -11,7 +11,7 @@ two dates (over the pairs of the group), the per-feature variances, and the dist
 issue's shorthand ``√(2·m·(1 − ρ̄))`` (unit variances). ``--module`` does the same on the CorrFusion
 layer alone, with batch-statistics BN, for two inputs X, Y = X + noise of a chosen correlation.
 
-The numbers feed README "Choosing the defaults" and docs/DESIGN.md §2.5.
+The numbers feed docs/experiments.md "Choosing the defaults" and docs/DESIGN.md §2.5.
 """
 
 from __future__ import annotations

@@ -85,7 +85,7 @@ FUSION_INITS = ("glorot_normal", "glorot_uniform")
 #: ``fusion_distance``: the distance CorrFusion's weight w = 1 − tanh(dist) reads (and the
 #: correlation loss sums): ``euclidean`` √(Σ_j ΔX_bn² + ε), the paper's; ``rms`` the same ÷ √(d/r),
 #: the root-mean-square difference per feature, whose scale does not grow with the width d/r
-#: (README "Choosing the defaults")
+#: (docs/experiments.md "Choosing the defaults")
 FUSION_DISTANCES = ("euclidean", "rms")
 #: ``fusion_bn``: the BatchNormalization inside the CorrFusion module, independent of ``bn`` (the
 #: backbone's and the views'): ``batch`` statistics in training, or ``frozen`` (inference mode for

@@ -257,3 +257,10 @@ def test_the_deferred_import_check_catches_a_planted_one(tmp_path):
     modules = {**modules, "planted": src}
     bad = light_deferred_imports(src, "planted", modules, {})
     assert bad == ["planted.py:5 json", "planted.py:6 utils.cli", "planted.py:9 numpy"]
+
+
+def test_no_library_file_over_600_lines():
+    """A file that outgrows 600 lines holds more than one concern: split it by concern."""
+    long = {str(p.relative_to(ROOT)): n for pkg in LIBRARY for p in (ROOT / pkg).rglob("*.py")
+            if (n := len(p.read_text().splitlines())) > 600}
+    assert not long, long

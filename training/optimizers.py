@@ -69,7 +69,7 @@ CLASS_WEIGHTS = {"none": None, "balanced": balanced_class_weights}
 
 def class_weights(name: str, plan):
     """``ModelConfig.ce_weights`` for ``--class_weight name``: per date, from the trn split's
-    class histogram (``plan``: the run's ``training.fit.DataPlan``) (padded to the run's class count); None for ``none``."""
+    class histogram (``plan``: the run's ``training.run_data.DataPlan``) (padded to the run's class count); None for ``none``."""
     builder = CLASS_WEIGHTS[name]
     if builder is None:
         return None

@@ -86,8 +86,9 @@ def test_tiny_ablation_end_to_end(tmp_path):
 
 
 def test_readme_tables_are_the_committed_results():
-    """README "Choosing the defaults" shows the script's defaults.md and table.md, not typed by hand."""
-    readme = (ROOT / "README.md").read_text()
+    """docs/experiments.md "Choosing the defaults" shows the script's defaults.md and table.md, not
+    typed by hand."""
+    readme = (ROOT / "docs" / "experiments.md").read_text()
     for name in ("defaults.md", "table.md"):
         table = (ROOT / "experiments" / "ablation" / name).read_text()
         assert table.strip() and table.strip() in readme, name

@@ -5,8 +5,8 @@ import pytest
 from sklearn.utils.class_weight import compute_class_weight
 
 from data.split_summary import SplitSummary
-from training.fit import DataPlan
 from training.optimizers import balanced_class_weights, class_weights
+from training.run_data import DataPlan
 
 
 def test_balanced_weights_of_a_known_histogram():
