@@ -1,12 +1,55 @@
-"""--class_weight balanced: the weights from a known histogram, and where the network uses them."""
+"""training.optimizers: the --optimizer table (each name builds its Keras optimiser, a learning-rate
+schedule steps at the epoch boundaries, parser.py offers exactly the table's names) and --class_weight
+balanced (the weights from a known histogram, and where the network uses them)."""
 
 import numpy as np
 import pytest
 from sklearn.utils.class_weight import compute_class_weight
 
 from data.split_summary import SplitSummary
-from training.optimizers import balanced_class_weights, class_weights
+from training.optimizers import (
+    CLASS_WEIGHTS,
+    OPTIMIZERS,
+    balanced_class_weights,
+    build_optimizer,
+    class_weights,
+)
 from training.run_data import DataPlan
+
+
+def _opt_config(**kw):
+    from types import SimpleNamespace
+
+    return SimpleNamespace(**{"optimizer": "sgd", "lr": (0.01,), "lr_boundaries": (),
+                              "momentum": 0.9, "nesterov": True, **kw})
+
+
+@pytest.mark.parametrize("name,cls", [("sgd", "SGD"), ("adam", "Adam"), ("adamw", "AdamW")])
+def test_each_optimizer_name_builds_its_keras_optimizer(name, cls):
+    opt = build_optimizer(_opt_config(optimizer=name), steps_per_epoch=10)
+    assert type(opt).__name__ == cls
+    assert float(opt.learning_rate) == pytest.approx(0.01)
+    if name == "sgd":
+        assert float(opt.momentum) == pytest.approx(0.9) and opt.nesterov is True
+
+
+def test_a_learning_rate_schedule_steps_at_the_epoch_boundaries():
+    opt = build_optimizer(_opt_config(lr=(0.1, 0.01, 0.001), lr_boundaries=(2, 5)),
+                          steps_per_epoch=10)
+    import keras
+
+    schedule = keras.optimizers.schedules.deserialize(opt.get_config()["learning_rate"])
+    assert type(schedule).__name__ == "PiecewiseConstantDecay"
+    got = [float(schedule(step)) for step in (0, 20, 21, 50, 51)]  # steps: boundaries x 10
+    np.testing.assert_allclose(got, [0.1, 0.1, 0.01, 0.01, 0.001], rtol=1e-6)
+
+
+def test_the_parser_offers_exactly_the_tables_names():
+    from parser import train_parser
+
+    actions = {a.dest: a for a in train_parser()._actions}
+    assert tuple(actions["optimizer"].choices) == tuple(OPTIMIZERS) == ("sgd", "adam", "adamw")
+    assert tuple(actions["class_weight"].choices) == tuple(CLASS_WEIGHTS) == ("none", "balanced")
 
 
 def test_balanced_weights_of_a_known_histogram():
