@@ -13,7 +13,7 @@ import warnings
 import numpy as np
 
 from data import rasters, shards
-from data.shards import _err
+from data.shards import shard_error
 
 PILLOW_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif"}
 RASTER_SUFFIXES = {".tif", ".tiff", ".img", ".vrt", ".jp2"}
@@ -33,9 +33,9 @@ def as_shard_dtype(path, image):
         image = image.astype(np.float32)
         if np.isfinite(image).all() and image.min() >= 0 and image.max() <= 1:
             return image
-        raise _err(path, "pixels", "float values outside [0, 1] or not finite; expected uint8, "
+        raise shard_error(path, "pixels", "float values outside [0, 1] or not finite; expected uint8, "
                                    "uint16 or float in [0, 1]")
-    raise _err(path, "dtype", f"{image.dtype}; expected uint8, uint16 or float in [0, 1]")
+    raise shard_error(path, "dtype", f"{image.dtype}; expected uint8, uint16 or float in [0, 1]")
 
 
 def check_file(path, expected) -> pathlib.Path:
@@ -43,7 +43,7 @@ def check_file(path, expected) -> pathlib.Path:
     path = pathlib.Path(path)
     if not path.is_file():
         what = "not a file" if path.exists() else "no such file"
-        raise _err(path, "file", f"{what}; expected {expected}")
+        raise shard_error(path, "file", f"{what}; expected {expected}")
     return path
 
 
@@ -69,10 +69,10 @@ def read_image(path, bands=None, expected="an image") -> np.ndarray:
     except shards.ShardError:
         raise
     except Exception as e:  # noqa: BLE001 - any reader failure is bad input, reported in one line
-        raise _err(path, "file", f"unreadable ({type(e).__name__}: {e}); expected {expected}") from None
+        raise shard_error(path, "file", f"unreadable ({type(e).__name__}: {e}); expected {expected}") from None
     if bands is not None:
         if max(bands) > array.shape[-1]:
-            raise _err(path, "--bands", f"{bands}; the image has {array.shape[-1]} band(s) "
+            raise shard_error(path, "--bands", f"{bands}; the image has {array.shape[-1]} band(s) "
                                         f"(1..{array.shape[-1]})")
         array = array[..., [b - 1 for b in bands]]
     return as_shard_dtype(path, array)
@@ -150,10 +150,10 @@ def open_windowed(path, bands=None, expected="an image") -> WindowedRaster:
         with _quiet_georef(), rasterio.open(path) as src:
             shape, dtype = (src.height, src.width, src.count), np.dtype(src.dtypes[0])
     except Exception as e:  # noqa: BLE001 - any reader failure is bad input, reported in one line
-        raise _err(path, "file", f"unreadable ({type(e).__name__}: {e}); expected {expected}") from None
+        raise shard_error(path, "file", f"unreadable ({type(e).__name__}: {e}); expected {expected}") from None
     if bands is not None and max(bands) > shape[-1]:
-        raise _err(path, "--bands", f"{bands}; the image has {shape[-1]} band(s) (1..{shape[-1]})")
+        raise shard_error(path, "--bands", f"{bands}; the image has {shape[-1]} band(s) (1..{shape[-1]})")
     keep = tuple(b - 1 for b in bands) if bands is not None else tuple(range(shape[-1]))
     if dtype not in (np.uint8, np.uint16) and dtype.kind != "f":
-        raise _err(path, "dtype", f"{dtype}; expected uint8, uint16 or float in [0, 1]")
+        raise shard_error(path, "dtype", f"{dtype}; expected uint8, uint16 or float in [0, 1]")
     return WindowedRaster(path, (shape[0], shape[1], len(keep)), dtype, keep)

@@ -55,6 +55,7 @@ from data.image_files import (
     open_windowed,
     read_image,
 )
+from data.shards import shard_error
 from utils.cli import configure_logging
 
 log = logging.getLogger(__name__)
@@ -71,10 +72,6 @@ class Pairs(NamedTuple):
     class_names: list | None
     row: np.ndarray | None = None
     col: np.ndarray | None = None
-
-
-def _err(path, key, expected):
-    return shards.ShardError(f"{path}: {key}: {expected}")
 
 
 # ----------------------------------------------------------------------------- class names
@@ -99,17 +96,17 @@ def parse_class_names(text):
         try:
             lines = path.read_text(encoding="utf-8").splitlines()
         except (OSError, UnicodeDecodeError) as e:
-            raise _err(path, "--class_names", f"unreadable ({e}); expected a text file with one "
+            raise shard_error(path, "--class_names", f"unreadable ({e}); expected a text file with one "
                                               "class name per line") from None
         names = [line.strip() for line in lines if line.strip()]
         if not names or len(set(names)) != len(names):
             dups = sorted({n for n in names if names.count(n) > 1})
             what = f"duplicate names {dups}" if dups else "no names"
-            raise _err(path, "--class_names", f"{what}; expected distinct class names, one per line")
+            raise shard_error(path, "--class_names", f"{what}; expected distinct class names, one per line")
         return names
     if _names_file_like(str(text)):
         what = "not a file" if path.exists() else "no such file"
-        raise _err(path, "--class_names", f"{what}; expected a file with one class name per line "
+        raise shard_error(path, "--class_names", f"{what}; expected a file with one class name per line "
                                           "(or a comma-separated list of names)")
     names = [n.strip() for n in str(text).split(",") if n.strip()]
     if not names or len(set(names)) != len(names):
@@ -125,18 +122,18 @@ def scan_class_tree(date_dir) -> dict:
     date_dir = pathlib.Path(date_dir)
     if not date_dir.is_dir():
         what = "not a directory" if date_dir.exists() else "missing"
-        raise _err(date_dir, "directory", f"{what}; expected DATE_DIR/CLASS_NAME/<col>_<row>.png")
+        raise shard_error(date_dir, "directory", f"{what}; expected DATE_DIR/CLASS_NAME/<col>_<row>.png")
     tiles = {}
     for class_dir in sorted(d for d in date_dir.iterdir() if d.is_dir()):
         for path in sorted(class_dir.iterdir()):
             if path.suffix.lower() not in IMAGE_SUFFIXES:
                 continue
             if path.stem in tiles:
-                raise _err(path, "tile", f"stem {path.stem!r} also in {tiles[path.stem][1]}; "
+                raise shard_error(path, "tile", f"stem {path.stem!r} also in {tiles[path.stem][1]}; "
                                          "expected each tile in one class folder per date")
             tiles[path.stem] = (class_dir.name, path)
     if not tiles:
-        raise _err(date_dir, "directory", "no image tiles; expected DATE_DIR/CLASS_NAME/<col>_<row>.png")
+        raise shard_error(date_dir, "directory", "no image tiles; expected DATE_DIR/CLASS_NAME/<col>_<row>.png")
     return tiles
 
 
@@ -151,7 +148,7 @@ def pair_tiles(tiles1, tiles2, t1, t2, skip_unpaired=False) -> list:
     only2 = sorted(set(tiles2) - set(tiles1))
     if (only1 or only2) and not skip_unpaired:
         stem, here, there = (only1[0], tiles1, t2) if only1 else (only2[0], tiles2, t1)
-        raise _err(here[stem][1], "pair", f"no tile {stem!r} under {there}; expected the same "
+        raise shard_error(here[stem][1], "pair", f"no tile {stem!r} under {there}; expected the same "
                    f"tiles at both dates ({len(only1) + len(only2)} unpaired; --skip_unpaired "
                    "skips them)")
     if only1 or only2:
@@ -170,7 +167,7 @@ def folder_pairs(t1, t2, class_names=None, skip_unpaired=False):
     names = class_names or folders
     unknown = sorted(set(folders) - set(names))
     if unknown:
-        raise _err(t1, "--class_names", f"class folder(s) {unknown} not listed; expected every "
+        raise shard_error(t1, "--class_names", f"class folder(s) {unknown} not listed; expected every "
                                         f"folder name among {names}")
     ids = {name: i + 1 for i, name in enumerate(names)}
     stems = pair_tiles(tiles1, tiles2, t1, t2, skip_unpaired)
@@ -191,7 +188,7 @@ def folder_pairs(t1, t2, class_names=None, skip_unpaired=False):
                 image = read_image(path)
                 ref = first.setdefault("ref", (path, image.shape, image.dtype))
                 if (image.shape, image.dtype) != ref[1:]:
-                    raise _err(path, "image", f"{image.shape} {image.dtype}; expected "
+                    raise shard_error(path, "image", f"{image.shape} {image.dtype}; expected "
                                f"{ref[1]} {ref[2]} as {ref[0]} (all tiles alike)")
                 images[key].append(image)
         out = {k: np.stack(v) for k, v in images.items()}
@@ -221,34 +218,34 @@ def load_label_array(path, mat_key=None) -> np.ndarray:
             variables = {k: v for k, v in scipy.io.loadmat(path).items() if not k.startswith("__")}
             if mat_key is not None:
                 if mat_key not in variables:
-                    raise _err(path, mat_key, f"missing; expected one of {sorted(variables)}")
+                    raise shard_error(path, mat_key, f"missing; expected one of {sorted(variables)}")
                 array = variables[mat_key]
             else:
                 cands = [k for k, v in variables.items()
                          if isinstance(v, np.ndarray) and v.ndim == 2 and v.dtype.kind in "biuf"
                          and min(v.shape) > 1]
                 if len(cands) != 1:
-                    raise _err(path, "--mat_key", f"{len(cands)} 2-D numeric variables {cands}; "
+                    raise shard_error(path, "--mat_key", f"{len(cands)} 2-D numeric variables {cands}; "
                                                   "expected exactly one or --mat_key")
                 array = variables[cands[0]]
         else:
             array = read_image(path, expected="a label grid (.npy, .mat) or single-band raster")
             if array.shape[-1] != 1:
-                raise _err(path, "bands", f"{array.shape[-1]}; expected a single-band label raster")
+                raise shard_error(path, "bands", f"{array.shape[-1]}; expected a single-band label raster")
             array = array[..., 0]
     except shards.ShardError:
         raise
     except Exception as e:  # noqa: BLE001
-        raise _err(path, "file", f"unreadable ({type(e).__name__}: {e}); expected a label grid") from None
+        raise shard_error(path, "file", f"unreadable ({type(e).__name__}: {e}); expected a label grid") from None
     array = np.asarray(array)
     if array.ndim != 2 or array.dtype.kind not in "biuf":
-        raise _err(path, "labels", f"shape {array.shape} dtype {array.dtype}; expected a 2-D numeric array")
+        raise shard_error(path, "labels", f"shape {array.shape} dtype {array.dtype}; expected a 2-D numeric array")
     if array.dtype.kind == "f":
         if not (np.isfinite(array).all() and (array == np.round(array)).all()):
-            raise _err(path, "labels", "non-integer values; expected integer class ids")
+            raise shard_error(path, "labels", "non-integer values; expected integer class ids")
     labels = array.astype(np.int64)
     if labels.size and labels.min() < 0:
-        raise _err(path, "labels", f"negative value {labels.min()}; expected class ids 1..K, 0 = undefined")
+        raise shard_error(path, "labels", f"negative value {labels.min()}; expected class ids 1..K, 0 = undefined")
     return labels
 
 
@@ -268,7 +265,7 @@ def tile_labels(path, labels, grid, image_hw, tile, transpose=False) -> np.ndarr
         values = np.unique(labels)
         counts = np.stack([(blocks == v).sum(axis=(1, 3)) for v in values])
         return values[np.argmax(counts, axis=0)]
-    raise _err(path, "labels", f"shape {labels.shape}; expected the tile grid {grid} (rows, cols) or "
+    raise shard_error(path, "labels", f"shape {labels.shape}; expected the tile grid {grid} (rows, cols) or "
                                f"the image size {tuple(image_hw)} (--transpose_labels flips a grid)")
 
 
@@ -316,7 +313,7 @@ def check_label_names(path, labels, class_names) -> None:
         return
     k, top = len(class_names), int(labels.max())
     if top > k:
-        raise _err(path, "labels", f"class id {top} but --class_names gives {k} name(s); expected "
+        raise shard_error(path, "labels", f"class id {top} but --class_names gives {k} name(s); expected "
                                    f"class ids 1..{k} (0 = undefined) or a name for every class")
 
 
@@ -344,7 +341,7 @@ def raster_pairs(t1, t2, labels1, labels2, tile, bands=None, mat_key=None, trans
         x1, x2 = read_image(t1, bands), read_image(t2, bands)
     georef = georeference(t1, t2, tile)
     if x1.shape != x2.shape or x1.dtype != x2.dtype:
-        raise _err(t2, "image", f"{x2.shape} {x2.dtype}; expected {x1.shape} {x1.dtype} as {t1} "
+        raise shard_error(t2, "image", f"{x2.shape} {x2.dtype}; expected {x1.shape} {x1.dtype} as {t1} "
                                 "(co-registered images)")
     if isinstance(x1, WindowedRaster):
         x1.check_values()

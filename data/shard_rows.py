@@ -12,7 +12,7 @@ import zipfile
 
 import numpy as np
 
-from data.shards import _READ_ERRORS, REQUIRED_KEYS, _err, _open_zip
+from data.shards import READ_ERRORS, REQUIRED_KEYS, open_zip, shard_error
 
 # ----------------------------------------------------------------------------- per-batch reads
 
@@ -39,11 +39,11 @@ def stored_layout(path, key) -> MemberLayout | None:
     directory's, so the local one is parsed) and the member's ``.npy`` header. ShardError if the
     header is damaged or the file is too short for the array it announces.
     """
-    with _open_zip(path) as zf:
+    with open_zip(path) as zf:
         try:
             info = zf.getinfo(key + ".npy")
         except KeyError:
-            raise _err(path, key, f"missing; expected keys {', '.join(REQUIRED_KEYS)}") from None
+            raise shard_error(path, key, f"missing; expected keys {', '.join(REQUIRED_KEYS)}") from None
     if info.compress_type != zipfile.ZIP_STORED:
         return None
     try:
@@ -61,15 +61,15 @@ def stored_layout(path, key) -> MemberLayout | None:
             shape, fortran, dtype = reader(f)
             offset = f.tell()
             size = os.fstat(f.fileno()).st_size
-    except _READ_ERRORS as e:
-        raise _err(path, key, f"unreadable .npy member ({e}); the file looks truncated or "
+    except READ_ERRORS as e:
+        raise shard_error(path, key, f"unreadable .npy member ({e}); the file looks truncated or "
                               "corrupt") from None
     if fortran:
         return None
     layout = MemberLayout(key, offset, tuple(shape), np.dtype(dtype))
     nbytes = layout.row_bytes * (shape[0] if shape else 1)
     if offset - start + nbytes != info.file_size or offset + nbytes > size:
-        raise _err(path, key, f"member of {info.file_size} bytes in a file of {size} bytes; "
+        raise shard_error(path, key, f"member of {info.file_size} bytes in a file of {size} bytes; "
                               f"expected {offset - start + nbytes} bytes of header and array "
                               "data (the file looks truncated or corrupt)")
     return layout
@@ -100,7 +100,7 @@ def read_rows(path, layout: MemberLayout, idx) -> np.ndarray:
     try:
         fd = os.open(path, os.O_RDONLY | getattr(os, "O_BINARY", 0))
     except OSError as e:
-        raise _err(path, layout.key, f"unreadable ({e})") from None
+        raise shard_error(path, layout.key, f"unreadable ({e})") from None
     try:
         for a, b in zip(starts, stops, strict=True):
             offset = layout.offset + int(ids[a]) * row
@@ -110,7 +110,7 @@ def read_rows(path, layout: MemberLayout, idx) -> np.ndarray:
                 if got != (d - c) * row:
                     raise EOFError(f"read {got} of {(d - c) * row} bytes")
     except (OSError, EOFError) as e:
-        raise _err(path, layout.key, f"unreadable ({e}); the file looks truncated or "
+        raise shard_error(path, layout.key, f"unreadable ({e}); the file looks truncated or "
                                      "corrupt") from None
     finally:
         os.close(fd)
@@ -148,11 +148,11 @@ def check_image_rows(path, key, images: np.ndarray, pair_ids) -> None:
     finite = np.isfinite(flat).all(axis=1)
     if not finite.all():
         i = int(pair_ids[int(np.argmin(finite))])
-        raise _err(path, key, f"NaN or inf in pair {i}; expected float images in [0, 1]")
+        raise shard_error(path, key, f"NaN or inf in pair {i}; expected float images in [0, 1]")
     lo, hi = flat.min(axis=1), flat.max(axis=1)
     bad = (lo < 0.0) | (hi > 1.0)
     if bad.any():
         j = int(np.argmax(bad))
-        raise _err(path, key, f"values in [{float(lo[j]):g}, {float(hi[j]):g}] in pair "
+        raise shard_error(path, key, f"values in [{float(lo[j]):g}, {float(hi[j]):g}] in pair "
                               f"{int(pair_ids[j])}; expected float images in [0, 1] (store "
                               "integers as uint8/uint16)")

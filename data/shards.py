@@ -50,14 +50,15 @@ IMAGE_DTYPES = (np.dtype(np.uint8), np.dtype(np.uint16), np.dtype(np.float32))
 MAX_CLASSES = 1_000
 CHUNK_BYTES = 64 * 2**20  # decoded bytes per chunk when checking float image values
 VERIFY_CHUNK_BYTES = 16 * 2**20  # bytes per read when reading a member through for its CRC-32
-_READ_ERRORS = (OSError, ValueError, EOFError, zipfile.BadZipFile, zlib.error, KeyError)
+READ_ERRORS = (OSError, ValueError, EOFError, zipfile.BadZipFile, zlib.error, KeyError)
 
 
 class ShardError(UsageError):
     """A shard or split directory breaks the format of docs/DESIGN.md §4 (message: file: key: expected)."""
 
 
-def _err(path, key, expected) -> ShardError:
+def shard_error(path, key, expected) -> ShardError:
+    """The one-line error ``<file>: <key>: <what was expected>`` of every data module."""
     return ShardError(f"{path}: {key}: {expected}")
 
 
@@ -69,25 +70,25 @@ def list_shards(split_dir) -> list[pathlib.Path]:
     split_dir = pathlib.Path(split_dir)
     if not split_dir.is_dir():
         what = "not a directory" if split_dir.exists() else "no such directory"
-        raise _err(split_dir, "split", f"{what}; expected a directory of .npz shards")
+        raise shard_error(split_dir, "split", f"{what}; expected a directory of .npz shards")
     candidates = sorted(p for p in split_dir.iterdir() if p.suffix == ".npz")
     for p in candidates:
         if p.is_symlink() and not p.exists():
-            raise _err(p, "file", f"dangling symbolic link (to {os.readlink(p)}); expected a .npz "
+            raise shard_error(p, "file", f"dangling symbolic link (to {os.readlink(p)}); expected a .npz "
                                   "shard (remove the link or restore its target)")
     files = [p for p in candidates if p.is_file()]
     if not files:
-        raise _err(split_dir, "split", "no .npz files; expected at least one shard")
+        raise shard_error(split_dir, "split", "no .npz files; expected at least one shard")
     return files
 
 
-def _open_zip(path) -> zipfile.ZipFile:
+def open_zip(path) -> zipfile.ZipFile:
     if not zipfile.is_zipfile(path):
-        raise _err(path, "file", "not a zip/npz archive (wrong format or truncated)")
+        raise shard_error(path, "file", "not a zip/npz archive (wrong format or truncated)")
     try:
         return zipfile.ZipFile(path)
-    except _READ_ERRORS as e:
-        raise _err(path, "file", f"unreadable npz archive ({e})") from None
+    except READ_ERRORS as e:
+        raise shard_error(path, "file", f"unreadable npz archive ({e})") from None
 
 
 def _read_header(path, zf: zipfile.ZipFile, key: str):
@@ -99,24 +100,24 @@ def _read_header(path, zf: zipfile.ZipFile, key: str):
                 shape, fortran, dtype = np.lib.format.read_array_header_1_0(f)
             else:
                 shape, fortran, dtype = np.lib.format.read_array_header_2_0(f)
-    except _READ_ERRORS as e:
-        raise _err(path, key, f"unreadable .npy member ({e}); expected a NumPy array") from None
+    except READ_ERRORS as e:
+        raise shard_error(path, key, f"unreadable .npy member ({e}); expected a NumPy array") from None
     if dtype.hasobject:
-        raise _err(path, key, "object (pickled) array; expected a plain numeric/str array "
+        raise shard_error(path, key, "object (pickled) array; expected a plain numeric/str array "
                               "(files are read with allow_pickle=False)")
     return tuple(shape), dtype
 
 
 def read_headers(path) -> dict:
     """``{key: (shape, dtype)}`` for every array of one npz file (only the headers are read)."""
-    with _open_zip(path) as zf:
+    with open_zip(path) as zf:
         keys = [n[:-4] for n in zf.namelist() if n.endswith(".npy")]
         return {k: _read_header(path, zf, k) for k in keys}
 
 
 def load_arrays(path, keys) -> dict:
     """Decode the named arrays of one npz file (``allow_pickle=False``), errors as ShardError."""
-    _open_zip(path).close()
+    open_zip(path).close()
     out, key = {}, "file"
     try:
         with np.load(path, allow_pickle=False) as npz:
@@ -124,11 +125,11 @@ def load_arrays(path, keys) -> dict:
                 out[key] = npz[key]
     except ValueError as e:
         if "pickle" in str(e):
-            raise _err(path, key, "object (pickled) array; expected a plain numeric/str array "
+            raise shard_error(path, key, "object (pickled) array; expected a plain numeric/str array "
                                   "(files are read with allow_pickle=False)") from None
-        raise _err(path, key, f"unreadable ({e}); the file looks truncated or corrupt") from None
-    except _READ_ERRORS as e:
-        raise _err(path, key, f"unreadable ({e}); the file looks truncated or corrupt") from None
+        raise shard_error(path, key, f"unreadable ({e}); the file looks truncated or corrupt") from None
+    except READ_ERRORS as e:
+        raise shard_error(path, key, f"unreadable ({e}); the file looks truncated or corrupt") from None
     return out
 
 
@@ -153,33 +154,33 @@ def check_header(path, headers: dict) -> tuple[int, tuple, np.dtype]:
     """Check keys, shapes and dtypes of one shard from its headers; return (N, (H, W, C), dtype)."""
     for key in REQUIRED_KEYS:
         if key not in headers:
-            raise _err(path, key, f"missing; expected keys {', '.join(REQUIRED_KEYS)}")
+            raise shard_error(path, key, f"missing; expected keys {', '.join(REQUIRED_KEYS)}")
     (s1, d1), (s2, d2) = headers["image_t1"], headers["image_t2"]
     for key, (shape, dtype) in zip(IMAGE_KEYS, ((s1, d1), (s2, d2)), strict=True):
         if len(shape) != 4 or min(shape[1:], default=0) < 1:
-            raise _err(path, key, f"shape {shape}; expected (N, H, W, C) with H, W, C >= 1")
+            raise shard_error(path, key, f"shape {shape}; expected (N, H, W, C) with H, W, C >= 1")
         if dtype not in IMAGE_DTYPES:
-            raise _err(path, key, f"dtype {dtype}; expected uint8, uint16 or float32")
+            raise shard_error(path, key, f"dtype {dtype}; expected uint8, uint16 or float32")
     if s1 != s2:
-        raise _err(path, "image_t2", f"shape {s2}; expected the shape of image_t1 {s1}")
+        raise shard_error(path, "image_t2", f"shape {s2}; expected the shape of image_t1 {s1}")
     if d1 != d2:
-        raise _err(path, "image_t2", f"dtype {d2}; expected the dtype of image_t1 ({d1})")
+        raise shard_error(path, "image_t2", f"dtype {d2}; expected the dtype of image_t1 ({d1})")
     n = s1[0]
     for key in LABEL_KEYS + GRID_KEYS:
         if key not in headers:
             continue
         shape, dtype = headers[key]
         if shape != (n,):
-            raise _err(path, key, f"shape {shape}; expected ({n},), one entry per image pair")
+            raise shard_error(path, key, f"shape {shape}; expected ({n},), one entry per image pair")
         if dtype.kind not in "iu":
-            raise _err(path, key, f"dtype {dtype}; expected an integer dtype")
+            raise shard_error(path, key, f"dtype {dtype}; expected an integer dtype")
     if ("row" in headers) != ("col" in headers):
         missing = "col" if "row" in headers else "row"
-        raise _err(path, missing, "missing; expected row and col together or neither")
+        raise shard_error(path, missing, "missing; expected row and col together or neither")
     if "class_names" in headers:
         shape, dtype = headers["class_names"]
         if len(shape) != 1 or dtype.kind not in "US":
-            raise _err(path, "class_names", f"shape {shape} dtype {dtype}; expected a 1-D str array")
+            raise shard_error(path, "class_names", f"shape {shape} dtype {dtype}; expected a 1-D str array")
     check_geo_header(path, headers)
     return n, tuple(s1[1:]), d1
 
@@ -195,9 +196,9 @@ def check_geo_header(path, headers: dict) -> None:
         if key in headers:
             shape, dtype = headers[key]
             if shape != shape_ok or dtype.kind not in kinds:
-                raise _err(path, key, f"shape {shape} dtype {dtype}; expected {what}")
+                raise shard_error(path, key, f"shape {shape} dtype {dtype}; expected {what}")
     if "transform" in headers and "row" not in headers:
-        raise _err(path, "transform", "present without row/col; expected row and col with it")
+        raise shard_error(path, "transform", "present without row/col; expected row and col with it")
 
 
 def check_geo_values(path, arrays: dict) -> dict | None:
@@ -210,13 +211,13 @@ def check_geo_values(path, arrays: dict) -> dict | None:
     if "transform" in arrays:
         t = np.asarray(arrays["transform"], np.float64)
         if not np.isfinite(t).all() or t[0] * t[4] - t[1] * t[3] == 0:
-            raise _err(path, "transform", f"{t.tolist()}; expected a finite, invertible affine "
+            raise shard_error(path, "transform", f"{t.tolist()}; expected a finite, invertible affine "
                                           "transform")
         geo["transform"] = tuple(float(v) for v in t)
     if "tile_size" in arrays:
         size = int(arrays["tile_size"])
         if size < 1:
-            raise _err(path, "tile_size", f"{size}; expected >= 1")
+            raise shard_error(path, "tile_size", f"{size}; expected >= 1")
         geo["tile_size"] = size
     return geo
 
@@ -227,13 +228,13 @@ def check_labels(path, labels: dict, num_classes: int | None) -> int:
     for key in LABEL_KEYS:
         y = labels[key]
         if y.size and y.min() < 0:
-            raise _err(path, key, f"negative label {int(y.min())}; expected class ids 1..K, 0 = undefined")
+            raise shard_error(path, key, f"negative label {int(y.min())}; expected class ids 1..K, 0 = undefined")
         if y.size:
             top = max(top, int(y.max()))
         if num_classes is not None and y.size and y.max() > num_classes:
-            raise _err(path, key, f"label {int(y.max())} > {num_classes}; expected class ids 1..{num_classes}")
+            raise shard_error(path, key, f"label {int(y.max())} > {num_classes}; expected class ids 1..{num_classes}")
         if num_classes is None and top > MAX_CLASSES:
-            raise _err(path, key, f"label {top}; expected class ids 1..K with K <= {MAX_CLASSES} "
+            raise shard_error(path, key, f"label {top}; expected class ids 1..K with K <= {MAX_CLASSES} "
                                   "(the most classes training and evaluation support)")
     return top
 
@@ -250,16 +251,16 @@ def check_image_values(path, key, images: np.ndarray) -> None:
 def _check_float_chunk(path, key, chunk, start):
     if not np.isfinite(chunk).all():
         i = start + int(np.argmax(~np.isfinite(chunk).reshape(len(chunk), -1).all(axis=1)))
-        raise _err(path, key, f"NaN or inf in pair {i}; expected float images in [0, 1]")
+        raise shard_error(path, key, f"NaN or inf in pair {i}; expected float images in [0, 1]")
     lo, hi = float(chunk.min()), float(chunk.max())
     if lo < 0.0 or hi > 1.0:
-        raise _err(path, key, f"values in [{lo:g}, {hi:g}] near pair {start}; expected float images "
+        raise shard_error(path, key, f"values in [{lo:g}, {hi:g}] near pair {start}; expected float images "
                               "in [0, 1] (store integers as uint8/uint16)")
 
 
 def stream_check_image_values(path, key) -> None:
     """Value check of a float image array straight from the zip, one chunk of rows at a time."""
-    with _open_zip(path) as zf:
+    with open_zip(path) as zf:
         shape, dtype = _read_header(path, zf, key)
         if dtype.kind != "f" or 0 in shape:
             return
@@ -286,8 +287,8 @@ def stream_check_image_values(path, key) -> None:
             check_image_values(path, key, load_arrays(path, [key])[key])
         except ShardError:  # a value error found above (ShardError is a ValueError): as it is
             raise
-        except _READ_ERRORS as e:
-            raise _err(path, key, f"unreadable ({e}); the file looks truncated or corrupt") from None
+        except READ_ERRORS as e:
+            raise shard_error(path, key, f"unreadable ({e}); the file looks truncated or corrupt") from None
 
 
 def verify_member(path, key) -> None:
@@ -296,13 +297,13 @@ def verify_member(path, key) -> None:
     Decompresses a compressed member once (nothing is kept); for an uncompressed one it is a plain
     read of its bytes. ShardError naming the file and key if the data is damaged or cut short.
     """
-    with _open_zip(path) as zf:
+    with open_zip(path) as zf:
         try:
             with zf.open(key + ".npy") as f:
                 while f.read(VERIFY_CHUNK_BYTES):
                     pass
-        except _READ_ERRORS as e:
-            raise _err(path, key, f"damaged data ({e}); expected data that matches the zip's "
+        except READ_ERRORS as e:
+            raise shard_error(path, key, f"damaged data ({e}); expected data that matches the zip's "
                                   "CRC-32 checksum (the file looks truncated or corrupt: copy or "
                                   "write it again)") from None
 
@@ -316,11 +317,11 @@ def check_image_data(path, key, values=True, stored=False) -> None:
     reads per batch at their byte offsets, are read through only with ``stored`` (a full read of
     the data, for an explicit validation such as ``python -m data.inspect``).
     """
-    with _open_zip(path) as zf:
+    with open_zip(path) as zf:
         try:
             compressed = zf.getinfo(key + ".npy").compress_type != zipfile.ZIP_STORED
         except KeyError:
-            raise _err(path, key, f"missing; expected keys {', '.join(REQUIRED_KEYS)}") from None
+            raise shard_error(path, key, f"missing; expected keys {', '.join(REQUIRED_KEYS)}") from None
         dtype = _read_header(path, zf, key)[1]
     if values and dtype.kind == "f":
         stream_check_image_values(path, key)
@@ -348,23 +349,23 @@ def check_shard(path, num_classes=None) -> tuple[ShardInfo, dict]:
 def check_consistent(first: ShardInfo, info: ShardInfo) -> None:
     """Shards of one split agree on image size, channels, dtype, row/col and class names."""
     if info.image_shape != first.image_shape:
-        raise _err(info.path, "image_t1", f"image shape (H, W, C) {info.image_shape}; expected "
+        raise shard_error(info.path, "image_t1", f"image shape (H, W, C) {info.image_shape}; expected "
                    f"{first.image_shape} as in {first.path.name} (all shards of a split alike)")
     if info.dtype != first.dtype:
-        raise _err(info.path, "image_t1", f"dtype {info.dtype}; expected {first.dtype} as in "
+        raise shard_error(info.path, "image_t1", f"dtype {info.dtype}; expected {first.dtype} as in "
                    f"{first.path.name} (all shards of a split alike)")
     if info.has_rowcol != first.has_rowcol:
-        raise _err(info.path, "row", f"{'present' if info.has_rowcol else 'absent'}; expected "
+        raise shard_error(info.path, "row", f"{'present' if info.has_rowcol else 'absent'}; expected "
                    f"{'present' if first.has_rowcol else 'absent'} as in {first.path.name}")
     if first.class_names is not None and info.class_names is not None \
             and info.class_names != first.class_names:
-        raise _err(info.path, "class_names", f"{info.class_names}; expected {first.class_names} "
+        raise shard_error(info.path, "class_names", f"{info.class_names}; expected {first.class_names} "
                    f"as in {first.path.name}")
     for key in GEO_KEYS:
         a, b = ((g or {}).get(key) for g in (first.geo, info.geo))
         if a != b:
             what = "present" if b is not None else "absent"
-            raise _err(info.path, key, f"{what if (a is None) != (b is None) else 'differs'}; "
+            raise shard_error(info.path, key, f"{what if (a is None) != (b is None) else 'differs'}; "
                        f"expected the {key} of {first.path.name} (all shards of a split on one grid)")
 
 

@@ -18,11 +18,11 @@ from data.shards import (
     LABEL_KEYS,
     MAX_CLASSES,
     ShardError,
-    _err,
     check_consistent,
     check_shard,
     defined_mask,
     list_shards,
+    shard_error,
 )
 
 log = logging.getLogger(__name__)
@@ -119,7 +119,7 @@ def _scan_split(split_dir, num_classes):
         labels.append(arrays)
     names = next((i.class_names for i in infos if i.class_names is not None), None)
     if names is not None and num_classes is not None and len(names) != num_classes:
-        raise _err(infos[0].path, "class_names", f"{len(names)} names; expected num_classes={num_classes}")
+        raise shard_error(infos[0].path, "class_names", f"{len(names)} names; expected num_classes={num_classes}")
     return files, infos, labels, names
 
 
