@@ -24,6 +24,7 @@ from model.config import (
     DECOV_PENALTIES,
     DIST_EPSILONS,
     FUSION_BNS,
+    FUSION_VIEWS,
     FUSION_DISTANCES,
     FUSION_INITS,
     INPUT_NORMS,
@@ -49,6 +50,7 @@ PRESETS = {
         "l2": 1e-4, "decov_init": "orthogonal", "decov_penalty": "original",
         "fusion_init": "glorot_uniform", "input_norm": "shard_max", "hidden": 1024, "reduction": 2,
         "lambda1": 0.1, "fusion_distance": "euclidean", "fusion_bn": "frozen",
+        "change_margin": 0.0, "fusion_views": "paper", "tied_start": False,
         "lambda2": 1e-4, "corr_norm": "batch", "optimizer": "sgd", "lr": [1e-3],
         "lr_boundaries": [], "momentum": 0.9, "nesterov": True, "batch_size": 32, "epochs": 100,
         "resnet_init": "keras_applications", "comparators": "original",
@@ -236,6 +238,22 @@ def train_parser() -> argparse.ArgumentParser:
     model.add_argument("--fusion_bn", choices=FUSION_BNS, default=ModelConfig.fusion_bn,
                        help="BN inside the CorrFusion module, independent of --bn: batch statistics "
                             "in training, or frozen (moving mean 0 / variance 1, the original's)")
+    model.add_argument("--fusion_views", choices=tuple(FUSION_VIEWS), default=ModelConfig.fusion_views,
+                       help="the views CorrFusion's distance reads: paper (ReLU squeeze, BN with "
+                            "scale/offset); batch (linear squeeze, BN without scale/offset); pair "
+                            "(linear squeeze, each view standardised over its own features: with "
+                            "rms, dist = sqrt(2(1 - r)), r the pair's correlation, the same in "
+                            "training and at inference)")
+    model.add_argument("--tied_start", type=str2bool, default=ModelConfig.tied_start,
+                       help="date 2's per-date layers (Dense fc1/fc2, head, CorrFusion's squeeze/"
+                            "excite) start as copies of date 1's and then train apart, so that with "
+                            "the shared backbone the two dates of an unchanged pair agree from the "
+                            "first step (false: independent draws, the original's)")
+    model.add_argument("--change_margin", type=non_negative_float, default=ModelConfig.change_margin,
+                       help="corrfusion: also penalise changed pairs whose distance is below this "
+                            "margin, lambda1 * max(0, margin - dist), so that the fusion weight is "
+                            "small where the class changed (0: the paper's loss, unchanged pairs only; "
+                            "in the units of --fusion_distance)")
     model.add_argument("--resnet_init", choices=RESNET_INITS, default=ModelConfig.resnet_init,
                        help="start of the resnet50 backbone: keras (Keras 3's: Glorot-uniform kernels, "
                             "BN eps 1.001e-5) or keras_applications (the original's TF 1.11: "

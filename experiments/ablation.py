@@ -77,6 +77,20 @@ VARIANTS = {
     "project/fusion_bn=frozen": ("project", {"fusion_bn": "frozen"}),
     "project/fusion_distance=rms+fusion_bn=frozen": ("project", {"fusion_distance": "rms",
                                                                  "fusion_bn": "frozen"}),
+    "project/fusion_distance=rms+tied_start": ("project", {"fusion_distance": "rms",
+                                                           "tied_start": "true"}),
+    "project/fusion_distance=rms+fusion_views=batch+tied_start": (
+        "project", {"fusion_distance": "rms", "fusion_views": "batch", "tied_start": "true"}),
+    "project/fusion_distance=rms+fusion_views=pair": (
+        "project", {"fusion_distance": "rms", "fusion_views": "pair"}),
+    "project/fusion_distance=rms+fusion_views=pair+tied_start": (
+        "project", {"fusion_distance": "rms", "fusion_views": "pair", "tied_start": "true"}),
+    "project/fusion_distance=rms+fusion_views=pair+tied_start+lambda2=0": (
+        "project", {"fusion_distance": "rms", "fusion_views": "pair", "tied_start": "true",
+                    "lambda2": 0.0}),
+    "project/fusion_distance=rms+fusion_views=pair+tied_start+change_margin=1.4": (
+        "project", {"fusion_distance": "rms", "fusion_views": "pair", "tied_start": "true",
+                    "change_margin": 1.4}),
     "project/bn=frozen": ("project", {"bn": "frozen"}),
     "project/input_norm=dtype": ("project", {"input_norm": "dtype"}),
     "project/pooling=flatten": ("project", {"pooling": "flatten"}),
@@ -230,7 +244,12 @@ def w_auc(npz: Path):
 
 
 def collect(args) -> list[dict]:
-    rows = []
+    """One row per finished run under OUT/runs; a run whose directory is gone (OUT/runs is not
+    committed) keeps its row from an earlier OUT/results.csv, with its ``finished`` time (empty:
+    before the column existed), so that a partial re-run adds to the record instead of erasing it."""
+    import datetime
+
+    rows, seen = [], set()
     for variant in args.variants:
         for s in args.levels:
             for method in methods(variant):
@@ -240,12 +259,37 @@ def collect(args) -> list[dict]:
                         continue
                     m = json.loads(f.read_text())["metrics"]
                     fusion = fd.fusion_means(f.parent / "predictions.npz")
+                    stamp = datetime.datetime.fromtimestamp(f.stat().st_mtime, datetime.timezone.utc)
                     rows.append({"variant": variant, "strength": s, "method": method, "seed": k,
                                  **{key: m.get(key) for key in METRICS},
                                  "w_unchanged": fusion["w_unchanged"],
                                  "w_changed": fusion["w_changed"],
-                                 "w_auc": w_auc(f.parent / "predictions.npz")})
-    return rows
+                                 "w_auc": w_auc(f.parent / "predictions.npz"),
+                                 "finished": stamp.strftime("%Y-%m-%d %H:%M")})
+                    seen.add((variant, s, method, k))
+    order = list(VARIANTS)
+    return sorted(rows + earlier_rows(args, seen),
+                  key=lambda r: (order.index(r["variant"]), r["strength"], r["method"], r["seed"]))
+
+
+def earlier_rows(args, seen) -> list[dict]:
+    """Rows of OUT/results.csv for (variant, level, method, seed) of this run's selection whose
+    run directory is absent."""
+    old = Path(args.out) / "results.csv"
+    if not old.is_file():
+        return []
+    keep = []
+    with open(old, newline="") as fh:
+        for r in csv.DictReader(fh):
+            key = (r["variant"], float(r["strength"]), r["method"], int(r["seed"]))
+            if (key in seen or r["variant"] not in args.variants or key[1] not in args.levels
+                    or key[3] >= args.seeds):
+                continue
+            row = {"variant": key[0], "strength": key[1], "method": key[2], "seed": key[3],
+                   "finished": r.get("finished", "")}
+            row.update({c: float(r[c]) if r[c] not in ("", None) else None for c in COLUMNS})
+            keep.append(row)
+    return keep
 
 
 def summarize(rows: list[dict]) -> list[dict]:
@@ -372,7 +416,7 @@ def report(args) -> None:
     rows = collect(args)
     summary = summarize(rows)
     with open(out / "results.csv", "w", newline="") as fh:
-        writer = csv.DictWriter(fh, ["variant", "strength", "method", "seed", *COLUMNS])
+        writer = csv.DictWriter(fh, ["variant", "strength", "method", "seed", *COLUMNS, "finished"])
         writer.writeheader()
         writer.writerows(rows)
     (out / "results.json").write_text(json.dumps(

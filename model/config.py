@@ -82,15 +82,24 @@ DECOV_PENALTIES = ("offdiag", "original")
 #: ``fusion_init``: initialiser of CorrFusion's squeeze/excite kernels (the original left
 #: ``tf.layers.dense``'s Glorot-uniform default there)
 FUSION_INITS = ("glorot_normal", "glorot_uniform")
-#: ``fusion_distance``: the distance CorrFusion's weight w = 1 − tanh(dist) reads (and the
-#: correlation loss sums): ``euclidean`` √(Σ_j ΔX_bn² + ε), the paper's; ``rms`` the same ÷ √(d/r),
-#: the root-mean-square difference per feature, whose scale does not grow with the width d/r
+#: ``fusion_distance``: the distance CorrFusion's weight w = 1 − tanh(dist) reads: ``euclidean``
+#: √(Σ_j ΔX_bn² + ε), the paper's; ``rms`` the same ÷ √(d/r), the root-mean-square difference per
+#: feature, whose scale does not grow with the width d/r. The correlation loss sums the Euclidean
+#: distance in both cases (with ``rms``: λ1·√(d/r)·dist), so λ1 keeps the paper's meaning
 #: (docs/experiments.md "Choosing the defaults")
 FUSION_DISTANCES = ("euclidean", "rms")
 #: ``fusion_bn``: the BatchNormalization inside the CorrFusion module, independent of ``bn`` (the
 #: backbone's and the views'): ``batch`` statistics in training, or ``frozen`` (inference mode for
 #: ever, moving mean 0 / variance 1: a trainable affine map, the original's TF1 graph)
 FUSION_BNS = ("batch", "frozen")
+#: ``fusion_views``: the two views CorrFusion's distance reads (``model.corrfusion.CorrFusion``)
+FUSION_VIEWS = {
+    "paper": "ReLU(squeeze), then BN with a trainable scale and offset (the paper's)",
+    "batch": "linear squeeze, then BN without scale/offset: unit variance over the batch",
+    "pair": "linear squeeze, then each view standardised over its own features (LayerNorm "
+            "without scale/offset): dist = sqrt(2 (1 - r)) with rms, r the pair's correlation; "
+            "no batch statistics, the same in training and at inference",
+}
 
 #: ``input_norm``: how the model normalises its input images (``model.normalization``,
 #: docs/DESIGN.md §2). The statistics of ``bands``/``bands_per_date`` are computed by
@@ -137,6 +146,7 @@ DIST_EPSILONS = ("once", "per_feature")
 CHOICES = {"input_norm": tuple(INPUT_NORMS), "corr_norm": CORR_NORMS, "bn": BN_MODES, "pooling": POOLINGS,
            "decov_init": DECOV_INITS, "decov_penalty": DECOV_PENALTIES, "fusion_init": FUSION_INITS,
            "fusion_distance": FUSION_DISTANCES, "fusion_bn": FUSION_BNS,
+           "fusion_views": tuple(FUSION_VIEWS),
            "resnet_init": RESNET_INITS, "comparators": COMPARATORS, "dist_epsilon": DIST_EPSILONS}
 
 
@@ -170,6 +180,15 @@ class ModelConfig:
         fusion_init: ``FUSION_INITS``: initialiser of CorrFusion's squeeze/excite kernels.
         fusion_distance: ``FUSION_DISTANCES``: the distance w = 1 − tanh(dist) reads.
         fusion_bn: ``FUSION_BNS``: the CorrFusion module's own BN mode (independent of ``bn``).
+        fusion_views: ``FUSION_VIEWS``: the views CorrFusion's distance reads.
+        tied_start: date 2's per-date layers (the Dense layers fc1/fc2, the head, CorrFusion's
+            squeeze/excite) start as copies of date 1's, separate weights that then train apart;
+            with a shared backbone the two dates' features of an unchanged pair then agree from
+            the first step. False: independent draws (the original's).
+        change_margin: corrfusion's correlation loss also penalises changed pairs whose distance
+            is below this margin, λ1·max(0, margin − dist) (``model.losses.correlation_loss``), so
+            that w is small where the class changed; 0 is the paper's loss (unchanged pairs only).
+            In the units of ``fusion_distance``.
         resnet_init: ``RESNET_INITS``: Keras 3's ResNet50 start or keras_applications' (He-normal
             kernels, BN ε = 1e-3); only the ``resnet50`` backbone reads it.
         comparators: ``COMPARATORS``: this project's ``baseline``/``sdcca`` or the original's
@@ -211,6 +230,9 @@ class ModelConfig:
     fusion_init: str = "glorot_normal"
     fusion_distance: str = "rms"
     fusion_bn: str = "batch"
+    fusion_views: str = "paper"
+    tied_start: bool = False
+    change_margin: float = 0.0
     resnet_init: str = "keras"
     comparators: str = "project"
     dist_epsilon: str = "once"
@@ -265,7 +287,7 @@ class ModelConfig:
                 raise ValueError(
                     f"{key} must be one of {choices}; received {key}={getattr(self, key)!r}."
                 )
-        for key in ("lambda1", "lambda2", "l2"):
+        for key in ("lambda1", "lambda2", "l2", "change_margin"):
             if float(getattr(self, key)) < 0:
                 raise ValueError(f"{key} must be >= 0; received {key}={getattr(self, key)!r}.")
         if self.ce_weights is not None:

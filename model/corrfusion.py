@@ -3,7 +3,7 @@
 import keras
 from keras import ops
 
-from model.config import FUSION_DISTANCES
+from model.config import FUSION_DISTANCES, FUSION_VIEWS
 from model.losses import SoftDecorrelation, pair_distance
 
 __all__ = ["CorrFusion", "clone_initializer"]
@@ -31,6 +31,8 @@ class CorrFusion(keras.layers.Layer):
 
         X_fc = ReLU(X·A1 + a1)              (squeeze_t1, d → d/r)   Y likewise (squeeze_t2)
         X_bn = BN1(X_fc)                     (bn_t1)                 Y_bn = BN2(Y_fc) (bn_t2)
+        (views="batch": X_fc = X·A1 + a1, BN without scale and offset; views="pair": X_fc likewise,
+         X_bn = LayerNorm(X_fc) over its own features, without scale and offset)
         X_re = ReLU(X_bn·B1 + b1)           (excite_t1, d/r → d)    Y likewise (excite_t2)
         dist = sqrt(Σ_j (X_bn − Y_bn)² + ε)          (distance="euclidean", the paper's)
         dist = sqrt(Σ_j (X_bn − Y_bn)² + ε) / √(d/r) (distance="rms": per-feature RMS difference)
@@ -57,6 +59,21 @@ class CorrFusion(keras.layers.Layer):
         distance: ``"euclidean"`` (the paper's) or ``"rms"`` (÷ √(d/r): with batch-statistics BN
             every feature has unit variance, so the Euclidean distance grows like √(d/r) and w
             vanishes at the paper's width; the RMS difference does not depend on the width).
+        views: ``"paper"``: X_fc = ReLU(X·A1 + a1), X_bn = BN(X_fc) with a trainable scale and
+            offset, as the paper. ``"batch"``: X_fc = X·A1 + a1 (no ReLU) and BN without scale or
+            offset, so that in training every view feature has zero mean and unit variance over
+            the batch. ``"pair"``: X_fc = X·A1 + a1 and each view standardised over its own d/r
+            features (``LayerNormalization`` without scale or offset, sublayers ``ln_t1``,
+            ``ln_t2``), so that Σ_j (X_bn − Y_bn)² = 2·(d/r)·(1 − r_xy) with r_xy the Pearson
+            correlation of the pair's two squeezed vectors: with ``distance="rms"``,
+            dist = √(2(1 − r_xy)) ∈ [0, 2], which depends on the pair alone (no batch statistics,
+            no moving averages: training and inference agree). With ``"batch"`` and ``"pair"``
+            the correlation loss cannot shrink dist by killing features (a ReLU that outputs 0 for
+            every pair, which BN maps to the same constant in both dates) or by scaling them down.
+        tied_start: date 2's squeeze and excite layers start as copies of date 1's (separate
+            weights that then train apart), so that the two views of an unchanged pair agree from
+            the first step, as the shared backbone's features do; False: four independent draws
+            (the original's), whose views start uncorrelated.
         kernel_initializer: initializer of the four Dense kernels.
         bias_initializer: initializer of the four Dense biases.
         kernel_regularizer: optional regularizer of the four Dense kernels.
@@ -80,6 +97,8 @@ class CorrFusion(keras.layers.Layer):
         return_views=False,
         frozen_bn=False,
         distance="euclidean",
+        views="paper",
+        tied_start=False,
         kernel_initializer="glorot_normal",
         bias_initializer="zeros",
         kernel_regularizer=None,
@@ -96,7 +115,11 @@ class CorrFusion(keras.layers.Layer):
             raise ValueError(f"epsilon must be >= 0; received epsilon={epsilon!r}.")
         if distance not in FUSION_DISTANCES:
             raise ValueError(f"distance must be one of {FUSION_DISTANCES}; received distance={distance!r}.")
+        if views not in FUSION_VIEWS:
+            raise ValueError(f"views must be one of {tuple(FUSION_VIEWS)}; received views={views!r}.")
         self.distance = distance
+        self.views = views
+        self.tied_start = bool(tied_start)
         self.reduction = int(reduction)
         self.lambda2 = float(lambda2)
         self.rho = float(rho)
@@ -107,10 +130,10 @@ class CorrFusion(keras.layers.Layer):
         self.bias_initializer = keras.initializers.get(bias_initializer)
         self.kernel_regularizer = keras.regularizers.get(kernel_regularizer)
 
-    def _dense(self, units, name, index):
+    def _dense(self, units, name, index, activation="relu"):
         return keras.layers.Dense(
             units,
-            activation="relu",
+            activation=activation,
             kernel_initializer=clone_initializer(self.kernel_initializer, index),
             bias_initializer=clone_initializer(self.bias_initializer, index),
             kernel_regularizer=self.kernel_regularizer,
@@ -137,10 +160,18 @@ class CorrFusion(keras.layers.Layer):
     def build(self, input_shape):
         sx, sy, d = self._check_shapes(input_shape)
         m = d // self.reduction
-        self.squeeze_t1 = self._dense(m, "squeeze_t1", 0)
-        self.squeeze_t2 = self._dense(m, "squeeze_t2", 1)
-        self.bn_t1 = keras.layers.BatchNormalization(dtype=self.dtype_policy, name="bn_t1")
-        self.bn_t2 = keras.layers.BatchNormalization(dtype=self.dtype_policy, name="bn_t2")
+        paper = self.views == "paper"
+        squeeze = "relu" if paper else None
+        self.squeeze_t1 = self._dense(m, "squeeze_t1", 0, squeeze)
+        self.squeeze_t2 = self._dense(m, "squeeze_t2", 1, squeeze)
+        if self.views == "pair":
+            norm = dict(axis=-1, center=False, scale=False, dtype=self.dtype_policy)
+            self.bn_t1 = keras.layers.LayerNormalization(name="ln_t1", **norm)
+            self.bn_t2 = keras.layers.LayerNormalization(name="ln_t2", **norm)
+        else:
+            norm = dict(center=paper, scale=paper, dtype=self.dtype_policy)
+            self.bn_t1 = keras.layers.BatchNormalization(name="bn_t1", **norm)
+            self.bn_t2 = keras.layers.BatchNormalization(name="bn_t2", **norm)
         self.excite_t1 = self._dense(d, "excite_t1", 2)
         self.excite_t2 = self._dense(d, "excite_t2", 3)
         self.squeeze_t1.build(sx)
@@ -149,6 +180,10 @@ class CorrFusion(keras.layers.Layer):
         self.bn_t2.build((sy[0], m))
         self.excite_t1.build((sx[0], m))
         self.excite_t2.build((sy[0], m))
+        if self.tied_start:  # date 2's squeeze and excite start as copies of date 1's
+            for a, b in ((self.squeeze_t1, self.squeeze_t2), (self.excite_t1, self.excite_t2)):
+                b.kernel.assign(a.kernel)
+                b.bias.assign(a.bias)
         if self.lambda2:
             self.decorrelation = SoftDecorrelation(
                 lambda2=self.lambda2, rho=self.rho, name="decorrelation"
@@ -166,7 +201,7 @@ class CorrFusion(keras.layers.Layer):
 
     def call(self, inputs, training=None):
         x, y = inputs
-        bn_training = False if self.frozen_bn else training
+        bn_training = False if self.frozen_bn else training  # (LayerNorm ignores it)
         x_bn = self.bn_t1(self.squeeze_t1(x), training=bn_training)
         y_bn = self.bn_t2(self.squeeze_t2(y), training=bn_training)
         x_re = self.excite_t1(x_bn)
@@ -215,6 +250,8 @@ class CorrFusion(keras.layers.Layer):
                 "return_views": self.return_views,
                 "frozen_bn": self.frozen_bn,
                 "distance": self.distance,
+                "views": self.views,
+                "tied_start": self.tied_start,
                 "kernel_initializer": keras.initializers.serialize(self.kernel_initializer),
                 "bias_initializer": keras.initializers.serialize(self.bias_initializer),
                 "kernel_regularizer": keras.regularizers.serialize(self.kernel_regularizer),

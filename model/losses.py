@@ -4,7 +4,8 @@
 * ``cross_entropy(labels, values, class_weights, from_logits)`` — mean sparse categorical
   cross-entropy from logits (what the network uses) or probabilities, or its class-weighted mean.
 * ``pair_distance(a, b, eps)`` — ``sqrt(Σ_j (a_ij − b_ij)² + eps)`` per row.
-* ``correlation_loss(dist, y1, y2, lambda1, corr_norm)`` — λ1 · Σ dist_i u_i / n (or / Σu).
+* ``correlation_loss(dist, y1, y2, lambda1, corr_norm, margin)`` — λ1 · Σ dist_i u_i / n (or / Σu),
+  plus a hinge max(0, margin − dist_i) on changed pairs when margin > 0.
 * ``running_covariance(cov, b, rho)`` — ρ·C + (1 − ρ)·BᵀB/(n − 1), gradient only through B.
 * ``decorrelation_penalty(cov, form)`` — Σ_{j≠k} |C_jk| (or the original's Σ|C| − Σ diag C).
 * ``dcca_loss`` — re-exported from ``model.cca``.
@@ -60,26 +61,38 @@ def pair_distance(a, b, eps=1e-12):
     return ops.sqrt(ops.sum(ops.square(a - b), axis=-1) + eps)
 
 
-def correlation_loss(dist, y1, y2, lambda1=0.1, corr_norm="batch"):
-    """Correlation loss on unchanged pairs: ``λ1 · Σ_i dist_i · u_i / n`` (§2.1).
+def correlation_loss(dist, y1, y2, lambda1=0.1, corr_norm="batch", margin=0.0):
+    """Correlation loss on unchanged pairs: ``λ1 · Σ_i dist_i · u_i / n`` (§2.1), with an optional
+    hinge on changed pairs: ``λ1 · Σ_i [u_i·dist_i + (1 − u_i)·max(0, margin − dist_i)] / n``.
+
+    The hinge (``margin > 0``, a contrastive loss in the sense of Hadsell et al. 2006) pushes the
+    distance of changed pairs up to ``margin``, so that CorrFusion's w = 1 − tanh(dist) is small
+    where the class changed; ``margin = 0`` is the paper's loss exactly.
 
     Args:
         dist: (n,) per-pair distances.
         y1, y2: (n,) integer labels; ``u_i = 1`` where they are equal (unchanged pair).
         lambda1: weight λ1.
-        corr_norm: ``"batch"`` divides by n (the original), ``"unchanged"`` by Σu (0 when a batch
-            has no unchanged pair).
+        corr_norm: ``"batch"`` divides by n (the original), ``"unchanged"`` divides the unchanged
+            pairs' sum by Σu and the changed pairs' hinge sum by Σ(1 − u) (0 when a batch has
+            none of a kind).
+        margin: distance below which a changed pair is penalised (0: no hinge term).
     """
     if corr_norm not in CORR_NORMS:
         raise ValueError(f"corr_norm must be one of {CORR_NORMS}; received corr_norm={corr_norm!r}.")
+    if not float(margin) >= 0:
+        raise ValueError(f"margin must be >= 0; received margin={margin!r}.")
     dist = ops.cast(dist, "float32")
     u = ops.cast(ops.equal(ops.cast(y1, "int32"), ops.cast(y2, "int32")), "float32")
     total = ops.sum(dist * u)
+    hinge = ops.sum(ops.relu(float(margin) - dist) * (1.0 - u)) if margin else None
     if corr_norm == "batch":
-        denom = ops.cast(ops.shape(dist)[0], "float32")
-    else:
-        denom = ops.sum(u)
-    return lambda1 * total / ops.maximum(denom, 1.0)
+        n = ops.maximum(ops.cast(ops.shape(dist)[0], "float32"), 1.0)
+        return lambda1 * (total if hinge is None else total + hinge) / n
+    loss = total / ops.maximum(ops.sum(u), 1.0)
+    if hinge is not None:
+        loss = loss + hinge / ops.maximum(ops.sum(1.0 - u), 1.0)
+    return lambda1 * loss
 
 
 def running_covariance(cov, b, rho=0.9, batch_sum=None):

@@ -169,6 +169,8 @@ class _CorrFusionMethod(_Decorrelated):
             return_views=True,
             frozen_bn=model.config.fusion_bn == "frozen",
             distance=model.config.fusion_distance,
+            views=model.config.fusion_views,
+            tied_start=model.config.tied_start,
             kernel_initializer=model._initializer(100, model.config.fusion_init),
             name="corrfusion",
         )
@@ -177,6 +179,15 @@ class _CorrFusionMethod(_Decorrelated):
         x_phi, y_phi, dist, vx, vy = model.corrfusion([x, y], training=training)
         out = {"dist": dist, "fusion_weight": 1.0 - ops.tanh(dist), "view_t1": vx, "view_t2": vy}
         return x_phi, y_phi, self.decorrelate(model, out, training)
+
+    def loss_terms(self, model, y1, y2, y_pred):
+        c = model.config
+        # The RMS distance is the Euclidean one ÷ √(d/r): the loss multiplies it back, so that
+        # λ1 weighs the same Euclidean distance as the paper's loss and only w reads the RMS.
+        scale = (c.hidden // c.reduction) ** 0.5 if c.fusion_distance == "rms" else 1.0
+        return {"corr_loss": correlation_loss(y_pred["dist"], y1, y2, c.lambda1 * scale,
+                                              c.corr_norm, c.change_margin),
+                "decov_loss": y_pred["decov_loss"]}
 
 
 def _bn_views(model, x, y, training):
@@ -360,6 +371,9 @@ class CorrFusionNet(keras.Model):
         x2 = keras.KerasTensor((None, *want))
         # One symbolic pass creates every sublayer's weights (shape inference only).
         self._forward((x1, x2), training=False)
+        if self.config.tied_start:  # date 2's Dense layers and head start as copies of date 1's
+            for name in ("fc1", "fc2", "head"):
+                getattr(self, f"{name}_t2").set_weights(getattr(self, f"{name}_t1").get_weights())
         self.built = True
 
     def set_input_statistics(self, mean, variance):
@@ -499,6 +513,10 @@ class CorrFusionNet(keras.Model):
         # the paper's; keep what the checkpoint was trained with (not today's defaults).
         saved.setdefault("fusion_bn", saved.get("bn", "batch"))
         saved.setdefault("fusion_distance", "euclidean")
+        # Saved before the views, the start and the hinge were options: the paper's.
+        saved.setdefault("change_margin", 0.0)
+        saved.setdefault("fusion_views", "paper")
+        saved.setdefault("tied_start", False)
         model_config = ModelConfig.from_dict(saved)
         return cls(model_config, **config)
 

@@ -61,6 +61,27 @@ def test_w_auc_and_table(tmp_path):
     assert "| project/base | 0 | corrfusion | 3 | 60.0 ± 10.0 | 40.0 ± 0.0 |" in ab.table(summary)
 
 
+def test_a_partial_rerun_keeps_the_earlier_rows(tmp_path):
+    """OUT/runs is not committed: a row of results.csv whose run directory is gone is kept (with
+    its values and finished time) unless that run is collected again; rows outside the selection
+    (another variant, level or seed) are not carried into this report."""
+    ab = _module()
+    head = "variant,strength,method,seed,OA_t1,OA_t2,change_f1,w_unchanged,w_changed,w_auc,finished"
+    (tmp_path / "results.csv").write_text("\n".join([
+        head,
+        "project/base,0.0,corrfusion,0,0.7,0.6,0.3,0.05,0.01,0.6,",
+        "project/base,0.0,baseline,1,0.5,0.4,0.2,,,,2026-12-04 17:00",
+        "project/bn=frozen,0.0,corrfusion,0,0.1,0.1,0.1,0.1,0.1,0.5,",
+        "project/base,0.8,corrfusion,0,0.1,0.1,0.1,0.1,0.1,0.5,",
+        "project/base,0.0,corrfusion,5,0.1,0.1,0.1,0.1,0.1,0.5,"]) + "\n")
+    args = ab.parse_args(["--out", str(tmp_path), "--variants", "project/base", "--levels", "0",
+                          "--seeds", "2"])
+    rows = ab.collect(args)
+    assert [(r["method"], r["seed"]) for r in rows] == [("baseline", 1), ("corrfusion", 0)]
+    assert rows[1]["OA_t1"] == 0.7 and rows[1]["w_auc"] == 0.6 and rows[1]["finished"] == ""
+    assert rows[0]["w_unchanged"] is None and rows[0]["finished"] == "2026-12-04 17:00"
+
+
 @pytest.mark.slow
 def test_tiny_ablation_end_to_end(tmp_path):
     """One variant, one level, one seed, one epoch on 40 uint16 pairs of 16 px; resumable."""
@@ -70,7 +91,8 @@ def test_tiny_ablation_end_to_end(tmp_path):
             "--seeds", "1", "--epochs", "1", "--variants", "project/base"]
     assert ab.main(argv) == 0
     rows = (out / "results.csv").read_text().splitlines()
-    assert rows[0] == "variant,strength,method,seed,OA_t1,OA_t2,change_f1,w_unchanged,w_changed,w_auc"
+    assert rows[0] == ("variant,strength,method,seed,OA_t1,OA_t2,change_f1,w_unchanged,w_changed,"
+                       "w_auc,finished")
     assert sorted(r.split(",")[2] for r in rows[1:]) == ["baseline", "corrfusion"]
     cf = next(r for r in json.loads((out / "results.json").read_text())["runs"]
               if r["method"] == "corrfusion")

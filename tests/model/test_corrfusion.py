@@ -11,6 +11,7 @@ from model.corrfusion import CorrFusion
 from tests._helpers import run_layer_test
 
 BN_EPS = 1e-3  # keras BatchNormalization default
+LN_EPS = 1e-3  # keras LayerNormalization default
 
 
 def _np(v):
@@ -35,18 +36,23 @@ def np_corrfusion(layer, x, y, training, eps=1e-12):
     x_phi, y_phi, dist, x_bn, y_bn."""
     training = training and not layer.frozen_bn
 
-    def dense(sub, v):
-        return np.maximum(v @ _np(sub.kernel) + _np(sub.bias), 0.0)
+    def dense(sub, v, relu=True):
+        out = v @ _np(sub.kernel) + _np(sub.bias)
+        return np.maximum(out, 0.0) if relu else out
 
     def bn(b, v):
+        if layer.views == "pair":  # LayerNorm over the features, no scale/offset
+            return (v - v.mean(1, keepdims=True)) / np.sqrt(v.var(1, keepdims=True) + LN_EPS)
         if training:
             mean, var = v.mean(0), v.var(0)
         else:
             mean, var = _np(b.moving_mean), _np(b.moving_variance)
-        return (v - mean) / np.sqrt(var + BN_EPS) * _np(b.gamma) + _np(b.beta)
+        out = (v - mean) / np.sqrt(var + BN_EPS)
+        return out if layer.views == "batch" else out * _np(b.gamma) + _np(b.beta)
 
-    x_bn = bn(layer.bn_t1, dense(layer.squeeze_t1, x))
-    y_bn = bn(layer.bn_t2, dense(layer.squeeze_t2, y))
+    relu = layer.views == "paper"
+    x_bn = bn(layer.bn_t1, dense(layer.squeeze_t1, x, relu))
+    y_bn = bn(layer.bn_t2, dense(layer.squeeze_t2, y, relu))
     x_re, y_re = dense(layer.excite_t1, x_bn), dense(layer.excite_t2, y_bn)
     dist = np.sqrt(((x_bn - y_bn) ** 2).sum(-1) + eps)
     if layer.distance == "rms":
@@ -83,6 +89,13 @@ def test_layer_contract_of_the_fusion_variants():
             [(12, 8), (12, 8), (12,)],
             expected_num_trainable_weights=12, expected_num_non_trainable_weights=6,
         )
+    # views without BN scale/offset: 4 dense (kernel, bias); batch keeps BN's moving statistics
+    for views, non_trainable in (("batch", 6), ("pair", 2)):
+        run_layer_test(
+            CorrFusion, {"reduction": 2, "lambda2": 1e-3, "distance": "rms", "views": views,
+                         "tied_start": True}, [x, y], [(12, 8), (12, 8), (12,)],
+            expected_num_trainable_weights=8, expected_num_non_trainable_weights=non_trainable,
+        )
     assert CorrFusion(distance="rms").get_config()["distance"] == "rms"
     assert CorrFusion().get_config()["distance"] == "euclidean"  # the paper's by default
 
@@ -94,16 +107,20 @@ def _randomize_wide(layer, rng):
         sub.kernel.assign(rng.normal(scale=fan_in ** -0.5, size=sub.kernel.shape).astype("float32"))
         sub.bias.assign(rng.normal(scale=0.1, size=sub.bias.shape).astype("float32"))
     for bn in (layer.bn_t1, layer.bn_t2):
-        m = bn.gamma.shape[0]
-        bn.gamma.assign(rng.uniform(0.5, 1.5, m).astype("float32"))
-        bn.beta.assign(rng.normal(scale=0.1, size=m).astype("float32"))
+        if layer.views == "pair":
+            continue  # LayerNorm without scale/offset: no weights
+        m = bn.moving_mean.shape[0]
+        if layer.views == "paper":
+            bn.gamma.assign(rng.uniform(0.5, 1.5, m).astype("float32"))
+            bn.beta.assign(rng.normal(scale=0.1, size=m).astype("float32"))
         bn.moving_mean.assign(rng.uniform(0.0, 0.5, m).astype("float32"))
         bn.moving_variance.assign(rng.uniform(0.05, 0.5, m).astype("float32"))
 
 
-@pytest.mark.parametrize("distance", ["euclidean", "rms"])
+@pytest.mark.parametrize("distance,views", [("euclidean", "paper"), ("rms", "paper"),
+                                            ("rms", "batch"), ("rms", "pair")])
 @pytest.mark.parametrize("frozen_bn,training", [(False, True), (False, False), (True, True)])
-def test_fusion_variants_match_float64_at_training_size(distance, frozen_bn, training):
+def test_fusion_variants_match_float64_at_training_size(distance, views, frozen_bn, training):
     """Batch 32, d = 1024, r = 2 (512 squeezed features): distance, w and the fused features
     against a float64 NumPy reference, for the paper's distance and the RMS one, with batch
     statistics and with the module's BN frozen (training mode then uses the layer's moving
@@ -112,11 +129,12 @@ def test_fusion_variants_match_float64_at_training_size(distance, frozen_bn, tra
     x = np.abs(rng.normal(size=(32, 1024))).astype("float32")
     y = (0.9 * x + 0.45 * np.abs(rng.normal(size=(32, 1024)))).astype("float32")
     layer = CorrFusion(reduction=2, lambda2=0.0, return_views=True, distance=distance,
-                       frozen_bn=frozen_bn)
+                       frozen_bn=frozen_bn, views=views)
     layer.build([x.shape, y.shape])
     _randomize_wide(layer, rng)
     # date 2's weights close to date 1's: the distances lie where tanh is not saturated
-    for a, b in (("squeeze_t1", "squeeze_t2"), ("bn_t1", "bn_t2")):
+    pairs = [("squeeze_t1", "squeeze_t2")] + ([("bn_t1", "bn_t2")] if views != "pair" else [])
+    for a, b in pairs:
         getattr(layer, b).set_weights([w + rng.normal(scale=0.01, size=w.shape).astype("float32")
                                        for w in getattr(layer, a).get_weights()])
     got = [_np(v) for v in layer([x, y], training=training)]
@@ -127,6 +145,51 @@ def test_fusion_variants_match_float64_at_training_size(distance, frozen_bn, tra
         assert 0.02 < (1 - np.tanh(ref[2])).mean() < 0.98  # a weight, neither 0 nor 1
         np.testing.assert_allclose(
             got[2], np.sqrt(((ref[3] - ref[4]) ** 2).mean(-1)), rtol=1e-4)  # the RMS difference
+
+
+def test_pair_views_give_a_correlation_distance_independent_of_the_batch():
+    """views="pair" at batch 32, d = 1024: dist = √(2(1 − r)) with r the Pearson correlation of
+    the pair's two squeezed vectors (float64 reference), identical in training and inference
+    mode and for a pair alone or in a batch (no batch statistics)."""
+    rng = np.random.default_rng(7)
+    x = rng.normal(size=(32, 1024)).astype("float32")
+    y = (0.8 * x + 0.6 * rng.normal(size=(32, 1024))).astype("float32")
+    y[16:] = rng.normal(size=(16, 1024))  # half the pairs unrelated
+    layer = CorrFusion(reduction=2, lambda2=0.0, return_views=True, distance="rms", views="pair")
+    layer.build([x.shape, y.shape])
+    fx = x.astype(np.float64) @ _np(layer.squeeze_t1.kernel) + _np(layer.squeeze_t1.bias)
+    fy = y.astype(np.float64) @ _np(layer.squeeze_t2.kernel) + _np(layer.squeeze_t2.bias)
+    r = np.array([np.corrcoef(a, b)[0, 1] for a, b in zip(fx, fy, strict=True)])
+    dist_train = _np(layer([x, y], training=True)[2])
+    dist_infer = _np(layer([x, y], training=False)[2])
+    np.testing.assert_allclose(dist_train, np.sqrt(2 * (1 - r)), rtol=2e-3, atol=2e-4)
+    np.testing.assert_array_equal(dist_train, dist_infer)
+    np.testing.assert_allclose(_np(layer([x[:1], y[:1]], training=True)[2]), dist_train[:1],
+                               rtol=1e-5)
+    assert layer.bn_t1.name == "ln_t1" and not layer.bn_t1.weights  # no scale, offset or stats
+
+
+def test_tied_start_copies_date_one_and_trains_apart():
+    """tied_start: date 2's squeeze and excite start equal to date 1's (so identical inputs give
+    w = 1 with every view), separate variables that move apart under different gradients."""
+    rng = np.random.default_rng(8)
+    x = rng.normal(size=(32, 64)).astype("float32")
+    for views in ("paper", "batch", "pair"):
+        layer = CorrFusion(reduction=2, lambda2=0.0, views=views, distance="rms", tied_start=True)
+        layer.build([x.shape, x.shape])
+        for a, b in ((layer.squeeze_t1, layer.squeeze_t2), (layer.excite_t1, layer.excite_t2)):
+            np.testing.assert_array_equal(_np(a.kernel), _np(b.kernel))
+            assert a.kernel is not b.kernel
+        w = 1 - np.tanh(_np(layer([x, x], training=True)[2]))
+        np.testing.assert_allclose(w, 1.0, atol=1e-5)
+        untied = CorrFusion(reduction=2, lambda2=0.0, views=views, distance="rms")
+        untied.build([x.shape, x.shape])
+        assert np.abs(_np(untied.squeeze_t1.kernel) - _np(untied.squeeze_t2.kernel)).max() > 0.01
+    layer.squeeze_t2.kernel.assign(layer.squeeze_t2.kernel + 1.0)
+    assert not np.allclose(_np(layer.squeeze_t1.kernel), _np(layer.squeeze_t2.kernel))
+    cfg = layer.get_config()
+    assert cfg["views"] == "pair" and cfg["tied_start"] is True
+    assert CorrFusion.from_config(cfg).get_config() == cfg
 
 
 def test_rms_distance_does_not_grow_with_the_width():
@@ -166,6 +229,8 @@ def test_rejects_bad_arguments_and_shapes():
         CorrFusion(rho=1.5)
     with pytest.raises(ValueError, match="distance='cosine'"):
         CorrFusion(distance="cosine")
+    with pytest.raises(ValueError, match="views='layer'"):
+        CorrFusion(views="layer")
     with pytest.raises(ValueError, match=r"x=\(None, 8\), y=\(None, 6\)"):
         CorrFusion().build([(None, 8), (None, 6)])
     with pytest.raises(ValueError, match="d=9 is not divisible by reduction=2"):

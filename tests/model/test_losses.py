@@ -47,6 +47,42 @@ def test_correlation_loss_on_unchanged_pairs(corr_norm):
         correlation_loss(dist, y1, y2, corr_norm="mean")
 
 
+@pytest.mark.parametrize("corr_norm", ["batch", "unchanged"])
+def test_correlation_loss_margin_against_float64_at_training_size(corr_norm):
+    """The changed pairs' hinge λ1·max(0, m − dist) at batch 32 (rms distances of 512-wide views,
+    3 changed pairs), value and gradient against a float64 reference; margin 0 is the paper's."""
+    rng = np.random.default_rng(5)
+    a, b = rng.normal(size=(2, 32, 512))
+    b[:29] = a[:29] + 0.3 * b[:29]  # unchanged pairs close, changed pairs independent
+    dist = (np.sqrt(((a - b) ** 2).sum(1)) / np.sqrt(512)).astype("float32")
+    y1 = np.arange(32) % 6
+    y2 = y1.copy()
+    y2[29:] = (y1[29:] + 1) % 6
+    u = (y1 == y2).astype(np.float64)
+    d = dist.astype(np.float64)
+    margin, lam = 2.0, 0.1
+    hinge = np.maximum(0.0, margin - d) * (1 - u)
+    if corr_norm == "batch":
+        ref = lam * ((d * u).sum() + hinge.sum()) / 32
+        ref_grad = lam * (u - (1 - u) * (margin > d)) / 32
+    else:
+        ref = lam * ((d * u).sum() / u.sum() + hinge.sum() / (1 - u).sum())
+        ref_grad = lam * (u / u.sum() - (1 - u) * (margin > d) / (1 - u).sum())
+    assert hinge.sum() > 0 and (d[29:] < margin).all()
+    value, (grad,) = value_and_grads(
+        lambda t: correlation_loss(t, y1, y2, lam, corr_norm, margin=margin), dist)
+    np.testing.assert_allclose(_np(value), ref, rtol=1e-6)
+    np.testing.assert_allclose(grad, ref_grad, rtol=1e-6, atol=1e-9)
+    # margin 0: exactly the unchanged-pairs loss; changed pairs beyond the margin cost nothing
+    np.testing.assert_allclose(_np(correlation_loss(dist, y1, y2, lam, corr_norm)),
+                               _np(correlation_loss(dist, y1, y2, lam, corr_norm, margin=0.0)))
+    far = np.where(u > 0, d, margin + 1.0).astype("float32")
+    np.testing.assert_allclose(_np(correlation_loss(far, y1, y2, lam, corr_norm, margin=margin)),
+                               _np(correlation_loss(far, y1, y2, lam, corr_norm)), rtol=1e-6)
+    with pytest.raises(ValueError, match="margin"):
+        correlation_loss(dist, y1, y2, lam, corr_norm, margin=-1.0)
+
+
 def test_running_covariance_and_penalty():
     rng = np.random.default_rng(1)
     c = rng.normal(size=(3, 3)).astype("float32")

@@ -365,6 +365,51 @@ def test_a_checkpoint_from_before_the_module_settings_keeps_its_module():
         assert net.corrfusion.frozen_bn == (bn == "frozen")
 
 
+def test_tied_start_views_and_margin_reach_the_model(tmp_path):
+    """tied_start: date 2's Dense layers, head and CorrFusion squeeze/excite start as copies of
+    date 1's (separate variables); a saved model keeps its trained weights on load (no re-tying).
+    change_margin reaches corrfusion's correlation loss (the hinge on changed pairs); the
+    views and the start survive save/load."""
+    net = _small("corrfusion", tied_start=True, fusion_views="pair", fusion_distance="rms",
+                 change_margin=1.5)
+    for name in ("fc1", "fc2", "head"):
+        a, b = getattr(net, f"{name}_t1"), getattr(net, f"{name}_t2")
+        for wa, wb in zip(a.get_weights(), b.get_weights(), strict=True):
+            np.testing.assert_array_equal(wa, wb)
+        assert a.kernel is not b.kernel
+    np.testing.assert_array_equal(_np64(net.corrfusion.squeeze_t1.kernel),
+                                  _np64(net.corrfusion.squeeze_t2.kernel))
+    x, (y1, _) = _data()
+    same = net((x[0], x[0]), training=False)  # the same image on both dates: w = 1 at the start
+    np.testing.assert_allclose(_np64(same["fusion_weight"]), 1.0, atol=1e-4)
+    untied = _small("corrfusion")
+    assert not np.allclose(untied.fc1_t1.get_weights()[0], untied.fc1_t2.get_weights()[0])
+
+    out = net(x, training=False)
+    y2 = (y1 + 1) % K  # every pair changed: only the hinge counts
+    terms = net.spec.loss_terms(net, ops.convert_to_tensor(y1), ops.convert_to_tensor(y2), out)
+    dist = _np64(out["dist"])
+    np.testing.assert_allclose(_np64(terms["corr_loss"]),
+                               0.1 * np.maximum(0.0, 1.5 - dist).mean(), rtol=1e-5)
+    assert dist.min() < 1.5  # the hinge is active for some pair
+
+    net.fc1_t2.kernel.assign(net.fc1_t2.kernel + 0.5)  # trained apart
+    net.save(tmp_path / "m.keras")
+    back = load_model(tmp_path / "m.keras")
+    assert back.config == net.config
+    np.testing.assert_array_equal(back.fc1_t2.get_weights()[0], net.fc1_t2.get_weights()[0])
+    assert back.corrfusion.views == "pair" and back.corrfusion.tied_start
+
+
+def test_a_checkpoint_from_before_the_views_and_margin_loads_as_the_paper():
+    saved = _small("corrfusion", fusion_views="batch", change_margin=2.0, tied_start=True).get_config()
+    for key in ("fusion_views", "change_margin", "tied_start"):
+        saved["config"].pop(key)
+    net = CorrFusionNet.from_config(saved)
+    assert (net.config.fusion_views, net.config.change_margin, net.config.tied_start) == (
+        "paper", 0.0, False)
+
+
 # ------------------------------------------------------------------ issue 22: the original's comparators
 def _np64(v):
     return ops.convert_to_numpy(v).astype(np.float64)
