@@ -33,7 +33,7 @@ skipped, unfinished ones resume. Outputs in OUT: results.csv (one row per run: O
 F1, mean w of the unchanged and changed test pairs, ROC-AUC of w for unchanged (positive) against
 changed pairs), results.json (the same, the summary and the arguments), table.md (mean ± std
 over the seeds, ddof = 1) and differences.md (each variant's corrfusion minus its base's corrfusion,
-paired by seed: mean ± std of the differences), defaults.md (README "Choosing the defaults":
+paired by seed: mean ± std of the differences), defaults.md (docs/experiments.md "Choosing the defaults":
 each default against its alternative, alternative − default per seed). OUT/data and OUT/runs are large and not meant for version control.
 """
 
@@ -64,7 +64,7 @@ log = logging.getLogger("ablation")
 PROJECT = {"input_norm": "bands", "fusion_distance": "euclidean", "fusion_bn": "batch", "bn": "batch",
            "pooling": "avg", "fusion_init": "glorot_normal", "decov_init": "identity",
            "decov_penalty": "offdiag"}
-#: the defaults chosen from this experiment (README "Choosing the defaults"): the base with the RMS
+#: the defaults chosen from this experiment (docs/experiments.md "Choosing the defaults"): the base with the RMS
 #: distance, i.e. the variant ``project/fusion_distance=rms`` (its baseline is project/base's: the
 #: baseline has no CorrFusion module)
 CHOSEN = "project/fusion_distance=rms"
@@ -370,7 +370,7 @@ def difference_table(diffs: list[dict]) -> str:
     return "\n".join(lines) + "\n"
 
 
-#: README "Choosing the defaults": (option, default, alternative, the variant with the default,
+#: docs/experiments.md "Choosing the defaults": (option, default, alternative, the variant with the default,
 #: the variant with the alternative); defaults.md gives alternative − default per seed
 DEFAULT_ROWS = (
     ("--fusion_distance", "rms", "euclidean (the paper's)", CHOSEN, "project/base"),
