@@ -188,7 +188,11 @@ def test_evaluate_matches_numpy_and_metrics_reset(method):
     np.testing.assert_allclose(logs["l2"], l2, rtol=1e-4)
     if method == "corrfusion":
         u = y1 == y2
-        np.testing.assert_allclose(logs["corr_loss"], 0.1 * out["dist"][u].sum() / u.sum(), rtol=1e-4)
+        # the default RMS distance: the loss sums the Euclidean one, √(d/r) = √8 times larger
+        assert model.config.fusion_distance == "rms"
+        euclid = np.sqrt(((out["view_t1"] - out["view_t2"]) ** 2).sum(1) + 1e-12)
+        np.testing.assert_allclose(euclid, out["dist"] * np.sqrt(8), rtol=1e-4)
+        np.testing.assert_allclose(logs["corr_loss"], 0.1 * euclid[u].sum() / u.sum(), rtol=1e-4)
         covs = [ops.convert_to_numpy(model.decorrelation.cov_t1), ops.convert_to_numpy(model.decorrelation.cov_t2)]
         assert logs["decov_loss"] > 0 and all(np.allclose(c, np.eye(8)) for c in covs)  # untouched
         total = logs["ce_t1"] + logs["ce_t2"] + logs["corr_loss"] + logs["decov_loss"] + logs["l2"]
