@@ -362,6 +362,10 @@ def check_train_args(parser: argparse.ArgumentParser, args, argv=None) -> argpar
     if len(args.lr) != len(args.lr_boundaries) + 1 and len(args.lr) != 1:
         parser.error(f"--lr has {len(args.lr)} values; it needs one more than --lr_boundaries "
                      f"({len(args.lr_boundaries)}) or a single value")
+    if args.fusion_views == "pair" and args.fusion_bn == "frozen":
+        parser.error("--fusion_bn frozen: has no effect with --fusion_views pair (its views are "
+                     "standardised per pair, without BatchNormalization); add --fusion_views paper "
+                     "or batch")
     return args
 
 

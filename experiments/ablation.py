@@ -63,11 +63,12 @@ log = logging.getLogger("ablation")
 #: input standardisation), pinned so that the base does not move with the defaults
 PROJECT = {"input_norm": "bands", "fusion_distance": "euclidean", "fusion_bn": "batch", "bn": "batch",
            "pooling": "avg", "fusion_init": "glorot_normal", "decov_init": "identity",
-           "decov_penalty": "offdiag"}
+           "decov_penalty": "offdiag", "fusion_views": "paper", "tied_start": "false",
+           "change_margin": "0"}
 #: the defaults chosen from this experiment (docs/experiments.md "Choosing the defaults"): the base with the RMS
-#: distance, i.e. the variant ``project/fusion_distance=rms`` (its baseline is project/base's: the
-#: baseline has no CorrFusion module)
-CHOSEN = "project/fusion_distance=rms"
+#: distance and per-pair standardised views (its baseline is project/base's: the baseline has no
+#: CorrFusion module)
+CHOSEN = "project/fusion_distance=rms+fusion_views=pair"
 SGD = {"optimizer": "sgd", "lr": "1e-3", "momentum": "0.9", "nesterov": True}
 
 #: name -> (base: "project" | "original", options changed from the base)
@@ -91,6 +92,9 @@ VARIANTS = {
     "project/fusion_distance=rms+fusion_views=pair+tied_start+change_margin=1.4": (
         "project", {"fusion_distance": "rms", "fusion_views": "pair", "tied_start": "true",
                     "change_margin": 1.4}),
+    "project/fusion_distance=rms+fusion_views=pair+change_margin=1.4+corr_norm=unchanged": (
+        "project", {"fusion_distance": "rms", "fusion_views": "pair", "change_margin": 1.4,
+                    "corr_norm": "unchanged"}),
     "project/bn=frozen": ("project", {"bn": "frozen"}),
     "project/input_norm=dtype": ("project", {"input_norm": "dtype"}),
     "project/pooling=flatten": ("project", {"pooling": "flatten"}),
@@ -373,9 +377,25 @@ def difference_table(diffs: list[dict]) -> str:
 #: docs/experiments.md "Choosing the defaults": (option, default, alternative, the variant with the default,
 #: the variant with the alternative); defaults.md gives alternative − default per seed
 DEFAULT_ROWS = (
-    ("--fusion_distance", "rms", "euclidean (the paper's)", CHOSEN, "project/base"),
-    ("--fusion_bn", "batch", "frozen, with rms", CHOSEN, "project/fusion_distance=rms+fusion_bn=frozen"),
-    ("--fusion_bn", "batch", "frozen, with euclidean", "project/base", "project/fusion_bn=frozen"),
+    ("--fusion_distance, --fusion_views", "rms, pair", "euclidean, paper (the paper's)", CHOSEN,
+     "project/base"),
+    ("--fusion_views", "pair", "paper (with rms)", CHOSEN, "project/fusion_distance=rms"),
+    ("--fusion_views", "pair", "batch (with rms, --tied_start)",
+     "project/fusion_distance=rms+fusion_views=pair+tied_start",
+     "project/fusion_distance=rms+fusion_views=batch+tied_start"),
+    ("--tied_start", "false", "true", CHOSEN, "project/fusion_distance=rms+fusion_views=pair+tied_start"),
+    ("--change_margin", "0", "1.4 (with --tied_start)",
+     "project/fusion_distance=rms+fusion_views=pair+tied_start",
+     "project/fusion_distance=rms+fusion_views=pair+tied_start+change_margin=1.4"),
+    ("--change_margin, --corr_norm", "0, batch", "1.4, unchanged", CHOSEN,
+     "project/fusion_distance=rms+fusion_views=pair+change_margin=1.4+corr_norm=unchanged"),
+    ("--lambda2", "1e-4", "0 (with --tied_start)",
+     "project/fusion_distance=rms+fusion_views=pair+tied_start",
+     "project/fusion_distance=rms+fusion_views=pair+tied_start+lambda2=0"),
+    ("--fusion_bn", "batch", "frozen (with rms and paper views; pair views have no BN)",
+     "project/fusion_distance=rms", "project/fusion_distance=rms+fusion_bn=frozen"),
+    ("--fusion_bn", "batch", "frozen (with euclidean and paper views)", "project/base",
+     "project/fusion_bn=frozen"),
     ("--input_norm", "bands", "dtype", "project/base", "project/input_norm=dtype"),
     ("--bn", "batch", "frozen", "project/base", "project/bn=frozen"),
     ("--pooling", "avg", "flatten", "project/base", "project/pooling=flatten"),

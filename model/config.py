@@ -230,7 +230,7 @@ class ModelConfig:
     fusion_init: str = "glorot_normal"
     fusion_distance: str = "rms"
     fusion_bn: str = "batch"
-    fusion_views: str = "paper"
+    fusion_views: str = "pair"
     tied_start: bool = False
     change_margin: float = 0.0
     resnet_init: str = "keras"
@@ -287,6 +287,12 @@ class ModelConfig:
                 raise ValueError(
                     f"{key} must be one of {choices}; received {key}={getattr(self, key)!r}."
                 )
+        if self.fusion_views == "pair" and self.fusion_bn == "frozen":
+            raise ValueError(
+                "fusion_bn='frozen' has no effect with fusion_views='pair' (its views are "
+                "standardised per pair, without BatchNormalization); use fusion_views='paper' or "
+                "'batch' with it."
+            )
         for key in ("lambda1", "lambda2", "l2", "change_margin"):
             if float(getattr(self, key)) < 0:
                 raise ValueError(f"{key} must be >= 0; received {key}={getattr(self, key)!r}.")

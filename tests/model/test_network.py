@@ -146,6 +146,10 @@ def test_bad_arguments():
         _small(hidden=15)
     with pytest.raises(ValueError, match="corr_norm='sum'"):
         _small(corr_norm="sum")
+    with pytest.raises(ValueError, match="fusion_bn='frozen' has no effect with fusion_views='pair'"):
+        _small(fusion_bn="frozen")  # the default views have no BN
+    with pytest.raises(ValueError, match="change_margin"):
+        _small(change_margin=-1.0)
     model = _small()
     with pytest.raises(ValueError, match="labels"):
         model.compute_loss(None, np.zeros(4), model(_data(n=4)[0]))
@@ -290,7 +294,8 @@ def test_the_original_codes_options(method):
     Glorot-uniform squeeze/excite kernels, L2 as l2·Σw²/2."""
     x, y = _data()
     model = _small(method, shared=False, bn="frozen", pooling="flatten", decov_init="orthogonal",
-                   decov_penalty="original", fusion_init="glorot_uniform", fusion_bn="frozen")
+                   decov_penalty="original", fusion_init="glorot_uniform", fusion_bn="frozen",
+                   fusion_views="paper")
     assert isinstance(model.pool, keras.layers.Flatten)
     assert model.backbone_t1 is not model.backbone_t2
     bns = _bn_layers(model)
@@ -351,7 +356,8 @@ def test_original_options_survive_save_and_load(tmp_path):
 
 def test_the_module_bn_is_independent_of_the_backbone_bn():
     """issue 23: --fusion_bn sets CorrFusion's own BN; --bn the backbone's and the views'."""
-    a = _small("corrfusion", bn="batch", fusion_bn="frozen", fusion_distance="rms")
+    a = _small("corrfusion", bn="batch", fusion_bn="frozen", fusion_distance="rms",
+               fusion_views="paper")
     assert a.corrfusion.frozen_bn and a.corrfusion.distance == "rms" and not a.one_pass
     b = _small("corrfusion", bn="frozen", fusion_bn="batch")
     assert not b.corrfusion.frozen_bn and b.bn_training(True) is False
@@ -362,7 +368,7 @@ def test_a_checkpoint_from_before_the_module_settings_keeps_its_module():
     follow ``bn`` and the paper's distance: it loads so, whatever today's defaults are."""
     for bn in ("batch", "frozen"):
         saved = _small("corrfusion", bn=bn).get_config()
-        for key in ("fusion_bn", "fusion_distance"):
+        for key in ("fusion_bn", "fusion_distance", "fusion_views", "tied_start", "change_margin"):
             saved["config"].pop(key)
         net = CorrFusionNet.from_config(saved)
         assert (net.config.fusion_bn, net.config.fusion_distance) == (bn, "euclidean")
@@ -393,8 +399,9 @@ def test_tied_start_views_and_margin_reach_the_model(tmp_path):
     y2 = (y1 + 1) % K  # every pair changed: only the hinge counts
     terms = net.spec.loss_terms(net, ops.convert_to_tensor(y1), ops.convert_to_tensor(y2), out)
     dist = _np64(out["dist"])
+    # the RMS distance: the loss is on the Euclidean scale, λ1·√(d/r) = 0.1·√8
     np.testing.assert_allclose(_np64(terms["corr_loss"]),
-                               0.1 * np.maximum(0.0, 1.5 - dist).mean(), rtol=1e-5)
+                               0.1 * np.sqrt(8) * np.maximum(0.0, 1.5 - dist).mean(), rtol=1e-5)
     assert dist.min() < 1.5  # the hinge is active for some pair
 
     net.fc1_t2.kernel.assign(net.fc1_t2.kernel + 0.5)  # trained apart
