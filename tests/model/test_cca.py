@@ -141,7 +141,7 @@ def _directional_fd(f, xs, directions, step=1e-3):
     return np.array(out)
 
 
-@pytest.mark.parametrize("n,d", [(32, 64), (32, 1024), (64, 16)])
+@pytest.mark.parametrize("n,d", [(32, 64), pytest.param(32, 1024, marks=pytest.mark.slow), (64, 16)])
 def test_float64_reference_gradient_matches_finite_differences(n, d):
     """The reference the float32 loss is judged by: its closed-form gradient agrees with central
     differences of its own loss along random directions (both views at once)."""

@@ -361,6 +361,7 @@ def served(named_run, tmp_path, monkeypatch):
         thread.join(timeout=10)
 
 
+@pytest.mark.slow  # downloads and evaluates a checkpoint end to end
 def test_eval_evaluates_a_checkpoint_at_a_url_once_downloaded(served, demo_data, tmp_path,
                                                               capsys):
     base, sha = served

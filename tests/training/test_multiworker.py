@@ -290,6 +290,7 @@ def test_join_timeout_defaults_to_600_s_and_0_is_no_limit():
     assert train_parser().parse_args(["--join_timeout", "0"]).join_timeout == 0
 
 
+@pytest.mark.slow  # a real worker process waits out its join timeout
 def test_a_worker_whose_peer_never_joins_gives_up_after_join_timeout(demo_data, tmp_path):
     """--join_timeout 5: one 'error:' line naming TF_CONFIG and the timeout, exit status 75
     (README), no process left, nothing written."""
@@ -312,7 +313,7 @@ def test_a_worker_whose_peer_never_joins_gives_up_after_join_timeout(demo_data, 
 
 
 @pytest.mark.parametrize("sig, status, word", [
-    (signal.SIGTERM, 143, "terminated"),
+    pytest.param(signal.SIGTERM, 143, "terminated", marks=pytest.mark.slow),  # waits for a peer
     pytest.param(signal.SIGINT, 130, "interrupted", marks=pytest.mark.slow),  # the same path
 ])
 def test_sigterm_or_ctrl_c_while_waiting_for_workers_ends_it(demo_data, tmp_path, sig, status,

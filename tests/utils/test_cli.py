@@ -108,6 +108,7 @@ def test_native_startup_noise_is_hidden_and_other_lines_kept():
     assert len(_stderr_of(code.format(verbose=True))) == 3  # --verbose: everything
 
 
+@pytest.mark.slow  # three Python + TensorFlow start-ups
 def test_tensorflow_starts_without_its_startup_lines():
     code = ("from utils.cli import configure_logging\n"
             "configure_logging()\n"
