@@ -70,6 +70,7 @@ class Variant:
     gpu_only: bool = True
     head_bf16: bool = False
     what: str = ""
+    maxpool_mask: bool = False
 
 
 SWEEP = {
@@ -83,9 +84,12 @@ SWEEP = {
     "latency_hiding": Variant(("--xla_gpu_enable_latency_hiding_scheduler=true",),
                               what="latency-hiding scheduler"),
     "head_bf16": Variant((), False, True, "losses' float32 casts in bfloat16 (model.losses)"),
+    "maxpool_mask_vjp": Variant((), False, False, "max-pool gradient through an equality mask "
+                                "(benchmarks/jax_pool.py) instead of select_and_scatter",
+                                maxpool_mask=True),
 }
-DEFAULT_SWEEP = ("no_command_buffer", "no_triton_gemm", "autotune0", "latency_hiding", "head_bf16",
-                 "cudnn_gemm_fusion")
+DEFAULT_SWEEP = ("maxpool_mask_vjp", "no_command_buffer", "no_triton_gemm", "autotune0",
+                 "latency_hiding", "head_bf16", "cudnn_gemm_fusion")
 
 
 # ------------------------------------------------------------------------------- classification
@@ -357,6 +361,10 @@ def child_keras(a) -> dict:
     info = setup_backend(mixed_precision=True)
     if variant.head_bf16:
         patch_losses_bf16()
+    if variant.maxpool_mask:
+        from benchmarks.jax_pool import patch_keras_max_pool  # deferred: JAX and its Keras backend
+
+        patch_keras_max_pool()
     keras.utils.set_random_seed(0)
     net = cfn.build_model(num_classes=a.classes, image_size=(a.size, a.size), backbone=a.backbone,
                           hidden=a.hidden)
@@ -374,10 +382,13 @@ def child_keras(a) -> dict:
                                      purge_model_variables=True)}
     t = time.perf_counter()
     # as Keras' make_train_function: jit of train_step with the state donated
-    compiled = jax.jit(net.train_step, donate_argnums=0).lower(state["s"], batches[0]).compile()
+    lowered = jax.jit(net.train_step, donate_argnums=0).lower(state["s"], batches[0])
+    compiled = lowered.compile()
     res = {"variant": a.variant, "xla_flags": os.environ.get("XLA_FLAGS", ""),
            "compile_s": time.perf_counter() - t, "jax": jax.__version__, "keras": keras.__version__,
-           "devices": [str(d) for d in jax.devices()], "precision": info.get("precision")}
+           "devices": [str(d) for d in jax.devices()], "precision": info.get("precision"),
+           # the max-pool gradient JAX emits by default (0 with maxpool_mask_vjp)
+           "select_and_scatter_ops": lowered.as_text().count("stablehlo.select_and_scatter")}
     it = {"i": 0}
 
     def step():

@@ -276,3 +276,55 @@ def test_step_overhead_runs_tiny(tmp_path):
     res = json.loads(out.read_text())
     assert res["train_on_batch"]["s_per_step"] > 0 and res["jit_step"]["s_per_step"] > 0
     assert res["host_parts_s"]["state_sync"] > 0 and res["variables"]["metrics"] > 0
+
+
+def test_mask_gradient_max_pool_matches_jax_after_a_relu():
+    """benchmarks/jax_pool.py: forward equal to lax.reduce_window; gradient through a ReLU equal
+    to JAX's select_and_scatter gradient (ties only at the ReLU's zeros), in float64, at VGG's odd
+    sizes (25 -> 12 drops a row and a column) and a training-like 64-channel block."""
+    import jax
+    import jax.numpy as jnp
+
+    from benchmarks.jax_pool import max_pool_2x2, patch_keras_max_pool
+
+    jax.config.update("jax_enable_x64", True)
+    try:
+        def ref_pool(x):
+            return jax.lax.reduce_window(x, -jnp.inf, jax.lax.max, (1, 2, 2, 1), (1, 2, 2, 1), "VALID")
+
+        rng = np.random.default_rng(0)
+        for shape in ((2, 25, 25, 8), (4, 50, 50, 64), (1, 7, 10, 3)):
+            x = jnp.asarray(rng.normal(size=shape))
+            c = jnp.asarray(rng.normal(size=(shape[0], shape[1] // 2, shape[2] // 2, shape[3])))
+            np.testing.assert_array_equal(max_pool_2x2(x), ref_pool(x))
+            mine = jax.grad(lambda v, p=max_pool_2x2: jnp.sum(c * p(jax.nn.relu(v))))(x)
+            ref = jax.grad(lambda v: jnp.sum(c * ref_pool(jax.nn.relu(v))))(x)
+            np.testing.assert_allclose(mine, ref, rtol=0, atol=1e-12)
+            assert np.abs(np.asarray(ref)).sum() > 0
+            # the dropped last row/column of an odd size gets no gradient
+            if shape[1] % 2:
+                assert not np.asarray(mine)[:, -1].any()
+        # a positive tie: every tied position gets the gradient (select_and_scatter picks one)
+        x = jnp.ones((1, 2, 2, 1))
+        assert float(jax.grad(lambda v: jnp.sum(max_pool_2x2(v)))(x).sum()) == 4.0
+    finally:
+        jax.config.update("jax_enable_x64", False)
+    with pytest.raises(RuntimeError, match="KERAS_BACKEND=jax"):
+        patch_keras_max_pool()  # the suite runs on TensorFlow
+    assert gpu_profile.SWEEP["maxpool_mask_vjp"].maxpool_mask
+    assert "maxpool_mask_vjp" in gpu_profile.DEFAULT_SWEEP
+
+
+@pytest.mark.slow
+def test_gpu_profile_runs_the_mask_max_pool_variant_on_the_cpu(tmp_path):
+    """The variant's child (KERAS_BACKEND=jax, Keras' max_pool patched) trains the small backbone's
+    step on the CPU and reports a time, as it will on the device."""
+    out = tmp_path / "prof"
+    assert gpu_profile.main(["--device", "cpu", "--sweep_only", "--sweep", "maxpool_mask_vjp",
+                             "--backbone", "small", "--size", "32", "--batch", "4", "--hidden", "32",
+                             "--steps", "2", "--reps", "1", "--warmup", "1", "--torch", "none",
+                             "--out", str(out)]) == 0
+    res = json.loads((out / "profile.json").read_text())
+    row = res["sweep"]["maxpool_mask_vjp"]
+    assert row.get("ms_per_step", 0) > 0, row
+    assert row["select_and_scatter_ops"] == 0  # the patched pools' gradient is the mask
