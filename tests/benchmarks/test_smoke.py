@@ -297,8 +297,8 @@ def test_mask_gradient_max_pool_matches_jax_after_a_relu():
             x = jnp.asarray(rng.normal(size=shape))
             c = jnp.asarray(rng.normal(size=(shape[0], shape[1] // 2, shape[2] // 2, shape[3])))
             np.testing.assert_array_equal(max_pool_2x2(x), ref_pool(x))
-            mine = jax.grad(lambda v, p=max_pool_2x2: jnp.sum(c * p(jax.nn.relu(v))))(x)
-            ref = jax.grad(lambda v: jnp.sum(c * ref_pool(jax.nn.relu(v))))(x)
+            mine = jax.grad(lambda v, c=c: jnp.sum(c * max_pool_2x2(jax.nn.relu(v))))(x)
+            ref = jax.grad(lambda v, c=c: jnp.sum(c * ref_pool(jax.nn.relu(v))))(x)
             np.testing.assert_allclose(mine, ref, rtol=0, atol=1e-12)
             assert np.abs(np.asarray(ref)).sum() > 0
             # the dropped last row/column of an odd size gets no gradient
