@@ -415,19 +415,20 @@ def defaults_table(rows: list[dict]) -> str:
         return f"{scale * m:+.{digits}f}" + ("" if sd is None else f" ± {scale * sd:.{digits}f}")
 
     lines = ["| option | default | alternative | s | runs | Δ OA_t1 (points) | Δ OA_t2 (points) "
-             "| Δ change F1 (points) | Δ w unchanged | Δ w changed |",
-             "|---|---|---|---:|---:|---:|---:|---:|---:|---:|"]
+             "| Δ change F1 (points) | Δ w unchanged | Δ w changed | Δ AUC of w |",
+             "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
     levels = sorted({r["strength"] for r in rows})
     for option, default, alternative, with_default, with_alternative in DEFAULT_ROWS:
         for s in levels:
             r = paired(rows, with_alternative, with_default, s)
             head = f"| `{option}` | {default} | {alternative} | {s:g} |"
             if r is None:
-                lines.append(head + " 0 | not run | | | | |")
+                lines.append(head + " 0 | not run | | | | | |")
                 continue
             lines.append(head + f" {r['runs']} | "
                          + " | ".join([cell(r, k) for k in METRICS]
-                                      + [cell(r, k, 1, 3) for k in FUSION[:2]]) + " |")
+                                      + [cell(r, k, 1, 3) for k in FUSION[:2]]
+                                      + [cell(r, "w_auc", 1, 2)]) + " |")
     return "\n".join(lines) + "\n"
 
 
