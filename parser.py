@@ -34,29 +34,12 @@ from model.config import (
     ModelConfig,
 )
 from training.optimizers import CLASS_WEIGHTS, OPTIMIZERS
+from training.presets import PRESETS
 from utils.cli import HelpFormatter
 
 BACKBONE_NAMES = tuple(BACKBONES)
 METHOD_NAMES = tuple(METHODS)
 
-#: ``--preset NAME`` -> {dest: value}, applied to every option not given on the command line.
-#: ``original``: what the original code that trained CorrFusion ran (rulixiang/CorrFusionNet at
-#: 611d99b / 7a4fe70 / fd37a24; docs/differences.md), with the original's
-#: comparators (NaiveResNet, SoftDCCANet at 1c33068) for ``baseline`` / ``sdcca``: one entry per
-#: row of that table that has a flag.
-PRESETS = {
-    "original": {
-        "backbone": "resnet50", "shared": False, "pooling": "flatten", "bn": "frozen",
-        "l2": 1e-4, "decov_init": "orthogonal", "decov_penalty": "original",
-        "fusion_init": "glorot_uniform", "input_norm": "shard_max", "hidden": 1024, "reduction": 2,
-        "lambda1": 0.1, "fusion_distance": "euclidean", "fusion_bn": "frozen",
-        "change_margin": 0.0, "fusion_views": "paper", "tied_start": False,
-        "lambda2": 1e-4, "corr_norm": "batch", "optimizer": "sgd", "lr": [1e-3],
-        "lr_boundaries": [], "momentum": 0.9, "nesterov": True, "batch_size": 32, "epochs": 100,
-        "resnet_init": "keras_applications", "comparators": "original",
-        "dist_epsilon": "per_feature", "eval_trn": True, "eval_tst": True, "runs": 1,
-    },
-}
 
 _TRUE = {"true", "t", "1", "yes", "y", "on"}
 _FALSE = {"false", "f", "0", "no", "n", "off"}

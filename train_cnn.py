@@ -14,14 +14,10 @@ import sys
 import time
 from pathlib import Path
 
-from parser import PRESETS, apply_defaults, check_train_args, train_parser
+from parser import apply_defaults, check_train_args, train_parser
 from training.config import TrainConfig
+from training.presets import DEMO_TRAIN, PRESETS
 from utils.cli import configure_logging, run_main
-
-# The demo trains from scratch in a couple of minutes on 2 CPU cores: Adam converges far faster than
-# the paper's SGD schedule there (pass --optimizer sgd --lr ... to see the original's).
-DEMO_TRAIN = {"backbone": "small", "method": "corrfusion", "epochs": 12, "batch_size": 32,
-              "hidden": 256, "optimizer": "adam"}  # --lr: parser.py's default (constant 1e-3)
 
 
 def parse_args(argv=None):
