@@ -1,5 +1,7 @@
 """evaluation.figures: the diagrams need no run; run figures come from history.csv + an eval result dir."""
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -8,10 +10,13 @@ from evaluation.metrics import change_probability, compute_metrics
 from tests.evaluation._images import assert_png
 
 
-@pytest.fixture
-def fake_run(tmp_path):
-    """A run directory as train_cnn.py + eval.py leave it, with made-up predictions (no TensorFlow)."""
+@pytest.fixture(scope="module")
+def fake_run_master(tmp_path_factory):
+    """A run directory as train_cnn.py + eval.py leave it, with made-up predictions (no TensorFlow),
+    drawn once per module (write_outputs draws every evaluation figure); tests get copies."""
     from evaluation import evaluate as E
+
+    tmp_path = tmp_path_factory.mktemp("fake_run")
 
     rng = np.random.default_rng(0)
     n, k = 30, 3
@@ -38,6 +43,14 @@ def fake_run(tmp_path):
     ]
     (run / "history.csv").write_text("\n".join(lines) + "\n")
     return run
+
+
+@pytest.fixture
+def fake_run(fake_run_master, tmp_path):
+    """A private copy of ``fake_run_master`` (tests may change its files)."""
+    import shutil
+
+    return Path(shutil.copytree(fake_run_master, tmp_path / "run"))
 
 
 def test_diagrams_without_run(tmp_path):
