@@ -97,6 +97,9 @@ VARIANTS = {
                     "corr_norm": "unchanged"}),
     "project/bn=frozen": ("project", {"bn": "frozen"}),
     "project/input_norm=dtype": ("project", {"input_norm": "dtype"}),
+    "project/input_norm=bands_per_date": ("project", {"input_norm": "bands_per_date"}),
+    "project/fusion_distance=rms+fusion_views=pair+input_norm=bands_per_date": (
+        "project", {"fusion_distance": "rms", "fusion_views": "pair", "input_norm": "bands_per_date"}),
     "project/pooling=flatten": ("project", {"pooling": "flatten"}),
     "project/fusion_init=glorot_uniform": ("project", {"fusion_init": "glorot_uniform"}),
     "project/decov=original": ("project", {"decov_init": "orthogonal", "decov_penalty": "original"}),
@@ -111,7 +114,8 @@ VARIANTS = {
 }
 #: variants that also run the baseline (the bases, and the input normalisation, which the
 #: baseline needs as much as corrfusion)
-WITH_BASELINE = ("project/input_norm=dtype", "original/input_norm=bands")
+WITH_BASELINE = ("project/input_norm=dtype", "project/input_norm=bands_per_date",
+                 "original/input_norm=bands")
 BASE_OPTIONS = {"project": PROJECT, "original": {"preset": "original"}}
 METRICS = ("OA_t1", "OA_t2", "change_f1")
 FUSION = ("w_unchanged", "w_changed", "w_auc")
@@ -397,6 +401,10 @@ DEFAULT_ROWS = (
     ("--fusion_bn", "batch", "frozen (with euclidean and paper views)", "project/base",
      "project/fusion_bn=frozen"),
     ("--input_norm", "bands", "dtype", "project/base", "project/input_norm=dtype"),
+    ("--input_norm", "bands (pooled over the dates)", "bands_per_date", "project/base",
+     "project/input_norm=bands_per_date"),
+    ("--input_norm", "bands (pooled over the dates)", "bands_per_date (with rms and pair views)", CHOSEN,
+     "project/fusion_distance=rms+fusion_views=pair+input_norm=bands_per_date"),
     ("--bn", "batch", "frozen", "project/base", "project/bn=frozen"),
     ("--pooling", "avg", "flatten", "project/base", "project/pooling=flatten"),
     ("--fusion_init", "glorot_normal", "glorot_uniform", "project/base",

@@ -42,11 +42,12 @@ import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
 from model.config import INPUT_SCALING
-from utils.cli import JoinTimeout, UsageError, quiet_native_stderr
+from utils.cli import JoinTimeout, Terminated, UsageError, quiet_native_stderr
 from utils.rundir import run_paths
 
 log = logging.getLogger("corrfusion.train")
@@ -305,7 +306,6 @@ def supervise(cluster, join_timeout: float) -> int:
 
 
 def _supervise(cluster, join_timeout: float, env: dict) -> int:
-
     read_fd, write_fd = os.pipe()
     env = {**env, SUPERVISED_ENV: str(write_fd)}
     try:
@@ -316,23 +316,29 @@ def _supervise(cluster, join_timeout: float, env: dict) -> int:
         os.close(write_fd)
     waiting_since, joined, eof = None, False, False
     try:
-        while child.poll() is None:
-            if not eof and select.select([read_fd], [], [], 0.2)[0]:
-                data = os.read(read_fd, 64)
-                eof = not data
-                if _WAITING in data and waiting_since is None:
-                    waiting_since = time.monotonic()
-                joined = joined or _JOINED in data
-            elif eof:
-                time.sleep(0.2)
-            if (not joined and waiting_since is not None and join_timeout > 0
-                    and time.monotonic() - waiting_since > join_timeout):
-                _kill(child)
-                raise JoinTimeout(
-                    f"TF_CONFIG: the other {cluster.num_workers - 1} worker(s) did not join "
-                    f"{cluster.task_type} {cluster.task_index} within {join_timeout:g} s "
-                    "(--join_timeout); nothing was written")
-        return child.returncode
+        # SIGTERM/SIGINT only note themselves while this loop runs: an exception raised at an
+        # arbitrary bytecode could land inside Popen.poll with its wait lock held, and the
+        # child.wait() of the clean-up would then wait for that lock forever
+        with _signals_noted() as noted:
+            while child.poll() is None and not noted:
+                if not eof and select.select([read_fd], [], [], 0.2)[0]:
+                    data = os.read(read_fd, 64)
+                    eof = not data
+                    if _WAITING in data and waiting_since is None:
+                        waiting_since = time.monotonic()
+                    joined = joined or _JOINED in data
+                elif eof:
+                    time.sleep(0.2)
+                if (not joined and waiting_since is not None and join_timeout > 0
+                        and time.monotonic() - waiting_since > join_timeout):
+                    _kill(child)
+                    raise JoinTimeout(
+                        f"TF_CONFIG: the other {cluster.num_workers - 1} worker(s) did not join "
+                        f"{cluster.task_type} {cluster.task_index} within {join_timeout:g} s "
+                        "(--join_timeout); nothing was written")
+        if not noted:
+            return child.returncode
+        raise KeyboardInterrupt if noted[0] == signal.SIGINT else Terminated
     except BaseException as e:  # SIGTERM (Terminated), Ctrl-C, or an error of this process
         if not eof and select.select([read_fd], [], [], 0)[0]:  # a "joined" not read yet
             joined = joined or _JOINED in os.read(read_fd, 64)
@@ -351,6 +357,23 @@ def _supervise(cluster, join_timeout: float, env: dict) -> int:
         raise
     finally:
         os.close(read_fd)
+
+
+@contextlib.contextmanager
+def _signals_noted():
+    """While inside (main thread): SIGTERM and SIGINT are appended to the yielded list instead of
+    raising; the previous handlers come back on leaving. Elsewhere: an empty list, unchanged."""
+    noted: list[int] = []
+    if threading.current_thread() is not threading.main_thread():
+        yield noted
+        return
+    previous = {sig: signal.signal(sig, lambda signum, frame: noted.append(signum))
+                for sig in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        yield noted
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
 
 
 def _die_with_parent() -> None:

@@ -342,3 +342,23 @@ def child_alive(tmp_path) -> bool:
     """A process of start_lonely_worker's command line (the supervised child has the same)."""
     out = subprocess.run(["ps", "-eo", "args"], capture_output=True, text=True).stdout
     return str(tmp_path / "w") in out
+
+
+def test_the_supervisors_poll_loop_notes_signals_instead_of_raising_inside_it():
+    """While the supervisor polls its child, SIGINT/SIGTERM are noted, not raised: an exception
+    raised inside Popen.poll could leave its wait lock held and the clean-up's child.wait() would
+    hang (seen once under xdist: a Ctrl-C test waited 30 s). Afterwards the handlers are back."""
+    from training.multiworker import _signals_noted
+    from utils.cli import Terminated, sigterm_unwinds
+
+    with sigterm_unwinds():
+        before = (signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM))
+        with _signals_noted() as noted:
+            os.kill(os.getpid(), signal.SIGINT)
+            os.kill(os.getpid(), signal.SIGTERM)
+            time.sleep(0.05)  # handlers run between bytecodes
+        assert noted == [signal.SIGINT, signal.SIGTERM]
+        assert (signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)) == before
+        with pytest.raises(Terminated):
+            os.kill(os.getpid(), signal.SIGTERM)
+            time.sleep(0.05)
