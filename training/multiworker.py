@@ -42,12 +42,11 @@ import signal
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 
 from model.config import INPUT_SCALING
-from utils.cli import JoinTimeout, Terminated, UsageError, quiet_native_stderr
+from utils.cli import JoinTimeout, Terminated, UsageError, quiet_native_stderr, signals_handled
 from utils.rundir import run_paths
 
 log = logging.getLogger("corrfusion.train")
@@ -364,16 +363,8 @@ def _signals_noted():
     """While inside (main thread): SIGTERM and SIGINT are appended to the yielded list instead of
     raising; the previous handlers come back on leaving. Elsewhere: an empty list, unchanged."""
     noted: list[int] = []
-    if threading.current_thread() is not threading.main_thread():
+    with signals_handled((signal.SIGTERM, signal.SIGINT), lambda signum, frame: noted.append(signum)):
         yield noted
-        return
-    previous = {sig: signal.signal(sig, lambda signum, frame: noted.append(signum))
-                for sig in (signal.SIGTERM, signal.SIGINT)}
-    try:
-        yield noted
-    finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
 
 
 def _die_with_parent() -> None:

@@ -161,16 +161,23 @@ def _raise_terminated(signum, frame):
 
 
 @contextlib.contextmanager
-def sigterm_unwinds():
-    """While inside: SIGTERM raises ``Terminated`` in the main thread (elsewhere: unchanged)."""
+def signals_handled(signals, handler):
+    """While inside (main thread): ``handler`` handles each of ``signals``; the previous handlers
+    come back on leaving (elsewhere: unchanged, as only the main thread may set handlers)."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
-    previous = signal.signal(signal.SIGTERM, _raise_terminated)
+    previous = {sig: signal.signal(sig, handler) for sig in signals}
     try:
         yield
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        for sig, old in previous.items():
+            signal.signal(sig, old)
+
+
+def sigterm_unwinds():
+    """While inside: SIGTERM raises ``Terminated`` in the main thread (elsewhere: unchanged)."""
+    return signals_handled((signal.SIGTERM,), _raise_terminated)
 
 
 def run_main(main, argv=None) -> int:
