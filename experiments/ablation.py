@@ -277,12 +277,14 @@ def collect(args) -> list[dict]:
                     seen.add((variant, s, method, k))
     order = list(VARIANTS)
     return sorted(rows + earlier_rows(args, seen),
-                  key=lambda r: (order.index(r["variant"]), r["strength"], r["method"], r["seed"]))
+                  key=lambda r: (order.index(r["variant"]) if r["variant"] in order else len(order),
+                                 r["variant"], r["strength"], r["method"], r["seed"]))
 
 
 def earlier_rows(args, seen) -> list[dict]:
-    """Rows of OUT/results.csv for (variant, level, method, seed) of this run's selection whose
-    run directory is absent."""
+    """Every row of OUT/results.csv that this run did not collect again: runs whose directory is
+    gone, and runs outside this run's selection (another variant, level or seed), so that running
+    a few variants adds to the record instead of erasing the others."""
     old = Path(args.out) / "results.csv"
     if not old.is_file():
         return []
@@ -290,8 +292,7 @@ def earlier_rows(args, seen) -> list[dict]:
     with open(old, newline="") as fh:
         for r in csv.DictReader(fh):
             key = (r["variant"], float(r["strength"]), r["method"], int(r["seed"]))
-            if (key in seen or r["variant"] not in args.variants or key[1] not in args.levels
-                    or key[3] >= args.seeds):
+            if key in seen:
                 continue
             row = {"variant": key[0], "strength": key[1], "method": key[2], "seed": key[3],
                    "finished": r.get("finished", "")}
@@ -450,7 +451,9 @@ def report(args) -> None:
         writer.writerows(rows)
     (out / "results.json").write_text(json.dumps(
         {"arguments": {k: v for k, v in vars(args).items() if k != "report_only"},
-         "options": {v: options(v) for v in args.variants}, "runs": rows, "summary": summary},
+         "options": {v: options(v) for v in dict.fromkeys(r["variant"] for r in rows)
+                     if v in VARIANTS},
+         "runs": rows, "summary": summary},
         indent=1))
     (out / "table.md").write_text(table(summary))
     (out / "differences.md").write_text(difference_table(differences(rows)))

@@ -64,7 +64,8 @@ def test_w_auc_and_table(tmp_path):
 def test_a_partial_rerun_keeps_the_earlier_rows(tmp_path):
     """OUT/runs is not committed: a row of results.csv whose run directory is gone is kept (with
     its values and finished time) unless that run is collected again; rows outside the selection
-    (another variant, level or seed) are not carried into this report."""
+    (another variant, level or seed) stay in the record too: running a few variants adds to
+    results.csv, it does not erase the others' rows."""
     ab = _module()
     head = "variant,strength,method,seed,OA_t1,OA_t2,change_f1,w_unchanged,w_changed,w_auc,finished"
     (tmp_path / "results.csv").write_text("\n".join([
@@ -77,9 +78,14 @@ def test_a_partial_rerun_keeps_the_earlier_rows(tmp_path):
     args = ab.parse_args(["--out", str(tmp_path), "--variants", "project/base", "--levels", "0",
                           "--seeds", "2"])
     rows = ab.collect(args)
-    assert [(r["method"], r["seed"]) for r in rows] == [("baseline", 1), ("corrfusion", 0)]
+    assert [(r["variant"], r["strength"], r["method"], r["seed"]) for r in rows] == [
+        ("project/base", 0.0, "baseline", 1), ("project/base", 0.0, "corrfusion", 0),
+        ("project/base", 0.0, "corrfusion", 5), ("project/base", 0.8, "corrfusion", 0),
+        ("project/bn=frozen", 0.0, "corrfusion", 0)]
     assert rows[1]["OA_t1"] == 0.7 and rows[1]["w_auc"] == 0.6 and rows[1]["finished"] == ""
     assert rows[0]["w_unchanged"] is None and rows[0]["finished"] == "2026-12-04 17:00"
+    ab.report(args)  # the record on disk keeps all five
+    assert len((tmp_path / "results.csv").read_text().splitlines()) == 6
 
 
 @pytest.mark.slow
