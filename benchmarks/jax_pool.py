@@ -69,11 +69,11 @@ def patch_keras_max_pool() -> None:
     """Keras' JAX ``max_pool`` uses ``max_pool_2x2`` for 2×2 / stride 2 / VALID / channels-last
     pools (a measurement variant; other pools are left to Keras)."""
     import keras
+
+    if keras.backend.backend() != "jax":  # refused before anything imports JAX
+        raise RuntimeError("patch_keras_max_pool needs KERAS_BACKEND=jax")
     from keras.src import backend
     from keras.src.backend.jax import nn as jax_nn
-
-    if keras.backend.backend() != "jax":
-        raise RuntimeError("patch_keras_max_pool needs KERAS_BACKEND=jax")
     original = jax_nn.max_pool
 
     def max_pool(inputs, pool_size, strides=None, padding="valid", data_format=None):

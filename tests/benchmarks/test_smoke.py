@@ -1,4 +1,6 @@
-"""Smoke tests of the benchmark scripts at tiny sizes (no timing is asserted)."""
+"""Smoke tests of the benchmark scripts at tiny sizes (no timing is asserted). The checks that import
+JAX (the mask max-pool's gradient, a CPU trace classed like the GPU's) run in the JAX subprocess:
+tests/jax_only.py."""
 
 import csv
 import json
@@ -146,35 +148,6 @@ def test_scene_map_benchmark_at_a_tiny_size(tmp_path):
     assert scene_map.child(args)["tiles_measured"] == 8
 
 
-def test_gpu_profile_classes_a_cpu_trace_of_a_convolution_and_its_gradients(tmp_path):
-    """A jitted convolution's gradient profiled on the CPU: the trace's XLA operations land in the
-    forward, backward-data and backward-filter classes (the same parser reads the GPU's trace)."""
-    import glob
-
-    import jax
-    import jax.numpy as jnp
-
-    def loss(w, x):
-        y = jax.lax.conv_general_dilated(x, w, (1, 1), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC"))
-        return jnp.sum(jax.nn.relu(y) ** 2)
-
-    w, x = jnp.ones((3, 3, 4, 8)), jnp.ones((2, 16, 16, 4))
-    grad = jax.jit(jax.grad(loss, argnums=(0, 1)))
-    compiled = grad.lower(w, x).compile()
-    jax.block_until_ready(compiled(w, x))
-    with jax.profiler.trace(str(tmp_path)):
-        for _ in range(2):
-            out = compiled(w, x)
-        jax.block_until_ready(out)
-    trace = glob.glob(str(tmp_path / "**" / "*.trace.json.gz"), recursive=True)
-    assert trace
-    table = gpu_profile.jax_trace_table(trace[0], gpu_profile.parse_hlo(compiled.as_text()),
-                                        {(3, 3, 4, 8)}, steps=2, module_prefix="jit_loss")
-    ms = table["ms_per_step"]
-    assert ms["conv_fwd"] > 0 and ms["conv_bwd_data"] > 0 and ms["conv_bwd_filter"] > 0, table["top"]
-    assert set(ms) == set(gpu_profile.CLASSES) and table["events"] > 0
-
-
 def test_gpu_profile_classes_gpu_hlo_and_kernel_names():
     """The GPU half of the classification, from HLO lines and kernel names as XLA and cuDNN write
     them (no GPU needed)."""
@@ -278,37 +251,11 @@ def test_step_overhead_runs_tiny(tmp_path):
     assert res["host_parts_s"]["state_sync"] > 0 and res["variables"]["metrics"] > 0
 
 
-def test_mask_gradient_max_pool_matches_jax_after_a_relu():
-    """benchmarks/jax_pool.py: forward equal to lax.reduce_window; gradient through a ReLU equal
-    to JAX's select_and_scatter gradient (ties only at the ReLU's zeros), in float64, at VGG's odd
-    sizes (25 -> 12 drops a row and a column) and a training-like 64-channel block."""
-    import jax
-    import jax.numpy as jnp
+def test_the_mask_max_pool_patch_is_refused_on_tensorflow_and_is_in_the_sweep():
+    """benchmarks/jax_pool.py patches Keras' JAX max_pool only: on TensorFlow (this suite) it is
+    refused before JAX is imported. Its gradient against JAX's: tests/jax_only.py."""
+    from benchmarks.jax_pool import patch_keras_max_pool
 
-    from benchmarks.jax_pool import max_pool_2x2, patch_keras_max_pool
-
-    jax.config.update("jax_enable_x64", True)
-    try:
-        def ref_pool(x):
-            return jax.lax.reduce_window(x, -jnp.inf, jax.lax.max, (1, 2, 2, 1), (1, 2, 2, 1), "VALID")
-
-        rng = np.random.default_rng(0)
-        for shape in ((2, 25, 25, 8), (4, 50, 50, 64), (1, 7, 10, 3)):
-            x = jnp.asarray(rng.normal(size=shape))
-            c = jnp.asarray(rng.normal(size=(shape[0], shape[1] // 2, shape[2] // 2, shape[3])))
-            np.testing.assert_array_equal(max_pool_2x2(x), ref_pool(x))
-            mine = jax.grad(lambda v, c=c: jnp.sum(c * max_pool_2x2(jax.nn.relu(v))))(x)
-            ref = jax.grad(lambda v, c=c: jnp.sum(c * ref_pool(jax.nn.relu(v))))(x)
-            np.testing.assert_allclose(mine, ref, rtol=0, atol=1e-12)
-            assert np.abs(np.asarray(ref)).sum() > 0
-            # the dropped last row/column of an odd size gets no gradient
-            if shape[1] % 2:
-                assert not np.asarray(mine)[:, -1].any()
-        # a positive tie: every tied position gets the gradient (select_and_scatter picks one)
-        x = jnp.ones((1, 2, 2, 1))
-        assert float(jax.grad(lambda v: jnp.sum(max_pool_2x2(v)))(x).sum()) == 4.0
-    finally:
-        jax.config.update("jax_enable_x64", False)
     with pytest.raises(RuntimeError, match="KERAS_BACKEND=jax"):
         patch_keras_max_pool()  # the suite runs on TensorFlow
     assert gpu_profile.SWEEP["maxpool_mask_vjp"].maxpool_mask

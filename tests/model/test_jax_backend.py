@@ -2,8 +2,9 @@
 fixed per process): DCCA gradient (custom_gradient signature), running covariance inside fit
 (stateless scope), the small model training step (corrfusion, dcca), evaluate vs NumPy, save/load,
 integer images scaled in the graph, one backbone pass over both dates, the cross-entropy from
-logits, the original's SoftDCCANet; and, in the same process, train_cnn.py end to end on JAX
-(tests/scripts/jax_training.py: train, evaluate, the loss guard)."""
+logits, the original's SoftDCCANet; and, in the same process, the checks that need JAX
+(tests/jax_only.py: train_cnn.py end to end with the loss guard, the loader's PyDataset, TF_CONFIG
+refused)."""
 
 import os
 import re
@@ -38,8 +39,15 @@ SELECTED = [
     "tests/model/test_network.py::test_compute_loss_reads_the_logits",
     "tests/model/test_network.py::test_original_comparators_structure_and_what_the_heads_read[sdcca]",
     "tests/model/test_network.py::test_original_soft_dcca_loss_on_all_pairs",
-    # train_cnn.py on JAX: one epoch, the test evaluation, the non-finite loss guard
-    "tests/scripts/jax_training.py::test_trains_and_evaluates_on_the_jax_backend",
+    # train_cnn.py on JAX: one epoch, the test evaluation, the non-finite loss guard; the loader's
+    # PyDataset; TF_CONFIG refused on JAX
+    "tests/jax_only.py::test_trains_and_evaluates_on_the_jax_backend",
+    "tests/jax_only.py::test_other_backend_gets_pydataset",
+    "tests/jax_only.py::test_tf_config_on_jax_exits_2_with_one_line_before_anything_is_written",
+    # benchmarks/: a CPU trace classed like the GPU's, the mask max-pool's float64 gradient (last:
+    # it switches jax_enable_x64 on and off)
+    "tests/jax_only.py::test_gpu_profile_classes_a_cpu_trace_of_a_convolution_and_its_gradients",
+    "tests/jax_only.py::test_mask_gradient_max_pool_matches_jax_after_a_relu",
 ]
 
 
