@@ -70,7 +70,7 @@ def patch_keras_max_pool() -> None:
     pools (a measurement variant; other pools are left to Keras)."""
     import keras
 
-    if keras.backend.backend() != "jax":  # refused before anything imports JAX
+    if keras.backend.backend() != "jax":  # refused before touching Keras' JAX backend
         raise RuntimeError("patch_keras_max_pool needs KERAS_BACKEND=jax")
     from keras.src import backend
     from keras.src.backend.jax import nn as jax_nn

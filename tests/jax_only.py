@@ -2,8 +2,8 @@
 subprocess of tests/model/test_jax_backend.py names them, so they run in the process that already
 started Python, TensorFlow and JAX for the model tests (the backend is fixed per process; each new
 Python process with TensorFlow costs 3-9 s of CPU): train_cnn.py end to end, the loader's
-PyDataset, multi-worker refused on JAX; and the benchmarks' checks that import JAX (a JAX import
-fewer in the TensorFlow workers)."""
+PyDataset, multi-worker refused on JAX; and the benchmarks' checks that run JAX code (jit
+compilation, a profiler trace: full tier, beside the other JAX work)."""
 
 from __future__ import annotations
 
