@@ -68,6 +68,36 @@ def resumed_run(demo_data, tmp_path_factory):
     assert not any("statistics of the training split" in m for m in messages)
     return workdir, root / "epoch1"
 
+# ---------------------------------------------------------------- the longest files start first
+# pytest-xdist (-n 2 --dist loadfile) hands each worker whole files. Its default order (most tests
+# first) starts the files of many quick tests and leaves the long few-test files (the JAX
+# subprocess is one test of 80 s) for the end, where one worker runs them while the other idles.
+# With --no-loadscope-reorder (addopts) the files go out in collection order, and this puts the
+# longest ones first (longest processing time first); the rest keep their order. The list is the
+# full tier's per-file wall time, largest first (tests/README.md "Durations", 2026-12-05).
+LONGEST_FIRST = (
+    "tests/scripts/test_train.py",
+    "tests/training/test_multiworker.py",
+    "tests/model/test_jax_backend.py",
+    "tests/scripts/test_train_survival.py",
+    "tests/benchmarks/test_smoke.py",
+    "tests/scripts/test_compare.py",
+    "tests/model/test_network.py",
+    "tests/scripts/test_eval.py",
+    "tests/experiments/test_fusion_degradation.py",
+    "tests/model/test_cca.py",
+    "tests/evaluation/test_many_classes.py",
+    "tests/experiments/test_ablation.py",
+    "tests/scripts/test_predict.py",
+    "tests/evaluation/test_figures.py",
+)
+
+
+def pytest_collection_modifyitems(config, items):
+    rank = {path: i for i, path in enumerate(LONGEST_FIRST)}
+    items.sort(key=lambda item: rank.get(item.nodeid.split("::", 1)[0], len(rank)))
+
+
 # ----------------------------------------------------------------- CPU seconds per test (optional)
 # On a shared machine wall-clock durations (--durations) mostly measure the neighbours' load.
 # CORRFUSION_CPU_DURATIONS=FILE appends one CSV row per test phase: nodeid, phase, wall seconds,

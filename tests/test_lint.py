@@ -1,4 +1,5 @@
-"""The tree passes ruff (settings in pyproject.toml), so lint is part of the README test command."""
+"""The tree passes ruff (settings in pyproject.toml), so lint is part of the README test command;
+the suite's own scheduling table names real files."""
 
 import importlib.util
 import shutil
@@ -26,3 +27,13 @@ def test_ruff_is_clean():
     proc = subprocess.run([*cmd, "check", "."], cwd=ROOT, capture_output=True, text=True,
                           timeout=120)
     assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+def test_the_longest_first_order_names_existing_test_files():
+    """tests/conftest.py LONGEST_FIRST orders xdist's files: a renamed or deleted file there would
+    silently fall back to the end of the queue."""
+    from tests.conftest import LONGEST_FIRST
+
+    assert len(set(LONGEST_FIRST)) == len(LONGEST_FIRST)
+    missing = [path for path in LONGEST_FIRST if not (ROOT / path).is_file()]
+    assert missing == [], missing
