@@ -22,10 +22,28 @@ def argv(data, workdir, *extra):
 
 
 @pytest.fixture(scope="module")
-def compared(demo_data, tmp_path_factory):
+def compare_run(demo_data, tmp_path_factory):
+    """compare.py of METHODS, 2 runs each, on ``demo_data``: ``(workdir, reads)`` where ``reads``
+    lists every (split, shard, key) whose image data was checked (shards.check_image_data)."""
+    from data import shards
+
     workdir = tmp_path_factory.mktemp("compare") / "cmp"
-    assert run_main(compare.main, argv(demo_data, workdir)) == 0
-    return workdir
+    reads = []
+    check = shards.check_image_data
+
+    def counted(path, key, **kwargs):
+        reads.append((path.parent.name, path.name, key))
+        return check(path, key, **kwargs)
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(shards, "check_image_data", counted)
+        assert run_main(compare.main, argv(demo_data, workdir)) == 0
+    return workdir, reads
+
+
+@pytest.fixture(scope="module")
+def compared(compare_run):
+    return compare_run[0]
 
 
 def run_metrics(workdir, method):
@@ -151,25 +169,10 @@ def test_empty_workdir_is_used(demo_data, tmp_path):
     compare.check_settings(compare.parse_args(argv(demo_data, workdir)))  # now compare's own
 
 
-def test_each_split_is_read_through_once_for_all_runs(tmp_path, monkeypatch):
+def test_each_split_is_read_through_once_for_all_runs(compare_run):
     """compare.py reads every split's image data once, before anything is written; its CNN and
-    BoVW runs check the headers and labels again, not the image data."""
-    from data import shards, synthetic
-
-    data = tmp_path / "data"
-    synthetic.generate(data, pairs=60, size=32, classes=4, seed=1)
-    reads = []
-    check = shards.check_image_data
-
-    def counted(path, key, **kwargs):
-        reads.append((path.parent.name, path.name, key))
-        return check(path, key, **kwargs)
-
-    monkeypatch.setattr(shards, "check_image_data", counted)
-    rc = run_main(compare.main, [
-        "--data_dir", str(data), "--methods", "baseline,bovw", "--backbone", "small", "--runs", "2",
-        "--workdir", str(tmp_path / "cmp"), "--bovw_words", "8",
-        "--", "-e", "1", "--hidden", "8", "-b", "8", "-tb", "false"])
-    assert rc == 0
+    BoVW runs (2 each of baseline, corrfusion, bovw) check the headers and labels again, not the
+    image data."""
+    _, reads = compare_run
     assert {split for split, _, _ in reads} == {"trn", "val", "tst"}
     assert len(reads) == len(set(reads)), sorted(reads)
