@@ -3,7 +3,7 @@ subprocess of tests/model/test_jax_backend.py names them, so they run in the pro
 started Python, TensorFlow and JAX for the model tests (the backend is fixed per process; each new
 Python process with TensorFlow costs 3-9 s of CPU): train_cnn.py end to end, the loader's
 PyDataset, multi-worker refused on JAX; and the benchmarks' checks that run JAX code (jit
-compilation, a profiler trace: full tier, beside the other JAX work)."""
+compilation, a profiler trace, step_overhead.py: full tier, beside the other JAX work)."""
 
 from __future__ import annotations
 
@@ -151,3 +151,16 @@ def test_mask_gradient_max_pool_matches_jax_after_a_relu():
         assert float(jax.grad(lambda v: jnp.sum(max_pool_2x2(v)))(x).sum()) == 4.0
     finally:
         jax.config.update("jax_enable_x64", False)
+
+
+def test_step_overhead_runs_tiny(tmp_path):
+    """benchmarks/step_overhead.py (a JAX measurement) at a tiny size, in this JAX process: its
+    main refuses only a Keras already imported with another backend."""
+    from benchmarks import step_overhead
+
+    out = tmp_path / "so.json"
+    assert step_overhead.main(["--steps", "2", "--reps", "1", "--warmup", "1", "--parts_calls", "2",
+                               "--modes", "jit_step,train_on_batch", "--json", str(out)]) == 0
+    res = json.loads(out.read_text())
+    assert res["train_on_batch"]["s_per_step"] > 0 and res["jit_step"]["s_per_step"] > 0
+    assert res["host_parts_s"]["state_sync"] > 0 and res["variables"]["metrics"] > 0

@@ -1,6 +1,6 @@
 """Smoke tests of the benchmark scripts at tiny sizes (no timing is asserted). The checks that import
-JAX (the mask max-pool's gradient, a CPU trace classed like the GPU's) run in the JAX subprocess:
-tests/jax_only.py."""
+JAX (the mask max-pool's gradient, a CPU trace classed like the GPU's, step_overhead.py) run in the
+JAX subprocess: tests/jax_only.py."""
 
 import csv
 import json
@@ -235,20 +235,6 @@ def test_gpu_profile_runs_tiny_on_the_cpu(tmp_path):
         assert res["torch"]["profile"]["ms_per_step"]["conv_fwd"] > 0
     assert {p.name for p in out.iterdir()} == {"profile.json", "profile.md", "profile.csv", "sweep.csv"}
     assert gpu_profile.main(["--device", "cpu", "--out", str(out)]) == 2  # never over a profile
-
-
-@pytest.mark.slow  # a child process with JAX: tens of seconds on a CPU
-def test_step_overhead_runs_tiny(tmp_path):
-    import subprocess
-
-    out = tmp_path / "so.json"
-    proc = subprocess.run([sys.executable, "-m", "benchmarks.step_overhead", "--steps", "2", "--reps", "1",
-                           "--warmup", "1", "--parts_calls", "2", "--modes", "jit_step,train_on_batch",
-                           "--json", str(out)], cwd=common.ROOT, capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    res = json.loads(out.read_text())
-    assert res["train_on_batch"]["s_per_step"] > 0 and res["jit_step"]["s_per_step"] > 0
-    assert res["host_parts_s"]["state_sync"] > 0 and res["variables"]["metrics"] > 0
 
 
 def test_the_mask_max_pool_patch_is_refused_on_tensorflow_and_is_in_the_sweep():

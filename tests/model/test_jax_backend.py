@@ -46,6 +46,7 @@ SELECTED = [
     "tests/jax_only.py::test_tf_config_on_jax_exits_2_with_one_line_before_anything_is_written",
     # benchmarks/: a CPU trace classed like the GPU's, the mask max-pool's float64 gradient (last:
     # it switches jax_enable_x64 on and off)
+    "tests/jax_only.py::test_step_overhead_runs_tiny",
     "tests/jax_only.py::test_gpu_profile_classes_a_cpu_trace_of_a_convolution_and_its_gradients",
     "tests/jax_only.py::test_mask_gradient_max_pool_matches_jax_after_a_relu",
 ]
