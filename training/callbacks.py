@@ -67,6 +67,12 @@ class FiniteLossGuard(keras.callbacks.Callback):
     may come a few steps after the bad one; the message still names the bad step, and Keras
     finishes the pending checks before ``on_epoch_end``, so the checkpoint callbacks see
     ``failure`` in time. TensorFlow runs callbacks synchronously either way.
+
+    The stop flag is set on ``self._model``, not through Keras' ``Callback.model`` property: on
+    JAX that property first syncs the training state into the model's variables, and from the
+    callback thread that races the loop, which has already donated those buffers to the next
+    step (the model is left holding deleted arrays: ``RuntimeError: Array has been deleted`` in
+    fit, and a second training in the same process fails the same way).
     """
 
     async_safe = True
@@ -88,7 +94,7 @@ class FiniteLossGuard(keras.callbacks.Callback):
             self.failure = (f"non-finite loss ({loss}) at epoch {self.epoch + 1}, step {batch + 1}: "
                             "training stopped; checkpoints of earlier epochs are kept")
             log.error("%s", self.failure)
-            self.model.stop_training = True
+            self._model.stop_training = True  # not self.model: see the class docstring
 
 
 class SplitEvaluation(keras.callbacks.Callback):
