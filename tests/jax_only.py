@@ -8,9 +8,6 @@ compilation, a profiler trace, step_overhead.py: full tier, beside the other JAX
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 import zipfile
 from pathlib import Path
 
