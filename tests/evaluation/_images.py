@@ -16,5 +16,17 @@ def assert_png(path, min_bytes=3_000, max_bytes=3_000_000, min_drawn=0.02, min_c
     assert pixels.std() > 0.05, (path, "nearly uniform image")
     drawn = (np.abs(pixels - pixels[0, 0]).sum(axis=-1) > 0.1).mean()  # not the background
     assert drawn > min_drawn, (path, f"only {drawn:.1%} of the pixels drawn")
-    colors = len(np.unique((pixels.reshape(-1, 3) * 255).round().astype(np.uint8), axis=0))
+    colors = count_colors(pixels)
     assert colors >= min_colors, (path, f"{colors} colour(s)")
+
+
+def count_colors(pixels) -> int:
+    """Distinct RGB colours of an image (floats in 0-1 or uint8), as ``len(np.unique(rgb, axis=0))``
+    would count them, in a tenth of its time: each colour is one index into a 2**24 table."""
+    rgb = np.asarray(pixels)[..., :3].reshape(-1, 3)
+    if rgb.dtype != np.uint8:
+        rgb = (rgb * 255).round().astype(np.uint8)
+    rgb = rgb.astype(np.uint32)
+    seen = np.zeros(1 << 24, dtype=bool)
+    seen[(rgb[:, 0] << 16) | (rgb[:, 1] << 8) | rgb[:, 2]] = True
+    return int(seen.sum())

@@ -6,7 +6,7 @@ import pytest
 
 from evaluation import metrics as M
 from evaluation import plots as P
-from tests.evaluation._images import assert_png
+from tests.evaluation._images import assert_png, count_colors
 
 NAMES = ["water", "farmland", "residential", "industrial"]
 
@@ -136,6 +136,16 @@ def test_a_single_colour_figure_fails_the_check(tmp_path):
     fig.savefig(tmp_path / "flat.png", facecolor="#336699")
     with pytest.raises(AssertionError):
         assert_png(tmp_path / "flat.png", min_bytes=0)
+
+
+def test_colours_are_counted_as_np_unique_counts_them():
+    rng = np.random.default_rng(0)
+    img = (rng.integers(0, 5, (120, 90, 3)) * 63).astype(np.uint8)
+    img[:40] = 255
+    expected = len(np.unique(img.reshape(-1, 3), axis=0))
+    assert count_colors(img) == expected and expected > 50
+    assert count_colors(img / 255.0) == expected  # floats as matplotlib reads a PNG
+    assert count_colors(np.full((4, 4, 3), 0.2)) == 1
 
 
 def test_change_colours_are_distinct_and_unchanged_is_not_white():

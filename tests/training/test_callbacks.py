@@ -8,6 +8,7 @@ import keras
 import numpy as np
 import pytest
 
+from tests.evaluation._images import count_colors
 from training.callbacks import Checkpoints, EpochLog, FiniteLossGuard, format_epoch_line
 
 
@@ -201,7 +202,7 @@ def test_tensorboard_groups_tags_describes_them_and_draws_validation_figures(tmp
         assert val.SummaryMetadata(tag).plugin_data.plugin_name == "images", tag
         png = tf.make_ndarray(events[0].tensor_proto)[2]
         img = np.asarray(Image.open(io.BytesIO(png)).convert("RGB"))
-        assert img.shape[0] > 100 and len(np.unique(img.reshape(-1, 3), axis=0)) > 10, tag
+        assert img.shape[0] > 100 and count_colors(img) > 10, tag
     pr = val.Tensors("change/p_change/pr_curves")
     assert len(pr) == 1 and tf.make_ndarray(pr[0].tensor_proto).shape[0] == 6
     assert val.SummaryMetadata("change/p_change/pr_curves").plugin_data.plugin_name == "pr_curves"
