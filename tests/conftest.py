@@ -69,39 +69,54 @@ def resumed_run(demo_data, tmp_path_factory):
     return workdir, root / "epoch1"
 
 # ---------------------------------------------------------------- the longest files start first
-# pytest-xdist (-n 2 --dist loadfile) hands each worker whole files. Its default order (most tests
-# first) starts the files of many quick tests and leaves the long few-test files (the JAX
-# subprocess is one test of 80 s) for the end, where one worker runs them while the other idles.
-# With --no-loadscope-reorder (addopts) the files go out in collection order, and this puts the
-# longest ones first (longest processing time first); the rest keep their order. The list is the
+# pytest-xdist (-n 2 --dist loadgroup, addopts) hands each worker whole groups: every test is
+# marked with an xdist_group of its file, except the files that share a session fixture which
+# trains (trained_run, resumed_run: SHARED_RUNS), which form one group, so that those runs are
+# trained once per suite and not once per worker (--dist loadfile did: 20 s of CPU twice). A file's
+# module fixtures stay on one worker as before. Its default order (most tests first) would start
+# the groups of many quick tests and leave the long few-test files (the JAX subprocess is one test
+# of 2 min) for the end, where one worker runs them while the other idles. With
+# --no-loadscope-reorder (addopts) the groups go out in collection order, and this puts the
+# longest files first (longest processing time first); the rest keep their order. The list is the
 # full tier's per-file wall time, largest first (tests/README.md "Durations", 2026-12-05).
 LONGEST_FIRST = (
     "tests/scripts/test_train.py",
-    "tests/training/test_multiworker.py",
     "tests/model/test_jax_backend.py",
+    "tests/training/test_multiworker.py",
     "tests/scripts/test_train_survival.py",
     "tests/benchmarks/test_smoke.py",
+    "tests/scripts/test_eval.py",
     "tests/scripts/test_compare.py",
     "tests/model/test_network.py",
-    "tests/scripts/test_eval.py",
     "tests/experiments/test_fusion_degradation.py",
     "tests/model/test_cca.py",
     "tests/evaluation/test_many_classes.py",
-    "tests/experiments/test_ablation.py",
     "tests/scripts/test_predict.py",
+    "tests/experiments/test_ablation.py",
     "tests/evaluation/test_figures.py",
 )
+#: files that read the session's trained runs (trained_run, resumed_run): one xdist group
+SHARED_RUNS = ("tests/scripts/test_train.py", "tests/scripts/test_train_survival.py",
+               "tests/scripts/test_eval.py")
 
 
+def xdist_group_of(path: str) -> str:
+    return "shared_runs" if path in SHARED_RUNS else path
+
+
+@pytest.hookimpl(tryfirst=True)  # before xdist's own hook, which reads the groups
 def pytest_collection_modifyitems(config, items):
     rank = {path: i for i, path in enumerate(LONGEST_FIRST)}
     items.sort(key=lambda item: rank.get(item.nodeid.split("::", 1)[0], len(rank)))
+    for item in items:
+        item.add_marker(pytest.mark.xdist_group(xdist_group_of(item.nodeid.split("::", 1)[0])))
 
 
 # ----------------------------------------------------------------- CPU seconds per test (optional)
 # On a shared machine wall-clock durations (--durations) mostly measure the neighbours' load.
 # CORRFUSION_CPU_DURATIONS=FILE appends one CSV row per test phase: nodeid, phase, wall seconds,
-# CPU seconds of this process (every thread) and of the subprocesses it waited for. Used for the
+# CPU seconds of this process (every thread) and of the subprocesses it waited for, the xdist
+# worker and the Unix time at the phase's end (how the files were spread over the workers). Used for the
 # tables in tests/README.md.
 _CPU_LOG = os.environ.get("CORRFUSION_CPU_DURATIONS")
 
@@ -132,4 +147,5 @@ def _timed(item, phase):
     end = _cpu_now()
     with open(_CPU_LOG, "a") as fh:
         fh.write(f"{item.nodeid},{phase},{end[0] - start[0]:.2f},{end[1] - start[1]:.2f},"
-                 f"{end[2] - start[2]:.2f}\n")
+                 f"{end[2] - start[2]:.2f},{os.environ.get('PYTEST_XDIST_WORKER', 'main')},"
+                 f"{time.time():.1f}\n")

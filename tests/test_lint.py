@@ -37,3 +37,22 @@ def test_the_longest_first_order_names_existing_test_files():
     assert len(set(LONGEST_FIRST)) == len(LONGEST_FIRST)
     missing = [path for path in LONGEST_FIRST if not (ROOT / path).is_file()]
     assert missing == [], missing
+
+
+def test_every_file_that_reads_the_sessions_trained_runs_is_in_their_xdist_group():
+    """A test file that takes trained_run or resumed_run outside tests/conftest.py SHARED_RUNS
+    would train them again on the other worker (20 s of CPU): it belongs in that group."""
+    import ast
+
+    from tests.conftest import SHARED_RUNS, xdist_group_of
+
+    readers = set()
+    for path in sorted((ROOT / "tests").rglob("test_*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.FunctionDef) and {a.arg for a in node.args.args} & {
+                    "trained_run", "resumed_run"}:
+                readers.add(path.relative_to(ROOT).as_posix())
+    assert readers >= {"tests/scripts/test_train.py", "tests/scripts/test_eval.py"}, readers
+    assert readers <= set(SHARED_RUNS), readers - set(SHARED_RUNS)
+    assert {xdist_group_of(p) for p in SHARED_RUNS} == {"shared_runs"}
+    assert xdist_group_of("tests/model/test_cca.py") == "tests/model/test_cca.py"
