@@ -107,9 +107,10 @@ def xdist_group_of(path: str) -> str:
 @pytest.hookimpl(tryfirst=True)  # before xdist's own hook, which reads the groups
 def pytest_collection_modifyitems(config, items):
     rank = {path: i for i, path in enumerate(LONGEST_FIRST)}
-    items.sort(key=lambda item: rank.get(item.nodeid.split("::", 1)[0], len(rank)))
+    path = {item: item.nodeid.split("::", 1)[0] for item in items}
+    items.sort(key=lambda item: rank.get(path[item], len(rank)))
     for item in items:
-        item.add_marker(pytest.mark.xdist_group(xdist_group_of(item.nodeid.split("::", 1)[0])))
+        item.add_marker(pytest.mark.xdist_group(xdist_group_of(path[item])))
 
 
 # ----------------------------------------------------------------- CPU seconds per test (optional)

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import zipfile
-from pathlib import Path
 
 import keras
 import numpy as np
@@ -18,8 +17,6 @@ import train_cnn
 from benchmarks import gpu_profile
 from tests._runs import FAST
 from utils.cli import run_main
-
-ROOT = Path(__file__).resolve().parents[1]
 
 
 def messages(caplog):
