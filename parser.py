@@ -237,6 +237,11 @@ def train_parser() -> argparse.ArgumentParser:
                             "margin, lambda1 * max(0, margin - dist), so that the fusion weight is "
                             "small where the class changed (0: the paper's loss, unchanged pairs only; "
                             "in the units of --fusion_distance)")
+    model.add_argument("--view_variance", type=non_negative_float, default=ModelConfig.view_variance,
+                       help="corrfusion: weight of a variance term on the two views over the batch "
+                            "(VICReg's: mean of max(0, 1 - std) per view feature, added to the "
+                            "correlation loss), so that the views cannot collapse to one pattern "
+                            "shared by every pair (0: none, the paper's)")
     model.add_argument("--resnet_init", choices=RESNET_INITS, default=ModelConfig.resnet_init,
                        help="start of the resnet50 backbone: keras (Keras 3's: Glorot-uniform kernels, "
                             "BN eps 1.001e-5) or keras_applications (the original's TF 1.11: "

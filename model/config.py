@@ -189,6 +189,9 @@ class ModelConfig:
             is below this margin, λ1·max(0, margin − dist) (``model.losses.correlation_loss``), so
             that w is small where the class changed; 0 is the paper's loss (unchanged pairs only).
             In the units of ``fusion_distance``.
+        view_variance: corrfusion: weight γ of a variance term on the two views over the batch
+            (``model.losses.view_variance_loss``, VICReg's), added to the correlation loss, so that
+            the views cannot collapse to one pattern shared by every pair; 0 (the paper's): none.
         resnet_init: ``RESNET_INITS``: Keras 3's ResNet50 start or keras_applications' (He-normal
             kernels, BN ε = 1e-3); only the ``resnet50`` backbone reads it.
         comparators: ``COMPARATORS``: this project's ``baseline``/``sdcca`` or the original's
@@ -233,6 +236,7 @@ class ModelConfig:
     fusion_views: str = "pair"
     tied_start: bool = False
     change_margin: float = 0.0
+    view_variance: float = 0.0
     resnet_init: str = "keras"
     comparators: str = "project"
     dist_epsilon: str = "once"
@@ -293,7 +297,7 @@ class ModelConfig:
                 "standardised per pair, without BatchNormalization); use fusion_views='paper' or "
                 "'batch' with it."
             )
-        for key in ("lambda1", "lambda2", "l2", "change_margin"):
+        for key in ("lambda1", "lambda2", "l2", "change_margin", "view_variance"):
             if float(getattr(self, key)) < 0:
                 raise ValueError(f"{key} must be >= 0; received {key}={getattr(self, key)!r}.")
         if self.ce_weights is not None:

@@ -6,6 +6,8 @@
 * ``pair_distance(a, b, eps)`` — ``sqrt(Σ_j (a_ij − b_ij)² + eps)`` per row.
 * ``correlation_loss(dist, y1, y2, lambda1, corr_norm, margin)`` — λ1 · Σ dist_i u_i / n (or / Σu),
   plus a hinge max(0, margin − dist_i) on changed pairs when margin > 0.
+* ``view_variance_loss(vx, vy, gamma)`` — γ · Σ_dates mean_j max(0, 1 − std_i(v_ij)): the views'
+  spread over the batch (VICReg's variance term), against views that collapse to one pattern.
 * ``running_covariance(cov, b, rho)`` — ρ·C + (1 − ρ)·BᵀB/(n − 1), gradient only through B.
 * ``decorrelation_penalty(cov, form)`` — Σ_{j≠k} |C_jk| (or the original's Σ|C| − Σ diag C).
 * ``dcca_loss`` — re-exported from ``model.cca``.
@@ -23,6 +25,7 @@ __all__ = [
     "cross_entropy",
     "pair_distance",
     "correlation_loss",
+    "view_variance_loss",
     "running_covariance",
     "decorrelation_penalty",
     "replica_sum",
@@ -93,6 +96,25 @@ def correlation_loss(dist, y1, y2, lambda1=0.1, corr_norm="batch", margin=0.0):
     if hinge is not None:
         loss = loss + hinge / ops.maximum(ops.sum(1.0 - u), 1.0)
     return lambda1 * loss
+
+
+def view_variance_loss(vx, vy, gamma=1.0, eps=1e-4):
+    """``γ · Σ_{v ∈ (vx, vy)} mean_j max(0, 1 − √(Var_i(v_ij) + eps))``: the variance term of
+    VICReg (Bardes et al. 2022) on the two (n, m) views.
+
+    The correlation loss alone is cheapest to satisfy by mapping every pair of both dates to one
+    and the same view pattern (dist ≈ 0 for every pair, changed or not, so w is the same for all):
+    a per-pair standardised view (``fusion_views="pair"``) keeps unit variance over its own
+    features but may have none over the batch. This hinge keeps each view feature's standard
+    deviation over the batch at 1 or above, so the two views of a pair can only agree by carrying
+    something of that pair. Needs n ≥ 2 (the variance over a batch of one is 0).
+    """
+    total = 0.0
+    for v in (vx, vy):
+        v = ops.cast(v, "float32")
+        std = ops.sqrt(ops.var(v, axis=0) + eps)
+        total = total + ops.mean(ops.relu(1.0 - std))
+    return gamma * total
 
 
 def running_covariance(cov, b, rho=0.9, batch_sum=None):

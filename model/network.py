@@ -50,6 +50,7 @@ from model.losses import (
     cross_entropy,
     dcca_loss,
     pair_distance,
+    view_variance_loss,
 )
 from model.normalization import InputNormalization
 
@@ -185,9 +186,11 @@ class _CorrFusionMethod(_Decorrelated):
         # The RMS distance is the Euclidean one ÷ √(d/r): the loss multiplies it back, so that
         # λ1 weighs the same Euclidean distance as the paper's loss and only w reads the RMS.
         scale = (c.hidden // c.reduction) ** 0.5 if c.fusion_distance == "rms" else 1.0
-        return {"corr_loss": correlation_loss(y_pred["dist"], y1, y2, c.lambda1 * scale,
-                                              c.corr_norm, c.change_margin),
-                "decov_loss": y_pred["decov_loss"]}
+        corr = correlation_loss(y_pred["dist"], y1, y2, c.lambda1 * scale, c.corr_norm,
+                                c.change_margin)
+        if c.view_variance:
+            corr = corr + view_variance_loss(y_pred["view_t1"], y_pred["view_t2"], c.view_variance)
+        return {"corr_loss": corr, "decov_loss": y_pred["decov_loss"]}
 
 
 def _bn_views(model, x, y, training):
@@ -515,6 +518,7 @@ class CorrFusionNet(keras.Model):
         saved.setdefault("fusion_distance", "euclidean")
         # Saved before the views, the start and the hinge were options: the paper's.
         saved.setdefault("change_margin", 0.0)
+        saved.setdefault("view_variance", 0.0)
         saved.setdefault("fusion_views", "paper")
         saved.setdefault("tied_start", False)
         model_config = ModelConfig.from_dict(saved)

@@ -14,7 +14,7 @@ PRESETS = {
         "l2": 1e-4, "decov_init": "orthogonal", "decov_penalty": "original",
         "fusion_init": "glorot_uniform", "input_norm": "shard_max", "hidden": 1024, "reduction": 2,
         "lambda1": 0.1, "fusion_distance": "euclidean", "fusion_bn": "frozen",
-        "change_margin": 0.0, "fusion_views": "paper", "tied_start": False,
+        "change_margin": 0.0, "view_variance": 0.0, "fusion_views": "paper", "tied_start": False,
         "lambda2": 1e-4, "corr_norm": "batch", "optimizer": "sgd", "lr": [1e-3],
         "lr_boundaries": [], "momentum": 0.9, "nesterov": True, "batch_size": 32, "epochs": 100,
         "resnet_init": "keras_applications", "comparators": "original",

@@ -11,6 +11,7 @@ from model.losses import (
     decorrelation_penalty,
     pair_distance,
     running_covariance,
+    view_variance_loss,
 )
 from tests._helpers import run_layer_test
 from tests.model._helpers import value_and_grads
@@ -81,6 +82,35 @@ def test_correlation_loss_margin_against_float64_at_training_size(corr_norm):
                                _np(correlation_loss(far, y1, y2, lam, corr_norm)), rtol=1e-6)
     with pytest.raises(ValueError, match="margin"):
         correlation_loss(dist, y1, y2, lam, corr_norm, margin=-1.0)
+
+
+def test_view_variance_loss_against_float64_at_training_size():
+    """VICReg's variance hinge on the two views at batch 32, 512 view features (d/r of the
+    1024-wide default), value and gradients against a float64 reference: collapsed views (one
+    pattern for every pair, the failure it is there for) cost about γ per date, spread ones
+    nothing."""
+    rng = np.random.default_rng(11)
+    n, m, gamma, eps = 32, 512, 0.7, 1e-4
+    pattern = rng.normal(size=m)
+    vx = pattern + 0.05 * rng.normal(size=(n, m))  # date 1 nearly collapsed
+    vy = rng.normal(size=(n, m)) * np.where(np.arange(m) < 256, 1.5, 0.5)  # half the features spread
+
+    def ref(v):
+        std = np.sqrt(v.var(0) + eps)
+        active = std < 1
+        grad = -(active / std) * (v - v.mean(0)) / (n * m)
+        return np.maximum(0, 1 - std).mean(), grad
+
+    (rx, gx), (ry, gy) = ref(vx), ref(vy)
+    value, (got_x, got_y) = value_and_grads(
+        lambda a, b: view_variance_loss(a, b, gamma, eps), vx.astype("float32"), vy.astype("float32"))
+    np.testing.assert_allclose(_np(value), gamma * (rx + ry), rtol=1e-5)
+    np.testing.assert_allclose(got_x, gamma * gx, rtol=1e-4, atol=1e-9)
+    np.testing.assert_allclose(got_y, gamma * gy, rtol=1e-4, atol=1e-9)
+    assert 0.9 * gamma < gamma * rx < gamma  # collapsed: about the full γ
+    assert abs(ry - 0.5 * (1 - np.sqrt(0.25 + eps))) < 0.05  # the narrow half only
+    spread = rng.normal(size=(n, m)) * 3
+    assert _np(view_variance_loss(spread, spread, gamma)) == 0.0
 
 
 def test_running_covariance_and_penalty():

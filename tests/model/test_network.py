@@ -1,6 +1,8 @@
 """build_model: every backbone x method builds and trains a step; losses/metrics in fit and
 evaluate against NumPy; saving/loading; mixed precision. Tiny images and batches throughout."""
 
+import dataclasses
+
 import keras
 import numpy as np
 import pytest
@@ -414,12 +416,38 @@ def test_tied_start_views_and_margin_reach_the_model(tmp_path):
 
 
 def test_a_checkpoint_from_before_the_views_and_margin_loads_as_the_paper():
-    saved = _small("corrfusion", fusion_views="batch", change_margin=2.0, tied_start=True).get_config()
-    for key in ("fusion_views", "change_margin", "tied_start"):
+    saved = _small("corrfusion", fusion_views="batch", change_margin=2.0, tied_start=True,
+                   view_variance=0.5).get_config()
+    for key in ("fusion_views", "change_margin", "tied_start", "view_variance"):
         saved["config"].pop(key)
     net = CorrFusionNet.from_config(saved)
-    assert (net.config.fusion_views, net.config.change_margin, net.config.tied_start) == (
-        "paper", 0.0, False)
+    assert (net.config.fusion_views, net.config.change_margin, net.config.tied_start,
+            net.config.view_variance) == ("paper", 0.0, False, 0.0)
+
+
+def test_view_variance_reaches_the_correlation_loss_and_survives_save_load(tmp_path):
+    """view_variance γ adds γ·Σ_dates mean_j max(0, 1 − std_i) of the two views to corrfusion's
+    correlation loss (the same views the distance reads); 0 adds nothing; negative is refused."""
+    from model.losses import view_variance_loss
+
+    x, (y1, y2) = _data()
+    with_term = _small("corrfusion", view_variance=2.0)
+    out = with_term(x, training=False)
+    t1, t2 = ops.convert_to_tensor(y1), ops.convert_to_tensor(y2)
+    got = _np64(with_term.spec.loss_terms(with_term, t1, t2, out)["corr_loss"])
+    without = dataclasses.replace(with_term.config, view_variance=0.0)
+    with_term.config = without  # the same weights and outputs, the term off
+    base = _np64(with_term.spec.loss_terms(with_term, t1, t2, out)["corr_loss"])
+    vx, vy = _np64(out["view_t1"]), _np64(out["view_t2"])
+    ref = 2.0 * sum(np.maximum(0.0, 1.0 - np.sqrt(v.var(axis=0) + 1e-4)).mean() for v in (vx, vy))
+    assert ref > 0.01  # the term is active at the start
+    np.testing.assert_allclose(got - base, ref, rtol=1e-4, atol=1e-6)
+    np.testing.assert_allclose(_np64(view_variance_loss(vx, vy, 2.0)), ref, rtol=1e-5)
+    with pytest.raises(ValueError, match="view_variance"):
+        _small(view_variance=-0.1)
+    net = _small("corrfusion", view_variance=0.7)
+    net.save(tmp_path / "m.keras")
+    assert load_model(tmp_path / "m.keras").config.view_variance == 0.7
 
 
 # ------------------------------------------------------------------ issue 22: the original's comparators

@@ -40,6 +40,7 @@ def test_bad_flag_values_are_usage_errors(capsys):
                  ["--data_dir", "d", "--lr_boundaries", "60,30"], ["--resume", "--overwrite"],
                  ["--data_dir", "d", "--fusion_bn", "frozen"],
                  ["--data_dir", "d", "--change_margin", "-0.5"],
+                 ["--data_dir", "d", "--view_variance", "-1"],
                  ["--data_dir", "d", "--fusion_views", "layer"], ["-e", "5"]):
         with pytest.raises(SystemExit) as exc:
             train_cnn.parse_args(argv)
@@ -57,14 +58,16 @@ def test_bad_options_are_usage_errors(extra, tmp_path):
 
 def test_fusion_options_reach_the_model_config():
     args = train_cnn.parse_args(["--data_dir", "d", "--fusion_views", "batch", "--fusion_bn", "frozen",
-                                 "--tied_start", "true", "--change_margin", "1.4"])
+                                 "--tied_start", "true", "--change_margin", "1.4",
+                                 "--view_variance", "0.5"])
     m = TrainConfig.from_args(args).model
     assert (m.fusion_views, m.fusion_bn, m.tied_start, m.change_margin) == ("batch", "frozen", True, 1.4)
+    assert m.view_variance == 0.5
     d = TrainConfig.from_args(train_cnn.parse_args(["--data_dir", "d"])).model
     assert (d.fusion_views, d.fusion_distance, d.tied_start, d.change_margin) == ("pair", "rms", False, 0.0)
     o = TrainConfig.from_args(train_cnn.parse_args(["--data_dir", "d", "--preset", "original"])).model
-    assert (o.fusion_views, o.fusion_distance, o.tied_start, o.change_margin) == (
-        "paper", "euclidean", False, 0.0)  # the paper's module under the preset
+    assert (o.fusion_views, o.fusion_distance, o.tied_start, o.change_margin, o.view_variance) == (
+        "paper", "euclidean", False, 0.0, 0.0)  # the paper's module under the preset
 
 
 def test_the_config_holds_every_parsed_argument():
