@@ -98,6 +98,12 @@ VARIANTS = {
     "project/fusion_distance=rms+fusion_views=pair+change_margin=1.4+corr_norm=unchanged": (
         "project", {"fusion_distance": "rms", "fusion_views": "pair", "change_margin": 1.4,
                     "corr_norm": "unchanged"}),
+    "project/fusion_distance=rms+fusion_views=pair+view_variance=1": (
+        "project", {"fusion_distance": "rms", "fusion_views": "pair", "view_variance": 1.0}),
+    "project/fusion_distance=rms+fusion_views=pair+view_variance=0.3": (
+        "project", {"fusion_distance": "rms", "fusion_views": "pair", "view_variance": 0.3}),
+    "project/fusion_distance=rms+fusion_views=pair+view_variance=3": (
+        "project", {"fusion_distance": "rms", "fusion_views": "pair", "view_variance": 3.0}),
     "project/bn=frozen": ("project", {"bn": "frozen"}),
     "project/input_norm=dtype": ("project", {"input_norm": "dtype"}),
     "project/input_norm=bands_per_date": ("project", {"input_norm": "bands_per_date"}),
@@ -398,6 +404,9 @@ DEFAULT_ROWS = (
      "project/fusion_distance=rms+fusion_views=pair+tied_start+change_margin=1.4"),
     ("--change_margin, --corr_norm", "0, batch", "1.4, unchanged", CHOSEN,
      "project/fusion_distance=rms+fusion_views=pair+change_margin=1.4+corr_norm=unchanged"),
+    ("--view_variance", "0", "0.3", CHOSEN, "project/fusion_distance=rms+fusion_views=pair+view_variance=0.3"),
+    ("--view_variance", "0", "1", CHOSEN, "project/fusion_distance=rms+fusion_views=pair+view_variance=1"),
+    ("--view_variance", "0", "3", CHOSEN, "project/fusion_distance=rms+fusion_views=pair+view_variance=3"),
     ("--lambda2", "1e-4", "0 (with --tied_start)",
      "project/fusion_distance=rms+fusion_views=pair+tied_start",
      "project/fusion_distance=rms+fusion_views=pair+tied_start+lambda2=0"),
