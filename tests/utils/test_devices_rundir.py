@@ -62,6 +62,29 @@ def test_atomic_write_leaves_the_usual_mode_and_no_temporary_file(tmp_path):
     assert [p.name for p in path.parent.iterdir()] == ["a.json"]
 
 
+def test_json_text_writes_each_row_of_numbers_on_one_line_and_reads_back_the_same():
+    """results.json: indented, keys sorted, a K x K matrix as K lines of numbers; NumPy values,
+    paths, empty lists, strings holding NUL and nested dicts read back as json.dumps gives them."""
+    import pathlib
+
+    import numpy as np
+
+    obj = {"confusion": np.arange(6).reshape(2, 3), "names": ["a", "b"], "empty": [],
+           "nested": [{"w": np.float32(0.25), "p": pathlib.Path("/x")}], "nul": "a\x00b",
+           "nan": float("nan"), "k": np.int64(7), "mixed": [1, "u", None, True]}
+    text = rundir.json_text(obj)
+    assert text.endswith("}\n") and "\n  \"confusion\": [\n    [0, 1, 2],\n    [3, 4, 5]\n  ]," in text
+    assert '"names": ["a", "b"]' in text and '"mixed": [1, "u", null, true]' in text
+    ref = json.loads(json.dumps(obj, default=lambda o: o.tolist() if hasattr(o, "tolist") else str(o)))
+    back = json.loads(text)
+    assert np.isnan(back.pop("nan")) and np.isnan(ref.pop("nan"))  # NaN != NaN: apart
+    assert back == ref
+    assert list(back) == sorted(back)
+    big = np.random.default_rng(0).integers(0, 9, (1000, 1000))
+    text = rundir.json_text({"m": big})
+    assert text.count("\n") == 1000 + 4 and json.loads(text)["m"] == big.tolist()
+
+
 def test_check_writable_dir_refuses_what_a_user_made(tmp_path):
     rundir.check_writable_dir(tmp_path / "new", overwrite=False)  # does not exist: fine
     (tmp_path / "full").mkdir()
