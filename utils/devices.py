@@ -15,6 +15,7 @@ import contextlib
 import json
 import logging
 import os
+import sys
 from dataclasses import dataclass
 
 from utils.cli import UsageError, quiet_native_stderr
@@ -54,7 +55,7 @@ def cluster_from_env(backend: str | None = None) -> Cluster | None:
     raw = os.environ.get("TF_CONFIG", "").strip()
     if not raw:
         return None
-    backend = backend or backend_name()
+    backend = backend or configured_backend()
     if backend != "tensorflow":
         raise UsageError(f"TF_CONFIG: multi-worker training needs the TensorFlow backend, this is "
                          f"{backend} (unset TF_CONFIG or KERAS_BACKEND)")
@@ -71,6 +72,27 @@ def cluster_from_env(backend: str | None = None) -> Cluster | None:
         raise UsageError(f"TF_CONFIG: task {task_type} {index} is not in the cluster "
                          f"({sizes['chief']} chief, {sizes['worker']} worker(s))")
     return Cluster(task_type, index, sizes["chief"] + sizes["worker"], sizes["chief"] > 0)
+
+
+def configured_backend() -> str:
+    """Keras' backend, without importing Keras (and TensorFlow) when it is not loaded yet: the
+    ``KERAS_BACKEND`` variable, else the "backend" of ``keras.json`` in ``KERAS_HOME`` (or
+    ``~/.keras``, ``/tmp/.keras`` where the home is not writable), else tensorflow: Keras 3's own
+    order (keras/src/backend/config.py). A multi-worker supervisor (``training.multiworker``)
+    only needs to know the backend: its worker child imports TensorFlow, it need not."""
+    if "keras" in sys.modules:
+        return backend_name()
+    if os.environ.get("KERAS_BACKEND"):
+        return os.environ["KERAS_BACKEND"]
+    home = os.environ.get("KERAS_HOME")
+    if home is None:
+        base = os.path.expanduser("~")
+        home = os.path.join(base if os.access(base, os.W_OK) else "/tmp", ".keras")
+    try:
+        with open(os.path.join(os.path.expanduser(home), "keras.json")) as fh:
+            return str(json.load(fh).get("backend", "tensorflow"))
+    except (OSError, ValueError, AttributeError):
+        return "tensorflow"
 
 
 def backend_name() -> str:

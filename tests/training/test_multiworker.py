@@ -92,6 +92,53 @@ def test_tf_config_on_another_backend_is_a_usage_error(monkeypatch):
         devices.cluster_from_env("jax")
 
 
+def test_the_backend_is_known_without_importing_keras(monkeypatch, tmp_path):
+    """devices.configured_backend: Keras' own order (KERAS_BACKEND, keras.json in KERAS_HOME,
+    tensorflow) while Keras is not loaded; Keras' answer once it is."""
+    import keras
+
+    assert devices.configured_backend() == keras.backend.backend() == "tensorflow"
+    monkeypatch.delitem(sys.modules, "keras")  # as before anything imported Keras
+    monkeypatch.setenv("KERAS_HOME", str(tmp_path))
+    monkeypatch.delenv("KERAS_BACKEND", raising=False)
+    assert devices.configured_backend() == "tensorflow"  # no keras.json
+    (tmp_path / "keras.json").write_text(json.dumps({"backend": "jax", "floatx": "float32"}))
+    assert devices.configured_backend() == "jax"
+    monkeypatch.setenv("KERAS_BACKEND", "torch")  # the variable wins, as in Keras
+    assert devices.configured_backend() == "torch"
+    (tmp_path / "keras.json").write_text("{not json")
+    monkeypatch.delenv("KERAS_BACKEND")
+    assert devices.configured_backend() == "tensorflow"
+    assert "keras" not in sys.modules
+
+
+def test_a_supervisor_starts_no_tensorflow(tmp_path):
+    """With TF_CONFIG, train_cnn.py's process only supervises the worker child that trains: it
+    reaches the supervision without importing Keras or TensorFlow (3-4 CPU s and their memory per
+    worker saved). One new Python process: the suite's own has Keras loaded."""
+    code = ("import sys, json\n"
+            "import training.multiworker as mw\n"
+            "def supervise(cluster, join_timeout):\n"
+            "    print(json.dumps({'heavy': [m for m in ('keras', 'tensorflow', 'jax') if m in sys.modules],"
+            " 'workers': cluster.num_workers, 'timeout': join_timeout}))\n"
+            "    return 0\n"
+            "mw.supervise = supervise\n"
+            "import train_cnn\n"
+            "sys.exit(train_cnn.main(sys.argv[1:]))\n")
+    from data import synthetic
+
+    synthetic.generate(tmp_path / "d", pairs=12, size=16, classes=2, change_rate=0.2, seed=0)
+    env = {**os.environ, "TF_CONFIG": json.dumps({
+        "cluster": {"worker": ["127.0.0.1:1", "127.0.0.1:2"]}, "task": {"type": "worker", "index": 0}})}
+    env.pop("KERAS_BACKEND", None)
+    proc = subprocess.run([sys.executable, "-c", code, "--data_dir", str(tmp_path / "d"), "--workdir",
+                           str(tmp_path / "w"), "--join_timeout", "7"], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert json.loads(proc.stdout.strip().splitlines()[-1]) == {"heavy": [], "workers": 2, "timeout": 7}
+    assert not (tmp_path / "w").exists()
+
+
 class Summary:
     def __init__(self, n, split_dir="trn"):
         self.n_pairs, self.split_dir = n, split_dir
