@@ -128,10 +128,19 @@ def test_existing_run_is_refused_and_left_untouched(trained, demo_data, capsys):
     assert before == after
 
 
-def test_no_tensorboard_and_several_runs(demo_data, tmp_path):
+def test_no_tensorboard_several_runs_and_balanced_class_weight(trained, demo_data, tmp_path):
+    """-tb false --runs 2 --no-eval_tst --class_weight balanced in one training (two runs of one
+    epoch): no event files, each run seeded and evaluated, the summary over the runs; the class
+    weights computed from the training split's histograms, recorded in args.json and in the
+    checkpoint's config, and the weighted cross-entropies finite."""
+    import model as cfn
+    from training.optimizers import balanced_class_weights
+
+    plain = json.loads((trained / "args.json").read_text())["args"]
+    assert plain["class_weight"] == "none" and plain["ce_weights"] is None
     workdir = tmp_path / "runs2"
     assert train(demo_data, workdir, "-tb", "false", "--runs", "2", "--no-eval_tst",
-                 epochs=1) == 0
+                 "--class_weight", "balanced", epochs=1) == 0
     assert not list(workdir.rglob("*tfevents*"))
     # --no-eval_tst: no test figures per epoch, the final test evaluation still runs
     assert not any(k.startswith("tst_") for k in read_history(workdir / "0" / "history.csv")[0])
@@ -144,6 +153,19 @@ def test_no_tensorboard_and_several_runs(demo_data, tmp_path):
     assert summary["OA_t1"]["runs"] == pytest.approx(run_oa)
     assert summary["OA_t1"]["mean"] == pytest.approx(np.mean(run_oa))
     assert (workdir / "results" / "summary.csv").read_text().startswith("metric,mean,std")
+
+    run = workdir / "0"
+    saved = json.loads((run / "args.json").read_text())
+    assert saved["args"]["class_weight"] == "balanced"
+    trn = saved["data"]["trn"]
+    want = [list(balanced_class_weights(trn[f"hist_{t}"])[0]) for t in ("t1", "t2")]
+    np.testing.assert_allclose(saved["args"]["ce_weights"], want)
+    assert cfn.load_model(run / "checkpoints" / "best.keras").config.ce_weights == \
+        tuple(map(tuple, saved["args"]["ce_weights"]))
+    rows = read_history(run / "history.csv")
+    for key in ("ce_t1", "ce_t2", "val_ce_t1", "val_ce_t2"):
+        assert np.isfinite(float(rows[0][key])), key
+    assert (run / "results" / "tst" / "results.json").is_file()
 
 
 def test_non_finite_loss_stops_with_epoch_and_step(demo_data, tmp_path, caplog):
@@ -380,15 +402,28 @@ def test_weights_file_that_is_not_weights_names_the_flag_and_file(demo_data, tmp
     assert one_error_line(capsys).startswith(f"error: {tmp_path / 'nope.weights.h5'}: --weights")
 
 
-def test_the_original_preset_trains_resnet50_per_date(tmp_path):
+def test_the_original_preset_trains_resnet50_per_date(tmp_path, monkeypatch):
     """issue 11: --preset original builds the original's network (ResNet50 per date, flatten,
     frozen BN, Glorot-uniform CorrFusion kernels, orthogonal SDL start) and trains a step
     with constant 1e-3 Nesterov SGD; args.json records the preset and every resolved value.
     On 22 pairs (16 / 2 / 4: one training step of -b 16): two ResNet50s cost their build, trace
-    and checkpoints whatever the data, the steps are what a smaller set saves."""
+    and checkpoints whatever the data, the steps are what a smaller set saves. The network
+    checked at the end is the one the final evaluation loaded from best.keras (captured, not
+    loaded a second time: two ResNet-50s take seconds to build and load)."""
     import zipfile
 
     from data import synthetic
+    from training import fit as fit_module
+
+    loaded = []
+
+    def load_and_keep(path, *a, **kw):
+        net = load_checkpoint(path, *a, **kw)
+        loaded.append((Path(path), net))
+        return net
+
+    load_checkpoint = fit_module.load_checkpoint
+    monkeypatch.setattr(fit_module, "load_checkpoint", load_and_keep)
 
     data = tmp_path / "data"
     synthetic.generate(data, pairs=22, size=32, classes=4, change_rate=0.05, seed=0)
@@ -415,34 +450,12 @@ def test_the_original_preset_trains_resnet50_per_date(tmp_path):
     assert compiled["learning_rate"] == pytest.approx(1e-3)  # a constant rate, not a schedule
     history = read_history(workdir / "history.csv")
     assert len(history) == 1 and np.isfinite(float(history[0]["loss"]))
-    import model as cfn
-
-    net = cfn.load_model(workdir / "checkpoints" / "best.keras")
+    assert [path for path, _ in loaded] == [workdir / "checkpoints" / "best.keras"]
+    net = loaded[0][1]  # as model.load_model restored it from best.keras
     assert net.backbone_t1.name != net.backbone_t2.name and net.pool.name == "flatten"
     assert any(layer.name.startswith("conv5") for layer in net.backbone_t1.layers)  # ResNet50
     bns = [la for la in net.backbone_t2.layers if type(la).__name__ == "BatchNormalization"]
     assert len(bns) == 53 and all(bn.epsilon == 1e-3 for bn in bns)  # restored as it was built
-
-
-def test_class_weight_balanced_trains_and_is_recorded(trained, demo_data, tmp_path):
-    import model as cfn
-    from training.optimizers import balanced_class_weights
-
-    plain = json.loads((trained / "args.json").read_text())["args"]
-    assert plain["class_weight"] == "none" and plain["ce_weights"] is None
-    workdir = tmp_path / "w"
-    assert train(demo_data, workdir, "--class_weight", "balanced", "-tb", "false", epochs=1) == 0
-    saved = json.loads((workdir / "args.json").read_text())
-    assert saved["args"]["class_weight"] == "balanced"
-    trn = saved["data"]["trn"]
-    want = [list(balanced_class_weights(trn[f"hist_{t}"])[0]) for t in ("t1", "t2")]
-    np.testing.assert_allclose(saved["args"]["ce_weights"], want)
-    assert cfn.load_model(workdir / "checkpoints" / "best.keras").config.ce_weights == \
-        tuple(map(tuple, saved["args"]["ce_weights"]))
-    rows = read_history(workdir / "history.csv")
-    for key in ("ce_t1", "ce_t2", "val_ce_t1", "val_ce_t2"):
-        assert np.isfinite(float(rows[0][key])), key
-    assert (workdir / "results" / "tst" / "results.json").is_file()
 
 
 def _as_before_input_norm(run):
