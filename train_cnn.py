@@ -45,9 +45,12 @@ def main(argv=None, checked_splits=()) -> int:
     config = TrainConfig.from_args(args)
     configure_logging(args.verbose)
     # the library after parsing: -h and usage errors are answered without NumPy or TensorFlow
+    from training.multiworker import supervise_join
+
+    supervise_join(config)  # TF_CONFIG: this process supervises a worker child (--join_timeout)
     from training.fit import train
 
-    return train(config, checked_splits, supervise_join=True)  # TF_CONFIG: --join_timeout
+    return train(config, checked_splits)
 
 
 if __name__ == "__main__":

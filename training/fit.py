@@ -76,24 +76,17 @@ class TrainingDiverged(RuntimeError):
     """A non-finite loss stopped the run (the message names the epoch and step)."""
 
 
-def train(config: TrainConfig, checked_splits=(), supervise_join: bool = False) -> int:
+def train(config: TrainConfig, checked_splits=()) -> int:
     """Train ``config.runs`` runs and evaluate each; 0, or 1 when a run diverged.
 
     checked_splits: split directories the caller has read through with ``inspect_split`` already
     (compare.py, once for all its runs): their headers and labels are checked, their image data
     is not read again. Bad input raises ``UsageError`` (or a subclass) before anything is written.
-    supervise_join: with TF_CONFIG, run this process's command line again as a child that does
-    the training, bounded by --join_timeout and ended on SIGTERM/SIGINT while it waits for the
-    other workers (``training.multiworker.supervise``; SystemExit with the child's status); for a
-    command whose whole work is this call (train_cnn.py).
+    Under TF_CONFIG this process is one worker; train_cnn.py first hands its command line to a
+    supervised child (``training.multiworker.supervise_join``), which then calls this.
     """
     select_devices(config.gpu)  # before TensorFlow starts
     cluster = cluster_from_env()  # TF_CONFIG: multi-worker training (training.multiworker)
-    if cluster is not None and supervise_join:
-        if not multiworker.supervised():  # the training in a child process: the join it waits in cannot
-            # be bounded or interrupted from inside (--join_timeout, SIGTERM/SIGINT); the
-            # child's exit status is this command's
-            raise SystemExit(multiworker.supervise(cluster, config.join_timeout))
     try:
         if cluster is not None and not cluster.is_chief:
             with multiworker.temporary_workdir(config) as worker_config:  # only the chief writes the run dir

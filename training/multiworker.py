@@ -47,6 +47,7 @@ from pathlib import Path
 
 from model.config import INPUT_SCALING
 from utils.cli import JoinTimeout, Terminated, UsageError, quiet_native_stderr, signals_handled
+from utils.devices import cluster_from_env, select_devices
 from utils.rundir import run_paths
 
 log = logging.getLogger("corrfusion.train")
@@ -283,6 +284,19 @@ def _tell_supervisor(marker: bytes) -> None:
             os.write(int(fd), marker)
         except (OSError, ValueError):  # no supervisor (a bad or closed fd): nothing to tell
             pass
+
+
+def supervise_join(config) -> None:
+    """train_cnn.py's first step: with TF_CONFIG, this process runs its own command line again as
+    the worker child that trains and only supervises it (``supervise``), ending with the child's
+    exit status (SystemExit); without TF_CONFIG, or in that child, it returns. The join the child
+    waits in cannot be bounded or interrupted from inside (--join_timeout, SIGTERM/SIGINT). Called
+    before the training library is imported: the supervisor loads neither TensorFlow nor the
+    evaluation's plotting and metrics libraries, which only the child needs."""
+    select_devices(config.gpu)  # before TensorFlow starts (in the child, which inherits it)
+    cluster = cluster_from_env()
+    if cluster is not None and not supervised():
+        raise SystemExit(supervise(cluster, config.join_timeout))
 
 
 def supervise(cluster, join_timeout: float) -> int:

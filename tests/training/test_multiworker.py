@@ -114,12 +114,14 @@ def test_the_backend_is_known_without_importing_keras(monkeypatch, tmp_path):
 
 def test_a_supervisor_starts_no_tensorflow(tmp_path):
     """With TF_CONFIG, train_cnn.py's process only supervises the worker child that trains: it
-    reaches the supervision without importing Keras or TensorFlow (3-4 CPU s and their memory per
-    worker saved). One new Python process: the suite's own has Keras loaded."""
+    reaches the supervision without importing Keras, TensorFlow or the evaluation's plotting and
+    metrics libraries (5 CPU s and their memory per worker saved). One new Python process: the
+    suite's own has them loaded."""
     code = ("import sys, json\n"
             "import training.multiworker as mw\n"
             "def supervise(cluster, join_timeout):\n"
-            "    print(json.dumps({'heavy': [m for m in ('keras', 'tensorflow', 'jax') if m in sys.modules],"
+            "    print(json.dumps({'heavy': [m for m in ('keras', 'tensorflow', 'jax', 'matplotlib', 'sklearn',"
+            " 'pandas') if m in sys.modules],"
             " 'workers': cluster.num_workers, 'timeout': join_timeout}))\n"
             "    return 0\n"
             "mw.supervise = supervise\n"
