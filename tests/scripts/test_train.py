@@ -304,14 +304,6 @@ def test_output_paths_that_are_files_are_refused_before_any_work(demo_data, tmp_
     assert snapshot(tmp_path) == before
 
 
-def test_overwrite_replaces_only_when_asked(demo_data, tmp_path, capsys):
-    workdir = tmp_path / "w"
-    workdir.mkdir()
-    (workdir / "log.txt").write_text("mine\n")
-    assert train(demo_data, workdir, "--overwrite", "-tb", "false", epochs=1) == 0
-    assert (workdir / "log.txt").read_text().startswith("epoch 1/1")
-
-
 @pytest.fixture
 def resumable(trained, tmp_path):
     """A copy of the trained run (2 epochs) to break."""
@@ -479,10 +471,16 @@ def _as_before_input_norm(run):
     (run / "args.json").write_text(json.dumps(args))
 
 
-def test_resuming_a_run_from_before_input_norm_keeps_its_dtype_scaling(demo_data, tmp_path,
+def test_overwrite_then_resuming_a_run_from_before_input_norm_keeps_its_dtype_scaling(demo_data, tmp_path,
                                                                         caplog):
     workdir = tmp_path / "old"
-    assert train(demo_data, workdir, "--input_norm", "dtype", "-tb", "false", epochs=1) == 0
+    # its first training also shows that --overwrite replaces what a user left in the workdir
+    # (refused without it: test_a_users_files_where_a_run_writes_are_refused_and_kept)
+    workdir.mkdir()
+    (workdir / "log.txt").write_text("mine\n")
+    assert train(demo_data, workdir, "--input_norm", "dtype", "--overwrite", "-tb", "false",
+                 epochs=1) == 0
+    assert (workdir / "log.txt").read_text().startswith("epoch 1/1")
     _as_before_input_norm(workdir)
     caplog.set_level("INFO")
     assert train(demo_data, workdir, "--resume", "-tb", "false", epochs=2) == 0  # default: bands
