@@ -79,18 +79,19 @@ def _jsonable(o):
 _SCALARS = (bool, int, float, str, type(None))
 
 
-def _rows_as_leaves(o, leaves: list):
-    """``o`` with every non-empty list of scalars (a vector, a matrix row) replaced by a marker
-    string whose compact JSON is in ``leaves``; NumPy values as ``_jsonable`` gives them."""
+def _rows_as_leaves(o, leaves: list, tag: str):
+    """``o`` with every non-empty list of scalars (a vector, a matrix row) replaced by the marker
+    string ``tag + index`` whose compact JSON is ``leaves[index]``; NumPy values as ``_jsonable``
+    gives them."""
     if isinstance(o, dict):
-        return {k: _rows_as_leaves(v, leaves) for k, v in o.items()}
-    if not isinstance(o, (list, tuple) + _SCALARS):
-        o = _jsonable(o) if isinstance(o, (np.ndarray, np.generic)) else o
+        return {k: _rows_as_leaves(v, leaves, tag) for k, v in o.items()}
+    if isinstance(o, (np.ndarray, np.generic)):
+        o = _jsonable(o)
     if isinstance(o, (list, tuple)):
-        if o and all(isinstance(x, _SCALARS) or isinstance(x, np.generic) for x in o):
+        if o and all(isinstance(x, _SCALARS + (np.generic,)) for x in o):
             leaves.append(json.dumps(o, default=_jsonable))  # C encoder: no indent
-            return f"\x00{len(leaves) - 1}\x00"
-        return [_rows_as_leaves(x, leaves) for x in o]
+            return f"{tag}{len(leaves) - 1}"
+        return [_rows_as_leaves(x, leaves, tag) for x in o]
     return o
 
 
@@ -99,11 +100,13 @@ def json_text(obj) -> str:
     K x K matrix reads as K rows, and a 1000-class result is written in a fraction of the time
     json's pure-Python indenting encoder takes for its 10^6 numbers one per line."""
     leaves: list[str] = []
-    text = json.dumps(_rows_as_leaves(obj, leaves), indent=2, sort_keys=True, default=_jsonable)
+    tag = f"\x00rows-{os.urandom(8).hex()}-"  # no string of the document is a marker by chance
+    text = json.dumps(_rows_as_leaves(obj, leaves, tag), indent=2, sort_keys=True,
+                      default=_jsonable)
     if not leaves:
         return text + "\n"
-    # markers are "\u0000<i>\u0000" in the text: json escapes NUL, which no leaf's JSON holds
-    return re.sub(r'"\\u0000(\d+)\\u0000"', lambda m: leaves[int(m.group(1))], text) + "\n"
+    marker = re.escape(json.dumps(tag))[:-1]  # the tag as json writes it, without its closing quote
+    return re.sub(marker + r'(\d+)"', lambda m: leaves[int(m.group(1))], text) + "\n"
 
 
 def atomic_write_json(path: str | os.PathLike, obj) -> None:

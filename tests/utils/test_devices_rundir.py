@@ -64,13 +64,13 @@ def test_atomic_write_leaves_the_usual_mode_and_no_temporary_file(tmp_path):
 
 def test_json_text_writes_each_row_of_numbers_on_one_line_and_reads_back_the_same():
     """results.json: indented, keys sorted, a K x K matrix as K lines of numbers; NumPy values,
-    paths, empty lists, strings holding NUL and nested dicts read back as json.dumps gives them."""
+    paths, empty lists, strings holding NUL (one shaped like a row marker) and nested dicts read back as json.dumps gives them."""
     import pathlib
 
     import numpy as np
 
     obj = {"confusion": np.arange(6).reshape(2, 3), "names": ["a", "b"], "empty": [],
-           "nested": [{"w": np.float32(0.25), "p": pathlib.Path("/x")}], "nul": "a\x00b",
+           "nested": [{"w": np.float32(0.25), "p": pathlib.Path("/x")}], "nul": "a\x00b", "marker_like": "\x000\x00",
            "nan": float("nan"), "k": np.int64(7), "mixed": [1, "u", None, True]}
     text = rundir.json_text(obj)
     assert text.endswith("}\n") and "\n  \"confusion\": [\n    [0, 1, 2],\n    [3, 4, 5]\n  ]," in text
