@@ -19,6 +19,7 @@ from benchmarks import (
     step_overhead,
     throughput,
 )
+from tests._helpers import xla_flags_without_llvm_opt
 
 
 def test_forward_flops_match_the_issue_figure():
@@ -213,19 +214,13 @@ def test_gpu_profile_skips_gpu_only_flags_on_the_cpu_and_refuses_bad_variants(tm
     assert not (tmp_path / "x").exists()
 
 
-#: the JAX children compile far more than they run at these sizes: XLA's LLVM optimisation off
-#: (children inherit XLA_FLAGS and add their variant's flags to it); what is profiled and
-#: classed, the HLO, is the same
-NO_LLVM_OPT = "--xla_backend_optimization_level=0"
-
-
 @pytest.mark.slow  # end to end: a child process per part, tens of seconds on a CPU
 def test_gpu_profile_runs_tiny_on_the_cpu(tmp_path, monkeypatch):
     """The one device call's script, end to end at a tiny size: the Keras step profiled and timed,
     GPU-only flags skipped with a note, tables written; the torch half where torch is installed."""
     import importlib.util
 
-    monkeypatch.setenv("XLA_FLAGS", NO_LLVM_OPT)
+    monkeypatch.setenv("XLA_FLAGS", xla_flags_without_llvm_opt())  # children inherit it
 
     torch_mode = "eager" if importlib.util.find_spec("torch") else "none"
     out = tmp_path / "out"
@@ -260,7 +255,7 @@ def test_the_mask_max_pool_patch_is_refused_on_tensorflow_and_is_in_the_sweep():
 def test_gpu_profile_runs_the_mask_max_pool_variant_on_the_cpu(tmp_path, monkeypatch):
     """The variant's child (KERAS_BACKEND=jax, Keras' max_pool patched) trains the small backbone's
     step on the CPU and reports a time, as it will on the device."""
-    monkeypatch.setenv("XLA_FLAGS", NO_LLVM_OPT)
+    monkeypatch.setenv("XLA_FLAGS", xla_flags_without_llvm_opt())  # children inherit it
     out = tmp_path / "prof"
     assert gpu_profile.main(["--device", "cpu", "--sweep_only", "--sweep", "maxpool_mask_vjp",
                              "--backbone", "small", "--size", "32", "--batch", "4", "--hidden", "32",

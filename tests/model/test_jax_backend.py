@@ -13,6 +13,8 @@ import sys
 
 import pytest
 
+from tests._helpers import xla_flags_without_llvm_opt
+
 pytest.importorskip("jax")
 pytestmark = pytest.mark.slow  # the model tests again in a JAX subprocess (minutes)
 
@@ -53,12 +55,10 @@ SELECTED = [
 
 
 def test_model_tests_pass_under_jax():
-    # XLA's LLVM optimisation off: these tests compile far more than they run (eager Keras on
-    # JAX compiles every operation's shape once); the same 40 tests passed with and without it, at
-    # 126 and 101 CPU s (2026-12-06). The numbers checked are the same to the tests' tolerances.
-    xla_flags = f"{os.environ.get('XLA_FLAGS', '')} --xla_backend_optimization_level=0".strip()
+    # XLA's LLVM optimisation off (tests._helpers.xla_flags_without_llvm_opt); the same 40 tests
+    # pass with and without it, the numbers checked are the same to the tests' tolerances
     env = dict(os.environ, KERAS_BACKEND="jax", JAX_PLATFORMS="cpu", TF_CPP_MIN_LOG_LEVEL="3",
-               XLA_FLAGS=xla_flags)
+               XLA_FLAGS=xla_flags_without_llvm_opt())
     proc = subprocess.run(
         [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-n", "0", *SELECTED],
         cwd=ROOT, env=env, capture_output=True, text=True, timeout=900,
