@@ -12,7 +12,12 @@ import csv
 import shutil
 from pathlib import Path
 
-FAST = ["--backbone", "small", "--hidden", "32", "-b", "16", "--lr", "0.01", "--seed", "3"]
+FAST = ["--backbone", "small", "--hidden", "32", "-b", "16", "--lr", "0.01", "--seed", "3",
+        "--tb_images", "0"]
+#: TensorBoard's validation figures (three matplotlib figures per epoch, ~1 CPU s) only where a
+#: test reads them: ``trained_run`` and tests/training/test_callbacks.py draw them; the other
+#: trainings keep TensorBoard on (scalars, hparams, event files), without the figures
+WITH_TB_IMAGES = ["--tb_images", "1"]
 STEPS = 6  # 84 training pairs, batch 16
 
 

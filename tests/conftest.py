@@ -38,10 +38,10 @@ def demo_data(tmp_path_factory):
 def trained_run(demo_data, tmp_path_factory):
     """A finished run: 2 epochs, evaluated on tst (results/tst/), checkpoints best/last.keras,
     history.csv, log.txt, tb/{trn,val,tst}. Returns its directory."""
-    from tests._runs import train
+    from tests._runs import WITH_TB_IMAGES, train
 
     workdir = tmp_path_factory.mktemp("trained_run") / "run"
-    assert train(demo_data, workdir, epochs=2) == 0
+    assert train(demo_data, workdir, *WITH_TB_IMAGES, epochs=2) == 0
     return workdir
 
 

@@ -445,7 +445,7 @@ RESUME_MAY_CHANGE = frozenset({
     "epochs", "resume", "overwrite", "runs", "preset", "demo",
     "data_dir", "trn_dir", "val_dir", "tst_dir",
     "workdir", "log_path", "model_path", "tb_path", "result_path",
-    "use_tfboard", "save_model", "save_log", "eval_trn",
+    "use_tfboard", "tb_images", "save_model", "save_log", "eval_trn",
     "gpu", "jit", "ce_weights",  # ce_weights: derived from --class_weight and the data
     "verbose", "join_timeout",
 })

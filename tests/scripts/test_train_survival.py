@@ -15,11 +15,9 @@ import pytest
 
 import eval as eval_script
 import train_cnn
-from tests._runs import copy_run
+from tests._runs import FAST, copy_run  # FAST: TensorBoard without the validation figures
 from tests.utils.test_rundir_survival import hold_lock
 from utils.cli import run_main
-
-FAST = ["--backbone", "small", "--hidden", "32", "-b", "16", "--lr", "0.01", "--seed", "3"]
 
 
 def train(data_dir, workdir, *extra, epochs=1):
