@@ -98,7 +98,7 @@ def correlation_loss(dist, y1, y2, lambda1=0.1, corr_norm="batch", margin=0.0):
     return lambda1 * loss
 
 
-def view_variance_loss(vx, vy, gamma=1.0, eps=1e-4):
+def view_variance_loss(vx, vy, gamma=1.0, eps=1e-4, batch_sum=None):
     """``γ · Σ_{v ∈ (vx, vy)} mean_j max(0, 1 − √(Var_i(v_ij) + eps))``: the variance term of
     VICReg (Bardes et al. 2022) on the two (n, m) views.
 
@@ -108,11 +108,20 @@ def view_variance_loss(vx, vy, gamma=1.0, eps=1e-4):
     features but may have none over the batch. This hinge keeps each view feature's standard
     deviation over the batch at 1 or above, so the two views of a pair can only agree by carrying
     something of that pair. Needs n ≥ 2 (the variance over a batch of one is 0).
+
+    ``batch_sum``: a function summing Σv, Σv² and n over the parts of a batch split across replicas
+    (``replica_sum``), so that every replica gets the variance of the whole batch.
     """
     total = 0.0
     for v in (vx, vy):
         v = ops.cast(v, "float32")
-        std = ops.sqrt(ops.var(v, axis=0) + eps)
+        if batch_sum is None:
+            var = ops.var(v, axis=0)
+        else:
+            n = batch_sum(ops.cast(ops.shape(v)[0], "float32"))
+            mean = batch_sum(ops.sum(v, axis=0)) / n  # two passes: no cancellation in float32
+            var = batch_sum(ops.sum(ops.square(v - mean), axis=0)) / n
+        std = ops.sqrt(var + eps)
         total = total + ops.mean(ops.relu(1.0 - std))
     return gamma * total
 

@@ -50,6 +50,7 @@ from model.losses import (
     cross_entropy,
     dcca_loss,
     pair_distance,
+    replica_sum,
     view_variance_loss,
 )
 from model.normalization import InputNormalization
@@ -188,8 +189,9 @@ class _CorrFusionMethod(_Decorrelated):
         scale = (c.hidden // c.reduction) ** 0.5 if c.fusion_distance == "rms" else 1.0
         corr = correlation_loss(y_pred["dist"], y1, y2, c.lambda1 * scale, c.corr_norm,
                                 c.change_margin)
-        if c.view_variance:
-            corr = corr + view_variance_loss(y_pred["view_t1"], y_pred["view_t2"], c.view_variance)
+        if c.view_variance:  # the spread over the global batch under tf.distribute
+            corr = corr + view_variance_loss(y_pred["view_t1"], y_pred["view_t2"], c.view_variance,
+                                             batch_sum=replica_sum if model.synchronized else None)
         return {"corr_loss": corr, "decov_loss": y_pred["decov_loss"]}
 
 
@@ -302,6 +304,8 @@ class CorrFusionNet(keras.Model):
         super().__init__(**base)
         self.config = config
         self.spec = METHODS[config.method]
+        #: terms of the whole batch over every replica (training.multiworker sets it; not saved)
+        self.synchronized = False
         c = config
 
         input_shape = (*c.image_size, c.channels)

@@ -14,7 +14,7 @@ one-process ``model.fit`` run with the same global batch ``-b``:
   sums the replicas' gradients. Per-pair means (cross-entropy, correlation loss) add up to the
   global batch mean; terms of the whole batch are made equal on every replica by synchronising
   them: batch normalisation (``synchronized=True``: the moments of the global batch) and the
-  soft decorrelation's batch covariance (``model.losses.replica_sum``).
+  soft decorrelation's batch covariance and the views' variance term (``model.losses.replica_sum``).
 * **Metrics.** The model's metric trackers are updated on each replica and summed across them
   (Keras metric variables are sync-on-read, aggregation "sum"): each epoch figure is the mean over
   the same pairs as in one process.
@@ -113,6 +113,7 @@ def synchronize_batch_statistics(net) -> int:
 
     from model.losses import SoftDecorrelation  # deferred: model.losses imports Keras
 
+    net.synchronized = True  # the views' variance term (model.losses.view_variance_loss)
     n = 0
     for layer in net._flatten_layers(include_self=False, recursive=True):
         if isinstance(layer, keras.layers.BatchNormalization | SoftDecorrelation):

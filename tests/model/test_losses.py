@@ -84,11 +84,13 @@ def test_correlation_loss_margin_against_float64_at_training_size(corr_norm):
         correlation_loss(dist, y1, y2, lam, corr_norm, margin=-1.0)
 
 
-def test_view_variance_loss_against_float64_at_training_size():
+@pytest.mark.parametrize("batch_sum", [None, lambda x: x], ids=["one_batch", "replica_sums"])
+def test_view_variance_loss_against_float64_at_training_size(batch_sum):
     """VICReg's variance hinge on the two views at batch 32, 512 view features (d/r of the
     1024-wide default), value and gradients against a float64 reference: collapsed views (one
     pattern for every pair, the failure it is there for) cost about γ per date, spread ones
-    nothing."""
+    nothing. ``replica_sums``: the path tf.distribute takes (Σv, Σ(v − mean)², n summed over the
+    replicas by ``batch_sum``), here with one replica."""
     rng = np.random.default_rng(11)
     n, m, gamma, eps = 32, 512, 0.7, 1e-4
     pattern = rng.normal(size=m)
@@ -103,7 +105,8 @@ def test_view_variance_loss_against_float64_at_training_size():
 
     (rx, gx), (ry, gy) = ref(vx), ref(vy)
     value, (got_x, got_y) = value_and_grads(
-        lambda a, b: view_variance_loss(a, b, gamma, eps), vx.astype("float32"), vy.astype("float32"))
+        lambda a, b: view_variance_loss(a, b, gamma, eps, batch_sum), vx.astype("float32"),
+        vy.astype("float32"))
     np.testing.assert_allclose(_np(value), gamma * (rx + ry), rtol=1e-5)
     np.testing.assert_allclose(got_x, gamma * gx, rtol=1e-4, atol=1e-9)
     np.testing.assert_allclose(got_y, gamma * gy, rtol=1e-4, atol=1e-9)
