@@ -241,7 +241,8 @@ def train_parser() -> argparse.ArgumentParser:
                        help="corrfusion: weight of a variance term on the two views over the batch "
                             "(VICReg's: mean of max(0, 1 - std) per view feature, added to the "
                             "correlation loss), so that the views cannot collapse to one pattern "
-                            "shared by every pair (0: none, the paper's)")
+                            "shared by every pair (0: none, the paper's; the default 1 was chosen by "
+                            "experiments/ablation.py)")
     model.add_argument("--resnet_init", choices=RESNET_INITS, default=ModelConfig.resnet_init,
                        help="start of the resnet50 backbone: keras (Keras 3's: Glorot-uniform kernels, "
                             "BN eps 1.001e-5) or keras_applications (the original's TF 1.11: "

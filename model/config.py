@@ -192,6 +192,8 @@ class ModelConfig:
         view_variance: corrfusion: weight γ of a variance term on the two views over the batch
             (``model.losses.view_variance_loss``, VICReg's), added to the correlation loss, so that
             the views cannot collapse to one pattern shared by every pair; 0 (the paper's): none.
+            Default 1 (docs/experiments.md "Choosing the defaults"); checkpoints from before it
+            load with 0, the loss they were trained with.
         resnet_init: ``RESNET_INITS``: Keras 3's ResNet50 start or keras_applications' (He-normal
             kernels, BN ε = 1e-3); only the ``resnet50`` backbone reads it.
         comparators: ``COMPARATORS``: this project's ``baseline``/``sdcca`` or the original's
@@ -236,7 +238,7 @@ class ModelConfig:
     fusion_views: str = "pair"
     tied_start: bool = False
     change_margin: float = 0.0
-    view_variance: float = 0.0
+    view_variance: float = 1.0
     resnet_init: str = "keras"
     comparators: str = "project"
     dist_epsilon: str = "once"

@@ -122,6 +122,10 @@ def test_readme_tables_are_the_committed_results():
         assert table.strip() and table.strip() in readme, name
     rows = (ROOT / "experiments" / "ablation" / "results.csv").read_text().splitlines()
     assert len(rows) > 1
+    # the same ablation trained to convergence (--epochs 20), which decided --view_variance
+    e20 = (ROOT / "experiments" / "ablation_e20" / "table.md").read_text()
+    assert e20.strip() and e20.strip() in readme
+    assert '"epochs": 20' in (ROOT / "experiments" / "ablation_e20" / "results.json").read_text()
 
 
 def test_the_defaults_table_shows_extra_levels_only_where_measured():
@@ -129,8 +133,8 @@ def test_the_defaults_table_shows_extra_levels_only_where_measured():
     and no "not run" rows; a main level without runs still says "not run"."""
     ab = _module()
     rows = [{"variant": v, "strength": 0.4, "method": "corrfusion", "seed": k, "OA_t1": 0.7,
-             "OA_t2": 0.6 + 0.1 * (v == ab.CHOSEN), "change_f1": 0.3, "w_unchanged": 0.8,
-             "w_changed": 0.7, "w_auc": 0.6} for v in (ab.CHOSEN, "project/base") for k in range(2)]
+             "OA_t2": 0.6 + 0.1 * (v == ab.PREVIOUS), "change_f1": 0.3, "w_unchanged": 0.8,
+             "w_changed": 0.7, "w_auc": 0.6} for v in (ab.PREVIOUS, "project/base") for k in range(2)]
     lines = ab.defaults_table(rows).splitlines()
     at_04 = [ln for ln in lines if "| 0.4 |" in ln]
     assert len(at_04) == 1 and "| 2 | +0.0 ± 0.0 | -10.0 ± 0.0 |" in at_04[0], at_04

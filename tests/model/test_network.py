@@ -199,7 +199,12 @@ def test_evaluate_matches_numpy_and_metrics_reset(method):
         assert model.config.fusion_distance == "rms"
         euclid = np.sqrt(((out["view_t1"] - out["view_t2"]) ** 2).sum(1) + 1e-12)
         np.testing.assert_allclose(euclid, out["dist"] * np.sqrt(8), rtol=1e-4)
-        np.testing.assert_allclose(logs["corr_loss"], 0.1 * euclid[u].sum() / u.sum(), rtol=1e-4)
+        # + the default variance term on the views (γ = 1): γ·Σ_dates mean_j max(0, 1 − std_j)
+        assert model.config.view_variance == 1.0
+        spread = sum(np.maximum(0.0, 1 - np.sqrt(v.astype(np.float64).var(0) + 1e-4)).mean()
+                     for v in (out["view_t1"], out["view_t2"]))
+        np.testing.assert_allclose(logs["corr_loss"], 0.1 * euclid[u].sum() / u.sum() + spread,
+                                   rtol=1e-4)
         covs = [ops.convert_to_numpy(model.decorrelation.cov_t1), ops.convert_to_numpy(model.decorrelation.cov_t2)]
         assert logs["decov_loss"] > 0 and all(np.allclose(c, np.eye(8)) for c in covs)  # untouched
         total = logs["ce_t1"] + logs["ce_t2"] + logs["corr_loss"] + logs["decov_loss"] + logs["l2"]
@@ -384,7 +389,7 @@ def test_tied_start_views_and_margin_reach_the_model(tmp_path):
     change_margin reaches corrfusion's correlation loss (the hinge on changed pairs); the
     views and the start survive save/load."""
     net = _small("corrfusion", tied_start=True, fusion_views="pair", fusion_distance="rms",
-                 change_margin=1.5)
+                 change_margin=1.5, view_variance=0.0)  # the hinge alone in the loss
     for name in ("fc1", "fc2", "head"):
         a, b = getattr(net, f"{name}_t1"), getattr(net, f"{name}_t2")
         for wa, wb in zip(a.get_weights(), b.get_weights(), strict=True):
