@@ -1,21 +1,18 @@
 """experiments/ablation.py: each variant's train_cnn.py options, the AUC of w, the table, a tiny run."""
 
-import importlib.util
 import json
 from pathlib import Path
 
 import numpy as np
 import pytest
 
+from tests.experiments._scripts import load
+
 ROOT = Path(__file__).resolve().parents[2]
-SCRIPT = ROOT / "experiments" / "ablation.py"
 
 
 def _module():
-    spec = importlib.util.spec_from_file_location("ablation", SCRIPT)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return load("ablation")
 
 
 def test_each_variant_changes_one_thing_from_its_base(tmp_path, demo_data):

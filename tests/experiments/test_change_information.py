@@ -1,28 +1,23 @@
 """experiments/change_information.py: the ablation's pairs, the bounds' table, a tiny run."""
 
-import importlib.util
 from pathlib import Path
 
 import numpy as np
 import pytest
 
+from tests.experiments._scripts import load
+
 ROOT = Path(__file__).resolve().parents[2]
-SCRIPT = ROOT / "experiments" / "change_information.py"
 
 
 def _module():
-    spec = importlib.util.spec_from_file_location("change_information", SCRIPT)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return load("change_information")
 
 
 def test_the_pairs_are_the_ablations_shards(tmp_path):
     """The bounds are measured on the very pairs and split the ablation trains on (its
     ensure_data with the ablation's data defaults), degraded at the same strength."""
-    ab_spec = importlib.util.spec_from_file_location("ablation", ROOT / "experiments" / "ablation.py")
-    ab = importlib.util.module_from_spec(ab_spec)
-    ab_spec.loader.exec_module(ab)
+    ab = load("ablation")
     ci = _module()
     args = ab.parse_args(["--out", str(tmp_path), "--pairs", "40"])
     shards = ab.ensure_data(args, 0.8)

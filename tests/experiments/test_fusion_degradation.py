@@ -1,6 +1,5 @@
 """experiments/fusion_degradation.py: the compare.py command of each setting, and a tiny end-to-end run."""
 
-import importlib.util
 import subprocess
 import sys
 from pathlib import Path
@@ -10,15 +9,13 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from tests.experiments._scripts import load
+
 ROOT = Path(__file__).resolve().parents[2]
-SCRIPT = ROOT / "experiments" / "fusion_degradation.py"
 
 
 def _module():
-    spec = importlib.util.spec_from_file_location("fusion_degradation", SCRIPT)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return load("fusion_degradation")
 
 
 def test_original_setting_keeps_the_small_backbone(tmp_path, demo_data):
