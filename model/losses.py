@@ -109,8 +109,8 @@ def view_variance_loss(vx, vy, gamma=1.0, eps=1e-4, batch_sum=None):
     deviation over the batch at 1 or above, so the two views of a pair can only agree by carrying
     something of that pair. Needs n ≥ 2 (the variance over a batch of one is 0).
 
-    ``batch_sum``: a function summing Σv, Σv² and n over the parts of a batch split across replicas
-    (``replica_sum``), so that every replica gets the variance of the whole batch.
+    ``batch_sum``: a function summing n, Σv and then Σ(v − mean)² over the parts of a batch split
+    across replicas (``replica_sum``), so that every replica gets the variance of the whole batch.
     """
     total = 0.0
     for v in (vx, vy):
